@@ -1,0 +1,21 @@
+//! Compiles `proto/` into Rust with tonic's build crate and writes the descriptor set that gRPC reflection
+//! serves. protoc comes from the `protoc-bin-vendored` crate so that a fresh machine needs no system package.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("PROTOC").is_none() {
+        // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
+        unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("tessera_descriptor.bin"))
+        // Messages that carry tokens get a hand-written `Debug` (in `grpc.rs`) that leaves the tokens out.
+        .skip_debug([
+            "tessera.v1.ExchangeTokenRequest",
+            "tessera.v1.ExchangeTokenResponse",
+        ])
+        .compile_protos(&["proto/tessera/v1/broker.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The resource catalog: every downstream audience the broker issues tokens for, its scopes and the longest
+//! lifetime a token for it may have. An audience that is not here gets no token (invariant 3).
+
+use std::collections::{BTreeSet, HashMap};
+
+/// One downstream API (a tool, an agent, a gateway) as the catalog describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audience {
+    pub id: String,
+    pub scopes: BTreeSet<String>,
+    /// Upper bound on `exp - iat` of any token for this audience, in seconds.
+    pub max_ttl: u64,
+}
+
+/// What an exchange may target: a catalogued API, or the broker itself (a *task token*: an orchestrator's
+/// ceiling for one task, with scopes across several catalogued audiences).
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    Downstream(&'a Audience),
+    Broker { id: &'a str, max_ttl: u64 },
+}
+
+impl Target<'_> {
+    pub fn id(&self) -> &str {
+        match self {
+            Target::Downstream(a) => &a.id,
+            Target::Broker { id, .. } => id,
+        }
+    }
+
+    pub fn max_ttl(&self) -> u64 {
+        match self {
+            Target::Downstream(a) => a.max_ttl,
+            Target::Broker { max_ttl, .. } => *max_ttl,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    audiences: HashMap<String, Audience>,
+    broker_id: String,
+    task_token_max_ttl: u64,
+    all_scopes: BTreeSet<String>,
+}
+
+impl Catalog {
+    pub fn new(audiences: Vec<Audience>, broker_id: String, task_token_max_ttl: u64) -> Catalog {
+        let all_scopes = audiences
+            .iter()
+            .flat_map(|a| a.scopes.iter().cloned())
+            .collect();
+        let audiences = audiences.into_iter().map(|a| (a.id.clone(), a)).collect();
+        Catalog {
+            audiences,
+            broker_id,
+            task_token_max_ttl,
+            all_scopes,
+        }
+    }
+
+    /// The target named `id`, if the broker issues for it.
+    pub fn target(&self, id: &str) -> Option<Target<'_>> {
+        if id == self.broker_id {
+            return Some(Target::Broker {
+                id: &self.broker_id,
+                max_ttl: self.task_token_max_ttl,
+            });
+        }
+        self.audiences.get(id).map(Target::Downstream)
+    }
+
+    /// Whether `scope` exists for `target`: a catalogued audience's own scopes, or any catalogued scope for a
+    /// task token.
+    pub fn has_scope(&self, target: Target<'_>, scope: &str) -> bool {
+        match target {
+            Target::Downstream(a) => a.scopes.contains(scope),
+            Target::Broker { .. } => self.all_scopes.contains(scope),
+        }
+    }
+
+    pub fn audiences(&self) -> impl Iterator<Item = &Audience> {
+        self.audiences.values()
+    }
+
+    pub fn broker_id(&self) -> &str {
+        &self.broker_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        let crm = Audience {
+            id: "https://crm.example".into(),
+            scopes: ["crm:read".into()].into(),
+            max_ttl: 300,
+        };
+        let mail = Audience {
+            id: "https://mail.example".into(),
+            scopes: ["mail:send".into()].into(),
+            max_ttl: 60,
+        };
+        Catalog::new(vec![crm, mail], "https://tessera.test".into(), 3600)
+    }
+
+    #[test]
+    fn downstream_scopes_are_per_audience_and_task_tokens_see_all() {
+        let c = catalog();
+        let crm = c.target("https://crm.example").unwrap();
+        assert!(c.has_scope(crm, "crm:read"));
+        assert!(!c.has_scope(crm, "mail:send"));
+        let task = c.target("https://tessera.test").unwrap();
+        assert!(c.has_scope(task, "crm:read") && c.has_scope(task, "mail:send"));
+        assert_eq!(task.max_ttl(), 3600);
+        assert!(c.target("https://unknown.example").is_none());
+    }
+}

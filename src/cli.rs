@@ -1,0 +1,357 @@
+//! The command line: `serve`, the clients (`exchange`), and the tools (`keygen`, `config check`,
+//! `policy check`, `dev assertion`). Client commands print JSON on stdout; errors go to stderr.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tessera::config::{Config, ConfigBuilder, LogFormat};
+use tessera::grpc::pb;
+use tessera::token::keys::{SigningAlgorithm, SigningKey};
+use tessera::{Broker, dev, server, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "A credential broker for AI agents (RFC 8693 token exchange)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker. Without --config: dev mode (generated keys in ./.tessera-dev, demo catalog and policy).
+    Serve {
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: Option<PathBuf>,
+        /// gRPC listen address [default: 127.0.0.1:50051, or the config's server.grpc_addr].
+        #[arg(long, env = "TESSERA_GRPC_ADDR")]
+        grpc_addr: Option<String>,
+        /// Folder for dev mode's generated keys.
+        #[arg(long, env = "TESSERA_DEV_DIR", default_value = dev::DEV_DIR)]
+        dev_dir: PathBuf,
+    },
+    /// Exchange a subject token (and optionally an actor token) for a narrower token; prints the RFC 8693
+    /// response as JSON.
+    Exchange(Box<ExchangeArgs>),
+    /// Write a new signing key (PKCS#8 PEM) and print its `kid`.
+    Keygen {
+        #[arg(long, value_enum, default_value_t = Alg::Eddsa)]
+        alg: Alg,
+        /// Where to write the key (refuses to overwrite).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Dev mode helpers.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file (and the keys, JWKS and policy it names); lists every problem.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a Cedar policy file against tessera's schema.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Print an assertion signed by the dev issuer (dev mode only).
+    Assertion {
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        scope: Option<String>,
+        #[arg(long, default_value_t = 600)]
+        ttl: u64,
+        #[arg(long, env = "TESSERA_DEV_DIR", default_value = dev::DEV_DIR)]
+        dev_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Alg {
+    Eddsa,
+    Es256,
+}
+
+#[derive(clap::Args)]
+struct ExchangeArgs {
+    /// The broker's gRPC address.
+    #[arg(long, env = "TESSERA_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// The subject token, or `-` to read it from stdin.
+    #[arg(long)]
+    subject_token: String,
+    #[arg(long, default_value = tessera::exchange::TOKEN_TYPE_JWT)]
+    subject_token_type: String,
+    /// The actor's token, or `-` to read it from stdin.
+    #[arg(long)]
+    actor_token: Option<String>,
+    #[arg(long, default_value = tessera::exchange::TOKEN_TYPE_JWT)]
+    actor_token_type: String,
+    #[arg(long)]
+    audience: Vec<String>,
+    #[arg(long)]
+    resource: Vec<String>,
+    #[arg(long, default_value = "")]
+    scope: String,
+    #[arg(long, default_value = "")]
+    task_id: String,
+    #[arg(long, default_value = "")]
+    session_id: String,
+    #[arg(long, default_value = "")]
+    purpose: String,
+    /// Upper bound on the token's lifetime, in seconds.
+    #[arg(long, default_value_t = 0)]
+    expires_in: u32,
+    #[arg(long, env = "TESSERA_CLIENT_ID")]
+    client_id: Option<String>,
+    #[arg(long, env = "TESSERA_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("tessera: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Serve {
+            config,
+            grpc_addr,
+            dev_dir,
+        } => serve(config, grpc_addr, &dev_dir),
+        Command::Exchange(args) => runtime()?.block_on(exchange(*args)),
+        Command::Keygen { alg, out } => {
+            let alg = match alg {
+                Alg::Eddsa => SigningAlgorithm::EdDSA,
+                Alg::Es256 => SigningAlgorithm::ES256,
+            };
+            let (key, pem) = SigningKey::generate(alg)?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options
+                .open(&out)
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            std::io::Write::write_all(&mut file, pem.expose().as_bytes())
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::json!({ "kid": key.kid(), "alg": key.alg().as_str(), "file": out })
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match load_config(&file, None) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} issuers, {} audiences, {} clients, {} signing keys)",
+                    file.display(),
+                    config.issuers.len(),
+                    config.audiences.len(),
+                    config.clients.len(),
+                    config.signing_keys.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(format!("{}: {e}", file.display())),
+        },
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => {
+            let source =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            match tessera::policy::Policy::new(&source) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(problems) => Err(format!(
+                    "{}:\n  - {}",
+                    file.display(),
+                    problems.join("\n  - ")
+                )),
+            }
+        }
+        Command::Dev {
+            command:
+                DevCommand::Assertion {
+                    sub,
+                    scope,
+                    ttl,
+                    dev_dir,
+                },
+        } => {
+            let token = dev::assertion(
+                &dev_dir,
+                &sub,
+                scope.as_deref(),
+                ttl.clamp(1, 86_400),
+                tessera::broker::now(),
+            )?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_config(file: &Path, grpc_addr: Option<String>) -> Result<Config, String> {
+    let mut builder = ConfigBuilder::load(file).map_err(|e| e.to_string())?;
+    if grpc_addr.is_some() {
+        builder.server.grpc_addr = grpc_addr;
+    }
+    let base = file.parent().unwrap_or(Path::new("."));
+    builder.build(base).map_err(|e| e.to_string())
+}
+
+fn serve(
+    config: Option<PathBuf>,
+    grpc_addr: Option<String>,
+    dev_dir: &Path,
+) -> Result<ExitCode, String> {
+    let (config, dev_mode) = match &config {
+        Some(file) => (load_config(file, grpc_addr)?, false),
+        None => (
+            dev::config(dev_dir, grpc_addr).map_err(|e| e.to_string())?,
+            true,
+        ),
+    };
+    telemetry::init(config.log.format, &config.log.level);
+    if dev_mode {
+        tracing::warn!("{}", dev::WARNING);
+        if config.log.format == LogFormat::Text {
+            eprintln!("\n  !!! {} !!!\n", dev::WARNING);
+        }
+    }
+    let settings = config.server;
+    let broker = Arc::new(Broker::new(config)?);
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(settings.grpc_addr)
+            .await
+            .map_err(|e| format!("{}: {e}", settings.grpc_addr))?;
+        server::run(listener, broker, settings, server::shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_token(arg: &str) -> Result<String, String> {
+    if arg != "-" {
+        return Ok(arg.to_string());
+    }
+    let mut token = String::new();
+    std::io::stdin()
+        .read_to_string(&mut token)
+        .map_err(|e| e.to_string())?;
+    Ok(token.trim().to_string())
+}
+
+async fn exchange(args: ExchangeArgs) -> Result<ExitCode, String> {
+    let request = pb::ExchangeTokenRequest {
+        grant_type: tessera::exchange::GRANT_TYPE_TOKEN_EXCHANGE.into(),
+        resource: args.resource,
+        audience: args.audience,
+        scope: args.scope,
+        requested_token_type: String::new(),
+        subject_token: read_token(&args.subject_token)?,
+        subject_token_type: args.subject_token_type,
+        actor_token: args
+            .actor_token
+            .as_deref()
+            .map(read_token)
+            .transpose()?
+            .unwrap_or_default(),
+        actor_token_type: if args.actor_token.is_some() {
+            args.actor_token_type
+        } else {
+            String::new()
+        },
+        task_id: args.task_id,
+        session_id: args.session_id,
+        purpose: args.purpose,
+        requested_expires_in: args.expires_in,
+    };
+    let mut request = tonic::Request::new(request);
+    if let (Some(id), Some(secret)) = (&args.client_id, &args.client_secret) {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        let value = format!("Basic {basic}")
+            .parse()
+            .map_err(|_| "client credentials are not valid metadata")?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut client = pb::token_broker_client::TokenBrokerClient::connect(args.addr.clone())
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", args.addr))?;
+    match client.exchange_token(request).await {
+        Ok(response) => {
+            let r = response.into_inner();
+            let json = serde_json::json!({
+                "access_token": r.access_token,
+                "issued_token_type": r.issued_token_type,
+                "token_type": r.token_type,
+                "expires_in": r.expires_in,
+                "scope": r.scope,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => {
+            use tonic_types::StatusExt as _;
+            let error = status
+                .get_details_error_info()
+                .map(|i| i.reason)
+                .unwrap_or_else(|| status.code().to_string());
+            let json = serde_json::json!({ "error": error, "error_description": status.message(), "grpc_status": status.code() as i32 });
+            eprintln!(
+                "{}",
+                serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Clients: who may call the broker, how they prove it, and which RPCs each may call.
+//!
+//! A client authenticates with a secret (HTTP Basic in the `authorization` metadata, RFC 6749 §2.3.1) whose
+//! SHA-256 is all the config holds, compared in constant time. A client marked `loopback_anonymous` is the
+//! one a caller on the loopback interface becomes when it presents no credentials (dev mode's demo client).
+//! mTLS identities slot in here as another kind of [`Credentials`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use base64::Engine as _;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::secret::{Secret, constant_time_eq};
+
+/// The RPCs a client may be allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rpc {
+    Exchange,
+    Introspect,
+    Revoke,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Client {
+    pub id: String,
+    secret_sha256: Option<[u8; 32]>,
+    pub rpcs: BTreeSet<Rpc>,
+    pub loopback_anonymous: bool,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("has_secret", &self.secret_sha256.is_some())
+            .field("rpcs", &self.rpcs)
+            .field("loopback_anonymous", &self.loopback_anonymous)
+            .finish()
+    }
+}
+
+impl Client {
+    pub fn new(
+        id: String,
+        secret_sha256: Option<[u8; 32]>,
+        rpcs: BTreeSet<Rpc>,
+        loopback_anonymous: bool,
+    ) -> Self {
+        Client {
+            id,
+            secret_sha256,
+            rpcs,
+            loopback_anonymous,
+        }
+    }
+}
+
+/// What a caller presented, taken from request metadata by an adapter.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    pub basic: Option<(String, Secret)>,
+    pub peer_is_loopback: bool,
+}
+
+impl Credentials {
+    /// Parses an `authorization: Basic …` value. A malformed header is an authentication failure.
+    pub fn from_authorization(value: Option<&str>, peer_is_loopback: bool) -> Result<Credentials> {
+        let bad = || Error::new(ErrorCode::InvalidClient, "malformed client credentials");
+        let basic = match value {
+            None => None,
+            Some(v) => {
+                let encoded = v.strip_prefix("Basic ").ok_or_else(bad)?;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .map_err(|_| bad())?;
+                let decoded = Secret::new(String::from_utf8(decoded).map_err(|_| bad())?);
+                let (id, secret) = decoded.expose().split_once(':').ok_or_else(bad)?;
+                Some((id.to_string(), Secret::new(secret)))
+            }
+        };
+        Ok(Credentials {
+            basic,
+            peer_is_loopback,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Clients {
+    by_id: HashMap<String, Client>,
+}
+
+impl Clients {
+    pub fn new(clients: Vec<Client>) -> Clients {
+        Clients {
+            by_id: clients.into_iter().map(|c| (c.id.clone(), c)).collect(),
+        }
+    }
+
+    /// Identifies the caller and checks it may call `rpc`.
+    pub fn authenticate(&self, credentials: &Credentials, rpc: Rpc) -> Result<&Client> {
+        let failed = || Error::new(ErrorCode::InvalidClient, "client authentication failed");
+        let client = match &credentials.basic {
+            Some((id, secret)) => {
+                let client = self.by_id.get(id).ok_or_else(failed)?;
+                let expected = client.secret_sha256.ok_or_else(failed)?;
+                let presented = aws_lc_rs::digest::digest(
+                    &aws_lc_rs::digest::SHA256,
+                    secret.expose().as_bytes(),
+                );
+                if !constant_time_eq(presented.as_ref(), &expected) {
+                    return Err(failed());
+                }
+                client
+            }
+            None if credentials.peer_is_loopback => self
+                .by_id
+                .values()
+                .find(|c| c.loopback_anonymous)
+                .ok_or_else(|| {
+                    Error::new(ErrorCode::InvalidClient, "client authentication required")
+                })?,
+            None => {
+                return Err(Error::new(
+                    ErrorCode::InvalidClient,
+                    "client authentication required",
+                ));
+            }
+        };
+        if !client.rpcs.contains(&rpc) {
+            return Err(Error::new(
+                ErrorCode::UnauthorizedClient,
+                "client may not call this RPC",
+            ));
+        }
+        Ok(client)
+    }
+}
+
+/// Hex SHA-256 of a secret, as written in the config's `secret_sha256`.
+pub fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(s: &str) -> [u8; 32] {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes())
+            .as_ref()
+            .try_into()
+            .unwrap()
+    }
+
+    fn clients() -> Clients {
+        Clients::new(vec![
+            Client::new(
+                "orch".into(),
+                Some(sha("s3cret")),
+                [Rpc::Exchange].into(),
+                false,
+            ),
+            Client::new("demo".into(), None, [Rpc::Exchange].into(), true),
+            Client::new(
+                "gateway".into(),
+                Some(sha("gw")),
+                [Rpc::Introspect].into(),
+                false,
+            ),
+        ])
+    }
+
+    fn basic(id: &str, secret: &str, loopback: bool) -> Credentials {
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        );
+        Credentials::from_authorization(Some(&v), loopback).unwrap()
+    }
+
+    #[test]
+    fn secrets_authenticate_and_wrong_ones_do_not() {
+        let c = clients();
+        assert_eq!(
+            c.authenticate(&basic("orch", "s3cret", false), Rpc::Exchange)
+                .unwrap()
+                .id,
+            "orch"
+        );
+        let err = c
+            .authenticate(&basic("orch", "wrong", false), Rpc::Exchange)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidClient);
+        assert!(!err.description.contains("wrong"));
+        assert_eq!(
+            c.authenticate(&basic("nobody", "x", false), Rpc::Exchange)
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidClient
+        );
+        // A client without a secret cannot be named with one.
+        assert_eq!(
+            c.authenticate(&basic("demo", "", false), Rpc::Exchange)
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidClient
+        );
+    }
+
+    #[test]
+    fn anonymous_callers_are_the_loopback_client_only_on_loopback() {
+        let c = clients();
+        let anon = |loopback| Credentials {
+            basic: None,
+            peer_is_loopback: loopback,
+        };
+        assert_eq!(
+            c.authenticate(&anon(true), Rpc::Exchange).unwrap().id,
+            "demo"
+        );
+        assert_eq!(
+            c.authenticate(&anon(false), Rpc::Exchange)
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidClient
+        );
+    }
+
+    #[test]
+    fn rpcs_are_per_client() {
+        let err = clients()
+            .authenticate(&basic("gateway", "gw", false), Rpc::Exchange)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnauthorizedClient);
+    }
+
+    #[test]
+    fn malformed_authorization_is_invalid_client() {
+        for v in ["Bearer x", "Basic !!!", "Basic Zm9v"] {
+            assert_eq!(
+                Credentials::from_authorization(Some(v), false)
+                    .unwrap_err()
+                    .code,
+                ErrorCode::InvalidClient
+            );
+        }
+    }
+
+    #[test]
+    fn sha256_hex_parses_only_64_hex_digits() {
+        assert!(parse_sha256_hex(&"ab".repeat(32)).is_some());
+        assert!(parse_sha256_hex("abc").is_none());
+        assert!(parse_sha256_hex(&"zz".repeat(32)).is_none());
+    }
+}

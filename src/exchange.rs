@@ -1,0 +1,476 @@
+//! RFC 8693 token exchange: the one place where the invariants of issuance are enforced.
+//!
+//! Each invariant has one home here:
+//! 1. scopes: [`Broker::grant_scopes`] — requested ⊆ catalog(audience) ∩ subject's scopes, then ∩ policy;
+//! 2. lifetime: [`expiry`] — `exp` ≤ min(subject `exp`, actor `exp`, now + audience max TTL, now + requested);
+//! 3. audience: [`Broker::target`] — exactly one, catalogued, and no hopping away from a downstream token;
+//! 4. delegation: [`Broker::delegate`] — `act` nests over the subject's chain, `may_act` is honoured, depth
+//!    and ancestry are bounded;
+//! 6. the subject (and actor) token is verified by [`crate::issuer`] before anything else is looked at.
+
+use crate::audit::{self, Trail};
+use crate::broker::Broker;
+use crate::catalog::Target;
+use crate::client::Client;
+use crate::error::{Error, ErrorCode, Result};
+use crate::issuer::{Origin, Verified};
+use crate::policy::Question;
+use crate::secret::Secret;
+use crate::token::{AccessClaims, Actor, new_jti};
+
+pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+
+/// Input bounds: anything larger is refused before any work is done on it.
+pub const MAX_SCOPE_BYTES: usize = 1024;
+pub const MAX_SCOPES: usize = 32;
+pub const MAX_SCOPE_TOKEN_BYTES: usize = 128;
+pub const MAX_ID_BYTES: usize = 128;
+pub const MAX_PURPOSE_BYTES: usize = 256;
+pub const MAX_TARGET_BYTES: usize = 512;
+pub const MAX_TARGETS: usize = 4;
+
+/// An exchange request, in RFC 8693 terms. Tokens are [`Secret`]s so no `Debug` of a request leaks them.
+#[derive(Debug, Default)]
+pub struct ExchangeRequest {
+    pub grant_type: String,
+    pub resource: Vec<String>,
+    pub audience: Vec<String>,
+    pub scope: String,
+    pub requested_token_type: String,
+    pub subject_token: Secret,
+    pub subject_token_type: String,
+    pub actor_token: Secret,
+    pub actor_token_type: String,
+    pub task_id: String,
+    pub session_id: String,
+    pub purpose: String,
+    pub requested_expires_in: u32,
+}
+
+/// A granted exchange.
+#[derive(Debug)]
+pub struct Issued {
+    pub access_token: Secret,
+    pub expires_in: u64,
+    pub scope: String,
+    pub claims: AccessClaims,
+}
+
+impl Broker {
+    /// Exchanges the request's subject (and actor) token for a narrower token, as of `now` (Unix seconds).
+    /// Every outcome, granted or refused, is an audit event.
+    pub async fn exchange(
+        &self,
+        client: &Client,
+        request: ExchangeRequest,
+        now: u64,
+    ) -> Result<Issued> {
+        let mut trail = Trail::new(&client.id, &request);
+        let outcome = self.decide(client, &request, now, &mut trail).await;
+        audit::exchange(&trail, &outcome);
+        outcome
+    }
+
+    async fn decide(
+        &self,
+        client: &Client,
+        req: &ExchangeRequest,
+        now: u64,
+        trail: &mut Trail,
+    ) -> Result<Issued> {
+        check_shape(req)?;
+        let target_id = single_target(req)?;
+        let subject = self
+            .issuers
+            .verify(req.subject_token.expose(), now)
+            .await
+            .map_err(|e| Error::invalid_grant(format!("subject_token {e}")))?;
+        trail.subject(&subject.principal);
+        let actor = match req.actor_token.is_empty() {
+            true => None,
+            false => Some(
+                self.issuers
+                    .verify(req.actor_token.expose(), now)
+                    .await
+                    .map_err(|e| Error::invalid_grant(format!("actor_token {e}")))?,
+            ),
+        };
+        let parent = match &subject.origin {
+            Origin::Broker(claims) => Some(claims.as_ref()),
+            Origin::Upstream => None,
+        };
+        let target = self.target(target_id, parent)?;
+        let (task_id, session_id) = task_binding(req, parent)?;
+        let (act, anc) = self.delegate(&subject, actor.as_ref(), parent)?;
+        trail.actors(act.as_ref());
+        let question = Question {
+            principal: &subject.principal,
+            actor: actor.as_ref().map(|a| &a.principal),
+            audience: target.id(),
+            task_id: &task_id,
+            client_id: &client.id,
+            depth: act.as_ref().map_or(0, Actor::depth),
+            actors: act
+                .as_ref()
+                .map(|a| a.chain().map(|a| a.sub.as_str()).collect())
+                .unwrap_or_default(),
+            subject_is_tessera_token: parent.is_some(),
+            task_token: matches!(target, Target::Broker { .. }),
+        };
+        let scope = self.grant_scopes(req, target, &subject, &question)?;
+        let exp = expiry(
+            now,
+            &subject,
+            actor.as_ref(),
+            target,
+            req.requested_expires_in,
+        )?;
+        let claims = AccessClaims {
+            iss: self.issuer_id.clone(),
+            sub: subject.principal.sub.clone(),
+            aud: target.id().to_string(),
+            exp,
+            iat: now,
+            nbf: now,
+            jti: new_jti()?,
+            client_id: client.id.clone(),
+            scope,
+            act,
+            task_id,
+            session_id,
+            purpose: (!req.purpose.is_empty()).then(|| req.purpose.clone()),
+            sub_iss: subject.principal.iss.clone(),
+            sub_attrs: subject.principal.attributes.clone(),
+            anc,
+        };
+        let access_token = Secret::new(self.keyring.mint(&claims)?);
+        Ok(Issued {
+            access_token,
+            expires_in: exp - now,
+            scope: claims.scope.clone(),
+            claims,
+        })
+    }
+
+    /// Invariant 3: exactly one catalogued audience; a token for a downstream API stays with that API.
+    fn target<'c>(&'c self, id: &str, parent: Option<&AccessClaims>) -> Result<Target<'c>> {
+        let target = self
+            .catalog
+            .target(id)
+            .ok_or_else(|| Error::invalid_target("audience is not in the catalog"))?;
+        if let Some(parent) = parent
+            && parent.aud != self.issuer_id
+            && parent.aud != target.id()
+        {
+            return Err(Error::invalid_target(
+                "a token for one audience cannot be exchanged for another",
+            ));
+        }
+        Ok(target)
+    }
+
+    /// Invariant 4: the issued `act` names the actor over the subject's existing chain; `may_act` is honoured;
+    /// the chain depth and the ancestry stay within their limits.
+    fn delegate(
+        &self,
+        subject: &Verified,
+        actor: Option<&Verified>,
+        parent: Option<&AccessClaims>,
+    ) -> Result<(Option<Actor>, Vec<String>)> {
+        let prior = parent.and_then(|p| p.act.clone());
+        let act = match actor {
+            None => prior,
+            Some(actor) => {
+                if let Some(may_act) = &subject.may_act
+                    && !may_act_allows(may_act, &actor.principal.sub, &actor.principal.iss)
+                {
+                    return Err(Error::invalid_grant(
+                        "the subject token's may_act does not allow this actor",
+                    ));
+                }
+                Some(Actor {
+                    sub: actor.principal.sub.clone(),
+                    iss: Some(actor.principal.iss.clone()),
+                    act: prior.map(Box::new),
+                })
+            }
+        };
+        if act.as_ref().map_or(0, Actor::depth) > self.limits.max_delegation_depth {
+            return Err(Error::invalid_grant("delegation depth limit reached"));
+        }
+        let anc = match parent {
+            None => Vec::new(),
+            Some(p) => {
+                let mut anc = Vec::with_capacity(p.anc.len() + 1);
+                anc.extend(p.anc.iter().cloned());
+                anc.push(p.jti.clone());
+                anc
+            }
+        };
+        if anc.len() > self.limits.max_chain_length {
+            return Err(Error::invalid_grant("exchange chain length limit reached"));
+        }
+        Ok((act, anc))
+    }
+
+    /// Invariant 1: every requested scope is offered by the audience and held by the subject token (when it
+    /// carries scopes); policy then decides each one. Asking for more than that is refused outright; a scope
+    /// that policy declines is left out of the grant, and the response's `scope` says what was granted.
+    fn grant_scopes(
+        &self,
+        req: &ExchangeRequest,
+        target: Target<'_>,
+        subject: &Verified,
+        q: &Question<'_>,
+    ) -> Result<String> {
+        let mut requested: Vec<&str> = Vec::new();
+        for scope in req.scope.split_ascii_whitespace() {
+            if !requested.contains(&scope) {
+                requested.push(scope);
+            }
+        }
+        if requested.is_empty() {
+            return Err(Error::invalid_scope("scope is required"));
+        }
+        for scope in &requested {
+            if !self.catalog.has_scope(target, scope) {
+                return Err(Error::invalid_scope(format!(
+                    "scope `{scope}` is not offered for this audience"
+                )));
+            }
+            if let Some(held) = &subject.scopes
+                && !held.iter().any(|h| h == scope)
+            {
+                return Err(Error::invalid_scope(format!(
+                    "scope `{scope}` is not held by the subject token"
+                )));
+            }
+        }
+        let granted = self.policy.allowed(q, &requested)?;
+        if granted.is_empty() {
+            return Err(Error::invalid_scope(
+                "policy grants none of the requested scopes",
+            ));
+        }
+        Ok(granted.join(" "))
+    }
+}
+
+/// Invariant 2: a child never outlives its parent, its actor's assertion, its audience's maximum or the
+/// lifetime the caller asked for.
+fn expiry(
+    now: u64,
+    subject: &Verified,
+    actor: Option<&Verified>,
+    target: Target<'_>,
+    requested: u32,
+) -> Result<u64> {
+    let mut exp = subject.exp.min(now.saturating_add(target.max_ttl()));
+    if let Some(actor) = actor {
+        exp = exp.min(actor.exp);
+    }
+    if requested > 0 {
+        exp = exp.min(now.saturating_add(u64::from(requested)));
+    }
+    if exp <= now {
+        return Err(Error::invalid_grant(
+            "the subject token expires too soon to derive a token from it",
+        ));
+    }
+    Ok(exp)
+}
+
+fn may_act_allows(may_act: &serde_json::Value, sub: &str, iss: &str) -> bool {
+    let allows = |m: &serde_json::Value| {
+        m.get("sub").and_then(|v| v.as_str()) == Some(sub)
+            && m.get("iss")
+                .and_then(|v| v.as_str())
+                .is_none_or(|i| i == iss)
+    };
+    match may_act {
+        serde_json::Value::Array(list) => list.iter().any(allows),
+        other => allows(other),
+    }
+}
+
+/// The task binding: inherited from a tessera subject token (and never changed), required otherwise.
+fn task_binding(
+    req: &ExchangeRequest,
+    parent: Option<&AccessClaims>,
+) -> Result<(String, Option<String>)> {
+    let given_session = (!req.session_id.is_empty()).then(|| req.session_id.clone());
+    match parent {
+        Some(p) => {
+            if !req.task_id.is_empty() && req.task_id != p.task_id {
+                return Err(Error::invalid_request(
+                    "task_id differs from the subject token's task",
+                ));
+            }
+            if given_session.is_some() && p.session_id.is_some() && given_session != p.session_id {
+                return Err(Error::invalid_request(
+                    "session_id differs from the subject token's session",
+                ));
+            }
+            Ok((p.task_id.clone(), p.session_id.clone().or(given_session)))
+        }
+        None if req.task_id.is_empty() => Err(Error::invalid_request("task_id is required")),
+        None => Ok((req.task_id.clone(), given_session)),
+    }
+}
+
+fn single_target(req: &ExchangeRequest) -> Result<&str> {
+    let mut target: Option<&str> = None;
+    for (value, is_resource) in req
+        .resource
+        .iter()
+        .map(|r| (r, true))
+        .chain(req.audience.iter().map(|a| (a, false)))
+    {
+        if is_resource && (!value.contains("://") || value.contains('#')) {
+            return Err(Error::invalid_target(
+                "resource must be an absolute URI without a fragment",
+            ));
+        }
+        match target {
+            Some(t) if t != value => {
+                return Err(Error::invalid_target("exactly one audience per token"));
+            }
+            _ => target = Some(value),
+        }
+    }
+    target.ok_or_else(|| Error::invalid_request("audience or resource is required"))
+}
+
+fn check_shape(req: &ExchangeRequest) -> Result<()> {
+    if req.grant_type != GRANT_TYPE_TOKEN_EXCHANGE {
+        return Err(Error::new(
+            ErrorCode::UnsupportedGrantType,
+            "grant_type must be token-exchange",
+        ));
+    }
+    if !matches!(
+        req.requested_token_type.as_str(),
+        "" | TOKEN_TYPE_ACCESS_TOKEN | TOKEN_TYPE_JWT
+    ) {
+        return Err(Error::invalid_request(
+            "requested_token_type is not supported",
+        ));
+    }
+    let token_type_ok = |t: &str| {
+        matches!(
+            t,
+            TOKEN_TYPE_JWT | TOKEN_TYPE_ACCESS_TOKEN | TOKEN_TYPE_ID_TOKEN
+        )
+    };
+    if req.subject_token.is_empty() {
+        return Err(Error::invalid_request("subject_token is required"));
+    }
+    if !token_type_ok(&req.subject_token_type) {
+        return Err(Error::invalid_request(
+            "subject_token_type is missing or not supported",
+        ));
+    }
+    match (req.actor_token.is_empty(), req.actor_token_type.is_empty()) {
+        (true, false) => {
+            return Err(Error::invalid_request(
+                "actor_token_type given without actor_token",
+            ));
+        }
+        (false, _) if !token_type_ok(&req.actor_token_type) => {
+            return Err(Error::invalid_request(
+                "actor_token_type is missing or not supported",
+            ));
+        }
+        _ => {}
+    }
+    if req.scope.len() > MAX_SCOPE_BYTES || req.scope.split_ascii_whitespace().count() > MAX_SCOPES
+    {
+        return Err(Error::invalid_scope("scope is too long"));
+    }
+    if req
+        .scope
+        .split_ascii_whitespace()
+        .any(|s| s.len() > MAX_SCOPE_TOKEN_BYTES || !s.bytes().all(is_scope_char))
+    {
+        return Err(Error::invalid_scope("scope holds a malformed scope token"));
+    }
+    for (name, value) in [("task_id", &req.task_id), ("session_id", &req.session_id)] {
+        if value.len() > MAX_ID_BYTES || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::invalid_request(format!(
+                "{name} must be at most {MAX_ID_BYTES} visible ASCII characters"
+            )));
+        }
+    }
+    if req.purpose.len() > MAX_PURPOSE_BYTES || req.purpose.chars().any(char::is_control) {
+        return Err(Error::invalid_request(format!(
+            "purpose must be at most {MAX_PURPOSE_BYTES} bytes of text"
+        )));
+    }
+    if req.resource.len() + req.audience.len() > MAX_TARGETS
+        || req
+            .resource
+            .iter()
+            .chain(&req.audience)
+            .any(|t| t.len() > MAX_TARGET_BYTES || t.is_empty())
+    {
+        return Err(Error::invalid_target("too many or too long audiences"));
+    }
+    Ok(())
+}
+
+/// RFC 6749 §3.3 scope-token characters.
+fn is_scope_char(b: u8) -> bool {
+    b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn may_act_matches_sub_and_optional_iss() {
+        let m = serde_json::json!({"sub": "agent"});
+        assert!(may_act_allows(&m, "agent", "https://any"));
+        assert!(!may_act_allows(&m, "other", "https://any"));
+        let m = serde_json::json!({"sub": "agent", "iss": "https://k8s"});
+        assert!(!may_act_allows(&m, "agent", "https://elsewhere"));
+        let m = serde_json::json!([{"sub": "a"}, {"sub": "b"}]);
+        assert!(may_act_allows(&m, "b", "x"));
+        assert!(!may_act_allows(&serde_json::json!("agent"), "agent", "x"));
+    }
+
+    #[test]
+    fn one_target_from_resource_and_audience() {
+        let mut r = ExchangeRequest {
+            audience: vec!["https://a".into()],
+            ..Default::default()
+        };
+        assert_eq!(single_target(&r).unwrap(), "https://a");
+        r.resource = vec!["https://a".into()];
+        assert_eq!(single_target(&r).unwrap(), "https://a");
+        r.resource = vec!["https://b".into()];
+        assert_eq!(
+            single_target(&r).unwrap_err().code,
+            ErrorCode::InvalidTarget
+        );
+        r.resource = vec!["not-a-uri".into()];
+        assert_eq!(
+            single_target(&r).unwrap_err().code,
+            ErrorCode::InvalidTarget
+        );
+        let r = ExchangeRequest::default();
+        assert_eq!(
+            single_target(&r).unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn scope_characters_follow_rfc6749() {
+        assert!(b"crm:read".iter().all(|b| is_scope_char(*b)));
+        assert!(!is_scope_char(b'"') && !is_scope_char(b'\\') && !is_scope_char(b' '));
+    }
+}

@@ -1,0 +1,209 @@
+//! The gRPC face: a thin adapter from `tessera.v1.TokenBroker` to the broker's domain functions, and the
+//! one place where OAuth error codes become gRPC statuses.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::broker::{Broker, now};
+use crate::client::{Client, Credentials, Rpc};
+use crate::error::{Error, ErrorCode};
+use crate::exchange::{ExchangeRequest, Issued, TOKEN_TYPE_ACCESS_TOKEN};
+use crate::secret::Secret;
+
+/// Generated protobuf and gRPC code for `tessera.v1`.
+pub mod pb {
+    tonic::include_proto!("tessera.v1");
+    /// The descriptor set served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("tessera_descriptor");
+}
+
+use pb::token_broker_server::TokenBroker;
+
+/// The error domain of every `google.rpc.ErrorInfo` the broker returns.
+pub const ERROR_DOMAIN: &str = "tessera";
+
+/// OAuth error code → gRPC status, with the code as the `reason` of an `ErrorInfo` detail (the design's
+/// API contract). The message is the error's description, which never holds a token or a secret.
+pub fn status(error: Error) -> Status {
+    let code = match error.code {
+        ErrorCode::InvalidRequest | ErrorCode::UnsupportedGrantType => Code::InvalidArgument,
+        ErrorCode::InvalidClient | ErrorCode::InvalidGrant => Code::Unauthenticated,
+        ErrorCode::UnauthorizedClient | ErrorCode::InvalidScope | ErrorCode::InvalidTarget => {
+            Code::PermissionDenied
+        }
+        ErrorCode::RateLimited => Code::ResourceExhausted,
+        ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::Internal => Code::Internal,
+    };
+    let details = ErrorDetails::with_error_info(error.code.as_str(), ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(code, error.to_string(), details)
+}
+
+/// The `TokenBroker` service over a shared broker.
+#[derive(Clone, Debug)]
+pub struct TokenBrokerService(pub Arc<Broker>);
+
+impl TokenBrokerService {
+    fn caller<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<&Client, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
+        let credentials =
+            Credentials::from_authorization(authorization, loopback).map_err(status)?;
+        self.0
+            .clients()
+            .authenticate(&credentials, rpc)
+            .map_err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl TokenBroker for TokenBrokerService {
+    async fn exchange_token(
+        &self,
+        request: Request<pb::ExchangeTokenRequest>,
+    ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
+        let client = self.caller(&request, Rpc::Exchange)?;
+        let issued = self
+            .0
+            .exchange(client, request.into_inner().into(), now())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(issued.into()))
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        let keyring = self.0.keyring();
+        let keys = keyring
+            .jwks()
+            .keys
+            .iter()
+            .map(|k| pb::Jwk {
+                kty: k.kty.clone(),
+                crv: k.crv.clone().unwrap_or_default(),
+                x: k.x.clone().unwrap_or_default(),
+                y: k.y.clone().unwrap_or_default(),
+                kid: k.kid.clone().unwrap_or_default(),
+                alg: k.alg.clone().unwrap_or_default(),
+                r#use: k.use_.clone().unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::GetJwksResponse {
+            keys,
+            jwks_json: keyring.jwks_json().to_string(),
+        }))
+    }
+}
+
+impl From<pb::ExchangeTokenRequest> for ExchangeRequest {
+    fn from(r: pb::ExchangeTokenRequest) -> Self {
+        ExchangeRequest {
+            grant_type: r.grant_type,
+            resource: r.resource,
+            audience: r.audience,
+            scope: r.scope,
+            requested_token_type: r.requested_token_type,
+            subject_token: Secret::new(r.subject_token),
+            subject_token_type: r.subject_token_type,
+            actor_token: Secret::new(r.actor_token),
+            actor_token_type: r.actor_token_type,
+            task_id: r.task_id,
+            session_id: r.session_id,
+            purpose: r.purpose,
+            requested_expires_in: r.requested_expires_in,
+        }
+    }
+}
+
+impl From<Issued> for pb::ExchangeTokenResponse {
+    fn from(issued: Issued) -> Self {
+        pb::ExchangeTokenResponse {
+            access_token: issued.access_token.expose().to_string(),
+            issued_token_type: TOKEN_TYPE_ACCESS_TOKEN.to_string(),
+            token_type: "Bearer".to_string(),
+            expires_in: issued.expires_in,
+            scope: issued.scope,
+        }
+    }
+}
+
+// Hand-written so that no `{:?}` of a request or response (tonic's, a test's, a log's) prints a token.
+impl fmt::Debug for pb::ExchangeTokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExchangeTokenRequest")
+            .field("grant_type", &self.grant_type)
+            .field("resource", &self.resource)
+            .field("audience", &self.audience)
+            .field("scope", &self.scope)
+            .field("subject_token", &"[redacted]")
+            .field("subject_token_type", &self.subject_token_type)
+            .field("actor_token", &"[redacted]")
+            .field("actor_token_type", &self.actor_token_type)
+            .field("task_id", &self.task_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for pb::ExchangeTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExchangeTokenResponse")
+            .field("access_token", &"[redacted]")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_oauth_code_maps_to_the_contracted_status() {
+        for (code, expected) in [
+            (ErrorCode::InvalidRequest, Code::InvalidArgument),
+            (ErrorCode::UnsupportedGrantType, Code::InvalidArgument),
+            (ErrorCode::InvalidClient, Code::Unauthenticated),
+            (ErrorCode::InvalidGrant, Code::Unauthenticated),
+            (ErrorCode::UnauthorizedClient, Code::PermissionDenied),
+            (ErrorCode::InvalidScope, Code::PermissionDenied),
+            (ErrorCode::InvalidTarget, Code::PermissionDenied),
+            (ErrorCode::RateLimited, Code::ResourceExhausted),
+            (ErrorCode::Unavailable, Code::Unavailable),
+        ] {
+            let s = status(Error::new(code, "why"));
+            assert_eq!(s.code(), expected, "{code}");
+            let info = s.get_details_error_info().expect("ErrorInfo detail");
+            assert_eq!(
+                (info.reason.as_str(), info.domain.as_str()),
+                (code.as_str(), ERROR_DOMAIN)
+            );
+        }
+    }
+
+    #[test]
+    fn request_debug_leaves_tokens_out() {
+        let r = pb::ExchangeTokenRequest {
+            subject_token: "eyJhbGciOi.secret.sig".into(),
+            actor_token: "eyJactor.secret.sig".into(),
+            ..Default::default()
+        };
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        let r = pb::ExchangeTokenResponse {
+            access_token: "eyJissued.secret.sig".into(),
+            ..Default::default()
+        };
+        assert!(!format!("{r:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,267 @@
+//! Policy: the Cedar engine decides, per requested scope, whether a principal acting through its actor chain
+//! may get that scope on an audience for a task.
+//!
+//! Policy sits after the invariants: it can refuse a scope the invariants allow, never grant one they forbid.
+//! Decisions are per scope, and every evaluation error counts as a refusal. Requests are modelled with few
+//! generic policies reading entity data (principal tags from the issuer's claim mapping), because Cedar's
+//! cost grows with the number of policies, not with the size of the data.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicySet, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+
+use crate::error::{Error, Result};
+
+/// The schema every policy is validated against (`policy/schema.cedarschema`).
+pub const SCHEMA: &str = include_str!("../policy/schema.cedarschema");
+/// The policy used when the config names none (`policy/default.cedar`).
+pub const DEFAULT_POLICY: &str = include_str!("../policy/default.cedar");
+
+/// An identity as policy sees it: who issued it and which attributes its issuer's mapping exposes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The issuer's short name in the config (`kubernetes`, `github`, `dev`).
+    pub issuer: String,
+    /// The issuer's identifier (its `iss`, or `spiffe://<trust domain>` for JWT-SVIDs without one).
+    pub iss: String,
+    pub sub: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Everything one exchange tells policy, apart from the scope being decided.
+#[derive(Debug)]
+pub struct Question<'a> {
+    pub principal: &'a Principal,
+    pub actor: Option<&'a Principal>,
+    pub audience: &'a str,
+    pub task_id: &'a str,
+    pub client_id: &'a str,
+    pub depth: usize,
+    pub actors: Vec<&'a str>,
+    pub subject_is_tessera_token: bool,
+    pub task_token: bool,
+}
+
+pub struct Policy {
+    policies: PolicySet,
+    schema: Schema,
+    authorizer: Authorizer,
+    principal_type: EntityTypeName,
+    audience_type: EntityTypeName,
+    action: EntityUid,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("policies", &self.policies.policies().count())
+            .finish()
+    }
+}
+
+impl Policy {
+    /// Parses `source` and validates it against the schema; every problem is reported.
+    pub fn new(source: &str) -> std::result::Result<Policy, Vec<String>> {
+        let (schema, _) =
+            Schema::from_cedarschema_str(SCHEMA).map_err(|e| vec![format!("schema: {e}")])?;
+        let policies = PolicySet::from_str(source).map_err(|e| {
+            let mut problems = vec![format!("policy does not parse: {e}")];
+            problems.extend(miette_causes(&e));
+            problems
+        })?;
+        let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        let problems: Vec<String> = validation
+            .validation_errors()
+            .map(|e| format!("policy: {e}"))
+            .collect();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let name = |s: &str| EntityTypeName::from_str(s).map_err(|e| vec![e.to_string()]);
+        Ok(Policy {
+            policies,
+            schema,
+            authorizer: Authorizer::new(),
+            principal_type: name("Tessera::Principal")?,
+            audience_type: name("Tessera::Audience")?,
+            action: EntityUid::from_str(r#"Tessera::Action::"exchange""#)
+                .map_err(|e| vec![e.to_string()])?,
+        })
+    }
+
+    fn principal_uid(&self, p: &Principal) -> EntityUid {
+        EntityUid::from_type_name_and_id(
+            self.principal_type.clone(),
+            EntityId::new(format!("{}|{}", p.iss, p.sub)),
+        )
+    }
+
+    fn principal_entity(&self, p: &Principal) -> Result<Entity> {
+        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        Entity::new_with_tags(
+            self.principal_uid(p),
+            [
+                ("issuer".to_string(), s(&p.issuer)),
+                ("iss".to_string(), s(&p.iss)),
+                ("sub".to_string(), s(&p.sub)),
+            ],
+            [],
+            p.attributes.iter().map(|(k, v)| (k.clone(), s(v))),
+        )
+        .map_err(|e| Error::internal(format!("policy entity: {e}")))
+    }
+
+    /// Decides each scope; returns the scopes allowed, in the order asked.
+    pub fn allowed<'s>(&self, q: &Question<'_>, scopes: &[&'s str]) -> Result<Vec<&'s str>> {
+        let mut entities = vec![self.principal_entity(q.principal)?];
+        if let Some(actor) = q.actor.filter(|a| *a != q.principal) {
+            entities.push(self.principal_entity(actor)?);
+        }
+        let entities = Entities::from_entities(entities, Some(&self.schema))
+            .map_err(|e| Error::internal(format!("policy entities: {e}")))?;
+        let principal = self.principal_uid(q.principal);
+        let resource =
+            EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(q.audience));
+        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        let mut allowed = Vec::with_capacity(scopes.len());
+        for scope in scopes {
+            let mut context = vec![
+                ("scope".to_string(), s(scope)),
+                ("task_id".to_string(), s(q.task_id)),
+                ("client_id".to_string(), s(q.client_id)),
+                (
+                    "depth".to_string(),
+                    RestrictedExpression::new_long(q.depth as i64),
+                ),
+                (
+                    "actors".to_string(),
+                    RestrictedExpression::new_set(q.actors.iter().map(|a| s(a))),
+                ),
+                (
+                    "subject_is_tessera_token".to_string(),
+                    RestrictedExpression::new_bool(q.subject_is_tessera_token),
+                ),
+                (
+                    "task_token".to_string(),
+                    RestrictedExpression::new_bool(q.task_token),
+                ),
+            ];
+            if let Some(actor) = q.actor {
+                context.push((
+                    "actor".to_string(),
+                    RestrictedExpression::new_entity_uid(self.principal_uid(actor)),
+                ));
+            }
+            let context = Context::from_pairs(context)
+                .map_err(|e| Error::internal(format!("policy context: {e}")))?;
+            let request = cedar_policy::Request::new(
+                principal.clone(),
+                self.action.clone(),
+                resource.clone(),
+                context,
+                Some(&self.schema),
+            )
+            .map_err(|e| Error::internal(format!("policy request: {e}")))?;
+            let response = self
+                .authorizer
+                .is_authorized(&request, &self.policies, &entities);
+            if response.decision() == Decision::Allow {
+                allowed.push(*scope);
+            }
+        }
+        Ok(allowed)
+    }
+}
+
+fn miette_causes(e: &dyn std::error::Error) -> Vec<String> {
+    std::iter::successors(e.source(), |s| s.source())
+        .map(|s| format!("  caused by: {s}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(issuer: &str, ns: &str) -> Principal {
+        Principal {
+            issuer: issuer.into(),
+            iss: format!("https://{issuer}"),
+            sub: "system:serviceaccount:agents:orchestrator".into(),
+            attributes: [("namespace".to_string(), ns.to_string())].into(),
+        }
+    }
+
+    fn question<'a>(p: &'a Principal, depth: usize) -> Question<'a> {
+        Question {
+            principal: p,
+            actor: None,
+            audience: "https://crm.example",
+            task_id: "t1",
+            client_id: "demo",
+            depth,
+            actors: vec![],
+            subject_is_tessera_token: false,
+            task_token: false,
+        }
+    }
+
+    const POLICY: &str = r#"
+        permit (principal, action == Tessera::Action::"exchange", resource == Tessera::Audience::"https://crm.example")
+        when { principal.issuer == "kubernetes" && principal.hasTag("namespace") &&
+               principal.getTag("namespace") == "agents" && context.scope like "crm:*" };
+        forbid (principal, action, resource) when { context.scope == "crm:export" && context.depth > 0 };
+    "#;
+
+    #[test]
+    fn decides_per_scope_with_tags_and_depth() {
+        let policy = Policy::new(POLICY).unwrap();
+        let p = principal("kubernetes", "agents");
+        let scopes = ["crm:read", "crm:export", "mail:send"];
+        assert_eq!(
+            policy.allowed(&question(&p, 0), &scopes).unwrap(),
+            ["crm:read", "crm:export"]
+        );
+        assert_eq!(
+            policy.allowed(&question(&p, 1), &scopes).unwrap(),
+            ["crm:read"]
+        );
+        let other = principal("kubernetes", "default");
+        assert!(
+            policy
+                .allowed(&question(&other, 0), &scopes)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_default_policy_validates_and_grants_upstream_nothing() {
+        let policy = Policy::new(DEFAULT_POLICY).unwrap();
+        let p = principal("kubernetes", "agents");
+        assert!(
+            policy
+                .allowed(&question(&p, 0), &["crm:read"])
+                .unwrap()
+                .is_empty()
+        );
+        let mut q = question(&p, 0);
+        q.subject_is_tessera_token = true;
+        assert_eq!(policy.allowed(&q, &["crm:read"]).unwrap(), ["crm:read"]);
+    }
+
+    #[test]
+    fn policies_that_do_not_fit_the_schema_are_refused_with_every_problem() {
+        let problems = Policy::new(
+            r#"permit (principal, action, resource) when { context.nope == 1 };
+               permit (principal, action, resource) when { principal.missing == "x" };"#,
+        )
+        .unwrap_err();
+        assert!(problems.len() >= 2, "{problems:?}");
+        assert!(Policy::new("permit (principal").is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! Serving: the gRPC server with health and reflection, on a listener the caller bound, until `shutdown`.
+//!
+//! Taking a bound listener (not an address) lets tests bind `127.0.0.1:0` and learn the port first.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::broker::Broker;
+use crate::config::ServerConfig;
+use crate::grpc::TokenBrokerService;
+use crate::grpc::pb::{self, token_broker_server::TokenBrokerServer};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves the broker on `listener` until `shutdown` completes, then stops accepting, reports NOT_SERVING
+/// and lets in-flight RPCs finish.
+pub async fn run(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    settings: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BoxError> {
+    crate::install_crypto_provider();
+    broker.issuers().warm_up().await;
+    let refresh = broker.issuers().spawn_refresh();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<TokenBrokerServer<TokenBrokerService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcio's reflection client (Python) still speaks v1alpha only.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let service = TokenBrokerServer::new(TokenBrokerService(broker))
+        // Requests are small (tokens are bounded by issuer config); a large body is refused before decoding.
+        .max_decoding_message_size(settings.max_request_bytes);
+
+    tracing::info!(addr = %listener.local_addr()?, "tessera serving gRPC");
+    let draining = async {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight RPCs");
+        health
+            .set_not_serving::<TokenBrokerServer<TokenBrokerService>>()
+            .await;
+    };
+    let served = Server::builder()
+        // Every RPC ends within the request timeout, whatever a peer or an upstream JWKS endpoint does.
+        .timeout(settings.request_timeout)
+        // A hard ceiling on work in flight across all connections: past it, callers wait (backpressure)
+        // rather than the process running out of memory.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            settings.max_concurrent_requests,
+        ))
+        // Dead peers are noticed and their connections closed.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .await;
+    refresh.abort();
+    served.map_err(Into::into)
+}
+
+/// Resolves on Ctrl-C or SIGTERM (how Kubernetes stops a pod).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

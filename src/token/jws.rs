@@ -1,0 +1,258 @@
+//! Compact JWS (RFC 7515) parsing, verification and signing, on aws-lc-rs alone.
+//!
+//! Written here rather than borrowed because the broker must control every step an attacker can reach: the
+//! size checks happen before any decoding, the header is parsed strictly (a `jku`, `x5u`, `jwk`, `x5c` or
+//! `crit` header is refused, never followed), the algorithm is one of four asymmetric ones (no `none`, no
+//! HMAC), and it must equal the algorithm pinned to the key that verifies it.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+
+/// The signature algorithms the broker understands. Anything else — `none`, `HS256`, `RS512` — is refused
+/// before a key is even looked up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Algorithm {
+    EdDSA,
+    ES256,
+    RS256,
+    PS256,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::EdDSA,
+        Algorithm::ES256,
+        Algorithm::RS256,
+        Algorithm::PS256,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::ES256 => "ES256",
+            Algorithm::RS256 => "RS256",
+            Algorithm::PS256 => "PS256",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    pub(crate) fn verification(self) -> &'static dyn aws_lc_rs::signature::VerificationAlgorithm {
+        use aws_lc_rs::signature as sig;
+        match self {
+            Algorithm::EdDSA => &sig::ED25519,
+            Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+            Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+            Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a compact JWS was refused. The texts are safe to return to a caller: none quotes the token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JwsError {
+    #[error("is larger than {0} bytes")]
+    Oversized(usize),
+    #[error("is not a compact JWS (three base64url parts)")]
+    Malformed,
+    #[error("has a malformed header")]
+    MalformedHeader,
+    #[error("uses algorithm that is not allowed")]
+    AlgorithmNotAllowed,
+    #[error("has a `{0}` header, which is never followed")]
+    ForbiddenHeader(&'static str),
+    #[error("has an unparseable claims set")]
+    MalformedClaims,
+    #[error("has a signature that does not verify")]
+    BadSignature,
+}
+
+/// The JOSE header fields the broker reads. Fields that would point the verifier at a key of the token's
+/// own choosing are captured only to refuse them.
+#[derive(Debug, Deserialize)]
+pub struct Header {
+    pub alg: String,
+    #[serde(default)]
+    pub kid: Option<String>,
+    #[serde(default)]
+    pub typ: Option<String>,
+    #[serde(default)]
+    jku: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    x5u: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    jwk: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    x5c: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+/// A compact JWS split and decoded, not yet verified.
+pub struct Unverified<'a> {
+    pub header: Header,
+    pub alg: Algorithm,
+    signing_input: &'a str,
+    signature: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl fmt::Debug for Unverified<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unverified")
+            .field("alg", &self.alg)
+            .field("kid", &self.header.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits and decodes a compact JWS. Size is checked first, so an oversized input costs nothing to refuse.
+pub fn parse(token: &str, max_bytes: usize) -> Result<Unverified<'_>, JwsError> {
+    if token.len() > max_bytes {
+        return Err(JwsError::Oversized(max_bytes));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwsError::Malformed);
+    };
+    if h.is_empty() || p.is_empty() {
+        return Err(JwsError::Malformed);
+    }
+    let header_bytes = URL_SAFE_NO_PAD.decode(h).map_err(|_| JwsError::Malformed)?;
+    let header: Header =
+        serde_json::from_slice(&header_bytes).map_err(|_| JwsError::MalformedHeader)?;
+    for (present, name) in [
+        (header.jku.is_some(), "jku"),
+        (header.x5u.is_some(), "x5u"),
+        (header.jwk.is_some(), "jwk"),
+        (header.x5c.is_some(), "x5c"),
+        (header.crit.is_some(), "crit"),
+    ] {
+        if present {
+            return Err(JwsError::ForbiddenHeader(name));
+        }
+    }
+    let alg = Algorithm::parse(&header.alg).ok_or(JwsError::AlgorithmNotAllowed)?;
+    let payload = URL_SAFE_NO_PAD.decode(p).map_err(|_| JwsError::Malformed)?;
+    let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| JwsError::Malformed)?;
+    if signature.is_empty() {
+        return Err(JwsError::BadSignature);
+    }
+    Ok(Unverified {
+        header,
+        alg,
+        signing_input: &token[..h.len() + 1 + p.len()],
+        signature,
+        payload,
+    })
+}
+
+impl Unverified<'_> {
+    /// Verifies the signature with `key`, which must be pinned to the header's algorithm.
+    pub fn verify(&self, key: &super::keys::VerifyingKey) -> Result<(), JwsError> {
+        if key.alg() != self.alg {
+            return Err(JwsError::AlgorithmNotAllowed);
+        }
+        key.verify(self.signing_input.as_bytes(), &self.signature)
+            .map_err(|()| JwsError::BadSignature)
+    }
+}
+
+/// `base64url(header) "." base64url(payload) "." base64url(signature)`, with the header encoded once per key.
+pub fn sign(
+    encoded_header: &str,
+    payload: &[u8],
+    key: &super::keys::SigningKey,
+) -> Result<String, JwsError> {
+    let payload_len = base64::encoded_len(payload.len(), false).ok_or(JwsError::Malformed)?;
+    let mut out = String::with_capacity(encoded_header.len() + payload_len + 90);
+    out.push_str(encoded_header);
+    out.push('.');
+    URL_SAFE_NO_PAD.encode_string(payload, &mut out);
+    let signature = key
+        .sign(out.as_bytes())
+        .map_err(|()| JwsError::BadSignature)?;
+    out.push('.');
+    URL_SAFE_NO_PAD.encode_string(signature, &mut out);
+    Ok(out)
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(json: &str) -> String {
+        b64(json.as_bytes())
+    }
+
+    #[test]
+    fn refuses_oversized_before_decoding() {
+        let token = "a".repeat(100);
+        assert_eq!(parse(&token, 99).unwrap_err(), JwsError::Oversized(99));
+    }
+
+    #[test]
+    fn refuses_wrong_part_counts_and_bad_base64() {
+        for token in ["", "a", "a.b", "a.b.c.d", ".b.c", "a..c", "!!.b.c"] {
+            assert!(parse(token, 1000).is_err(), "{token}");
+        }
+    }
+
+    #[test]
+    fn refuses_none_and_hmac() {
+        for alg in ["none", "HS256", "RS512", "ES384"] {
+            let token = format!(
+                "{}.{}.{}",
+                header(&format!(r#"{{"alg":"{alg}"}}"#)),
+                b64(b"{}"),
+                b64(b"sig")
+            );
+            assert_eq!(
+                parse(&token, 1000).unwrap_err(),
+                JwsError::AlgorithmNotAllowed,
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_key_pointing_headers() {
+        for field in ["jku", "x5u", "jwk", "x5c", "crit"] {
+            let h = header(&format!(
+                r#"{{"alg":"ES256","{field}":"https://evil.example/keys"}}"#
+            ));
+            let token = format!("{h}.{}.{}", b64(b"{}"), b64(b"sig"));
+            assert!(
+                matches!(parse(&token, 1000), Err(JwsError::ForbiddenHeader(_))),
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_empty_signature() {
+        let token = format!("{}.{}.", header(r#"{"alg":"EdDSA"}"#), b64(b"{}"));
+        assert_eq!(parse(&token, 1000).unwrap_err(), JwsError::BadSignature);
+    }
+}

@@ -1,0 +1,248 @@
+//! tessera's own tokens: RFC 9068 JWT access tokens, their claims, and the keyring that signs them.
+//!
+//! A token carries, besides the RFC 9068 claims, everything later checks need without a lookup: the task it
+//! is bound to, the actor chain (`act`, RFC 8693 §4.1), the upstream issuer and mapped attributes of its
+//! subject, and its ancestry (the `jti`s of the tessera tokens it was derived from), which is what lets a
+//! revocation cascade down a delegation tree.
+
+pub mod jws;
+pub mod keys;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use keys::{JwkSet, KeySet, SigningKey};
+
+/// One link of the actor chain: who acts, and (nested) who acted before it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// How many actors the chain names (1 for a single `act`).
+    pub fn depth(&self) -> usize {
+        1 + self.act.as_ref().map_or(0, |a| a.depth())
+    }
+
+    /// Every actor of the chain, the current one first.
+    pub fn chain(&self) -> impl Iterator<Item = &Actor> {
+        std::iter::successors(Some(self), |a| a.act.as_deref())
+    }
+}
+
+/// The claims of a tessera access token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    /// Exactly one audience, always a string (invariant 3).
+    pub aud: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub nbf: u64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+    pub task_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The upstream issuer of the subject principal, so a subject (issuer + `sub`) can be revoked.
+    pub sub_iss: String,
+    /// The subject's attributes mapped by its issuer's config, so policy sees the same principal at every hop.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sub_attrs: std::collections::BTreeMap<String, String>,
+    /// The `jti`s of the tessera tokens this one derives from, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anc: Vec<String>,
+}
+
+impl AccessClaims {
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split_ascii_whitespace()
+    }
+
+    /// The delegation depth: how many actors the `act` chain names.
+    pub fn depth(&self) -> usize {
+        self.act.as_ref().map_or(0, Actor::depth)
+    }
+}
+
+/// The broker's signing keys. The first signs; all are published, so tokens signed by a retiring key keep
+/// verifying until they expire.
+#[derive(Debug)]
+pub struct Keyring {
+    keys: Vec<SigningKey>,
+    verifying: KeySet,
+    jwks: JwkSet,
+    jwks_json: String,
+}
+
+impl Keyring {
+    pub fn new(keys: Vec<SigningKey>) -> std::result::Result<Keyring, String> {
+        if keys.is_empty() {
+            return Err("at least one signing key is needed".into());
+        }
+        let verifying = KeySet::from_keys(
+            keys.iter()
+                .map(SigningKey::verifying_key)
+                .collect::<Result<_, _>>()?,
+        );
+        let jwks = JwkSet {
+            keys: keys.iter().map(|k| k.jwk().clone()).collect(),
+        };
+        let jwks_json = serde_json::to_string(&jwks).map_err(|e| e.to_string())?;
+        Ok(Keyring {
+            keys,
+            verifying,
+            jwks,
+            jwks_json,
+        })
+    }
+
+    fn active(&self) -> &SigningKey {
+        &self.keys[0]
+    }
+
+    /// Signs the claims with the active key.
+    pub fn mint(&self, claims: &AccessClaims) -> Result<String> {
+        let key = self.active();
+        let payload =
+            serde_json::to_vec(claims).map_err(|_| Error::internal("could not encode claims"))?;
+        jws::sign(key.encoded_header(), &payload, key)
+            .map_err(|_| Error::internal("signing failed"))
+    }
+
+    pub fn verifying_keys(&self) -> &KeySet {
+        &self.verifying
+    }
+
+    pub fn jwks(&self) -> &JwkSet {
+        &self.jwks
+    }
+
+    pub fn jwks_json(&self) -> &str {
+        &self.jwks_json
+    }
+}
+
+/// A fresh, unguessable token identifier (128 random bits, base64url).
+pub fn new_jti() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Error::internal("no randomness"))?;
+    Ok(jws::b64(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys::SigningAlgorithm;
+    use super::*;
+
+    fn claims() -> AccessClaims {
+        AccessClaims {
+            iss: "https://tessera.test".into(),
+            sub: "system:serviceaccount:agents:orchestrator".into(),
+            aud: "https://crm.example".into(),
+            exp: 2_000,
+            iat: 1_000,
+            nbf: 1_000,
+            jti: "j1".into(),
+            client_id: "demo".into(),
+            scope: "crm:read".into(),
+            act: Some(Actor {
+                sub: "spiffe://a/b".into(),
+                iss: None,
+                act: Some(Box::new(Actor {
+                    sub: "c".into(),
+                    iss: None,
+                    act: None,
+                })),
+            }),
+            task_id: "t1".into(),
+            session_id: None,
+            purpose: None,
+            sub_iss: "https://k8s".into(),
+            sub_attrs: Default::default(),
+            anc: vec![],
+        }
+    }
+
+    #[test]
+    fn minted_tokens_verify_with_every_algorithm_and_carry_typ_and_kid() {
+        for alg in [SigningAlgorithm::EdDSA, SigningAlgorithm::ES256] {
+            let (key, pem) = SigningKey::generate(alg).unwrap();
+            let kid = key.kid().to_string();
+            // The PEM round-trips to the same key.
+            assert_eq!(SigningKey::from_pem(pem.expose()).unwrap().kid(), kid);
+            let ring = Keyring::new(vec![key]).unwrap();
+            let token = ring.mint(&claims()).unwrap();
+            let parsed = jws::parse(&token, 8192).unwrap();
+            assert_eq!(parsed.header.typ.as_deref(), Some("at+jwt"));
+            assert_eq!(parsed.header.kid.as_deref(), Some(kid.as_str()));
+            let key = ring.verifying_keys().find(Some(&kid), parsed.alg).unwrap();
+            parsed.verify(key).unwrap();
+            let back: AccessClaims = serde_json::from_slice(&parsed.payload).unwrap();
+            assert_eq!(back, claims());
+            assert_eq!(back.depth(), 2);
+        }
+    }
+
+    #[test]
+    fn a_tampered_token_does_not_verify() {
+        let (key, _) = SigningKey::generate(SigningAlgorithm::EdDSA).unwrap();
+        let ring = Keyring::new(vec![key]).unwrap();
+        let token = ring.mint(&claims()).unwrap();
+        let mut c = claims();
+        c.scope = "crm:read crm:export".into();
+        let forged_payload = jws::b64(&serde_json::to_vec(&c).unwrap());
+        let mut parts: Vec<&str> = token.split('.').collect();
+        parts[1] = &forged_payload;
+        let forged = parts.join(".");
+        let parsed = jws::parse(&forged, 8192).unwrap();
+        let key = ring
+            .verifying_keys()
+            .find(parsed.header.kid.as_deref(), parsed.alg)
+            .unwrap();
+        assert_eq!(parsed.verify(key), Err(jws::JwsError::BadSignature));
+    }
+
+    #[test]
+    fn every_key_is_published_and_the_first_signs() {
+        let (a, _) = SigningKey::generate(SigningAlgorithm::EdDSA).unwrap();
+        let (b, _) = SigningKey::generate(SigningAlgorithm::ES256).unwrap();
+        let (kid_a, kid_b) = (a.kid().to_string(), b.kid().to_string());
+        let ring = Keyring::new(vec![a, b]).unwrap();
+        let kids: Vec<_> = ring
+            .jwks()
+            .keys
+            .iter()
+            .filter_map(|k| k.kid.clone())
+            .collect();
+        assert_eq!(kids, vec![kid_a.clone(), kid_b]);
+        let token = ring.mint(&claims()).unwrap();
+        assert_eq!(jws::parse(&token, 8192).unwrap().header.kid, Some(kid_a));
+    }
+
+    #[test]
+    fn rfc7638_thumbprint_example() {
+        // RFC 7638 §3.1.
+        let jwk = keys::Jwk {
+            kty: "RSA".into(),
+            n: Some("0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw".into()),
+            e: Some("AQAB".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            jwk.thumbprint(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+}
