@@ -21,12 +21,7 @@ pub struct Trail {
 
 impl Trail {
     pub fn new(client_id: &str, req: &ExchangeRequest) -> Trail {
-        let audience = req
-            .audience
-            .first()
-            .or(req.resource.first())
-            .map(|a| truncate(a, 512))
-            .unwrap_or_default();
+        let audience = req.audience.first().or(req.resource.first()).map(|a| truncate(a, 512)).unwrap_or_default();
         Trail {
             client_id: client_id.to_string(),
             audience,
@@ -41,9 +36,7 @@ impl Trail {
     }
 
     pub fn actors(&mut self, act: Option<&Actor>) {
-        self.actors = act
-            .map(|a| a.chain().map(|a| a.sub.clone()).collect())
-            .unwrap_or_default();
+        self.actors = act.map(|a| a.chain().map(|a| a.sub.clone()).collect()).unwrap_or_default();
     }
 }
 
@@ -56,11 +49,7 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 pub fn exchange(trail: &Trail, outcome: &Result<Issued>) {
-    let (sub_iss, sub) = trail
-        .subject
-        .as_ref()
-        .map(|(i, s)| (i.as_str(), s.as_str()))
-        .unwrap_or_default();
+    let (sub_iss, sub) = trail.subject.as_ref().map(|(i, s)| (i.as_str(), s.as_str())).unwrap_or_default();
     let actors = trail.actors.join(" > ");
     match outcome {
         Ok(issued) => tracing::info!(

@@ -25,18 +25,9 @@ pub struct Broker {
 impl Broker {
     pub fn new(config: Config) -> Result<Broker, String> {
         let keyring = Keyring::new(config.signing_keys)?;
-        let issuers = Issuers::new(
-            config.issuers,
-            &keyring,
-            config.broker_id.clone(),
-            config.leeway,
-        );
+        let issuers = Issuers::new(config.issuers, &keyring, config.broker_id.clone(), config.leeway);
         Ok(Broker {
-            catalog: Catalog::new(
-                config.audiences,
-                config.broker_id.clone(),
-                config.task_token_max_ttl,
-            ),
+            catalog: Catalog::new(config.audiences, config.broker_id.clone(), config.task_token_max_ttl),
             issuer_id: config.broker_id,
             keyring,
             issuers: Arc::new(issuers),
@@ -65,7 +56,5 @@ impl Broker {
 
 /// Seconds since the Unix epoch: the one place the broker reads the clock; domain functions take `now`.
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -46,26 +46,15 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(audiences: Vec<Audience>, broker_id: String, task_token_max_ttl: u64) -> Catalog {
-        let all_scopes = audiences
-            .iter()
-            .flat_map(|a| a.scopes.iter().cloned())
-            .collect();
+        let all_scopes = audiences.iter().flat_map(|a| a.scopes.iter().cloned()).collect();
         let audiences = audiences.into_iter().map(|a| (a.id.clone(), a)).collect();
-        Catalog {
-            audiences,
-            broker_id,
-            task_token_max_ttl,
-            all_scopes,
-        }
+        Catalog { audiences, broker_id, task_token_max_ttl, all_scopes }
     }
 
     /// The target named `id`, if the broker issues for it.
     pub fn target(&self, id: &str) -> Option<Target<'_>> {
         if id == self.broker_id {
-            return Some(Target::Broker {
-                id: &self.broker_id,
-                max_ttl: self.task_token_max_ttl,
-            });
+            return Some(Target::Broker { id: &self.broker_id, max_ttl: self.task_token_max_ttl });
         }
         self.audiences.get(id).map(Target::Downstream)
     }
@@ -93,16 +82,8 @@ mod tests {
     use super::*;
 
     fn catalog() -> Catalog {
-        let crm = Audience {
-            id: "https://crm.example".into(),
-            scopes: ["crm:read".into()].into(),
-            max_ttl: 300,
-        };
-        let mail = Audience {
-            id: "https://mail.example".into(),
-            scopes: ["mail:send".into()].into(),
-            max_ttl: 60,
-        };
+        let crm = Audience { id: "https://crm.example".into(), scopes: ["crm:read".into()].into(), max_ttl: 300 };
+        let mail = Audience { id: "https://mail.example".into(), scopes: ["mail:send".into()].into(), max_ttl: 60 };
         Catalog::new(vec![crm, mail], "https://tessera.test".into(), 3600)
     }
 

@@ -13,11 +13,7 @@ use tessera::token::keys::{SigningAlgorithm, SigningKey};
 use tessera::{Broker, dev, server, telemetry};
 
 #[derive(Parser)]
-#[command(
-    name = "tessera",
-    version,
-    about = "A credential broker for AI agents (RFC 8693 token exchange)"
-)]
+#[command(name = "tessera", version, about = "A credential broker for AI agents (RFC 8693 token exchange)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -145,19 +141,12 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Serve {
-            config,
-            grpc_addr,
-            dev_dir,
-        } => serve(config, grpc_addr, &dev_dir),
+        Command::Serve { config, grpc_addr, dev_dir } => serve(config, grpc_addr, &dev_dir),
         Command::Exchange(args) => runtime()?.block_on(exchange(*args)),
         Command::Keygen { alg, out } => {
             let alg = match alg {
@@ -169,20 +158,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             options.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options
-                .open(&out)
-                .map_err(|e| format!("{}: {e}", out.display()))?;
-            std::io::Write::write_all(&mut file, pem.expose().as_bytes())
-                .map_err(|e| e.to_string())?;
-            println!(
-                "{}",
-                serde_json::json!({ "kid": key.kid(), "alg": key.alg().as_str(), "file": out })
-            );
+            let mut file = options.open(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            std::io::Write::write_all(&mut file, pem.expose().as_bytes()).map_err(|e| e.to_string())?;
+            println!("{}", serde_json::json!({ "kid": key.kid(), "alg": key.alg().as_str(), "file": out }));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config {
-            command: ConfigCommand::Check { file },
-        } => match load_config(&file, None) {
+        Command::Config { command: ConfigCommand::Check { file } } => match load_config(&file, None) {
             Ok(config) => {
                 println!(
                     "{}: ok ({} issuers, {} audiences, {} clients, {} signing keys)",
@@ -196,39 +177,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Err(e) => Err(format!("{}: {e}", file.display())),
         },
-        Command::Policy {
-            command: PolicyCommand::Check { file },
-        } => {
-            let source =
-                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        Command::Policy { command: PolicyCommand::Check { file } } => {
+            let source = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             match tessera::policy::Policy::new(&source) {
                 Ok(_) => {
                     println!("{}: ok", file.display());
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(problems) => Err(format!(
-                    "{}:\n  - {}",
-                    file.display(),
-                    problems.join("\n  - ")
-                )),
+                Err(problems) => Err(format!("{}:\n  - {}", file.display(), problems.join("\n  - "))),
             }
         }
-        Command::Dev {
-            command:
-                DevCommand::Assertion {
-                    sub,
-                    scope,
-                    ttl,
-                    dev_dir,
-                },
-        } => {
-            let token = dev::assertion(
-                &dev_dir,
-                &sub,
-                scope.as_deref(),
-                ttl.clamp(1, 86_400),
-                tessera::broker::now(),
-            )?;
+        Command::Dev { command: DevCommand::Assertion { sub, scope, ttl, dev_dir } } => {
+            let token = dev::assertion(&dev_dir, &sub, scope.as_deref(), ttl.clamp(1, 86_400), tessera::broker::now())?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
@@ -244,17 +204,10 @@ fn load_config(file: &Path, grpc_addr: Option<String>) -> Result<Config, String>
     builder.build(base).map_err(|e| e.to_string())
 }
 
-fn serve(
-    config: Option<PathBuf>,
-    grpc_addr: Option<String>,
-    dev_dir: &Path,
-) -> Result<ExitCode, String> {
+fn serve(config: Option<PathBuf>, grpc_addr: Option<String>, dev_dir: &Path) -> Result<ExitCode, String> {
     let (config, dev_mode) = match &config {
         Some(file) => (load_config(file, grpc_addr)?, false),
-        None => (
-            dev::config(dev_dir, grpc_addr).map_err(|e| e.to_string())?,
-            true,
-        ),
+        None => (dev::config(dev_dir, grpc_addr).map_err(|e| e.to_string())?, true),
     };
     telemetry::init(config.log.format, &config.log.level);
     if dev_mode {
@@ -269,9 +222,7 @@ fn serve(
         let listener = tokio::net::TcpListener::bind(settings.grpc_addr)
             .await
             .map_err(|e| format!("{}: {e}", settings.grpc_addr))?;
-        server::run(listener, broker, settings, server::shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
+        server::run(listener, broker, settings, server::shutdown_signal()).await.map_err(|e| e.to_string())
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -281,9 +232,7 @@ fn read_token(arg: &str) -> Result<String, String> {
         return Ok(arg.to_string());
     }
     let mut token = String::new();
-    std::io::stdin()
-        .read_to_string(&mut token)
-        .map_err(|e| e.to_string())?;
+    std::io::stdin().read_to_string(&mut token).map_err(|e| e.to_string())?;
     Ok(token.trim().to_string())
 }
 
@@ -296,17 +245,8 @@ async fn exchange(args: ExchangeArgs) -> Result<ExitCode, String> {
         requested_token_type: String::new(),
         subject_token: read_token(&args.subject_token)?,
         subject_token_type: args.subject_token_type,
-        actor_token: args
-            .actor_token
-            .as_deref()
-            .map(read_token)
-            .transpose()?
-            .unwrap_or_default(),
-        actor_token_type: if args.actor_token.is_some() {
-            args.actor_token_type
-        } else {
-            String::new()
-        },
+        actor_token: args.actor_token.as_deref().map(read_token).transpose()?.unwrap_or_default(),
+        actor_token_type: if args.actor_token.is_some() { args.actor_token_type } else { String::new() },
         task_id: args.task_id,
         session_id: args.session_id,
         purpose: args.purpose,
@@ -316,9 +256,7 @@ async fn exchange(args: ExchangeArgs) -> Result<ExitCode, String> {
     if let (Some(id), Some(secret)) = (&args.client_id, &args.client_secret) {
         use base64::Engine as _;
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
-        let value = format!("Basic {basic}")
-            .parse()
-            .map_err(|_| "client credentials are not valid metadata")?;
+        let value = format!("Basic {basic}").parse().map_err(|_| "client credentials are not valid metadata")?;
         request.metadata_mut().insert("authorization", value);
     }
     let mut client = pb::token_broker_client::TokenBrokerClient::connect(args.addr.clone())
@@ -334,23 +272,14 @@ async fn exchange(args: ExchangeArgs) -> Result<ExitCode, String> {
                 "expires_in": r.expires_in,
                 "scope": r.scope,
             });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
-            );
+            println!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }
         Err(status) => {
             use tonic_types::StatusExt as _;
-            let error = status
-                .get_details_error_info()
-                .map(|i| i.reason)
-                .unwrap_or_else(|| status.code().to_string());
+            let error = status.get_details_error_info().map(|i| i.reason).unwrap_or_else(|| status.code().to_string());
             let json = serde_json::json!({ "error": error, "error_description": status.message(), "grpc_status": status.code() as i32 });
-            eprintln!(
-                "{}",
-                serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?
-            );
+            eprintln!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
             Ok(ExitCode::FAILURE)
         }
     }

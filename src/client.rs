@@ -42,18 +42,8 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    pub fn new(
-        id: String,
-        secret_sha256: Option<[u8; 32]>,
-        rpcs: BTreeSet<Rpc>,
-        loopback_anonymous: bool,
-    ) -> Self {
-        Client {
-            id,
-            secret_sha256,
-            rpcs,
-            loopback_anonymous,
-        }
+    pub fn new(id: String, secret_sha256: Option<[u8; 32]>, rpcs: BTreeSet<Rpc>, loopback_anonymous: bool) -> Self {
+        Client { id, secret_sha256, rpcs, loopback_anonymous }
     }
 }
 
@@ -72,18 +62,13 @@ impl Credentials {
             None => None,
             Some(v) => {
                 let encoded = v.strip_prefix("Basic ").ok_or_else(bad)?;
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|_| bad())?;
+                let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
                 let decoded = Secret::new(String::from_utf8(decoded).map_err(|_| bad())?);
                 let (id, secret) = decoded.expose().split_once(':').ok_or_else(bad)?;
                 Some((id.to_string(), Secret::new(secret)))
             }
         };
-        Ok(Credentials {
-            basic,
-            peer_is_loopback,
-        })
+        Ok(Credentials { basic, peer_is_loopback })
     }
 }
 
@@ -94,9 +79,7 @@ pub struct Clients {
 
 impl Clients {
     pub fn new(clients: Vec<Client>) -> Clients {
-        Clients {
-            by_id: clients.into_iter().map(|c| (c.id.clone(), c)).collect(),
-        }
+        Clients { by_id: clients.into_iter().map(|c| (c.id.clone(), c)).collect() }
     }
 
     /// Identifies the caller and checks it may call `rpc`.
@@ -106,10 +89,7 @@ impl Clients {
             Some((id, secret)) => {
                 let client = self.by_id.get(id).ok_or_else(failed)?;
                 let expected = client.secret_sha256.ok_or_else(failed)?;
-                let presented = aws_lc_rs::digest::digest(
-                    &aws_lc_rs::digest::SHA256,
-                    secret.expose().as_bytes(),
-                );
+                let presented = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.expose().as_bytes());
                 if !constant_time_eq(presented.as_ref(), &expected) {
                     return Err(failed());
                 }
@@ -119,21 +99,13 @@ impl Clients {
                 .by_id
                 .values()
                 .find(|c| c.loopback_anonymous)
-                .ok_or_else(|| {
-                    Error::new(ErrorCode::InvalidClient, "client authentication required")
-                })?,
+                .ok_or_else(|| Error::new(ErrorCode::InvalidClient, "client authentication required"))?,
             None => {
-                return Err(Error::new(
-                    ErrorCode::InvalidClient,
-                    "client authentication required",
-                ));
+                return Err(Error::new(ErrorCode::InvalidClient, "client authentication required"));
             }
         };
         if !client.rpcs.contains(&rpc) {
-            return Err(Error::new(
-                ErrorCode::UnauthorizedClient,
-                "client may not call this RPC",
-            ));
+            return Err(Error::new(ErrorCode::UnauthorizedClient, "client may not call this RPC"));
         }
         Ok(client)
     }
@@ -156,63 +128,36 @@ mod tests {
     use super::*;
 
     fn sha(s: &str) -> [u8; 32] {
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes())
-            .as_ref()
-            .try_into()
-            .unwrap()
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes()).as_ref().try_into().unwrap()
     }
 
     fn clients() -> Clients {
         Clients::new(vec![
-            Client::new(
-                "orch".into(),
-                Some(sha("s3cret")),
-                [Rpc::Exchange].into(),
-                false,
-            ),
+            Client::new("orch".into(), Some(sha("s3cret")), [Rpc::Exchange].into(), false),
             Client::new("demo".into(), None, [Rpc::Exchange].into(), true),
-            Client::new(
-                "gateway".into(),
-                Some(sha("gw")),
-                [Rpc::Introspect].into(),
-                false,
-            ),
+            Client::new("gateway".into(), Some(sha("gw")), [Rpc::Introspect].into(), false),
         ])
     }
 
     fn basic(id: &str, secret: &str, loopback: bool) -> Credentials {
-        let v = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-        );
+        let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")));
         Credentials::from_authorization(Some(&v), loopback).unwrap()
     }
 
     #[test]
     fn secrets_authenticate_and_wrong_ones_do_not() {
         let c = clients();
-        assert_eq!(
-            c.authenticate(&basic("orch", "s3cret", false), Rpc::Exchange)
-                .unwrap()
-                .id,
-            "orch"
-        );
-        let err = c
-            .authenticate(&basic("orch", "wrong", false), Rpc::Exchange)
-            .unwrap_err();
+        assert_eq!(c.authenticate(&basic("orch", "s3cret", false), Rpc::Exchange).unwrap().id, "orch");
+        let err = c.authenticate(&basic("orch", "wrong", false), Rpc::Exchange).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidClient);
         assert!(!err.description.contains("wrong"));
         assert_eq!(
-            c.authenticate(&basic("nobody", "x", false), Rpc::Exchange)
-                .unwrap_err()
-                .code,
+            c.authenticate(&basic("nobody", "x", false), Rpc::Exchange).unwrap_err().code,
             ErrorCode::InvalidClient
         );
         // A client without a secret cannot be named with one.
         assert_eq!(
-            c.authenticate(&basic("demo", "", false), Rpc::Exchange)
-                .unwrap_err()
-                .code,
+            c.authenticate(&basic("demo", "", false), Rpc::Exchange).unwrap_err().code,
             ErrorCode::InvalidClient
         );
     }
@@ -220,39 +165,21 @@ mod tests {
     #[test]
     fn anonymous_callers_are_the_loopback_client_only_on_loopback() {
         let c = clients();
-        let anon = |loopback| Credentials {
-            basic: None,
-            peer_is_loopback: loopback,
-        };
-        assert_eq!(
-            c.authenticate(&anon(true), Rpc::Exchange).unwrap().id,
-            "demo"
-        );
-        assert_eq!(
-            c.authenticate(&anon(false), Rpc::Exchange)
-                .unwrap_err()
-                .code,
-            ErrorCode::InvalidClient
-        );
+        let anon = |loopback| Credentials { basic: None, peer_is_loopback: loopback };
+        assert_eq!(c.authenticate(&anon(true), Rpc::Exchange).unwrap().id, "demo");
+        assert_eq!(c.authenticate(&anon(false), Rpc::Exchange).unwrap_err().code, ErrorCode::InvalidClient);
     }
 
     #[test]
     fn rpcs_are_per_client() {
-        let err = clients()
-            .authenticate(&basic("gateway", "gw", false), Rpc::Exchange)
-            .unwrap_err();
+        let err = clients().authenticate(&basic("gateway", "gw", false), Rpc::Exchange).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnauthorizedClient);
     }
 
     #[test]
     fn malformed_authorization_is_invalid_client() {
         for v in ["Bearer x", "Basic !!!", "Basic Zm9v"] {
-            assert_eq!(
-                Credentials::from_authorization(Some(v), false)
-                    .unwrap_err()
-                    .code,
-                ErrorCode::InvalidClient
-            );
+            assert_eq!(Credentials::from_authorization(Some(v), false).unwrap_err().code, ErrorCode::InvalidClient);
         }
     }
 

@@ -172,22 +172,12 @@ impl ConfigBuilder {
     pub fn build(self, base_dir: &Path) -> Result<Config, ConfigErrors> {
         let mut problems = Vec::new();
         let path = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base_dir.join(p)
-            }
+            if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) }
         };
 
-        let grpc_addr = self
-            .server
-            .grpc_addr
-            .as_deref()
-            .unwrap_or(DEFAULT_GRPC_ADDR);
+        let grpc_addr = self.server.grpc_addr.as_deref().unwrap_or(DEFAULT_GRPC_ADDR);
         let grpc_addr = grpc_addr.parse().unwrap_or_else(|_| {
-            problems.push(format!(
-                "server.grpc_addr: `{grpc_addr}` is not an address (host:port)"
-            ));
+            problems.push(format!("server.grpc_addr: `{grpc_addr}` is not an address (host:port)"));
             SocketAddr::from(([127, 0, 0, 1], 50051))
         });
 
@@ -210,17 +200,11 @@ impl ConfigBuilder {
 
         let mut signing_keys = Vec::new();
         if self.signing.keys.is_empty() {
-            problems.push(
-                "signing.keys: at least one PKCS#8 PEM key file is required (`tessera keygen`)"
-                    .into(),
-            );
+            problems.push("signing.keys: at least one PKCS#8 PEM key file is required (`tessera keygen`)".into());
         }
         for (i, file) in self.signing.keys.iter().enumerate() {
             let file = path(file);
-            match std::fs::read_to_string(&file)
-                .map_err(|e| e.to_string())
-                .and_then(|pem| SigningKey::from_pem(&pem))
-            {
+            match std::fs::read_to_string(&file).map_err(|e| e.to_string()).and_then(|pem| SigningKey::from_pem(&pem)) {
                 Ok(key) => signing_keys.push(key),
                 Err(e) => problems.push(format!("signing.keys[{i}] ({}): {e}", file.display())),
             }
@@ -233,11 +217,7 @@ impl ConfigBuilder {
                 .ok(),
         };
         let policy = policy_source.and_then(|src| {
-            Policy::new(&src)
-                .map_err(|errors| {
-                    problems.extend(errors.into_iter().map(|e| format!("policy: {e}")))
-                })
-                .ok()
+            Policy::new(&src).map_err(|errors| problems.extend(errors.into_iter().map(|e| format!("policy: {e}")))).ok()
         });
 
         let mut issuers = Vec::new();
@@ -254,17 +234,10 @@ impl ConfigBuilder {
         let mut ids = BTreeSet::new();
         for (spec, _) in &issuers {
             if !ids.insert(spec.id()) {
-                problems.push(format!(
-                    "issuers ({}): two issuers share the identifier `{}`",
-                    spec.name,
-                    spec.id()
-                ));
+                problems.push(format!("issuers ({}): two issuers share the identifier `{}`", spec.name, spec.id()));
             }
             if spec.id() == broker_id {
-                problems.push(format!(
-                    "issuers ({}): an upstream issuer cannot be the broker itself",
-                    spec.name
-                ));
+                problems.push(format!("issuers ({}): an upstream issuer cannot be the broker itself", spec.name));
             }
         }
 
@@ -272,47 +245,28 @@ impl ConfigBuilder {
         for (i, a) in self.audiences.into_iter().enumerate() {
             let at = format!("audiences[{i}] ({})", a.id);
             if !a.id.contains("://") || a.id.contains('#') || a.id.len() > 512 {
-                problems.push(format!(
-                    "{at}: `id` must be an absolute URI without a fragment"
-                ));
+                problems.push(format!("{at}: `id` must be an absolute URI without a fragment"));
             }
             if a.id == broker_id {
-                problems.push(format!(
-                    "{at}: the broker itself is not a catalogued audience"
-                ));
+                problems.push(format!("{at}: the broker itself is not a catalogued audience"));
             }
-            if a.scopes.is_empty()
-                || a.scopes
-                    .iter()
-                    .any(|s| s.is_empty() || s.contains(char::is_whitespace))
-            {
-                problems.push(format!(
-                    "{at}: `scopes` must be a non-empty list of scope tokens"
-                ));
+            if a.scopes.is_empty() || a.scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+                problems.push(format!("{at}: `scopes` must be a non-empty list of scope tokens"));
             }
             let max_ttl = a.max_ttl.unwrap_or(300);
             if max_ttl == 0 || max_ttl > 86_400 {
-                problems.push(format!(
-                    "{at}: `max_ttl` must be between 1 and 86400 seconds"
-                ));
+                problems.push(format!("{at}: `max_ttl` must be between 1 and 86400 seconds"));
             }
             if audiences.iter().any(|x: &Audience| x.id == a.id) {
                 problems.push(format!("{at}: duplicate audience"));
             }
-            audiences.push(Audience {
-                id: a.id,
-                scopes: a.scopes.into_iter().collect(),
-                max_ttl,
-            });
+            audiences.push(Audience { id: a.id, scopes: a.scopes.into_iter().collect(), max_ttl });
         }
 
         let mut clients = Vec::new();
         for (i, c) in self.clients.into_iter().enumerate() {
             let at = format!("clients[{i}] ({})", c.id);
-            if c.id.is_empty()
-                || c.id.contains(':')
-                || clients.iter().any(|x: &Client| x.id == c.id)
-            {
+            if c.id.is_empty() || c.id.contains(':') || clients.iter().any(|x: &Client| x.id == c.id) {
                 problems.push(format!("{at}: `id` is required, unique, and has no `:`"));
             }
             let secret = match &c.secret_sha256 {
@@ -326,21 +280,12 @@ impl ConfigBuilder {
                 }
             };
             if secret.is_none() && !c.loopback_anonymous {
-                problems.push(format!(
-                    "{at}: needs `secret_sha256` (or `loopback_anonymous = true`)"
-                ));
+                problems.push(format!("{at}: needs `secret_sha256` (or `loopback_anonymous = true`)"));
             }
             if c.rpcs.is_empty() {
-                problems.push(format!(
-                    "{at}: `rpcs` must name at least one of exchange, introspect, revoke"
-                ));
+                problems.push(format!("{at}: `rpcs` must name at least one of exchange, introspect, revoke"));
             }
-            clients.push(Client::new(
-                c.id,
-                secret,
-                c.rpcs.into_iter().collect(),
-                c.loopback_anonymous,
-            ));
+            clients.push(Client::new(c.id, secret, c.rpcs.into_iter().collect(), c.loopback_anonymous));
         }
         if clients.iter().filter(|c| c.loopback_anonymous).count() > 1 {
             problems.push("clients: at most one client may be `loopback_anonymous`".into());
@@ -348,9 +293,7 @@ impl ConfigBuilder {
 
         let level = self.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-            problems.push(format!(
-                "log.level: `{level}` is not a level or filter directive"
-            ));
+            problems.push(format!("log.level: `{level}` is not a level or filter directive"));
         }
 
         let server = ServerConfig {
@@ -359,11 +302,10 @@ impl ConfigBuilder {
             request_timeout: Duration::from_millis(self.server.request_timeout_ms.unwrap_or(5_000)),
             max_concurrent_requests: self.server.max_concurrent_requests.unwrap_or(1024),
         };
-        if server.max_request_bytes < 4096
-            || server.max_concurrent_requests == 0
-            || server.request_timeout.is_zero()
-        {
-            problems.push("server: max_request_bytes ≥ 4096, max_concurrent_requests ≥ 1 and request_timeout_ms ≥ 1".into());
+        if server.max_request_bytes < 4096 || server.max_concurrent_requests == 0 || server.request_timeout.is_zero() {
+            problems.push(
+                "server: max_request_bytes ≥ 4096, max_concurrent_requests ≥ 1 and request_timeout_ms ≥ 1".into(),
+            );
         }
 
         match policy {
@@ -371,20 +313,14 @@ impl ConfigBuilder {
                 server,
                 broker_id,
                 leeway: self.broker.leeway.unwrap_or(5),
-                limits: Limits {
-                    max_delegation_depth,
-                    max_chain_length,
-                },
+                limits: Limits { max_delegation_depth, max_chain_length },
                 task_token_max_ttl,
                 signing_keys,
                 issuers,
                 audiences,
                 clients,
                 policy,
-                log: LogConfig {
-                    format: self.log.format.unwrap_or_default(),
-                    level,
-                },
+                log: LogConfig { format: self.log.format.unwrap_or_default(), level },
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -392,9 +328,7 @@ impl ConfigBuilder {
 }
 
 fn is_https_like(s: &str) -> bool {
-    (s.starts_with("https://") || s.starts_with("http://"))
-        && s.len() > 8
-        && !s.contains(char::is_whitespace)
+    (s.starts_with("https://") || s.starts_with("http://")) && s.len() > 8 && !s.contains(char::is_whitespace)
 }
 
 fn build_issuer(
@@ -406,13 +340,11 @@ fn build_issuer(
 ) -> Option<(IssuerSpec, KeySet)> {
     let before = problems.len();
     match (&b.issuer, &b.spiffe_trust_domain) {
-        (None, None) => problems.push(format!(
-            "{at}: needs `issuer` (its `iss`) or `spiffe_trust_domain`"
-        )),
+        (None, None) => problems.push(format!("{at}: needs `issuer` (its `iss`) or `spiffe_trust_domain`")),
         (Some(iss), _) if iss.is_empty() => problems.push(format!("{at}: `issuer` is empty")),
-        (_, Some(td)) if td.is_empty() || td.contains('/') => problems.push(format!(
-            "{at}: `spiffe_trust_domain` is a bare domain (`example.org`)"
-        )),
+        (_, Some(td)) if td.is_empty() || td.contains('/') => {
+            problems.push(format!("{at}: `spiffe_trust_domain` is a bare domain (`example.org`)"))
+        }
         _ => {}
     }
     let algorithms: Vec<Algorithm> = match &b.algorithms {
@@ -422,9 +354,7 @@ fn build_issuer(
             .filter_map(|n| {
                 let alg = Algorithm::parse(n);
                 if alg.is_none() {
-                    problems.push(format!(
-                        "{at}: algorithm `{n}` is not allowed (ES256, RS256, PS256, EdDSA)"
-                    ));
+                    problems.push(format!("{at}: algorithm `{n}` is not allowed (ES256, RS256, PS256, EdDSA)"));
                 }
                 alg
             })
@@ -433,16 +363,10 @@ fn build_issuer(
     if algorithms.is_empty() {
         problems.push(format!("{at}: `algorithms` is empty"));
     }
-    let sources = [
-        b.jwks_url.is_some(),
-        b.jwks_file.is_some(),
-        b.jwks_inline.is_some(),
-    ];
+    let sources = [b.jwks_url.is_some(), b.jwks_file.is_some(), b.jwks_inline.is_some()];
     let jwks = match (&b.jwks_url, &b.jwks_file, &b.jwks_inline) {
         _ if sources.iter().filter(|s| **s).count() != 1 => {
-            problems.push(format!(
-                "{at}: exactly one of `jwks_url`, `jwks_file`, `jwks_inline` is required"
-            ));
+            problems.push(format!("{at}: exactly one of `jwks_url`, `jwks_file`, `jwks_inline` is required"));
             None
         }
         (Some(url), _, _) => {
@@ -479,9 +403,7 @@ fn build_issuer(
             let (keys, key_problems) = KeySet::from_jwks(&set, &algorithms);
             problems.extend(key_problems.into_iter().map(|p| format!("{at}: {p}")));
             if keys.is_empty() {
-                problems.push(format!(
-                    "{at}: the JWKS holds no key usable with the allowed algorithms"
-                ));
+                problems.push(format!("{at}: the JWKS holds no key usable with the allowed algorithms"));
             }
             keys
         }
@@ -489,16 +411,12 @@ fn build_issuer(
     };
     for (tag, pointer) in &b.attributes {
         if !pointer.starts_with('/') {
-            problems.push(format!(
-                "{at}: attributes.{tag}: `{pointer}` is not a JSON pointer (`/claim/field`)"
-            ));
+            problems.push(format!("{at}: attributes.{tag}: `{pointer}` is not a JSON pointer (`/claim/field`)"));
         }
     }
     let max_token_bytes = b.max_token_bytes.unwrap_or(8 * 1024);
     if !(512..=64 * 1024).contains(&max_token_bytes) {
-        problems.push(format!(
-            "{at}: `max_token_bytes` must be between 512 and 65536"
-        ));
+        problems.push(format!("{at}: `max_token_bytes` must be between 512 and 65536"));
     }
     let leeway = b.leeway.unwrap_or(30);
     if leeway > 300 {
@@ -566,9 +484,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let result: Result<ConfigBuilder, _> = Figment::new()
-            .merge(Toml::string("[broker]\nissuer_typo = 1"))
-            .extract();
+        let result: Result<ConfigBuilder, _> =
+            Figment::new().merge(Toml::string("[broker]\nissuer_typo = 1")).extract();
         assert!(result.is_err());
     }
 }

@@ -9,9 +9,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::config::{
-    AudienceBuilder, ClientBuilder, Config, ConfigBuilder, ConfigErrors, IssuerBuilder,
-};
+use crate::config::{AudienceBuilder, ClientBuilder, Config, ConfigBuilder, ConfigErrors, IssuerBuilder};
 use crate::policy::DEFAULT_POLICY;
 use crate::token::jws;
 use crate::token::keys::{JwkSet, SigningAlgorithm, SigningKey};
@@ -54,18 +52,14 @@ fn key(dir: &Path, name: &str) -> Result<(SigningKey, PathBuf), String> {
         let (_, pem) = SigningKey::generate(SigningAlgorithm::EdDSA)?;
         let tmp = dir.join(format!(".{name}.{}", std::process::id()));
         let mut file = private_file(&tmp)?;
-        file.write_all(pem.expose().as_bytes())
-            .map_err(|e| e.to_string())?;
+        file.write_all(pem.expose().as_bytes()).map_err(|e| e.to_string())?;
         drop(file);
         // Losing the race to another process is fine: its key is used.
         let _ = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);
     }
     let pem = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((
-        SigningKey::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?,
-        path,
-    ))
+    Ok((SigningKey::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?, path))
 }
 
 fn private_file(path: &Path) -> Result<std::fs::File, String> {
@@ -73,9 +67,7 @@ fn private_file(path: &Path) -> Result<std::fs::File, String> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    options.open(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The dev mode configuration, with its keys generated on first use in `dir`.
@@ -83,13 +75,10 @@ pub fn config(dir: &Path, grpc_addr: Option<String>) -> Result<Config, ConfigErr
     let fail = |e: String| ConfigErrors(vec![format!("dev mode: {e}")]);
     let (_, signing_path) = key(dir, SIGNING_KEY_FILE).map_err(fail)?;
     let (issuer_key, _) = key(dir, ISSUER_KEY_FILE).map_err(fail)?;
-    let jwks = serde_json::to_string(&JwkSet {
-        keys: vec![issuer_key.jwk().clone()],
-    })
-    .map_err(|e| fail(e.to_string()))?;
+    let jwks =
+        serde_json::to_string(&JwkSet { keys: vec![issuer_key.jwk().clone()] }).map_err(|e| fail(e.to_string()))?;
     let policy_path = dir.join(POLICY_FILE);
-    std::fs::write(&policy_path, format!("{DEFAULT_POLICY}\n{DEMO_POLICY}"))
-        .map_err(|e| fail(e.to_string()))?;
+    std::fs::write(&policy_path, format!("{DEFAULT_POLICY}\n{DEMO_POLICY}")).map_err(|e| fail(e.to_string()))?;
     let mut builder = ConfigBuilder::default();
     builder.server.grpc_addr = grpc_addr;
     builder.broker.issuer = Some(BROKER_ID.into());
@@ -109,11 +98,7 @@ pub fn config(dir: &Path, grpc_addr: Option<String>) -> Result<Config, ConfigErr
     }];
     builder.clients = vec![ClientBuilder {
         id: "demo".into(),
-        rpcs: vec![
-            crate::client::Rpc::Exchange,
-            crate::client::Rpc::Introspect,
-            crate::client::Rpc::Revoke,
-        ],
+        rpcs: vec![crate::client::Rpc::Exchange, crate::client::Rpc::Introspect, crate::client::Rpc::Revoke],
         loopback_anonymous: true,
         ..ClientBuilder::default()
     }];
@@ -122,13 +107,7 @@ pub fn config(dir: &Path, grpc_addr: Option<String>) -> Result<Config, ConfigErr
 }
 
 /// Mints an assertion from the dev issuer (`tessera dev assertion`), as of `now`.
-pub fn assertion(
-    dir: &Path,
-    sub: &str,
-    scope: Option<&str>,
-    ttl: u64,
-    now: u64,
-) -> Result<String, String> {
+pub fn assertion(dir: &Path, sub: &str, scope: Option<&str>, ttl: u64, now: u64) -> Result<String, String> {
     let path = dir.join(ISSUER_KEY_FILE);
     if !path.exists() {
         return Err(format!(

@@ -72,10 +72,7 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
-        Error {
-            code,
-            description: description.into(),
-        }
+        Error { code, description: description.into() }
     }
     pub fn invalid_request(description: impl Into<String>) -> Self {
         Error::new(ErrorCode::InvalidRequest, description)

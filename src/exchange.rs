@@ -62,25 +62,14 @@ pub struct Issued {
 impl Broker {
     /// Exchanges the request's subject (and actor) token for a narrower token, as of `now` (Unix seconds).
     /// Every outcome, granted or refused, is an audit event.
-    pub async fn exchange(
-        &self,
-        client: &Client,
-        request: ExchangeRequest,
-        now: u64,
-    ) -> Result<Issued> {
+    pub async fn exchange(&self, client: &Client, request: ExchangeRequest, now: u64) -> Result<Issued> {
         let mut trail = Trail::new(&client.id, &request);
         let outcome = self.decide(client, &request, now, &mut trail).await;
         audit::exchange(&trail, &outcome);
         outcome
     }
 
-    async fn decide(
-        &self,
-        client: &Client,
-        req: &ExchangeRequest,
-        now: u64,
-        trail: &mut Trail,
-    ) -> Result<Issued> {
+    async fn decide(&self, client: &Client, req: &ExchangeRequest, now: u64, trail: &mut Trail) -> Result<Issued> {
         check_shape(req)?;
         let target_id = single_target(req)?;
         let subject = self
@@ -113,21 +102,12 @@ impl Broker {
             task_id: &task_id,
             client_id: &client.id,
             depth: act.as_ref().map_or(0, Actor::depth),
-            actors: act
-                .as_ref()
-                .map(|a| a.chain().map(|a| a.sub.as_str()).collect())
-                .unwrap_or_default(),
+            actors: act.as_ref().map(|a| a.chain().map(|a| a.sub.as_str()).collect()).unwrap_or_default(),
             subject_is_tessera_token: parent.is_some(),
             task_token: matches!(target, Target::Broker { .. }),
         };
         let scope = self.grant_scopes(req, target, &subject, &question)?;
-        let exp = expiry(
-            now,
-            &subject,
-            actor.as_ref(),
-            target,
-            req.requested_expires_in,
-        )?;
+        let exp = expiry(now, &subject, actor.as_ref(), target, req.requested_expires_in)?;
         let claims = AccessClaims {
             iss: self.issuer_id.clone(),
             sub: subject.principal.sub.clone(),
@@ -147,27 +127,17 @@ impl Broker {
             anc,
         };
         let access_token = Secret::new(self.keyring.mint(&claims)?);
-        Ok(Issued {
-            access_token,
-            expires_in: exp - now,
-            scope: claims.scope.clone(),
-            claims,
-        })
+        Ok(Issued { access_token, expires_in: exp - now, scope: claims.scope.clone(), claims })
     }
 
     /// Invariant 3: exactly one catalogued audience; a token for a downstream API stays with that API.
     fn target<'c>(&'c self, id: &str, parent: Option<&AccessClaims>) -> Result<Target<'c>> {
-        let target = self
-            .catalog
-            .target(id)
-            .ok_or_else(|| Error::invalid_target("audience is not in the catalog"))?;
+        let target = self.catalog.target(id).ok_or_else(|| Error::invalid_target("audience is not in the catalog"))?;
         if let Some(parent) = parent
             && parent.aud != self.issuer_id
             && parent.aud != target.id()
         {
-            return Err(Error::invalid_target(
-                "a token for one audience cannot be exchanged for another",
-            ));
+            return Err(Error::invalid_target("a token for one audience cannot be exchanged for another"));
         }
         Ok(target)
     }
@@ -187,9 +157,7 @@ impl Broker {
                 if let Some(may_act) = &subject.may_act
                     && !may_act_allows(may_act, &actor.principal.sub, &actor.principal.iss)
                 {
-                    return Err(Error::invalid_grant(
-                        "the subject token's may_act does not allow this actor",
-                    ));
+                    return Err(Error::invalid_grant("the subject token's may_act does not allow this actor"));
                 }
                 Some(Actor {
                     sub: actor.principal.sub.clone(),
@@ -237,23 +205,17 @@ impl Broker {
         }
         for scope in &requested {
             if !self.catalog.has_scope(target, scope) {
-                return Err(Error::invalid_scope(format!(
-                    "scope `{scope}` is not offered for this audience"
-                )));
+                return Err(Error::invalid_scope(format!("scope `{scope}` is not offered for this audience")));
             }
             if let Some(held) = &subject.scopes
                 && !held.iter().any(|h| h == scope)
             {
-                return Err(Error::invalid_scope(format!(
-                    "scope `{scope}` is not held by the subject token"
-                )));
+                return Err(Error::invalid_scope(format!("scope `{scope}` is not held by the subject token")));
             }
         }
         let granted = self.policy.allowed(q, &requested)?;
         if granted.is_empty() {
-            return Err(Error::invalid_scope(
-                "policy grants none of the requested scopes",
-            ));
+            return Err(Error::invalid_scope("policy grants none of the requested scopes"));
         }
         Ok(granted.join(" "))
     }
@@ -261,13 +223,7 @@ impl Broker {
 
 /// Invariant 2: a child never outlives its parent, its actor's assertion, its audience's maximum or the
 /// lifetime the caller asked for.
-fn expiry(
-    now: u64,
-    subject: &Verified,
-    actor: Option<&Verified>,
-    target: Target<'_>,
-    requested: u32,
-) -> Result<u64> {
+fn expiry(now: u64, subject: &Verified, actor: Option<&Verified>, target: Target<'_>, requested: u32) -> Result<u64> {
     let mut exp = subject.exp.min(now.saturating_add(target.max_ttl()));
     if let Some(actor) = actor {
         exp = exp.min(actor.exp);
@@ -276,9 +232,7 @@ fn expiry(
         exp = exp.min(now.saturating_add(u64::from(requested)));
     }
     if exp <= now {
-        return Err(Error::invalid_grant(
-            "the subject token expires too soon to derive a token from it",
-        ));
+        return Err(Error::invalid_grant("the subject token expires too soon to derive a token from it"));
     }
     Ok(exp)
 }
@@ -286,9 +240,7 @@ fn expiry(
 fn may_act_allows(may_act: &serde_json::Value, sub: &str, iss: &str) -> bool {
     let allows = |m: &serde_json::Value| {
         m.get("sub").and_then(|v| v.as_str()) == Some(sub)
-            && m.get("iss")
-                .and_then(|v| v.as_str())
-                .is_none_or(|i| i == iss)
+            && m.get("iss").and_then(|v| v.as_str()).is_none_or(|i| i == iss)
     };
     match may_act {
         serde_json::Value::Array(list) => list.iter().any(allows),
@@ -297,22 +249,15 @@ fn may_act_allows(may_act: &serde_json::Value, sub: &str, iss: &str) -> bool {
 }
 
 /// The task binding: inherited from a tessera subject token (and never changed), required otherwise.
-fn task_binding(
-    req: &ExchangeRequest,
-    parent: Option<&AccessClaims>,
-) -> Result<(String, Option<String>)> {
+fn task_binding(req: &ExchangeRequest, parent: Option<&AccessClaims>) -> Result<(String, Option<String>)> {
     let given_session = (!req.session_id.is_empty()).then(|| req.session_id.clone());
     match parent {
         Some(p) => {
             if !req.task_id.is_empty() && req.task_id != p.task_id {
-                return Err(Error::invalid_request(
-                    "task_id differs from the subject token's task",
-                ));
+                return Err(Error::invalid_request("task_id differs from the subject token's task"));
             }
             if given_session.is_some() && p.session_id.is_some() && given_session != p.session_id {
-                return Err(Error::invalid_request(
-                    "session_id differs from the subject token's session",
-                ));
+                return Err(Error::invalid_request("session_id differs from the subject token's session"));
             }
             Ok((p.task_id.clone(), p.session_id.clone().or(given_session)))
         }
@@ -323,16 +268,9 @@ fn task_binding(
 
 fn single_target(req: &ExchangeRequest) -> Result<&str> {
     let mut target: Option<&str> = None;
-    for (value, is_resource) in req
-        .resource
-        .iter()
-        .map(|r| (r, true))
-        .chain(req.audience.iter().map(|a| (a, false)))
-    {
+    for (value, is_resource) in req.resource.iter().map(|r| (r, true)).chain(req.audience.iter().map(|a| (a, false))) {
         if is_resource && (!value.contains("://") || value.contains('#')) {
-            return Err(Error::invalid_target(
-                "resource must be an absolute URI without a fragment",
-            ));
+            return Err(Error::invalid_target("resource must be an absolute URI without a fragment"));
         }
         match target {
             Some(t) if t != value => {
@@ -346,55 +284,31 @@ fn single_target(req: &ExchangeRequest) -> Result<&str> {
 
 fn check_shape(req: &ExchangeRequest) -> Result<()> {
     if req.grant_type != GRANT_TYPE_TOKEN_EXCHANGE {
-        return Err(Error::new(
-            ErrorCode::UnsupportedGrantType,
-            "grant_type must be token-exchange",
-        ));
+        return Err(Error::new(ErrorCode::UnsupportedGrantType, "grant_type must be token-exchange"));
     }
-    if !matches!(
-        req.requested_token_type.as_str(),
-        "" | TOKEN_TYPE_ACCESS_TOKEN | TOKEN_TYPE_JWT
-    ) {
-        return Err(Error::invalid_request(
-            "requested_token_type is not supported",
-        ));
+    if !matches!(req.requested_token_type.as_str(), "" | TOKEN_TYPE_ACCESS_TOKEN | TOKEN_TYPE_JWT) {
+        return Err(Error::invalid_request("requested_token_type is not supported"));
     }
-    let token_type_ok = |t: &str| {
-        matches!(
-            t,
-            TOKEN_TYPE_JWT | TOKEN_TYPE_ACCESS_TOKEN | TOKEN_TYPE_ID_TOKEN
-        )
-    };
+    let token_type_ok = |t: &str| matches!(t, TOKEN_TYPE_JWT | TOKEN_TYPE_ACCESS_TOKEN | TOKEN_TYPE_ID_TOKEN);
     if req.subject_token.is_empty() {
         return Err(Error::invalid_request("subject_token is required"));
     }
     if !token_type_ok(&req.subject_token_type) {
-        return Err(Error::invalid_request(
-            "subject_token_type is missing or not supported",
-        ));
+        return Err(Error::invalid_request("subject_token_type is missing or not supported"));
     }
     match (req.actor_token.is_empty(), req.actor_token_type.is_empty()) {
         (true, false) => {
-            return Err(Error::invalid_request(
-                "actor_token_type given without actor_token",
-            ));
+            return Err(Error::invalid_request("actor_token_type given without actor_token"));
         }
         (false, _) if !token_type_ok(&req.actor_token_type) => {
-            return Err(Error::invalid_request(
-                "actor_token_type is missing or not supported",
-            ));
+            return Err(Error::invalid_request("actor_token_type is missing or not supported"));
         }
         _ => {}
     }
-    if req.scope.len() > MAX_SCOPE_BYTES || req.scope.split_ascii_whitespace().count() > MAX_SCOPES
-    {
+    if req.scope.len() > MAX_SCOPE_BYTES || req.scope.split_ascii_whitespace().count() > MAX_SCOPES {
         return Err(Error::invalid_scope("scope is too long"));
     }
-    if req
-        .scope
-        .split_ascii_whitespace()
-        .any(|s| s.len() > MAX_SCOPE_TOKEN_BYTES || !s.bytes().all(is_scope_char))
-    {
+    if req.scope.split_ascii_whitespace().any(|s| s.len() > MAX_SCOPE_TOKEN_BYTES || !s.bytes().all(is_scope_char)) {
         return Err(Error::invalid_scope("scope holds a malformed scope token"));
     }
     for (name, value) in [("task_id", &req.task_id), ("session_id", &req.session_id)] {
@@ -405,16 +319,10 @@ fn check_shape(req: &ExchangeRequest) -> Result<()> {
         }
     }
     if req.purpose.len() > MAX_PURPOSE_BYTES || req.purpose.chars().any(char::is_control) {
-        return Err(Error::invalid_request(format!(
-            "purpose must be at most {MAX_PURPOSE_BYTES} bytes of text"
-        )));
+        return Err(Error::invalid_request(format!("purpose must be at most {MAX_PURPOSE_BYTES} bytes of text")));
     }
     if req.resource.len() + req.audience.len() > MAX_TARGETS
-        || req
-            .resource
-            .iter()
-            .chain(&req.audience)
-            .any(|t| t.len() > MAX_TARGET_BYTES || t.is_empty())
+        || req.resource.iter().chain(&req.audience).any(|t| t.len() > MAX_TARGET_BYTES || t.is_empty())
     {
         return Err(Error::invalid_target("too many or too long audiences"));
     }
@@ -444,28 +352,16 @@ mod tests {
 
     #[test]
     fn one_target_from_resource_and_audience() {
-        let mut r = ExchangeRequest {
-            audience: vec!["https://a".into()],
-            ..Default::default()
-        };
+        let mut r = ExchangeRequest { audience: vec!["https://a".into()], ..Default::default() };
         assert_eq!(single_target(&r).unwrap(), "https://a");
         r.resource = vec!["https://a".into()];
         assert_eq!(single_target(&r).unwrap(), "https://a");
         r.resource = vec!["https://b".into()];
-        assert_eq!(
-            single_target(&r).unwrap_err().code,
-            ErrorCode::InvalidTarget
-        );
+        assert_eq!(single_target(&r).unwrap_err().code, ErrorCode::InvalidTarget);
         r.resource = vec!["not-a-uri".into()];
-        assert_eq!(
-            single_target(&r).unwrap_err().code,
-            ErrorCode::InvalidTarget
-        );
+        assert_eq!(single_target(&r).unwrap_err().code, ErrorCode::InvalidTarget);
         let r = ExchangeRequest::default();
-        assert_eq!(
-            single_target(&r).unwrap_err().code,
-            ErrorCode::InvalidRequest
-        );
+        assert_eq!(single_target(&r).unwrap_err().code, ErrorCode::InvalidRequest);
     }
 
     #[test]

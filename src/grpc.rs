@@ -18,8 +18,7 @@ use crate::secret::Secret;
 pub mod pb {
     tonic::include_proto!("tessera.v1");
     /// The descriptor set served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("tessera_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tessera_descriptor");
 }
 
 use pb::token_broker_server::TokenBroker;
@@ -33,9 +32,7 @@ pub fn status(error: Error) -> Status {
     let code = match error.code {
         ErrorCode::InvalidRequest | ErrorCode::UnsupportedGrantType => Code::InvalidArgument,
         ErrorCode::InvalidClient | ErrorCode::InvalidGrant => Code::Unauthenticated,
-        ErrorCode::UnauthorizedClient | ErrorCode::InvalidScope | ErrorCode::InvalidTarget => {
-            Code::PermissionDenied
-        }
+        ErrorCode::UnauthorizedClient | ErrorCode::InvalidScope | ErrorCode::InvalidTarget => Code::PermissionDenied,
         ErrorCode::RateLimited => Code::ResourceExhausted,
         ErrorCode::Unavailable => Code::Unavailable,
         ErrorCode::Internal => Code::Internal,
@@ -50,17 +47,10 @@ pub struct TokenBrokerService(pub Arc<Broker>);
 
 impl TokenBrokerService {
     fn caller<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<&Client, Status> {
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        let authorization = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("\u{0}"));
         let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
-        let credentials =
-            Credentials::from_authorization(authorization, loopback).map_err(status)?;
-        self.0
-            .clients()
-            .authenticate(&credentials, rpc)
-            .map_err(status)
+        let credentials = Credentials::from_authorization(authorization, loopback).map_err(status)?;
+        self.0.clients().authenticate(&credentials, rpc).map_err(status)
     }
 }
 
@@ -71,18 +61,11 @@ impl TokenBroker for TokenBrokerService {
         request: Request<pb::ExchangeTokenRequest>,
     ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
         let client = self.caller(&request, Rpc::Exchange)?;
-        let issued = self
-            .0
-            .exchange(client, request.into_inner().into(), now())
-            .await
-            .map_err(status)?;
+        let issued = self.0.exchange(client, request.into_inner().into(), now()).await.map_err(status)?;
         Ok(Response::new(issued.into()))
     }
 
-    async fn get_jwks(
-        &self,
-        _request: Request<pb::GetJwksRequest>,
-    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+    async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
         let keyring = self.0.keyring();
         let keys = keyring
             .jwks()
@@ -98,10 +81,7 @@ impl TokenBroker for TokenBrokerService {
                 r#use: k.use_.clone().unwrap_or_default(),
             })
             .collect();
-        Ok(Response::new(pb::GetJwksResponse {
-            keys,
-            jwks_json: keyring.jwks_json().to_string(),
-        }))
+        Ok(Response::new(pb::GetJwksResponse { keys, jwks_json: keyring.jwks_json().to_string() }))
     }
 }
 
@@ -184,10 +164,7 @@ mod tests {
             let s = status(Error::new(code, "why"));
             assert_eq!(s.code(), expected, "{code}");
             let info = s.get_details_error_info().expect("ErrorInfo detail");
-            assert_eq!(
-                (info.reason.as_str(), info.domain.as_str()),
-                (code.as_str(), ERROR_DOMAIN)
-            );
+            assert_eq!((info.reason.as_str(), info.domain.as_str()), (code.as_str(), ERROR_DOMAIN));
         }
     }
 
@@ -200,10 +177,7 @@ mod tests {
         };
         let shown = format!("{r:?}");
         assert!(!shown.contains("secret"), "{shown}");
-        let r = pb::ExchangeTokenResponse {
-            access_token: "eyJissued.secret.sig".into(),
-            ..Default::default()
-        };
+        let r = pb::ExchangeTokenResponse { access_token: "eyJissued.secret.sig".into(), ..Default::default() };
         assert!(!format!("{r:?}").contains("secret"));
     }
 }

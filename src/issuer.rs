@@ -145,14 +145,7 @@ pub struct Issuers {
 impl std::fmt::Debug for Issuers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Issuers")
-            .field(
-                "upstream",
-                &self
-                    .upstream
-                    .iter()
-                    .map(|u| &u.spec.name)
-                    .collect::<Vec<_>>(),
-            )
+            .field("upstream", &self.upstream.iter().map(|u| &u.spec.name).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -164,12 +157,7 @@ const OWN_MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 impl Issuers {
     /// `initial` holds the keys of inline and file sources, loaded while the config was validated.
-    pub fn new(
-        specs: Vec<(IssuerSpec, KeySet)>,
-        keyring: &Keyring,
-        own_iss: String,
-        own_leeway: u64,
-    ) -> Issuers {
+    pub fn new(specs: Vec<(IssuerSpec, KeySet)>, keyring: &Keyring, own_iss: String, own_leeway: u64) -> Issuers {
         let mut by_iss = HashMap::new();
         let mut by_trust_domain = HashMap::new();
         let mut max_token_bytes = OWN_MAX_TOKEN_BYTES;
@@ -184,11 +172,7 @@ impl Issuers {
                     by_trust_domain.insert(td.clone(), i);
                 }
                 max_token_bytes = max_token_bytes.max(spec.max_token_bytes);
-                Arc::new(Upstream {
-                    spec,
-                    keys: RwLock::new(Arc::new(keys)),
-                    reload: tokio::sync::Mutex::new(None),
-                })
+                Arc::new(Upstream { spec, keys: RwLock::new(Arc::new(keys)), reload: tokio::sync::Mutex::new(None) })
             })
             .collect();
         let http = reqwest::Client::builder()
@@ -222,12 +206,8 @@ impl Issuers {
     pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let period = this
-                .upstream
-                .iter()
-                .map(|u| u.spec.refresh_interval)
-                .min()
-                .unwrap_or(Duration::from_secs(300));
+            let period =
+                this.upstream.iter().map(|u| u.spec.refresh_interval).min().unwrap_or(Duration::from_secs(300));
             let mut tick = tokio::time::interval(period.max(Duration::from_secs(1)));
             tick.tick().await;
             loop {
@@ -321,12 +301,7 @@ impl Issuers {
                 Some((tag.clone(), text))
             })
             .collect();
-        let principal = Principal {
-            issuer: spec.name.clone(),
-            iss: spec.id(),
-            sub: sub.to_string(),
-            attributes,
-        };
+        let principal = Principal { issuer: spec.name.clone(), iss: spec.id(), sub: sub.to_string(), attributes };
         Ok(Verified {
             origin: Origin::Upstream,
             principal,
@@ -361,14 +336,11 @@ impl Issuers {
         if parsed.header.typ.as_deref() != Some("at+jwt") {
             return Err(TokenError::WrongType);
         }
-        let key = self
-            .own_keys
-            .find(parsed.header.kid.as_deref(), parsed.alg)
-            .ok_or(TokenError::UnknownKey)?;
+        let key = self.own_keys.find(parsed.header.kid.as_deref(), parsed.alg).ok_or(TokenError::UnknownKey)?;
         parsed.verify(key)?;
         check_times(&claims, now, self.own_leeway)?;
-        let access: AccessClaims = serde_json::from_value(Value::Object(claims))
-            .map_err(|_| TokenError::Jws(JwsError::MalformedClaims))?;
+        let access: AccessClaims =
+            serde_json::from_value(Value::Object(claims)).map_err(|_| TokenError::Jws(JwsError::MalformedClaims))?;
         // The subject's issuer must still be trusted: removing an issuer from the config ends every token
         // derived from its assertions at their next exchange.
         let spec = self
@@ -427,15 +399,9 @@ fn check_times(claims: &Map<String, Value>, now: u64, leeway: u64) -> Result<u64
 /// A JSON pointer (RFC 6901) into the claims set.
 fn claim_at<'a>(claims: &'a Map<String, Value>, pointer: &str) -> Option<&'a Value> {
     let rest = pointer.strip_prefix('/')?;
-    let (first, tail) = rest
-        .find('/')
-        .map_or((rest, ""), |i| (&rest[..i], &rest[i..]));
+    let (first, tail) = rest.find('/').map_or((rest, ""), |i| (&rest[..i], &rest[i..]));
     let value = claims.get(&first.replace("~1", "/").replace("~0", "~"))?;
-    if tail.is_empty() {
-        Some(value)
-    } else {
-        value.pointer(tail)
-    }
+    if tail.is_empty() { Some(value) } else { value.pointer(tail) }
 }
 
 fn audiences(claims: &Map<String, Value>) -> impl Iterator<Item = &str> {
@@ -450,9 +416,7 @@ fn audiences(claims: &Map<String, Value>) -> impl Iterator<Item = &str> {
 /// The scopes a token carries: `scope` (space-delimited, RFC 8693 §4.2) or `scp` (a string array).
 fn scopes(claims: &Map<String, Value>) -> Result<Option<Vec<String>>, TokenError> {
     match (claims.get("scope"), claims.get("scp")) {
-        (Some(Value::String(s)), _) => Ok(Some(
-            s.split_ascii_whitespace().map(str::to_string).collect(),
-        )),
+        (Some(Value::String(s)), _) => Ok(Some(s.split_ascii_whitespace().map(str::to_string).collect())),
         (Some(_), _) => Err(TokenError::MissingClaim("scope")),
         (None, Some(Value::Array(a))) => a
             .iter()
@@ -470,27 +434,16 @@ pub async fn load_jwks(spec: &IssuerSpec, http: &reqwest::Client) -> Result<KeyS
     let set: JwkSet = match &spec.jwks {
         JwksSource::Inline(set) => set.clone(),
         JwksSource::File(path) => {
-            let text = tokio::fs::read_to_string(path)
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            serde_json::from_str(&text)
-                .map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?
+            let text = tokio::fs::read_to_string(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?
         }
         JwksSource::Url(url) => {
-            let mut response = http
-                .get(url)
-                .send()
-                .await
-                .map_err(|e| format!("fetching JWKS: {e}"))?;
+            let mut response = http.get(url).send().await.map_err(|e| format!("fetching JWKS: {e}"))?;
             if !response.status().is_success() {
                 return Err(format!("fetching JWKS: HTTP {}", response.status()));
             }
             let mut body = Vec::new();
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|e| format!("fetching JWKS: {e}"))?
-            {
+            while let Some(chunk) = response.chunk().await.map_err(|e| format!("fetching JWKS: {e}"))? {
                 if body.len() + chunk.len() > MAX_JWKS_BYTES {
                     return Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes"));
                 }
@@ -516,55 +469,21 @@ mod tests {
     #[test]
     fn times_are_checked_with_leeway() {
         let c = |v: Value| v.as_object().cloned().unwrap();
-        assert_eq!(
-            check_times(&c(serde_json::json!({"exp": 100})), 99, 0),
-            Ok(100)
-        );
-        assert_eq!(
-            check_times(&c(serde_json::json!({"exp": 100})), 100, 0),
-            Err(TokenError::Expired)
-        );
-        assert_eq!(
-            check_times(&c(serde_json::json!({"exp": 100})), 104, 5),
-            Ok(100)
-        );
-        assert_eq!(
-            check_times(&c(serde_json::json!({})), 1, 0),
-            Err(TokenError::MissingClaim("exp"))
-        );
-        assert_eq!(
-            check_times(&c(serde_json::json!({"exp": "soon"})), 1, 0),
-            Err(TokenError::MissingClaim("exp"))
-        );
-        assert_eq!(
-            check_times(&c(serde_json::json!({"exp": 100, "nbf": 60})), 50, 5),
-            Err(TokenError::NotYetValid)
-        );
-        assert_eq!(
-            check_times(&c(serde_json::json!({"exp": 100, "iat": 60})), 50, 5),
-            Err(TokenError::IssuedInFuture)
-        );
-        assert_eq!(
-            check_times(
-                &c(serde_json::json!({"exp": 100, "iat": 52, "nbf": 52})),
-                50,
-                5
-            ),
-            Ok(100)
-        );
+        assert_eq!(check_times(&c(serde_json::json!({"exp": 100})), 99, 0), Ok(100));
+        assert_eq!(check_times(&c(serde_json::json!({"exp": 100})), 100, 0), Err(TokenError::Expired));
+        assert_eq!(check_times(&c(serde_json::json!({"exp": 100})), 104, 5), Ok(100));
+        assert_eq!(check_times(&c(serde_json::json!({})), 1, 0), Err(TokenError::MissingClaim("exp")));
+        assert_eq!(check_times(&c(serde_json::json!({"exp": "soon"})), 1, 0), Err(TokenError::MissingClaim("exp")));
+        assert_eq!(check_times(&c(serde_json::json!({"exp": 100, "nbf": 60})), 50, 5), Err(TokenError::NotYetValid));
+        assert_eq!(check_times(&c(serde_json::json!({"exp": 100, "iat": 60})), 50, 5), Err(TokenError::IssuedInFuture));
+        assert_eq!(check_times(&c(serde_json::json!({"exp": 100, "iat": 52, "nbf": 52})), 50, 5), Ok(100));
     }
 
     #[test]
     fn scopes_come_from_scope_or_scp() {
         let c = |v: Value| v.as_object().cloned().unwrap();
-        assert_eq!(
-            scopes(&c(serde_json::json!({"scope": "a b"}))).unwrap(),
-            Some(vec!["a".into(), "b".into()])
-        );
-        assert_eq!(
-            scopes(&c(serde_json::json!({"scp": ["a"]}))).unwrap(),
-            Some(vec!["a".into()])
-        );
+        assert_eq!(scopes(&c(serde_json::json!({"scope": "a b"}))).unwrap(), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(scopes(&c(serde_json::json!({"scp": ["a"]}))).unwrap(), Some(vec!["a".into()]));
         assert_eq!(scopes(&c(serde_json::json!({}))).unwrap(), None);
         assert!(scopes(&c(serde_json::json!({"scope": 3}))).is_err());
     }

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    PolicySet, RestrictedExpression, Schema, ValidationMode, Validator,
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
 use crate::error::{Error, Result};
@@ -57,27 +57,21 @@ pub struct Policy {
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy")
-            .field("policies", &self.policies.policies().count())
-            .finish()
+        f.debug_struct("Policy").field("policies", &self.policies.policies().count()).finish()
     }
 }
 
 impl Policy {
     /// Parses `source` and validates it against the schema; every problem is reported.
     pub fn new(source: &str) -> std::result::Result<Policy, Vec<String>> {
-        let (schema, _) =
-            Schema::from_cedarschema_str(SCHEMA).map_err(|e| vec![format!("schema: {e}")])?;
+        let (schema, _) = Schema::from_cedarschema_str(SCHEMA).map_err(|e| vec![format!("schema: {e}")])?;
         let policies = PolicySet::from_str(source).map_err(|e| {
             let mut problems = vec![format!("policy does not parse: {e}")];
             problems.extend(miette_causes(&e));
             problems
         })?;
         let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
-        let problems: Vec<String> = validation
-            .validation_errors()
-            .map(|e| format!("policy: {e}"))
-            .collect();
+        let problems: Vec<String> = validation.validation_errors().map(|e| format!("policy: {e}")).collect();
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -88,27 +82,19 @@ impl Policy {
             authorizer: Authorizer::new(),
             principal_type: name("Tessera::Principal")?,
             audience_type: name("Tessera::Audience")?,
-            action: EntityUid::from_str(r#"Tessera::Action::"exchange""#)
-                .map_err(|e| vec![e.to_string()])?,
+            action: EntityUid::from_str(r#"Tessera::Action::"exchange""#).map_err(|e| vec![e.to_string()])?,
         })
     }
 
     fn principal_uid(&self, p: &Principal) -> EntityUid {
-        EntityUid::from_type_name_and_id(
-            self.principal_type.clone(),
-            EntityId::new(format!("{}|{}", p.iss, p.sub)),
-        )
+        EntityUid::from_type_name_and_id(self.principal_type.clone(), EntityId::new(format!("{}|{}", p.iss, p.sub)))
     }
 
     fn principal_entity(&self, p: &Principal) -> Result<Entity> {
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         Entity::new_with_tags(
             self.principal_uid(p),
-            [
-                ("issuer".to_string(), s(&p.issuer)),
-                ("iss".to_string(), s(&p.iss)),
-                ("sub".to_string(), s(&p.sub)),
-            ],
+            [("issuer".to_string(), s(&p.issuer)), ("iss".to_string(), s(&p.iss)), ("sub".to_string(), s(&p.sub))],
             [],
             p.attributes.iter().map(|(k, v)| (k.clone(), s(v))),
         )
@@ -124,8 +110,7 @@ impl Policy {
         let entities = Entities::from_entities(entities, Some(&self.schema))
             .map_err(|e| Error::internal(format!("policy entities: {e}")))?;
         let principal = self.principal_uid(q.principal);
-        let resource =
-            EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(q.audience));
+        let resource = EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(q.audience));
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let mut allowed = Vec::with_capacity(scopes.len());
         for scope in scopes {
@@ -133,31 +118,15 @@ impl Policy {
                 ("scope".to_string(), s(scope)),
                 ("task_id".to_string(), s(q.task_id)),
                 ("client_id".to_string(), s(q.client_id)),
-                (
-                    "depth".to_string(),
-                    RestrictedExpression::new_long(q.depth as i64),
-                ),
-                (
-                    "actors".to_string(),
-                    RestrictedExpression::new_set(q.actors.iter().map(|a| s(a))),
-                ),
-                (
-                    "subject_is_tessera_token".to_string(),
-                    RestrictedExpression::new_bool(q.subject_is_tessera_token),
-                ),
-                (
-                    "task_token".to_string(),
-                    RestrictedExpression::new_bool(q.task_token),
-                ),
+                ("depth".to_string(), RestrictedExpression::new_long(q.depth as i64)),
+                ("actors".to_string(), RestrictedExpression::new_set(q.actors.iter().map(|a| s(a)))),
+                ("subject_is_tessera_token".to_string(), RestrictedExpression::new_bool(q.subject_is_tessera_token)),
+                ("task_token".to_string(), RestrictedExpression::new_bool(q.task_token)),
             ];
             if let Some(actor) = q.actor {
-                context.push((
-                    "actor".to_string(),
-                    RestrictedExpression::new_entity_uid(self.principal_uid(actor)),
-                ));
+                context.push(("actor".to_string(), RestrictedExpression::new_entity_uid(self.principal_uid(actor))));
             }
-            let context = Context::from_pairs(context)
-                .map_err(|e| Error::internal(format!("policy context: {e}")))?;
+            let context = Context::from_pairs(context).map_err(|e| Error::internal(format!("policy context: {e}")))?;
             let request = cedar_policy::Request::new(
                 principal.clone(),
                 self.action.clone(),
@@ -166,9 +135,7 @@ impl Policy {
                 Some(&self.schema),
             )
             .map_err(|e| Error::internal(format!("policy request: {e}")))?;
-            let response = self
-                .authorizer
-                .is_authorized(&request, &self.policies, &entities);
+            let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
             if response.decision() == Decision::Allow {
                 allowed.push(*scope);
             }
@@ -178,9 +145,7 @@ impl Policy {
 }
 
 fn miette_causes(e: &dyn std::error::Error) -> Vec<String> {
-    std::iter::successors(e.source(), |s| s.source())
-        .map(|s| format!("  caused by: {s}"))
-        .collect()
+    std::iter::successors(e.source(), |s| s.source()).map(|s| format!("  caused by: {s}")).collect()
 }
 
 #[cfg(test)]
@@ -222,33 +187,17 @@ mod tests {
         let policy = Policy::new(POLICY).unwrap();
         let p = principal("kubernetes", "agents");
         let scopes = ["crm:read", "crm:export", "mail:send"];
-        assert_eq!(
-            policy.allowed(&question(&p, 0), &scopes).unwrap(),
-            ["crm:read", "crm:export"]
-        );
-        assert_eq!(
-            policy.allowed(&question(&p, 1), &scopes).unwrap(),
-            ["crm:read"]
-        );
+        assert_eq!(policy.allowed(&question(&p, 0), &scopes).unwrap(), ["crm:read", "crm:export"]);
+        assert_eq!(policy.allowed(&question(&p, 1), &scopes).unwrap(), ["crm:read"]);
         let other = principal("kubernetes", "default");
-        assert!(
-            policy
-                .allowed(&question(&other, 0), &scopes)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(policy.allowed(&question(&other, 0), &scopes).unwrap().is_empty());
     }
 
     #[test]
     fn the_default_policy_validates_and_grants_upstream_nothing() {
         let policy = Policy::new(DEFAULT_POLICY).unwrap();
         let p = principal("kubernetes", "agents");
-        assert!(
-            policy
-                .allowed(&question(&p, 0), &["crm:read"])
-                .unwrap()
-                .is_empty()
-        );
+        assert!(policy.allowed(&question(&p, 0), &["crm:read"]).unwrap().is_empty());
         let mut q = question(&p, 0);
         q.subject_is_tessera_token = true;
         assert_eq!(policy.allowed(&q, &["crm:read"]).unwrap(), ["crm:read"]);

@@ -29,9 +29,7 @@ pub async fn run(
     let refresh = broker.issuers().spawn_refresh();
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<TokenBrokerServer<TokenBrokerService>>()
-        .await;
+    health.set_serving::<TokenBrokerServer<TokenBrokerService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -50,18 +48,14 @@ pub async fn run(
     let draining = async {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight RPCs");
-        health
-            .set_not_serving::<TokenBrokerServer<TokenBrokerService>>()
-            .await;
+        health.set_not_serving::<TokenBrokerServer<TokenBrokerService>>().await;
     };
     let served = Server::builder()
         // Every RPC ends within the request timeout, whatever a peer or an upstream JWKS endpoint does.
         .timeout(settings.request_timeout)
         // A hard ceiling on work in flight across all connections: past it, callers wait (backpressure)
         // rather than the process running out of memory.
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            settings.max_concurrent_requests,
-        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(settings.max_concurrent_requests))
         // Dead peers are noticed and their connections closed.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)

@@ -2,6 +2,7 @@
 //! only, so spans exported by telemetry layers added later are not filtered by the log level.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -21,14 +22,11 @@ pub fn init(format: LogFormat, level: &str) {
                     .with_filter(filter),
             )
             .try_init(),
-        LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter),
-            )
-            .try_init(),
+        LogFormat::Text => {
+            // Colours only for a person at a terminal; a file or a log collector gets plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let layer = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+            registry.with(layer.with_filter(filter)).try_init()
+        }
     };
 }
-
-use tracing_subscriber::Layer as _;

@@ -22,12 +22,7 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 4] = [
-        Algorithm::EdDSA,
-        Algorithm::ES256,
-        Algorithm::RS256,
-        Algorithm::PS256,
-    ];
+    pub const ALL: [Algorithm; 4] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256, Algorithm::PS256];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -110,10 +105,7 @@ pub struct Unverified<'a> {
 
 impl fmt::Debug for Unverified<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Unverified")
-            .field("alg", &self.alg)
-            .field("kid", &self.header.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("Unverified").field("alg", &self.alg).field("kid", &self.header.kid).finish_non_exhaustive()
     }
 }
 
@@ -123,17 +115,14 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Unverified<'_>, JwsError> 
         return Err(JwsError::Oversized(max_bytes));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(JwsError::Malformed);
     };
     if h.is_empty() || p.is_empty() {
         return Err(JwsError::Malformed);
     }
     let header_bytes = URL_SAFE_NO_PAD.decode(h).map_err(|_| JwsError::Malformed)?;
-    let header: Header =
-        serde_json::from_slice(&header_bytes).map_err(|_| JwsError::MalformedHeader)?;
+    let header: Header = serde_json::from_slice(&header_bytes).map_err(|_| JwsError::MalformedHeader)?;
     for (present, name) in [
         (header.jku.is_some(), "jku"),
         (header.x5u.is_some(), "x5u"),
@@ -151,13 +140,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Unverified<'_>, JwsError> 
     if signature.is_empty() {
         return Err(JwsError::BadSignature);
     }
-    Ok(Unverified {
-        header,
-        alg,
-        signing_input: &token[..h.len() + 1 + p.len()],
-        signature,
-        payload,
-    })
+    Ok(Unverified { header, alg, signing_input: &token[..h.len() + 1 + p.len()], signature, payload })
 }
 
 impl Unverified<'_> {
@@ -166,25 +149,18 @@ impl Unverified<'_> {
         if key.alg() != self.alg {
             return Err(JwsError::AlgorithmNotAllowed);
         }
-        key.verify(self.signing_input.as_bytes(), &self.signature)
-            .map_err(|()| JwsError::BadSignature)
+        key.verify(self.signing_input.as_bytes(), &self.signature).map_err(|()| JwsError::BadSignature)
     }
 }
 
 /// `base64url(header) "." base64url(payload) "." base64url(signature)`, with the header encoded once per key.
-pub fn sign(
-    encoded_header: &str,
-    payload: &[u8],
-    key: &super::keys::SigningKey,
-) -> Result<String, JwsError> {
+pub fn sign(encoded_header: &str, payload: &[u8], key: &super::keys::SigningKey) -> Result<String, JwsError> {
     let payload_len = base64::encoded_len(payload.len(), false).ok_or(JwsError::Malformed)?;
     let mut out = String::with_capacity(encoded_header.len() + payload_len + 90);
     out.push_str(encoded_header);
     out.push('.');
     URL_SAFE_NO_PAD.encode_string(payload, &mut out);
-    let signature = key
-        .sign(out.as_bytes())
-        .map_err(|()| JwsError::BadSignature)?;
+    let signature = key.sign(out.as_bytes()).map_err(|()| JwsError::BadSignature)?;
     out.push('.');
     URL_SAFE_NO_PAD.encode_string(signature, &mut out);
     Ok(out)
@@ -222,31 +198,17 @@ mod tests {
     #[test]
     fn refuses_none_and_hmac() {
         for alg in ["none", "HS256", "RS512", "ES384"] {
-            let token = format!(
-                "{}.{}.{}",
-                header(&format!(r#"{{"alg":"{alg}"}}"#)),
-                b64(b"{}"),
-                b64(b"sig")
-            );
-            assert_eq!(
-                parse(&token, 1000).unwrap_err(),
-                JwsError::AlgorithmNotAllowed,
-                "{alg}"
-            );
+            let token = format!("{}.{}.{}", header(&format!(r#"{{"alg":"{alg}"}}"#)), b64(b"{}"), b64(b"sig"));
+            assert_eq!(parse(&token, 1000).unwrap_err(), JwsError::AlgorithmNotAllowed, "{alg}");
         }
     }
 
     #[test]
     fn refuses_key_pointing_headers() {
         for field in ["jku", "x5u", "jwk", "x5c", "crit"] {
-            let h = header(&format!(
-                r#"{{"alg":"ES256","{field}":"https://evil.example/keys"}}"#
-            ));
+            let h = header(&format!(r#"{{"alg":"ES256","{field}":"https://evil.example/keys"}}"#));
             let token = format!("{h}.{}.{}", b64(b"{}"), b64(b"sig"));
-            assert!(
-                matches!(parse(&token, 1000), Err(JwsError::ForbiddenHeader(_))),
-                "{field}"
-            );
+            assert!(matches!(parse(&token, 1000), Err(JwsError::ForbiddenHeader(_))), "{field}");
         }
     }
 

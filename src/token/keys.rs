@@ -47,12 +47,7 @@ impl Jwk {
     pub fn thumbprint(&self) -> String {
         let members: &[(&str, &Option<String>)] = match self.kty.as_str() {
             "OKP" => &[("crv", &self.crv), ("kty", &None), ("x", &self.x)],
-            "EC" => &[
-                ("crv", &self.crv),
-                ("kty", &None),
-                ("x", &self.x),
-                ("y", &self.y),
-            ],
+            "EC" => &[("crv", &self.crv), ("kty", &None), ("x", &self.x), ("y", &self.y)],
             _ => &[("e", &self.e), ("kty", &None), ("n", &self.n)],
         };
         let mut canonical = String::from("{");
@@ -60,11 +55,7 @@ impl Jwk {
             if i > 0 {
                 canonical.push(',');
             }
-            let value = if *name == "kty" {
-                self.kty.as_str()
-            } else {
-                value.as_deref().unwrap_or("")
-            };
+            let value = if *name == "kty" { self.kty.as_str() } else { value.as_deref().unwrap_or("") };
             canonical.push_str(&format!("\"{name}\":\"{value}\""));
         }
         canonical.push('}');
@@ -82,10 +73,7 @@ pub struct VerifyingKey {
 
 impl fmt::Debug for VerifyingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerifyingKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish()
+        f.debug_struct("VerifyingKey").field("kid", &self.kid).field("alg", &self.alg).finish()
     }
 }
 
@@ -121,10 +109,7 @@ impl VerifyingKey {
             Some(name) => match Algorithm::parse(name) {
                 Some(a) if natural.contains(&a) => vec![a],
                 _ => {
-                    return Err(format!(
-                        "key algorithm {name} does not fit key type {}",
-                        jwk.kty
-                    ));
+                    return Err(format!("key algorithm {name} does not fit key type {}", jwk.kty));
                 }
             },
             None => natural,
@@ -135,11 +120,7 @@ impl VerifyingKey {
             .map(|alg| {
                 let key = ParsedPublicKey::new(alg.verification(), &bytes)
                     .map_err(|e| format!("invalid {} public key: {e}", jwk.kty))?;
-                Ok(VerifyingKey {
-                    kid: jwk.kid.clone(),
-                    alg,
-                    key,
-                })
+                Ok(VerifyingKey { kid: jwk.kid.clone(), alg, key })
             })
             .collect()
     }
@@ -149,9 +130,7 @@ impl VerifyingKey {
 /// `RSAPublicKey`.
 fn public_key_bytes(jwk: &Jwk) -> Result<Vec<u8>, String> {
     let field = |name: &str, v: &Option<String>| -> Result<Vec<u8>, String> {
-        v.as_deref()
-            .and_then(b64_decode)
-            .ok_or_else(|| format!("{} key without a valid `{name}`", jwk.kty))
+        v.as_deref().and_then(b64_decode).ok_or_else(|| format!("{} key without a valid `{name}`", jwk.kty))
     };
     match jwk.kty.as_str() {
         "OKP" => field("x", &jwk.x),
@@ -209,10 +188,7 @@ impl KeySet {
         for (i, jwk) in jwks.keys.iter().enumerate() {
             match VerifyingKey::from_jwk(jwk, allowed) {
                 Ok(k) => keys.extend(k),
-                Err(e) => problems.push(format!(
-                    "key {i} ({}): {e}",
-                    jwk.kid.as_deref().unwrap_or("no kid")
-                )),
+                Err(e) => problems.push(format!("key {i} ({}): {e}", jwk.kid.as_deref().unwrap_or("no kid"))),
             }
         }
         (KeySet { keys }, problems)
@@ -226,10 +202,7 @@ impl KeySet {
     /// fits its algorithm, so the verifier never tries keys in turn.
     pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&VerifyingKey> {
         match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .find(|k| k.kid() == Some(kid) && k.alg == alg),
+            Some(kid) => self.keys.iter().find(|k| k.kid() == Some(kid) && k.alg == alg),
             None => {
                 let mut fitting = self.keys.iter().filter(|k| k.alg == alg);
                 match (fitting.next(), fitting.next()) {
@@ -276,10 +249,7 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid())
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("kid", &self.kid()).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
@@ -301,12 +271,9 @@ impl SigningKey {
         let rng = SystemRandom::new();
         let der = match alg {
             // PKCS#8 v1: the form other tools (openssl, JWK exporters) read most widely.
-            SigningAlgorithm::EdDSA => {
-                Ed25519KeyPair::generate_pkcs8v1(&rng).map_err(|e| e.to_string())?
-            }
+            SigningAlgorithm::EdDSA => Ed25519KeyPair::generate_pkcs8v1(&rng).map_err(|e| e.to_string())?,
             SigningAlgorithm::ES256 => {
-                EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                    .map_err(|e| e.to_string())?
+                EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(|e| e.to_string())?
             }
         };
         let pem = pem_encode("PRIVATE KEY", der.as_ref());
@@ -327,10 +294,7 @@ impl SigningKey {
             ),
             Pair::Es256(p) => {
                 let point = p.public_key().as_ref();
-                let (x, y) = point
-                    .get(1..)
-                    .unwrap_or_default()
-                    .split_at(point.len().saturating_sub(1) / 2);
+                let (x, y) = point.get(1..).unwrap_or_default().split_at(point.len().saturating_sub(1) / 2);
                 (
                     Algorithm::ES256,
                     Jwk {
@@ -349,12 +313,7 @@ impl SigningKey {
         jwk.use_ = Some("sig".into());
         let header = serde_json::json!({ "alg": alg.as_str(), "typ": "at+jwt", "kid": kid });
         let encoded_header = b64(header.to_string().as_bytes());
-        SigningKey {
-            pair,
-            jwk,
-            alg,
-            encoded_header,
-        }
+        SigningKey { pair, jwk, alg, encoded_header }
     }
 
     pub fn kid(&self) -> &str {
@@ -377,17 +336,12 @@ impl SigningKey {
     pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, ()> {
         match &self.pair {
             Pair::Ed25519(p) => Ok(p.sign(message).as_ref().to_vec()),
-            Pair::Es256(p) => p
-                .sign(&SystemRandom::new(), message)
-                .map(|s| s.as_ref().to_vec())
-                .map_err(|_| ()),
+            Pair::Es256(p) => p.sign(&SystemRandom::new(), message).map(|s| s.as_ref().to_vec()).map_err(|_| ()),
         }
     }
 
     pub fn verifying_key(&self) -> Result<VerifyingKey, String> {
-        VerifyingKey::from_jwk(&self.jwk, &[self.alg])?
-            .pop()
-            .ok_or_else(|| "no verifying key".to_string())
+        VerifyingKey::from_jwk(&self.jwk, &[self.alg])?.pop().ok_or_else(|| "no verifying key".to_string())
     }
 }
 
@@ -396,23 +350,17 @@ fn pem_private_key(pem: &str) -> Result<Zeroizing<Vec<u8>>, String> {
     const BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
     const END: &str = "-----END PRIVATE KEY-----";
     let Some(start) = pem.find(BEGIN) else {
-        return Err(
-            if pem.contains("-----BEGIN EC PRIVATE KEY-----")
-                || pem.contains("-----BEGIN RSA PRIVATE KEY")
-            {
-                "key is not PKCS#8: convert it with `openssl pkcs8 -topk8 -nocrypt`".into()
-            } else {
-                "no `BEGIN PRIVATE KEY` block (an unencrypted PKCS#8 PEM key is expected)".into()
-            },
-        );
+        return Err(if pem.contains("-----BEGIN EC PRIVATE KEY-----") || pem.contains("-----BEGIN RSA PRIVATE KEY") {
+            "key is not PKCS#8: convert it with `openssl pkcs8 -topk8 -nocrypt`".into()
+        } else {
+            "no `BEGIN PRIVATE KEY` block (an unencrypted PKCS#8 PEM key is expected)".into()
+        });
     };
     let body = &pem[start + BEGIN.len()..];
     let end = body.find(END).ok_or("unterminated PEM block")?;
     let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
     let b64 = Zeroizing::new(b64);
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(&*b64)
-        .map_err(|_| "PEM body is not base64")?;
+    let der = base64::engine::general_purpose::STANDARD.decode(&*b64).map_err(|_| "PEM body is not base64")?;
     Ok(Zeroizing::new(der))
 }
 

@@ -91,21 +91,10 @@ impl Keyring {
         if keys.is_empty() {
             return Err("at least one signing key is needed".into());
         }
-        let verifying = KeySet::from_keys(
-            keys.iter()
-                .map(SigningKey::verifying_key)
-                .collect::<Result<_, _>>()?,
-        );
-        let jwks = JwkSet {
-            keys: keys.iter().map(|k| k.jwk().clone()).collect(),
-        };
+        let verifying = KeySet::from_keys(keys.iter().map(SigningKey::verifying_key).collect::<Result<_, _>>()?);
+        let jwks = JwkSet { keys: keys.iter().map(|k| k.jwk().clone()).collect() };
         let jwks_json = serde_json::to_string(&jwks).map_err(|e| e.to_string())?;
-        Ok(Keyring {
-            keys,
-            verifying,
-            jwks,
-            jwks_json,
-        })
+        Ok(Keyring { keys, verifying, jwks, jwks_json })
     }
 
     fn active(&self) -> &SigningKey {
@@ -115,10 +104,8 @@ impl Keyring {
     /// Signs the claims with the active key.
     pub fn mint(&self, claims: &AccessClaims) -> Result<String> {
         let key = self.active();
-        let payload =
-            serde_json::to_vec(claims).map_err(|_| Error::internal("could not encode claims"))?;
-        jws::sign(key.encoded_header(), &payload, key)
-            .map_err(|_| Error::internal("signing failed"))
+        let payload = serde_json::to_vec(claims).map_err(|_| Error::internal("could not encode claims"))?;
+        jws::sign(key.encoded_header(), &payload, key).map_err(|_| Error::internal("signing failed"))
     }
 
     pub fn verifying_keys(&self) -> &KeySet {
@@ -160,11 +147,7 @@ mod tests {
             act: Some(Actor {
                 sub: "spiffe://a/b".into(),
                 iss: None,
-                act: Some(Box::new(Actor {
-                    sub: "c".into(),
-                    iss: None,
-                    act: None,
-                })),
+                act: Some(Box::new(Actor { sub: "c".into(), iss: None, act: None })),
             }),
             task_id: "t1".into(),
             session_id: None,
@@ -207,10 +190,7 @@ mod tests {
         parts[1] = &forged_payload;
         let forged = parts.join(".");
         let parsed = jws::parse(&forged, 8192).unwrap();
-        let key = ring
-            .verifying_keys()
-            .find(parsed.header.kid.as_deref(), parsed.alg)
-            .unwrap();
+        let key = ring.verifying_keys().find(parsed.header.kid.as_deref(), parsed.alg).unwrap();
         assert_eq!(parsed.verify(key), Err(jws::JwsError::BadSignature));
     }
 
@@ -220,12 +200,7 @@ mod tests {
         let (b, _) = SigningKey::generate(SigningAlgorithm::ES256).unwrap();
         let (kid_a, kid_b) = (a.kid().to_string(), b.kid().to_string());
         let ring = Keyring::new(vec![a, b]).unwrap();
-        let kids: Vec<_> = ring
-            .jwks()
-            .keys
-            .iter()
-            .filter_map(|k| k.kid.clone())
-            .collect();
+        let kids: Vec<_> = ring.jwks().keys.iter().filter_map(|k| k.kid.clone()).collect();
         assert_eq!(kids, vec![kid_a.clone(), kid_b]);
         let token = ring.mint(&claims()).unwrap();
         assert_eq!(jws::parse(&token, 8192).unwrap().header.kid, Some(kid_a));
@@ -240,9 +215,6 @@ mod tests {
             e: Some("AQAB".into()),
             ..Default::default()
         };
-        assert_eq!(
-            jwk.thumbprint(),
-            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
-        );
+        assert_eq!(jwk.thumbprint(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
     }
 }

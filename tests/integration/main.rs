@@ -1,1 +1,9 @@
+//! The integration suite: one binary, real servers on free ports.
 
+mod bad_input;
+mod cli;
+mod exchange;
+mod interop;
+mod jwks;
+mod properties;
+mod support;

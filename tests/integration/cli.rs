@@ -1,0 +1,192 @@
+//! The `tessera` binary as a user runs it: the dev-mode walkthrough of the README, `config check`,
+//! `keygen`, `policy check`; and its logs never hold a token.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn tessera() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tessera did not start listening on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_with_stdin(cmd: &mut Command, stdin: &str) -> std::process::Output {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn dev_mode_walkthrough_and_no_token_in_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev_dir = dir.path().join(".tessera-dev");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = tessera()
+        .args(["serve", "--grpc-addr", &addr, "--dev-dir"])
+        .arg(&dev_dir)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+
+    let assertion = tessera()
+        .args(["dev", "assertion", "--sub", "agent-orchestrator", "--dev-dir"])
+        .arg(&dev_dir)
+        .output()
+        .unwrap();
+    assert!(assertion.status.success(), "{}", String::from_utf8_lossy(&assertion.stderr));
+    let assertion = String::from_utf8(assertion.stdout).unwrap().trim().to_string();
+    assert_eq!(assertion.split('.').count(), 3);
+
+    let url = format!("http://{addr}");
+    let exchange = |scope: &str| {
+        run_with_stdin(
+            tessera()
+                .args(["exchange", "--addr", &url, "--subject-token", "-", "--audience", "https://crm.example"])
+                .args(["--scope", scope, "--task-id", "walkthrough-1"]),
+            &assertion,
+        )
+    };
+    let granted = exchange("crm:read crm:write");
+    assert!(granted.status.success(), "{}", String::from_utf8_lossy(&granted.stderr));
+    let response: serde_json::Value = serde_json::from_slice(&granted.stdout).unwrap();
+    assert_eq!(response["scope"], "crm:read crm:write");
+    assert_eq!(response["token_type"], "Bearer");
+    let access_token = response["access_token"].as_str().unwrap().to_string();
+    let claims = decode(&access_token);
+    assert_eq!(
+        (claims.sub.as_str(), claims.aud.as_str(), claims.task_id.as_str()),
+        ("agent-orchestrator", "https://crm.example", "walkthrough-1")
+    );
+
+    let refused = exchange("crm:export");
+    assert!(!refused.status.success());
+    let error: serde_json::Value = serde_json::from_slice(&refused.stderr).unwrap();
+    assert_eq!(error["error"], "invalid_scope");
+
+    // SIGTERM (how Kubernetes stops a pod) ends the server cleanly.
+    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "tessera did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    let output = server.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(logs.contains("DEV MODE") && logs.contains("NOT for production"), "the dev warning is missing");
+    assert!(
+        logs.contains("decision=\"granted\"") && logs.contains("decision=\"denied\""),
+        "audit events are missing:\n{logs}"
+    );
+    for (what, token) in [("assertion", &assertion), ("access token", &access_token)] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!logs.contains(token.as_str()) && !logs.contains(signature), "the {what} appears in the logs");
+    }
+    let key = std::fs::read_to_string(dev_dir.join("signing-key.pem")).unwrap();
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!logs.contains(&key_body[..24]), "the signing key appears in the logs");
+}
+
+#[test]
+fn config_check_accepts_a_good_config_and_lists_every_problem_of_a_bad_one() {
+    let dir = TestBroker::builder().write_config();
+    let config = dir.path().join("tessera.toml");
+    let ok = tessera().args(["config", "check"]).arg(&config).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("3 issuers, 2 audiences, 2 clients, 1 signing keys"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"
+[broker]
+issuer = "tessera"
+[signing]
+keys = ["missing.pem"]
+[[issuers]]
+name = "k8s"
+issuer = "https://k8s"
+jwks_url = "ftp://k8s/keys"
+algorithms = ["HS256"]
+[[audiences]]
+id = "https://crm.example"
+scopes = []
+"#,
+    )
+    .unwrap();
+    let out = tessera().args(["config", "check"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in ["broker.issuer", "missing.pem", "`jwks_url` must be http(s)", "HS256", "`scopes`"] {
+        assert!(stderr.contains(expected), "{expected:?} missing from:\n{stderr}");
+    }
+
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "[broker]\nissuer = \"https://x.example\"\nisuer = 1\n").unwrap();
+    let out = tessera().args(["config", "check"]).arg(&typo).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("isuer"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn environment_overrides_the_config_file() {
+    let dir = TestBroker::builder().write_config();
+    let config = dir.path().join("tessera.toml");
+    let out =
+        tessera().args(["config", "check"]).arg(&config).env("TESSERA__BROKER__ISSUER", "not-a-url").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broker.issuer"));
+}
+
+#[test]
+fn keygen_writes_a_usable_key_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    for alg in ["eddsa", "es256"] {
+        let path = dir.path().join(format!("{alg}.pem"));
+        let out = tessera().args(["keygen", "--alg", alg, "--out"]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let key = tessera::token::keys::SigningKey::from_pem(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(printed["kid"], key.kid());
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o077, 0, "key readable by others");
+        }
+        let again = tessera().args(["keygen", "--alg", alg, "--out"]).arg(&path).output().unwrap();
+        assert!(!again.status.success(), "keygen overwrote a key");
+    }
+}
+
+#[test]
+fn policy_check_validates_against_the_schema() {
+    let ok = tessera().args(["policy", "check"]).arg(fixtures().join("policy.cedar")).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.cedar");
+    std::fs::write(&bad, "permit (principal, action, resource) when { context.no_such_field };").unwrap();
+    let out = tessera().args(["policy", "check"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_field"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,161 @@
+//! Property tests: random chains of exchanges never widen scope, audience or lifetime, never lose an actor
+//! or an ancestor, and refuse exactly the requests that would.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use tessera::ErrorCode;
+use tessera::exchange::ExchangeRequest;
+use tessera::secret::Secret;
+use tessera::token::AccessClaims;
+
+use crate::support::*;
+
+const SCOPES: [&str; 4] = ["crm:read", "crm:write", "crm:export", "other:read"];
+const TARGETS: [&str; 4] = [CRM, OTHER, BROKER, "https://unknown.example"];
+
+#[derive(Clone, Debug)]
+struct Step {
+    target: usize,
+    scopes: Vec<usize>,
+    actor: Option<usize>,
+    requested_ttl: u32,
+    advance: u64,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (0..4usize, proptest::collection::vec(0..4usize, 0..4), proptest::option::of(0..3usize), 0..400u32, 0..20u64)
+        .prop_map(|(target, scopes, actor, requested_ttl, advance)| Step {
+            target,
+            scopes,
+            actor,
+            requested_ttl,
+            advance,
+        })
+}
+
+fn catalog_scopes(target: &str) -> BTreeSet<&'static str> {
+    match target {
+        CRM => ["crm:read", "crm:write", "crm:export"].into(),
+        OTHER => ["other:read"].into(),
+        BROKER => SCOPES.into(),
+        _ => BTreeSet::new(),
+    }
+}
+
+fn max_ttl(target: &str) -> u64 {
+    match target {
+        CRM => 300,
+        OTHER => 120,
+        _ => 1800,
+    }
+}
+
+fn actor_token(i: usize) -> (String, &'static str) {
+    match i {
+        0 => (spiffe_assertion(3600), SPIFFE_AGENT),
+        1 => (github_assertion(3600), "repo:octo-org/agent-fleet:ref:refs/heads/main"),
+        _ => (k8s_assertion(3600), ORCHESTRATOR),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn chains_of_exchanges_only_narrow(first_ttl in 60..4000u64, steps in proptest::collection::vec(step(), 1..7)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (broker, _, _dir) = TestBroker::builder().broker_toml("max_delegation_depth = 3\nmax_chain_length = 5").build();
+        let client = local_client(&broker);
+        let upstream = k8s_assertion(first_ttl);
+        let upstream_exp = claims("kubernetes", first_ttl)["exp"].as_u64().unwrap();
+        let mut now = now();
+        // The current subject: (token, its claims if it is a tessera token).
+        let mut subject: (String, Option<AccessClaims>) = (upstream, None);
+
+        for step in steps {
+            now += step.advance;
+            let target = TARGETS[step.target];
+            let scopes: Vec<&str> = step.scopes.iter().map(|i| SCOPES[*i]).collect();
+            let actor = step.actor.map(actor_token);
+            let request = ExchangeRequest {
+                grant_type: TOKEN_EXCHANGE.into(),
+                audience: vec![target.into()],
+                scope: scopes.join(" "),
+                subject_token: Secret::new(subject.0.clone()),
+                subject_token_type: if subject.1.is_some() { ACCESS_TOKEN.into() } else { JWT.into() },
+                actor_token: Secret::new(actor.as_ref().map(|a| a.0.clone()).unwrap_or_default()),
+                actor_token_type: if actor.is_some() { JWT.into() } else { String::new() },
+                task_id: "task-p".into(),
+                requested_expires_in: step.requested_ttl,
+                ..Default::default()
+            };
+            let outcome = runtime.block_on(broker.exchange(&client, request, now));
+            let parent = subject.1.as_ref();
+
+            // What the invariants allow, computed independently of the broker.
+            let held: Option<BTreeSet<&str>> = parent.map(|p| p.scopes().collect());
+            let catalogued = catalog_scopes(target);
+            let within = !scopes.is_empty()
+                && scopes.iter().all(|s| catalogued.contains(s) && held.as_ref().is_none_or(|h| h.contains(s)));
+            let hop = parent.is_some_and(|p| p.aud != BROKER && p.aud != target);
+            let depth = parent.map_or(0, AccessClaims::depth) + usize::from(actor.is_some());
+            let chain = parent.map_or(0, |p| p.anc.len() + 1);
+
+            match outcome {
+                Ok(issued) => {
+                    let c = decode(issued.access_token.expose());
+                    prop_assert_eq!(&c, &issued.claims);
+                    prop_assert!(within, "granted {:?} outside what the invariants allow", scopes);
+                    prop_assert!(!hop && !catalogued.is_empty());
+                    prop_assert!(depth <= 3 && chain <= 5);
+                    // Scope: a subset of the request, of the parent, of the catalog; never crm:export (policy).
+                    for s in c.scopes() {
+                        prop_assert!(scopes.contains(&s) && catalogued.contains(s) && s != "crm:export");
+                        prop_assert!(held.as_ref().is_none_or(|h| h.contains(s)));
+                    }
+                    // Audience: exactly the one asked for; a downstream parent's audience is kept.
+                    prop_assert_eq!(c.aud.as_str(), target);
+                    // Lifetime: never past the parent, the upstream assertion, the audience max, the request.
+                    prop_assert!(c.exp > now && c.exp <= upstream_exp);
+                    prop_assert!(c.exp <= now + max_ttl(target));
+                    if step.requested_ttl > 0 { prop_assert!(c.exp <= now + u64::from(step.requested_ttl)); }
+                    if let Some(p) = parent {
+                        prop_assert!(c.exp <= p.exp);
+                        let mut anc = p.anc.clone();
+                        anc.push(p.jti.clone());
+                        prop_assert_eq!(&c.anc, &anc);
+                        prop_assert_eq!(&c.task_id, &p.task_id);
+                        prop_assert_eq!(&c.sub, &p.sub);
+                    }
+                    // Delegation: the new actor on top, the parent's chain nested under it, unchanged.
+                    prop_assert_eq!(c.depth(), depth);
+                    match (&actor, &c.act) {
+                        (Some((_, sub)), Some(act)) => {
+                            prop_assert_eq!(&act.sub, sub);
+                            prop_assert_eq!(act.act.as_deref(), parent.and_then(|p| p.act.as_ref()));
+                        }
+                        (None, act) => prop_assert_eq!(act.as_ref(), parent.and_then(|p| p.act.as_ref())),
+                        (Some(_), None) => prop_assert!(false, "actor missing from act"),
+                    }
+                    subject = (issued.access_token.expose().to_string(), Some(c));
+                }
+                Err(e) => {
+                    prop_assert!(
+                        matches!(e.code, ErrorCode::InvalidScope | ErrorCode::InvalidTarget | ErrorCode::InvalidGrant),
+                        "unexpected refusal {:?}", e
+                    );
+                    // A refusal is explained by an invariant, the policy, or the subject's lifetime.
+                    // (The test policy grants upstream principals nothing on the other API, and nobody crm:export.)
+                    let policy_refuses_all = (parent.is_none() && target == OTHER)
+                        || (!scopes.is_empty() && scopes.iter().all(|s| *s == "crm:export"));
+                    let expired = parent.map_or(upstream_exp, |p| p.exp) <= now;
+                    prop_assert!(
+                        !within || hop || catalogued.is_empty() || depth > 3 || chain > 5 || policy_refuses_all || expired,
+                        "refused a request the invariants allow: {:?} {:?}", scopes, e
+                    );
+                }
+            }
+        }
+    }
+}
