@@ -11,7 +11,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("tessera_descriptor.bin"))
         // Messages that carry tokens get a hand-written `Debug` (in `grpc.rs`) that leaves the tokens out.
-        .skip_debug(["tessera.v1.ExchangeTokenRequest", "tessera.v1.ExchangeTokenResponse"])
+        .skip_debug([
+            "tessera.v1.ExchangeTokenRequest",
+            "tessera.v1.ExchangeTokenResponse",
+            "tessera.v1.IntrospectRequest",
+            "tessera.v1.RevokeRequest",
+            "tessera.v1.RevokeRequest.target",
+        ])
         .compile_protos(&["proto/tessera/v1/broker.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

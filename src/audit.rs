@@ -5,7 +5,9 @@
 
 use crate::error::Result;
 use crate::exchange::{ExchangeRequest, Issued};
+use crate::introspect::Introspection;
 use crate::policy::Principal;
+use crate::revocation::Revoked;
 use crate::token::Actor;
 
 /// What is known of an exchange as it is decided, so a refusal at any step is audited with what was known.
@@ -81,6 +83,56 @@ pub fn exchange(trail: &Trail, outcome: &Result<Issued>) {
             audience = %trail.audience,
             scope_requested = %trail.scope_requested,
             task_id = %trail.task_id,
+        ),
+    }
+}
+
+/// An introspection: which token (by `jti`), whether active, and why not.
+pub fn introspect(client_id: &str, outcome: &Result<(Introspection, &'static str)>) {
+    match outcome {
+        Ok((Introspection::Active(c), _)) => tracing::info!(
+            target: "tessera::audit",
+            event = "introspect",
+            decision = "active",
+            client_id,
+            jti = %c.jti,
+            sub = %c.sub,
+            audience = %c.aud,
+            task_id = %c.task_id,
+        ),
+        Ok((Introspection::Inactive, why)) => {
+            tracing::info!(target: "tessera::audit", event = "introspect", decision = "inactive", reason = why, client_id)
+        }
+        Err(error) => tracing::info!(
+            target: "tessera::audit",
+            event = "introspect",
+            decision = "error",
+            reason = error.code.as_str(),
+            client_id,
+        ),
+    }
+}
+
+/// A revocation: what, by whom, why, until when.
+pub fn revoke(client_id: &str, reason: &str, outcome: &Result<Revoked>) {
+    match outcome {
+        Ok(r) => tracing::info!(
+            target: "tessera::audit",
+            event = "revoke",
+            decision = "revoked",
+            client_id,
+            kind = r.target.kind(),
+            target = ?r.target,
+            reason = %truncate(reason, 256),
+            expires_at = r.expires_at,
+        ),
+        Err(error) => tracing::info!(
+            target: "tessera::audit",
+            event = "revoke",
+            decision = "denied",
+            reason = error.code.as_str(),
+            detail = %error.description,
+            client_id,
         ),
     }
 }

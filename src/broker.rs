@@ -7,6 +7,9 @@ use crate::client::Clients;
 use crate::config::{Config, Limits};
 use crate::issuer::Issuers;
 use crate::policy::Policy;
+use crate::revocation::Revocations;
+use crate::revocation::memory::MemoryStore;
+use crate::revocation::redis::RedisStore;
 use crate::token::Keyring;
 
 #[derive(Debug)]
@@ -20,12 +23,21 @@ pub struct Broker {
     pub(crate) policy: Policy,
     pub(crate) clients: Clients,
     pub(crate) limits: Limits,
+    pub(crate) leeway: u64,
+    pub(crate) revocations: Revocations,
 }
 
 impl Broker {
-    pub fn new(config: Config) -> Result<Broker, String> {
+    /// Builds the broker. With Redis configured, connects lazily (and, in mirror mode, starts following the
+    /// revocation channel), so it must run inside a Tokio runtime; a Redis that is down at start makes the
+    /// broker fail closed until it is back, rather than fail to start.
+    pub async fn new(config: Config) -> Result<Broker, String> {
         let keyring = Keyring::new(config.signing_keys)?;
         let issuers = Issuers::new(config.issuers, &keyring, config.broker_id.clone(), config.leeway);
+        let revocations = match &config.store {
+            None => Revocations::Memory(MemoryStore::new()),
+            Some(settings) => Revocations::Redis(RedisStore::connect(settings)?),
+        };
         Ok(Broker {
             catalog: Catalog::new(config.audiences, config.broker_id.clone(), config.task_token_max_ttl),
             issuer_id: config.broker_id,
@@ -34,6 +46,8 @@ impl Broker {
             policy: config.policy,
             clients: Clients::new(config.clients),
             limits: config.limits,
+            leeway: config.leeway,
+            revocations,
         })
     }
 
@@ -51,6 +65,10 @@ impl Broker {
 
     pub fn issuers(&self) -> &Arc<Issuers> {
         &self.issuers
+    }
+
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 }
 

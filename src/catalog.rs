@@ -10,6 +10,8 @@ pub struct Audience {
     pub scopes: BTreeSet<String>,
     /// Upper bound on `exp - iat` of any token for this audience, in seconds.
     pub max_ttl: u64,
+    /// Clients that may introspect this audience's tokens; empty: any client allowed to introspect.
+    pub introspect_clients: BTreeSet<String>,
 }
 
 /// What an exchange may target: a catalogued API, or the broker itself (a *task token*: an orchestrator's
@@ -68,6 +70,19 @@ impl Catalog {
         }
     }
 
+    /// The longest lifetime any token can have.
+    pub fn max_ttl(&self) -> u64 {
+        self.audiences.values().map(|a| a.max_ttl).fold(self.task_token_max_ttl, u64::max)
+    }
+
+    /// Whether `client` may introspect tokens for `audience` (task tokens: any introspecting client).
+    pub fn may_introspect(&self, audience: &str, client: &str) -> bool {
+        match self.audiences.get(audience) {
+            Some(a) => a.introspect_clients.is_empty() || a.introspect_clients.contains(client),
+            None => audience == self.broker_id,
+        }
+    }
+
     pub fn audiences(&self) -> impl Iterator<Item = &Audience> {
         self.audiences.values()
     }
@@ -82,8 +97,18 @@ mod tests {
     use super::*;
 
     fn catalog() -> Catalog {
-        let crm = Audience { id: "https://crm.example".into(), scopes: ["crm:read".into()].into(), max_ttl: 300 };
-        let mail = Audience { id: "https://mail.example".into(), scopes: ["mail:send".into()].into(), max_ttl: 60 };
+        let crm = Audience {
+            id: "https://crm.example".into(),
+            scopes: ["crm:read".into()].into(),
+            max_ttl: 300,
+            introspect_clients: ["gateway".into()].into(),
+        };
+        let mail = Audience {
+            id: "https://mail.example".into(),
+            scopes: ["mail:send".into()].into(),
+            max_ttl: 60,
+            introspect_clients: Default::default(),
+        };
         Catalog::new(vec![crm, mail], "https://tessera.test".into(), 3600)
     }
 
@@ -97,5 +122,16 @@ mod tests {
         assert!(c.has_scope(task, "crm:read") && c.has_scope(task, "mail:send"));
         assert_eq!(task.max_ttl(), 3600);
         assert!(c.target("https://unknown.example").is_none());
+        assert_eq!(c.max_ttl(), 3600);
+    }
+
+    #[test]
+    fn introspection_is_limited_to_listed_clients() {
+        let c = catalog();
+        assert!(c.may_introspect("https://crm.example", "gateway"));
+        assert!(!c.may_introspect("https://crm.example", "other"));
+        assert!(c.may_introspect("https://mail.example", "other"));
+        assert!(c.may_introspect("https://tessera.test", "other"));
+        assert!(!c.may_introspect("https://unknown.example", "gateway"));
     }
 }

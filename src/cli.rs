@@ -28,9 +28,30 @@ enum Command {
         /// gRPC listen address [default: 127.0.0.1:50051, or the config's server.grpc_addr].
         #[arg(long, env = "TESSERA_GRPC_ADDR")]
         grpc_addr: Option<String>,
+        /// Redis for the revocation list (`redis://host:port`), overriding the config's store.redis_url.
+        #[arg(long, env = "TESSERA_REDIS_URL", hide_env_values = true)]
+        redis_url: Option<String>,
         /// Folder for dev mode's generated keys.
         #[arg(long, env = "TESSERA_DEV_DIR", default_value = dev::DEV_DIR)]
         dev_dir: PathBuf,
+    },
+    /// Introspect a tessera token (RFC 7662); prints the response as JSON. TOKEN `-` reads stdin.
+    Introspect {
+        token: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke one target: a token (and everything derived from it), a jti, a task, a subject or a client.
+    Revoke {
+        #[command(flatten)]
+        target: RevokeTarget,
+        /// The issuer of --subject (its `iss` or its name in the config).
+        #[arg(long, requires = "subject")]
+        issuer: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Exchange a subject token (and optionally an actor token) for a narrower token; prints the RFC 8693
     /// response as JSON.
@@ -87,6 +108,68 @@ enum DevCommand {
     },
 }
 
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct RevokeTarget {
+    /// A tessera token, or `-` to read it from stdin.
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long)]
+    jti: Option<String>,
+    #[arg(long)]
+    task_id: Option<String>,
+    /// An upstream principal's `sub` (with --issuer).
+    #[arg(long)]
+    subject: Option<String>,
+    #[arg(long)]
+    client_id: Option<String>,
+}
+
+/// How a client command reaches and authenticates to the broker.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The broker's gRPC address.
+    #[arg(long, env = "TESSERA_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    #[arg(long = "as-client", env = "TESSERA_CLIENT_ID")]
+    client_id: Option<String>,
+    #[arg(long, env = "TESSERA_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: Option<String>,
+}
+
+impl ClientArgs {
+    async fn connect(&self) -> Result<pb::token_broker_client::TokenBrokerClient<tonic::transport::Channel>, String> {
+        pb::token_broker_client::TokenBrokerClient::connect(self.addr.clone())
+            .await
+            .map_err(|e| format!("cannot reach {}: {e}", self.addr))
+    }
+
+    fn request<T>(&self, message: T) -> Result<tonic::Request<T>, String> {
+        let mut request = tonic::Request::new(message);
+        if let (Some(id), Some(secret)) = (&self.client_id, &self.client_secret) {
+            use base64::Engine as _;
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+            let value = format!("Basic {basic}").parse().map_err(|_| "client credentials are not valid metadata")?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// Prints a refusal as an OAuth error document on stderr.
+fn print_status(status: &tonic::Status) -> Result<ExitCode, String> {
+    use tonic_types::StatusExt as _;
+    let error = status.get_details_error_info().map(|i| i.reason).unwrap_or_else(|| status.code().to_string());
+    let json = serde_json::json!({ "error": error, "error_description": status.message(), "grpc_status": status.code() as i32 });
+    eprintln!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
+    Ok(ExitCode::FAILURE)
+}
+
+fn print_json(value: &serde_json::Value) -> Result<ExitCode, String> {
+    println!("{}", serde_json::to_string_pretty(value).map_err(|e| e.to_string())?);
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Alg {
     Eddsa,
@@ -95,9 +178,8 @@ enum Alg {
 
 #[derive(clap::Args)]
 struct ExchangeArgs {
-    /// The broker's gRPC address.
-    #[arg(long, env = "TESSERA_ADDR", default_value = "http://127.0.0.1:50051")]
-    addr: String,
+    #[command(flatten)]
+    client: ClientArgs,
     /// The subject token, or `-` to read it from stdin.
     #[arg(long)]
     subject_token: String,
@@ -123,10 +205,6 @@ struct ExchangeArgs {
     /// Upper bound on the token's lifetime, in seconds.
     #[arg(long, default_value_t = 0)]
     expires_in: u32,
-    #[arg(long, env = "TESSERA_CLIENT_ID")]
-    client_id: Option<String>,
-    #[arg(long, env = "TESSERA_CLIENT_SECRET", hide_env_values = true)]
-    client_secret: Option<String>,
 }
 
 pub fn main() -> ExitCode {
@@ -146,8 +224,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Serve { config, grpc_addr, dev_dir } => serve(config, grpc_addr, &dev_dir),
+        Command::Serve { config, grpc_addr, redis_url, dev_dir } => serve(config, grpc_addr, redis_url, &dev_dir),
         Command::Exchange(args) => runtime()?.block_on(exchange(*args)),
+        Command::Introspect { token, client } => runtime()?.block_on(introspect(token, client)),
+        Command::Revoke { target, issuer, reason, client } => {
+            runtime()?.block_on(revoke(target, issuer, reason, client))
+        }
         Command::Keygen { alg, out } => {
             let alg = match alg {
                 Alg::Eddsa => SigningAlgorithm::EdDSA,
@@ -163,7 +245,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("{}", serde_json::json!({ "kid": key.kid(), "alg": key.alg().as_str(), "file": out }));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Check { file } } => match load_config(&file, None) {
+        Command::Config { command: ConfigCommand::Check { file } } => match load_config(&file, None, None) {
             Ok(config) => {
                 println!(
                     "{}: ok ({} issuers, {} audiences, {} clients, {} signing keys)",
@@ -195,19 +277,27 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     }
 }
 
-fn load_config(file: &Path, grpc_addr: Option<String>) -> Result<Config, String> {
+fn load_config(file: &Path, grpc_addr: Option<String>, redis_url: Option<String>) -> Result<Config, String> {
     let mut builder = ConfigBuilder::load(file).map_err(|e| e.to_string())?;
     if grpc_addr.is_some() {
         builder.server.grpc_addr = grpc_addr;
+    }
+    if let Some(url) = redis_url {
+        builder.store.redis_url = Some(url.into());
     }
     let base = file.parent().unwrap_or(Path::new("."));
     builder.build(base).map_err(|e| e.to_string())
 }
 
-fn serve(config: Option<PathBuf>, grpc_addr: Option<String>, dev_dir: &Path) -> Result<ExitCode, String> {
+fn serve(
+    config: Option<PathBuf>,
+    grpc_addr: Option<String>,
+    redis_url: Option<String>,
+    dev_dir: &Path,
+) -> Result<ExitCode, String> {
     let (config, dev_mode) = match &config {
-        Some(file) => (load_config(file, grpc_addr)?, false),
-        None => (dev::config(dev_dir, grpc_addr).map_err(|e| e.to_string())?, true),
+        Some(file) => (load_config(file, grpc_addr, redis_url)?, false),
+        None => (dev::config(dev_dir, grpc_addr, redis_url).map_err(|e| e.to_string())?, true),
     };
     telemetry::init(config.log.format, &config.log.level);
     if dev_mode {
@@ -217,8 +307,8 @@ fn serve(config: Option<PathBuf>, grpc_addr: Option<String>, dev_dir: &Path) -> 
         }
     }
     let settings = config.server;
-    let broker = Arc::new(Broker::new(config)?);
     runtime()?.block_on(async move {
+        let broker = Arc::new(Broker::new(config).await?);
         let listener = tokio::net::TcpListener::bind(settings.grpc_addr)
             .await
             .map_err(|e| format!("{}: {e}", settings.grpc_addr))?;
@@ -252,35 +342,79 @@ async fn exchange(args: ExchangeArgs) -> Result<ExitCode, String> {
         purpose: args.purpose,
         requested_expires_in: args.expires_in,
     };
-    let mut request = tonic::Request::new(request);
-    if let (Some(id), Some(secret)) = (&args.client_id, &args.client_secret) {
-        use base64::Engine as _;
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
-        let value = format!("Basic {basic}").parse().map_err(|_| "client credentials are not valid metadata")?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    let mut client = pb::token_broker_client::TokenBrokerClient::connect(args.addr.clone())
-        .await
-        .map_err(|e| format!("cannot reach {}: {e}", args.addr))?;
-    match client.exchange_token(request).await {
+    let request = args.client.request(request)?;
+    match args.client.connect().await?.exchange_token(request).await {
         Ok(response) => {
             let r = response.into_inner();
-            let json = serde_json::json!({
+            print_json(&serde_json::json!({
                 "access_token": r.access_token,
                 "issued_token_type": r.issued_token_type,
                 "token_type": r.token_type,
                 "expires_in": r.expires_in,
                 "scope": r.scope,
+            }))
+        }
+        Err(status) => print_status(&status),
+    }
+}
+
+fn actor_json(a: &pb::Actor) -> serde_json::Value {
+    let mut v = serde_json::json!({ "sub": a.sub, "iss": a.iss });
+    if let Some(inner) = &a.act {
+        v["act"] = actor_json(inner);
+    }
+    v
+}
+
+async fn introspect(token: String, client: ClientArgs) -> Result<ExitCode, String> {
+    let request =
+        client.request(pb::IntrospectRequest { token: read_token(&token)?, token_type_hint: String::new() })?;
+    match client.connect().await?.introspect(request).await {
+        Ok(response) => {
+            let r = response.into_inner();
+            if !r.active {
+                return print_json(&serde_json::json!({ "active": false }));
+            }
+            let mut json = serde_json::json!({
+                "active": true, "scope": r.scope, "client_id": r.client_id, "token_type": r.token_type,
+                "exp": r.exp, "iat": r.iat, "nbf": r.nbf, "sub": r.sub, "aud": r.aud, "iss": r.iss, "jti": r.jti,
+                "task_id": r.task_id,
             });
-            println!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
-            Ok(ExitCode::SUCCESS)
+            if let Some(act) = &r.act {
+                json["act"] = actor_json(act);
+            }
+            if !r.session_id.is_empty() {
+                json["session_id"] = r.session_id.into();
+            }
+            print_json(&json)
         }
-        Err(status) => {
-            use tonic_types::StatusExt as _;
-            let error = status.get_details_error_info().map(|i| i.reason).unwrap_or_else(|| status.code().to_string());
-            let json = serde_json::json!({ "error": error, "error_description": status.message(), "grpc_status": status.code() as i32 });
-            eprintln!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
-            Ok(ExitCode::FAILURE)
+        Err(status) => print_status(&status),
+    }
+}
+
+async fn revoke(
+    target: RevokeTarget,
+    issuer: Option<String>,
+    reason: String,
+    client: ClientArgs,
+) -> Result<ExitCode, String> {
+    use pb::revoke_request::Target as T;
+    let target = match target {
+        RevokeTarget { token: Some(token), .. } => T::Token(read_token(&token)?),
+        RevokeTarget { jti: Some(jti), .. } => T::Jti(jti),
+        RevokeTarget { task_id: Some(task), .. } => T::TaskId(task),
+        RevokeTarget { subject: Some(sub), .. } => {
+            T::Subject(pb::Subject { issuer: issuer.ok_or("--subject needs --issuer")?, sub })
         }
+        RevokeTarget { client_id: Some(id), .. } => T::ClientId(id),
+        _ => return Err("name one target: --token, --jti, --task-id, --subject or --client-id".into()),
+    };
+    let request = client.request(pb::RevokeRequest { target: Some(target), reason })?;
+    match client.connect().await?.revoke(request).await {
+        Ok(response) => {
+            let r = response.into_inner();
+            print_json(&serde_json::json!({ "revoked": r.kind, "expires_at": r.expires_at }))
+        }
+        Err(status) => print_status(&status),
     }
 }

@@ -16,6 +16,8 @@ use crate::catalog::Audience;
 use crate::client::{Client, Rpc, parse_sha256_hex};
 use crate::issuer::{IssuerSpec, JwksSource};
 use crate::policy::{DEFAULT_POLICY, Policy};
+use crate::revocation::redis::{Backend, MirrorSettings, RedisSettings};
+use crate::secret::Secret;
 use crate::token::jws::Algorithm;
 use crate::token::keys::{JwkSet, KeySet, SigningKey};
 
@@ -31,7 +33,32 @@ pub struct ConfigBuilder {
     pub issuers: Vec<IssuerBuilder>,
     pub audiences: Vec<AudienceBuilder>,
     pub clients: Vec<ClientBuilder>,
+    pub store: StoreBuilder,
     pub log: LogBuilder,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreBuilder {
+    /// `redis://[user:password@]host:port[/db]`; absent (and no cluster): the embedded in-memory store.
+    pub redis_url: Option<Secret>,
+    /// Redis Cluster seed nodes, instead of `redis_url`.
+    pub redis_cluster: Vec<Secret>,
+    pub mode: Option<StoreMode>,
+    pub timeout_ms: Option<u64>,
+    pub mirror_max_staleness_ms: Option<u64>,
+    pub mirror_heartbeat_ms: Option<u64>,
+}
+
+/// How revocation checks reach Redis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreMode {
+    /// Every check asks Redis.
+    #[default]
+    Strict,
+    /// Checks read a local copy kept current by pub/sub, with bounded, measured staleness.
+    Mirror,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +117,8 @@ pub struct AudienceBuilder {
     pub id: String,
     pub scopes: Vec<String>,
     pub max_ttl: Option<u64>,
+    /// Clients that may introspect this audience's tokens; empty: every client allowed to introspect.
+    pub introspect_clients: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +179,8 @@ pub struct Config {
     pub audiences: Vec<Audience>,
     pub clients: Vec<Client>,
     pub policy: Policy,
+    /// `None`: the embedded in-memory store.
+    pub store: Option<RedisSettings>,
     pub log: LogConfig,
 }
 
@@ -260,7 +291,12 @@ impl ConfigBuilder {
             if audiences.iter().any(|x: &Audience| x.id == a.id) {
                 problems.push(format!("{at}: duplicate audience"));
             }
-            audiences.push(Audience { id: a.id, scopes: a.scopes.into_iter().collect(), max_ttl });
+            audiences.push(Audience {
+                id: a.id,
+                scopes: a.scopes.into_iter().collect(),
+                max_ttl,
+                introspect_clients: a.introspect_clients.into_iter().collect(),
+            });
         }
 
         let mut clients = Vec::new();
@@ -291,6 +327,8 @@ impl ConfigBuilder {
             problems.push("clients: at most one client may be `loopback_anonymous`".into());
         }
 
+        let store = build_store(self.store, &mut problems);
+
         let level = self.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             problems.push(format!("log.level: `{level}` is not a level or filter directive"));
@@ -320,11 +358,54 @@ impl ConfigBuilder {
                 audiences,
                 clients,
                 policy,
+                store,
                 log: LogConfig { format: self.log.format.unwrap_or_default(), level },
             }),
             _ => Err(ConfigErrors(problems)),
         }
     }
+}
+
+fn build_store(b: StoreBuilder, problems: &mut Vec<String>) -> Option<RedisSettings> {
+    let redis_scheme = |url: &Secret| url.expose().starts_with("redis://") || url.expose().starts_with("rediss://");
+    let backend = match (b.redis_url, b.redis_cluster.is_empty()) {
+        (None, true) => {
+            if b.mode == Some(StoreMode::Mirror) {
+                problems.push("store.mode = \"mirror\" needs Redis (store.redis_url or store.redis_cluster)".into());
+            }
+            return None;
+        }
+        (Some(_), false) => {
+            problems.push("store: set either `redis_url` or `redis_cluster`, not both".into());
+            return None;
+        }
+        (Some(url), true) => {
+            if !redis_scheme(&url) {
+                problems.push("store.redis_url: must be a redis:// URL".into());
+            }
+            Backend::Standalone(url)
+        }
+        (None, false) => {
+            if !b.redis_cluster.iter().all(redis_scheme) {
+                problems.push("store.redis_cluster: every node must be a redis:// URL".into());
+            }
+            Backend::Cluster(b.redis_cluster)
+        }
+    };
+    let timeout = Duration::from_millis(b.timeout_ms.unwrap_or(500));
+    if timeout.is_zero() || timeout > Duration::from_secs(10) {
+        problems.push("store.timeout_ms: must be between 1 and 10000".into());
+    }
+    let mirror = (b.mode.unwrap_or_default() == StoreMode::Mirror).then(|| MirrorSettings {
+        max_staleness: Duration::from_millis(b.mirror_max_staleness_ms.unwrap_or(2_000)),
+        heartbeat: Duration::from_millis(b.mirror_heartbeat_ms.unwrap_or(500)),
+    });
+    if let Some(m) = mirror
+        && (m.heartbeat.is_zero() || m.max_staleness < m.heartbeat * 2)
+    {
+        problems.push("store: mirror_max_staleness_ms must be at least twice mirror_heartbeat_ms (> 0)".into());
+    }
+    Some(RedisSettings { backend, timeout, mirror })
 }
 
 fn is_https_like(s: &str) -> bool {

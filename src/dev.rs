@@ -39,8 +39,8 @@ forbid (principal, action, resource) when { context.scope == "crm:export" };
 "#;
 
 pub const WARNING: &str = "\
-tessera is running in DEV MODE: generated keys in ./.tessera-dev/, an in-memory store, a demo catalog and \
-policy, and a client that needs no credentials on loopback. This is NOT for production: start it with \
+tessera is running in DEV MODE: generated keys in ./.tessera-dev/, a demo catalog and policy, the \
+in-memory revocation store unless --redis-url is given, and a client that needs no credentials on loopback. This is NOT for production: start it with \
 --config FILE.";
 
 /// Reads a key from `dir/name`, generating it first if it does not exist. Generation writes a temporary
@@ -71,7 +71,7 @@ fn private_file(path: &Path) -> Result<std::fs::File, String> {
 }
 
 /// The dev mode configuration, with its keys generated on first use in `dir`.
-pub fn config(dir: &Path, grpc_addr: Option<String>) -> Result<Config, ConfigErrors> {
+pub fn config(dir: &Path, grpc_addr: Option<String>, redis_url: Option<String>) -> Result<Config, ConfigErrors> {
     let fail = |e: String| ConfigErrors(vec![format!("dev mode: {e}")]);
     let (_, signing_path) = key(dir, SIGNING_KEY_FILE).map_err(fail)?;
     let (issuer_key, _) = key(dir, ISSUER_KEY_FILE).map_err(fail)?;
@@ -81,6 +81,7 @@ pub fn config(dir: &Path, grpc_addr: Option<String>) -> Result<Config, ConfigErr
     std::fs::write(&policy_path, format!("{DEFAULT_POLICY}\n{DEMO_POLICY}")).map_err(|e| fail(e.to_string()))?;
     let mut builder = ConfigBuilder::default();
     builder.server.grpc_addr = grpc_addr;
+    builder.store.redis_url = redis_url.map(Into::into);
     builder.broker.issuer = Some(BROKER_ID.into());
     builder.signing.keys = vec![signing_path];
     builder.policy.file = Some(policy_path);
@@ -95,6 +96,7 @@ pub fn config(dir: &Path, grpc_addr: Option<String>) -> Result<Config, ConfigErr
         id: DEMO_AUDIENCE.into(),
         scopes: vec!["crm:read".into(), "crm:write".into(), "crm:export".into()],
         max_ttl: Some(300),
+        ..AudienceBuilder::default()
     }];
     builder.clients = vec![ClientBuilder {
         id: "demo".into(),

@@ -15,6 +15,7 @@ use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Origin, Verified};
 use crate::policy::Question;
+use crate::revocation::{Probe, Store as _};
 use crate::secret::Secret;
 use crate::token::{AccessClaims, Actor, new_jti};
 
@@ -95,6 +96,7 @@ impl Broker {
         let (task_id, session_id) = task_binding(req, parent)?;
         let (act, anc) = self.delegate(&subject, actor.as_ref(), parent)?;
         trail.actors(act.as_ref());
+        self.check_revocations(&subject, actor.as_ref(), &task_id, now).await?;
         let question = Question {
             principal: &subject.principal,
             actor: actor.as_ref().map(|a| &a.principal),
@@ -128,6 +130,32 @@ impl Broker {
         };
         let access_token = Secret::new(self.keyring.mint(&claims)?);
         Ok(Issued { access_token, expires_in: exp - now, scope: claims.scope.clone(), claims })
+    }
+
+    /// Invariants 5–6: nothing is derived from a revoked token (or one of its ancestors, its task, its
+    /// subject, an actor, its client), nor for a revoked task. One store lookup for all of it.
+    async fn check_revocations(
+        &self,
+        subject: &Verified,
+        actor: Option<&Verified>,
+        task_id: &str,
+        now: u64,
+    ) -> Result<()> {
+        let mut probe = Probe::default();
+        for token in std::iter::once(subject).chain(actor) {
+            match &token.origin {
+                Origin::Broker(claims) => probe.token(claims),
+                Origin::Upstream => probe.upstream(&token.principal, token.iat),
+            }
+        }
+        if !matches!(subject.origin, Origin::Broker(_)) {
+            probe.task(task_id);
+        }
+        let found = self.revocations.lookup(probe.keys(), now).await?;
+        if probe.revoked(&found) {
+            return Err(Error::invalid_grant("a token in this request, or its task, has been revoked"));
+        }
+        Ok(())
     }
 
     /// Invariant 3: exactly one catalogued audience; a token for a downstream API stays with that API.

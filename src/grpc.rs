@@ -12,7 +12,10 @@ use crate::broker::{Broker, now};
 use crate::client::{Client, Credentials, Rpc};
 use crate::error::{Error, ErrorCode};
 use crate::exchange::{ExchangeRequest, Issued, TOKEN_TYPE_ACCESS_TOKEN};
+use crate::introspect::Introspection;
+use crate::revocation::RevokeRequest;
 use crate::secret::Secret;
+use crate::token::Actor;
 
 /// Generated protobuf and gRPC code for `tessera.v1`.
 pub mod pb {
@@ -65,6 +68,24 @@ impl TokenBroker for TokenBrokerService {
         Ok(Response::new(issued.into()))
     }
 
+    async fn introspect(
+        &self,
+        request: Request<pb::IntrospectRequest>,
+    ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        let client = self.caller(&request, Rpc::Introspect)?;
+        let token = Secret::new(request.into_inner().token);
+        let answer = self.0.introspect(client, &token, now()).await.map_err(status)?;
+        Ok(Response::new(answer.into()))
+    }
+
+    async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
+        let client = self.caller(&request, Rpc::Revoke)?;
+        let pb::RevokeRequest { target, reason } = request.into_inner();
+        let target = target.ok_or_else(|| status(Error::invalid_request("a revocation target is required")))?;
+        let revoked = self.0.revoke(client, target.into(), &reason, now()).await.map_err(status)?;
+        Ok(Response::new(pb::RevokeResponse { kind: revoked.target.kind().into(), expires_at: revoked.expires_at }))
+    }
+
     async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
         let keyring = self.0.keyring();
         let keys = keyring
@@ -101,6 +122,54 @@ impl From<pb::ExchangeTokenRequest> for ExchangeRequest {
             session_id: r.session_id,
             purpose: r.purpose,
             requested_expires_in: r.requested_expires_in,
+        }
+    }
+}
+
+impl From<pb::revoke_request::Target> for RevokeRequest {
+    fn from(t: pb::revoke_request::Target) -> Self {
+        use pb::revoke_request::Target as T;
+        match t {
+            T::Token(token) => RevokeRequest::Token(Secret::new(token)),
+            T::Jti(jti) => RevokeRequest::Jti(jti),
+            T::TaskId(task) => RevokeRequest::Task(task),
+            T::Subject(s) => RevokeRequest::Subject { issuer: s.issuer, sub: s.sub },
+            T::ClientId(id) => RevokeRequest::Client(id),
+        }
+    }
+}
+
+impl From<&Actor> for pb::Actor {
+    fn from(a: &Actor) -> Self {
+        pb::Actor {
+            sub: a.sub.clone(),
+            iss: a.iss.clone().unwrap_or_default(),
+            act: a.act.as_deref().map(|a| Box::new(a.into())),
+        }
+    }
+}
+
+impl From<Introspection> for pb::IntrospectResponse {
+    fn from(answer: Introspection) -> Self {
+        match answer {
+            Introspection::Inactive => pb::IntrospectResponse::default(),
+            Introspection::Active(c) => pb::IntrospectResponse {
+                active: true,
+                token_type: "Bearer".into(),
+                act: c.act.as_ref().map(Into::into),
+                scope: c.scope,
+                client_id: c.client_id,
+                username: String::new(),
+                exp: c.exp,
+                iat: c.iat,
+                nbf: c.nbf,
+                sub: c.sub,
+                aud: c.aud,
+                iss: c.iss,
+                jti: c.jti,
+                task_id: c.task_id,
+                session_id: c.session_id.unwrap_or_default(),
+            },
         }
     }
 }
@@ -144,6 +213,34 @@ impl fmt::Debug for pb::ExchangeTokenResponse {
     }
 }
 
+impl fmt::Debug for pb::IntrospectRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntrospectRequest")
+            .field("token", &"[redacted]")
+            .field("token_type_hint", &self.token_type_hint)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::RevokeRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RevokeRequest").field("target", &self.target).field("reason", &self.reason).finish()
+    }
+}
+
+impl fmt::Debug for pb::revoke_request::Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use pb::revoke_request::Target as T;
+        match self {
+            T::Token(_) => f.write_str("Token([redacted])"),
+            T::Jti(jti) => f.debug_tuple("Jti").field(jti).finish(),
+            T::TaskId(task) => f.debug_tuple("TaskId").field(task).finish(),
+            T::Subject(s) => f.debug_tuple("Subject").field(s).finish(),
+            T::ClientId(id) => f.debug_tuple("ClientId").field(id).finish(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +275,13 @@ mod tests {
         let shown = format!("{r:?}");
         assert!(!shown.contains("secret"), "{shown}");
         let r = pb::ExchangeTokenResponse { access_token: "eyJissued.secret.sig".into(), ..Default::default() };
+        assert!(!format!("{r:?}").contains("secret"));
+        let r = pb::IntrospectRequest { token: "eyJintro.secret.sig".into(), ..Default::default() };
+        assert!(!format!("{r:?}").contains("secret"));
+        let r = pb::RevokeRequest {
+            target: Some(pb::revoke_request::Target::Token("eyJrevoke.secret.sig".into())),
+            reason: "leaked".into(),
+        };
         assert!(!format!("{r:?}").contains("secret"));
     }
 }

@@ -124,6 +124,7 @@ pub struct Verified {
     pub origin: Origin,
     pub principal: Principal,
     pub exp: u64,
+    pub iat: Option<u64>,
     /// The scopes the token carries, when it carries any (`scope` string or `scp` array).
     pub scopes: Option<Vec<String>>,
     /// RFC 8693 §4.4 `may_act`: who may act for this subject, when the token says.
@@ -259,7 +260,7 @@ impl Issuers {
             serde_json::from_slice(&parsed.payload).map_err(|_| JwsError::MalformedClaims)?;
         let iss = claims.get("iss").and_then(Value::as_str);
         if iss == Some(self.own_iss.as_str()) {
-            return self.verify_own(&parsed, token.len(), claims, now);
+            return self.verify_own(&parsed, token.len(), claims, Some(now));
         }
         let up = self.route(iss, &claims).ok_or(TokenError::UnknownIssuer)?;
         let spec = &up.spec;
@@ -302,10 +303,12 @@ impl Issuers {
             })
             .collect();
         let principal = Principal { issuer: spec.name.clone(), iss: spec.id(), sub: sub.to_string(), attributes };
+        let iat = claims.get("iat").and_then(Value::as_u64);
         Ok(Verified {
             origin: Origin::Upstream,
             principal,
             exp,
+            iat,
             scopes: scopes(&claims)?,
             may_act: claims.get("may_act").cloned(),
         })
@@ -323,12 +326,13 @@ impl Issuers {
         self.upstream.get(index)
     }
 
+    /// Verifies one of tessera's own tokens; with `now`, also its times.
     fn verify_own(
         &self,
         parsed: &jws::Unverified<'_>,
         len: usize,
         claims: Map<String, Value>,
-        now: u64,
+        now: Option<u64>,
     ) -> Result<Verified, TokenError> {
         if len > OWN_MAX_TOKEN_BYTES {
             return Err(JwsError::Oversized(OWN_MAX_TOKEN_BYTES).into());
@@ -338,7 +342,9 @@ impl Issuers {
         }
         let key = self.own_keys.find(parsed.header.kid.as_deref(), parsed.alg).ok_or(TokenError::UnknownKey)?;
         parsed.verify(key)?;
-        check_times(&claims, now, self.own_leeway)?;
+        if let Some(now) = now {
+            check_times(&claims, now, self.own_leeway)?;
+        }
         let access: AccessClaims =
             serde_json::from_value(Value::Object(claims)).map_err(|_| TokenError::Jws(JwsError::MalformedClaims))?;
         // The subject's issuer must still be trusted: removing an issuer from the config ends every token
@@ -357,12 +363,29 @@ impl Issuers {
         };
         let scopes = Some(access.scopes().map(str::to_string).collect());
         Ok(Verified {
-            origin: Origin::Broker(Box::new(access.clone())),
-            principal,
             exp: access.exp,
+            iat: Some(access.iat),
+            origin: Origin::Broker(Box::new(access)),
+            principal,
             scopes,
             may_act: None,
         })
+    }
+
+    /// Verifies the signature of one of tessera's own tokens, whatever its times (to revoke it).
+    pub fn verify_own_ignoring_time(&self, token: &str) -> Result<Verified, TokenError> {
+        let parsed = jws::parse(token, OWN_MAX_TOKEN_BYTES)?;
+        let claims: Map<String, Value> =
+            serde_json::from_slice(&parsed.payload).map_err(|_| JwsError::MalformedClaims)?;
+        if claims.get("iss").and_then(Value::as_str) != Some(self.own_iss.as_str()) {
+            return Err(TokenError::UnknownIssuer);
+        }
+        self.verify_own(&parsed, token.len(), claims, None)
+    }
+
+    /// The identifier of a configured upstream issuer named by its `iss`, its SPIFFE prefix or its name.
+    pub fn issuer_id(&self, name_or_id: &str) -> Option<String> {
+        self.upstream.iter().map(|u| &u.spec).find(|s| s.name == name_or_id || s.id() == name_or_id).map(IssuerSpec::id)
     }
 
     /// The upstream issuer names, for diagnostics.

@@ -7,6 +7,9 @@
 //! # Layout
 //!
 //! - [`exchange`]: the token exchange and the issuance invariants, each enforced in one place.
+//! - [`introspect`]: RFC 7662 introspection: signature, time and every applicable revocation, one lookup.
+//! - [`revocation`]: revocation targets, the cascade over delegation trees, and the stores (in-memory, Redis
+//!   strict or mirrored by pub/sub).
 //! - [`issuer`]: trusted upstream issuers, their JWKS, and verification of assertions (and of tessera's own
 //!   tokens) into a [`policy::Principal`].
 //! - [`token`]: tessera's access tokens (RFC 9068), their claims, signing keys and the JWK Set
@@ -30,8 +33,10 @@ pub mod dev;
 pub mod error;
 pub mod exchange;
 pub mod grpc;
+pub mod introspect;
 pub mod issuer;
 pub mod policy;
+pub mod revocation;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

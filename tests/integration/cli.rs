@@ -113,7 +113,7 @@ fn config_check_accepts_a_good_config_and_lists_every_problem_of_a_bad_one() {
     let config = dir.path().join("tessera.toml");
     let ok = tessera().args(["config", "check"]).arg(&config).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("3 issuers, 2 audiences, 2 clients, 1 signing keys"));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("3 issuers, 2 audiences, 3 clients, 1 signing keys"));
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(

@@ -6,4 +6,6 @@ mod exchange;
 mod interop;
 mod jwks;
 mod properties;
+mod revocation;
+mod store;
 mod support;

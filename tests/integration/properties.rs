@@ -65,7 +65,8 @@ proptest! {
     #[test]
     fn chains_of_exchanges_only_narrow(first_ttl in 60..4000u64, steps in proptest::collection::vec(step(), 1..7)) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let (broker, _, _dir) = TestBroker::builder().broker_toml("max_delegation_depth = 3\nmax_chain_length = 5").build();
+        let builder = TestBroker::builder().broker_toml("max_delegation_depth = 3\nmax_chain_length = 5");
+        let (broker, _, _dir) = runtime.block_on(builder.build());
         let client = local_client(&broker);
         let upstream = k8s_assertion(first_ttl);
         let upstream_exp = claims("kubernetes", first_ttl)["exp"].as_u64().unwrap();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod jwks_server;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -174,6 +175,7 @@ pub fn request(subject_token: &str, audience: &str, scope: &str) -> pb::Exchange
 
 /// Builds and starts a broker on `127.0.0.1:0`.
 pub struct TestBrokerBuilder {
+    signing_key: Option<String>,
     broker_toml: String,
     extra_toml: String,
     policy: String,
@@ -191,6 +193,7 @@ pub struct TestBroker {
 impl TestBroker {
     pub fn builder() -> TestBrokerBuilder {
         TestBrokerBuilder {
+            signing_key: None,
             broker_toml: String::new(),
             extra_toml: String::new(),
             policy: std::fs::read_to_string(fixtures().join("policy.cedar")).unwrap(),
@@ -228,6 +231,12 @@ impl Drop for TestBroker {
             let _ = tx.send(());
         }
     }
+}
+
+/// A new Ed25519 signing key, as PKCS#8 PEM.
+pub fn shared_signing_key() -> String {
+    let (_, pem) = tessera::token::keys::SigningKey::generate(tessera::token::keys::SigningAlgorithm::EdDSA).unwrap();
+    pem.expose().to_string()
 }
 
 /// The anonymous loopback client of `broker`.
@@ -274,6 +283,25 @@ impl TestBrokerBuilder {
         self
     }
 
+    /// Signs with this PKCS#8 PEM key (replicas of one broker share it) instead of a fresh one.
+    pub fn signing_key(mut self, pem: &str) -> Self {
+        self.signing_key = Some(pem.to_string());
+        self
+    }
+
+    /// Use Redis at `url` for revocations, in `mode` (`strict` or `mirror`).
+    pub fn redis(self, url: &str, mode: &str) -> Self {
+        self.extra_toml(&format!(
+            "\n[store]\nredis_url = \"{url}\"\nmode = \"{mode}\"\ntimeout_ms = 300\nmirror_max_staleness_ms = 1000\nmirror_heartbeat_ms = 200\n"
+        ))
+    }
+
+    /// Use a Redis Cluster for revocations.
+    pub fn redis_cluster(self, urls: &[String]) -> Self {
+        let nodes: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        self.extra_toml(&format!("\n[store]\nredis_cluster = [{}]\ntimeout_ms = 500\n", nodes.join(", ")))
+    }
+
     /// Extra TOML appended to the config (more `[[issuers]]`, `[[audiences]]`, …).
     pub fn extra_toml(mut self, toml: &str) -> Self {
         self.extra_toml.push_str(toml);
@@ -294,9 +322,8 @@ impl TestBrokerBuilder {
     /// Writes the config file (with a fresh signing key) into a new folder, without starting anything.
     pub fn write_config(&self) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let (_, pem) =
-            tessera::token::keys::SigningKey::generate(tessera::token::keys::SigningAlgorithm::EdDSA).unwrap();
-        std::fs::write(dir.path().join("signing.pem"), pem.expose()).unwrap();
+        let pem = self.signing_key.clone().unwrap_or_else(shared_signing_key);
+        std::fs::write(dir.path().join("signing.pem"), pem).unwrap();
         std::fs::write(dir.path().join("policy.cedar"), &self.policy).unwrap();
         let secret_sha256: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, CLIENT_SECRET.as_bytes())
             .as_ref()
@@ -336,7 +363,12 @@ rpcs = ["exchange"]
 [[clients]]
 id = "local"
 loopback_anonymous = true
-rpcs = ["exchange"]
+rpcs = ["exchange", "introspect", "revoke"]
+
+[[clients]]
+id = "gateway"
+secret_sha256 = "{secret_sha256}"
+rpcs = ["introspect"]
 {issuers}
 {extra}
 "#,
@@ -349,17 +381,17 @@ rpcs = ["exchange"]
     }
 
     /// The broker alone, without a server, for calling domain functions directly.
-    pub fn build(&self) -> (Arc<Broker>, tessera::config::ServerConfig, tempfile::TempDir) {
+    pub async fn build(&self) -> (Arc<Broker>, tessera::config::ServerConfig, tempfile::TempDir) {
         let dir = self.write_config();
         let config = ConfigBuilder::load(&dir.path().join("tessera.toml"))
             .and_then(|b| b.build(dir.path()))
             .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
         let settings = config.server;
-        (Arc::new(Broker::new(config).unwrap()), settings, dir)
+        (Arc::new(Broker::new(config).await.unwrap()), settings, dir)
     }
 
     pub async fn start(self) -> TestBroker {
-        let (broker, settings, dir) = self.build();
+        let (broker, settings, dir) = self.build().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,286 @@
+//! Revocation: what can be revoked, how a revocation reaches every token derived from it, and the stores
+//! that hold the revocation list.
+//!
+//! A revocation is a key in the store whose value records when it happened. A token is checked against every
+//! key that could apply to it — its own `jti`, each ancestor's `jti` (so revoking a token ends its whole
+//! delegation subtree, including children minted later from a descendant already in flight), its task, its
+//! subject and every actor (issuer + `sub`), and its client — in one lookup, one round trip. `jti` and task
+//! revocations end every token they name; subject and client revocations end the tokens issued up to the
+//! moment of revocation, so a principal re-admitted upstream can work again.
+//!
+//! Every key expires when the longest-lived token it can affect expires, so the list stays bounded.
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+
+use crate::audit;
+use crate::broker::Broker;
+use crate::client::Client;
+use crate::error::{Error, ErrorCode, Result};
+use crate::issuer::Origin;
+use crate::policy::Principal;
+use crate::secret::Secret;
+use crate::token::AccessClaims;
+
+/// Every revocation key starts with this; the hash tag keeps them in one Redis Cluster slot, so one lookup
+/// is one round trip to one node.
+pub const KEY_PREFIX: &str = "{tessera}:rev:";
+
+/// What an operator revokes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One token and every token derived from it.
+    Jti(String),
+    /// Every token bound to the task.
+    Task(String),
+    /// Every token issued up to now whose subject or any actor is this upstream principal.
+    Subject { iss: String, sub: String },
+    /// Every token issued up to now to this client.
+    Client(String),
+}
+
+impl Target {
+    pub fn key(&self) -> String {
+        match self {
+            Target::Jti(jti) => format!("{KEY_PREFIX}jti:{jti}"),
+            Target::Task(task) => format!("{KEY_PREFIX}task:{task}"),
+            // The issuer's length keeps `iss`/`sub` pairs from colliding whatever characters they hold.
+            Target::Subject { iss, sub } => format!("{KEY_PREFIX}sub:{}:{iss}{sub}", iss.len()),
+            Target::Client(id) => format!("{KEY_PREFIX}client:{id}"),
+        }
+    }
+
+    /// A bounded label for metrics and audit.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Jti(_) => "jti",
+            Target::Task(_) => "task",
+            Target::Subject { .. } => "subject",
+            Target::Client(_) => "client",
+        }
+    }
+}
+
+/// One revocation to record.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub key: String,
+    pub revoked_at: u64,
+    /// When the key may be forgotten: no token it can affect lives longer.
+    pub expires_at: u64,
+    pub reason: String,
+}
+
+impl Entry {
+    /// The stored value: `<revoked_at>|<reason>`.
+    pub fn value(&self) -> String {
+        format!("{}|{}", self.revoked_at, self.reason)
+    }
+}
+
+/// Reads `revoked_at` back from a stored value.
+pub fn revoked_at(value: &str) -> Option<u64> {
+    value.split_once('|').map_or(value, |(at, _)| at).parse().ok()
+}
+
+/// The store could not be reached or answered badly: callers fail closed.
+#[derive(Debug, thiserror::Error)]
+#[error("revocation store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e.0, "revocation store unavailable; failing closed");
+        Error::new(ErrorCode::Unavailable, "the revocation store is unavailable; try again")
+    }
+}
+
+/// A revocation list. Both implementations pass the same test suite.
+pub trait Store: Send + Sync {
+    /// Records the entries; returns once the store has acknowledged them.
+    fn revoke(&self, entries: &[Entry], now: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// `revoked_at` for each key that is revoked (and not yet expired), in one round trip.
+    fn lookup(&self, keys: &[String], now: u64) -> impl Future<Output = Result<Vec<Option<u64>>, StoreError>> + Send;
+}
+
+/// The configured store.
+#[derive(Debug)]
+pub enum Revocations {
+    Memory(memory::MemoryStore),
+    Redis(redis::RedisStore),
+}
+
+impl Store for Revocations {
+    async fn revoke(&self, entries: &[Entry], now: u64) -> Result<(), StoreError> {
+        match self {
+            Revocations::Memory(s) => s.revoke(entries, now).await,
+            Revocations::Redis(s) => s.revoke(entries, now).await,
+        }
+    }
+
+    async fn lookup(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {
+        match self {
+            Revocations::Memory(s) => s.lookup(keys, now).await,
+            Revocations::Redis(s) => s.lookup(keys, now).await,
+        }
+    }
+}
+
+/// The revocation keys that could apply to one or more tokens, and how each is judged: `None` applies
+/// whenever present; `Some(iat)` applies when the revocation happened at or after `iat`.
+#[derive(Debug, Default)]
+pub struct Probe {
+    keys: Vec<String>,
+    issued_at: Vec<Option<u64>>,
+}
+
+impl Probe {
+    fn push(&mut self, target: Target, issued_at: Option<u64>) {
+        self.keys.push(target.key());
+        self.issued_at.push(issued_at);
+    }
+
+    /// Everything that can revoke a tessera token.
+    pub fn token(&mut self, c: &AccessClaims) {
+        self.push(Target::Jti(c.jti.clone()), None);
+        for ancestor in &c.anc {
+            self.push(Target::Jti(ancestor.clone()), None);
+        }
+        self.push(Target::Task(c.task_id.clone()), None);
+        self.push(Target::Subject { iss: c.sub_iss.clone(), sub: c.sub.clone() }, Some(c.iat));
+        for actor in c.act.iter().flat_map(|a| a.chain()) {
+            if let Some(iss) = &actor.iss {
+                self.push(Target::Subject { iss: iss.clone(), sub: actor.sub.clone() }, Some(c.iat));
+            }
+        }
+        self.push(Target::Client(c.client_id.clone()), Some(c.iat));
+    }
+
+    /// What can revoke an upstream assertion: its principal, for assertions issued before the revocation
+    /// (an assertion without `iat` counts as issued at the epoch: any revocation applies).
+    pub fn upstream(&mut self, principal: &Principal, iat: Option<u64>) {
+        self.push(Target::Subject { iss: principal.iss.clone(), sub: principal.sub.clone() }, Some(iat.unwrap_or(0)));
+    }
+
+    pub fn task(&mut self, task_id: &str) {
+        self.push(Target::Task(task_id.to_string()), None);
+    }
+
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// Whether any of the found revocations applies.
+    pub fn revoked(&self, found: &[Option<u64>]) -> bool {
+        found.iter().zip(&self.issued_at).any(|(found, issued_at)| match (found, issued_at) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(revoked_at), Some(iat)) => iat <= revoked_at,
+        })
+    }
+}
+
+/// What `Revoke` was asked to revoke, as received.
+#[derive(Debug)]
+pub enum RevokeRequest {
+    Token(Secret),
+    Jti(String),
+    Task(String),
+    Subject { issuer: String, sub: String },
+    Client(String),
+}
+
+/// A recorded revocation.
+#[derive(Debug)]
+pub struct Revoked {
+    pub target: Target,
+    pub expires_at: u64,
+}
+
+const MAX_REASON_BYTES: usize = 256;
+const MAX_NAME_BYTES: usize = 512;
+
+impl Broker {
+    /// The longest any token can live: every revocation key outlives the tokens it can affect.
+    fn max_token_lifetime(&self) -> u64 {
+        self.catalog.max_ttl() + self.leeway
+    }
+
+    /// Records a revocation; returns once the store acknowledged it. Idempotent.
+    pub async fn revoke(&self, client: &Client, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
+        let outcome = self.decide_revoke(request, reason, now).await;
+        audit::revoke(&client.id, reason, &outcome);
+        outcome
+    }
+
+    async fn decide_revoke(&self, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
+        if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
+            return Err(Error::invalid_request(format!("reason must be at most {MAX_REASON_BYTES} bytes of text")));
+        }
+        let name_ok = |s: &str| !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.chars().any(char::is_control);
+        let until = now + self.max_token_lifetime();
+        let (target, expires_at) = match request {
+            RevokeRequest::Token(token) => {
+                // Revoking an expired token is harmless and allowed; a token tessera did not sign is refused.
+                let verified = self
+                    .issuers
+                    .verify_own_ignoring_time(token.expose())
+                    .map_err(|e| Error::invalid_request(format!("token {e}")))?;
+                match verified.origin {
+                    Origin::Broker(c) => (Target::Jti(c.jti.clone()), c.exp.max(now) + self.leeway),
+                    Origin::Upstream => return Err(Error::invalid_request("token is not one of tessera's")),
+                }
+            }
+            RevokeRequest::Jti(jti) if name_ok(&jti) => (Target::Jti(jti), until),
+            RevokeRequest::Task(task) if name_ok(&task) => (Target::Task(task), until),
+            RevokeRequest::Subject { issuer, sub } if name_ok(&sub) => {
+                let iss = self
+                    .issuers
+                    .issuer_id(&issuer)
+                    .ok_or_else(|| Error::invalid_request("subject issuer is not a configured issuer"))?;
+                (Target::Subject { iss, sub }, until)
+            }
+            RevokeRequest::Client(id) if name_ok(&id) => (Target::Client(id), until),
+            _ => return Err(Error::invalid_request("the revocation target is empty or malformed")),
+        };
+        let entry = Entry { key: target.key(), revoked_at: now, expires_at, reason: reason.to_string() };
+        self.revocations.revoke(std::slice::from_ref(&entry), now).await?;
+        Ok(Revoked { target, expires_at })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_keys_do_not_collide() {
+        let a = Target::Subject { iss: "https://a".into(), sub: "b:c".into() }.key();
+        let b = Target::Subject { iss: "https://ab".into(), sub: ":c".into() }.key();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn probe_judges_by_kind() {
+        let mut p = Probe::default();
+        p.task("t");
+        p.upstream(
+            &Principal { issuer: "k".into(), iss: "https://k".into(), sub: "s".into(), attributes: Default::default() },
+            Some(100),
+        );
+        assert!(!p.revoked(&[None, None]));
+        assert!(p.revoked(&[Some(1), None]), "a task revocation applies whenever");
+        assert!(p.revoked(&[None, Some(100)]), "revoked at the second the assertion was issued");
+        assert!(!p.revoked(&[None, Some(99)]), "a subject revocation does not reach later assertions");
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let e = Entry { key: "k".into(), revoked_at: 42, expires_at: 50, reason: "leaked|in a log".into() };
+        assert_eq!(revoked_at(&e.value()), Some(42));
+        assert_eq!(revoked_at("17"), Some(17));
+        assert_eq!(revoked_at("x|y"), None);
+    }
+}

@@ -1,0 +1,371 @@
+//! The Redis revocation store: shared by every replica, standalone or Cluster.
+//!
+//! Strict mode asks Redis on every check: one `MGET` per lookup, whatever the token's chain depth (all keys
+//! share one hash tag, so in a Cluster they live on one node). Mirror mode keeps a per-replica copy of the
+//! list fed by pub/sub: every revocation is published as it is written; each replica subscribes, resyncs
+//! the whole list whenever it (re)subscribes, and publishes a heartbeat, so it knows how fresh its copy is.
+//! A mirror that has heard nothing for longer than `max_staleness` is not trusted: lookups go to Redis
+//! until it has resynced. Either way, a Redis that does not answer within the timeout fails the lookup,
+//! and the broker fails closed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+
+use super::{Entry, Store, StoreError, revoked_at};
+use crate::secret::Secret;
+
+/// Revocations are announced here (and heartbeats, so a mirror can measure its own freshness).
+pub const CHANNEL: &str = "{tessera}:revocations";
+/// A sorted set of live revocation keys scored by expiry, from which a mirror resyncs.
+pub const INDEX: &str = "{tessera}:rev-index";
+
+/// Records a revocation without ever shortening an existing one, indexes it, and announces it.
+const REVOKE_SCRIPT: &str = r"
+local expires_at = tonumber(ARGV[2])
+local current = redis.call('EXPIRETIME', KEYS[1])
+if current > expires_at then expires_at = current end
+local revoked_at = tonumber(ARGV[3])
+local old = redis.call('GET', KEYS[1])
+if old then
+  local old_at = tonumber(string.match(old, '^(%d+)'))
+  if old_at and old_at > revoked_at then revoked_at = old_at end
+end
+redis.call('SET', KEYS[1], revoked_at .. '|' .. ARGV[1], 'EXAT', expires_at)
+redis.call('ZADD', KEYS[2], expires_at, KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+redis.call('PUBLISH', ARGV[5], 'r|' .. revoked_at .. '|' .. expires_at .. '|' .. ARGV[6] .. '|' .. KEYS[1])
+return expires_at
+";
+
+/// Where Redis is.
+#[derive(Clone)]
+pub enum Backend {
+    Standalone(Secret),
+    Cluster(Vec<Secret>),
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URLs may carry a password.
+        match self {
+            Backend::Standalone(_) => f.write_str("Standalone([redacted])"),
+            Backend::Cluster(nodes) => write!(f, "Cluster({} nodes, [redacted])", nodes.len()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MirrorSettings {
+    pub max_staleness: Duration,
+    pub heartbeat: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub backend: Backend,
+    /// Upper bound on one store operation; past it the broker answers UNAVAILABLE.
+    pub timeout: Duration,
+    pub mirror: Option<MirrorSettings>,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Standalone(ConnectionManager),
+    /// Connected on first use, so the broker starts while the cluster is still forming.
+    Cluster(Arc<(tokio::sync::OnceCell<ClusterConnection>, ClusterClient)>),
+}
+
+/// The connection to use for one operation: a cheap clone, so no lock is held across the request.
+enum Handle {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Handle {
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Handle::Standalone(c) => cmd.query_async(c).await,
+            Handle::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn invoke(&mut self, inv: &redis::ScriptInvocation<'_>) -> redis::RedisResult<u64> {
+        match self {
+            Handle::Standalone(c) => inv.invoke_async(c).await,
+            Handle::Cluster(c) => inv.invoke_async(c).await,
+        }
+    }
+}
+
+impl Conn {
+    async fn handle(&self) -> redis::RedisResult<Handle> {
+        match self {
+            Conn::Standalone(c) => Ok(Handle::Standalone(c.clone())),
+            Conn::Cluster(cluster) => {
+                let (cell, client) = &**cluster;
+                let c = cell.get_or_try_init(|| client.get_async_connection()).await?;
+                Ok(Handle::Cluster(c.clone()))
+            }
+        }
+    }
+}
+
+/// A replica's copy of the revocation list, and how fresh it is.
+#[derive(Debug, Default)]
+struct Mirror {
+    entries: RwLock<HashMap<String, (u64, u64)>>,
+    /// Subscribed and resynced since the last (re)connection.
+    synced: AtomicBool,
+    /// When the mirror last heard anything (a revocation or a heartbeat), in Unix milliseconds.
+    last_heard_ms: AtomicU64,
+    /// Publish-to-apply delay of the last message, in milliseconds.
+    last_lag_ms: AtomicU64,
+    max_staleness_ms: u64,
+}
+
+impl Mirror {
+    fn apply(&self, key: String, revoked_at: u64, expires_at: u64) {
+        if let Ok(mut map) = self.entries.write() {
+            let slot = map.entry(key).or_insert((revoked_at, expires_at));
+            slot.0 = slot.0.max(revoked_at);
+            slot.1 = slot.1.max(expires_at);
+        }
+    }
+
+    fn trusted(&self, now_ms: u64) -> bool {
+        self.synced.load(Ordering::Acquire)
+            && now_ms.saturating_sub(self.last_heard_ms.load(Ordering::Acquire)) <= self.max_staleness_ms
+    }
+
+    fn lookup(&self, keys: &[String], now: u64) -> Option<Vec<Option<u64>>> {
+        let map = self.entries.read().ok()?;
+        Some(keys.iter().map(|k| map.get(k).filter(|(_, exp)| *exp > now).map(|(at, _)| *at)).collect())
+    }
+}
+
+pub struct RedisStore {
+    conn: Conn,
+    timeout: Duration,
+    script: redis::Script,
+    mirror: Option<Arc<Mirror>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore").field("mirror", &self.mirror.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn err(e: impl fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl RedisStore {
+    /// Connects lazily: the broker starts even when Redis is down, and fails closed until it is back.
+    pub fn connect(settings: &RedisSettings) -> Result<RedisStore, String> {
+        let (conn, pubsub_url) = match &settings.backend {
+            Backend::Standalone(url) => {
+                let client = redis::Client::open(url.expose()).map_err(|e| format!("store.redis_url: {e}"))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(settings.timeout))
+                    .set_response_timeout(Some(settings.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+                (Conn::Standalone(manager), url.clone())
+            }
+            Backend::Cluster(nodes) => {
+                let client = ClusterClient::builder(nodes.iter().map(|n| n.expose().to_string()))
+                    .connection_timeout(settings.timeout)
+                    .response_timeout(settings.timeout)
+                    .retries(1)
+                    .build()
+                    .map_err(|e| format!("store.redis_cluster: {e}"))?;
+                let first = nodes.first().cloned().ok_or("store.redis_cluster: no nodes")?;
+                (Conn::Cluster(Arc::new((tokio::sync::OnceCell::new(), client))), first)
+            }
+        };
+        let mut store = RedisStore {
+            conn,
+            timeout: settings.timeout,
+            script: redis::Script::new(REVOKE_SCRIPT),
+            mirror: None,
+            tasks: Vec::new(),
+        };
+        if let Some(m) = settings.mirror {
+            let mirror = Arc::new(Mirror { max_staleness_ms: m.max_staleness.as_millis() as u64, ..Mirror::default() });
+            let client = redis::Client::open(pubsub_url.expose()).map_err(|e| e.to_string())?;
+            store.tasks.push(tokio::spawn(follow(client, store.conn.clone(), Arc::clone(&mirror), settings.timeout)));
+            store.tasks.push(tokio::spawn(heartbeat(store.conn.clone(), m.heartbeat, settings.timeout)));
+            store.mirror = Some(mirror);
+        }
+        Ok(store)
+    }
+
+    /// Mirror mode: whether lookups are currently served from the local copy.
+    pub fn mirror_trusted(&self) -> Option<bool> {
+        self.mirror.as_ref().map(|m| m.trusted(now_ms()))
+    }
+
+    /// Mirror mode: publish-to-apply delay of the last message heard, in milliseconds.
+    pub fn mirror_lag_ms(&self) -> Option<u64> {
+        self.mirror.as_ref().map(|m| m.last_lag_ms.load(Ordering::Relaxed))
+    }
+
+    async fn with_timeout<T>(&self, f: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(result) => result.map_err(err),
+            Err(_) => Err(StoreError(format!("no answer within {:?}", self.timeout))),
+        }
+    }
+}
+
+impl Store for RedisStore {
+    async fn revoke(&self, entries: &[Entry], now: u64) -> Result<(), StoreError> {
+        let mut handle = self.with_timeout(self.conn.handle()).await?;
+        for e in entries {
+            let mut inv = self.script.prepare_invoke();
+            inv.key(&e.key)
+                .key(INDEX)
+                .arg(&e.reason)
+                .arg(e.expires_at)
+                .arg(e.revoked_at)
+                .arg(now)
+                .arg(CHANNEL)
+                .arg(now_ms());
+            self.with_timeout(handle.invoke(&inv)).await?;
+        }
+        // Apply locally at once, so this replica never lags its own revocations.
+        if let Some(mirror) = &self.mirror {
+            for e in entries {
+                mirror.apply(e.key.clone(), e.revoked_at, e.expires_at);
+            }
+        }
+        Ok(())
+    }
+
+    async fn lookup(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(mirror) = &self.mirror
+            && mirror.trusted(now_ms())
+            && let Some(found) = mirror.lookup(keys, now)
+        {
+            return Ok(found);
+        }
+        let mut handle = self.with_timeout(self.conn.handle()).await?;
+        let values: Vec<Option<String>> = self.with_timeout(handle.query(redis::cmd("MGET").arg(keys))).await?;
+        Ok(values.iter().map(|v| v.as_deref().and_then(revoked_at)).collect())
+    }
+}
+
+/// Publishes a heartbeat so every mirror can tell a quiet channel from a dead subscription.
+async fn heartbeat(conn: Conn, every: Duration, timeout: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let publish = async {
+            let mut handle = conn.handle().await?;
+            handle.query::<i64>(redis::cmd("PUBLISH").arg(CHANNEL).arg(format!("h|{}", now_ms()))).await
+        };
+        let _ = tokio::time::timeout(timeout, publish).await;
+    }
+}
+
+/// Keeps a mirror current: subscribe, resync, apply messages; on any failure, mark it untrusted and start
+/// over after a short pause.
+async fn follow(client: redis::Client, conn: Conn, mirror: Arc<Mirror>, timeout: Duration) {
+    loop {
+        mirror.synced.store(false, Ordering::Release);
+        if let Err(error) = follow_once(&client, &conn, &mirror, timeout).await {
+            tracing::warn!(%error, "revocation mirror lost its subscription; lookups go to Redis until it resyncs");
+        }
+        mirror.synced.store(false, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn follow_once(
+    client: &redis::Client,
+    conn: &Conn,
+    mirror: &Mirror,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await.map_err(err)?.map_err(err)?;
+    tokio::time::timeout(timeout, pubsub.subscribe(CHANNEL)).await.map_err(err)?.map_err(err)?;
+    // Subscribed first, then resynced: nothing revoked in between is missed (applying twice is harmless).
+    resync(conn, mirror, timeout).await?;
+    mirror.last_heard_ms.store(now_ms(), Ordering::Release);
+    mirror.synced.store(true, Ordering::Release);
+    tracing::info!("revocation mirror synced");
+    let mut messages = pubsub.on_message();
+    while let Some(msg) = messages.next().await {
+        let received = now_ms();
+        let Ok(payload) = msg.get_payload::<String>() else { continue };
+        let mut parts = payload.splitn(5, '|');
+        let published = match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("r"), Some(at), Some(exp), Some(ms), Some(key)) => {
+                if let (Ok(at), Ok(exp)) = (at.parse(), exp.parse()) {
+                    mirror.apply(key.to_string(), at, exp);
+                }
+                ms.parse::<u64>().ok()
+            }
+            (Some("h"), Some(ms), ..) => ms.parse::<u64>().ok(),
+            _ => None,
+        };
+        if let Some(published) = published {
+            mirror.last_lag_ms.store(received.saturating_sub(published), Ordering::Relaxed);
+        }
+        mirror.last_heard_ms.store(received, Ordering::Release);
+    }
+    Err(StoreError("subscription closed".into()))
+}
+
+async fn resync(conn: &Conn, mirror: &Mirror, timeout: Duration) -> Result<(), StoreError> {
+    let work = async {
+        let mut handle = conn.handle().await?;
+        let now = now_ms() / 1000;
+        // The index scores each live key by its expiry: keys and expiries in one call, values in MGETs.
+        let live: Vec<(String, f64)> =
+            handle.query(redis::cmd("ZRANGE").arg(INDEX).arg(now).arg("+inf").arg("BYSCORE").arg("WITHSCORES")).await?;
+        let mut fresh = HashMap::with_capacity(live.len());
+        for chunk in live.chunks(1000) {
+            let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
+            let values: Vec<Option<String>> = handle.query(redis::cmd("MGET").arg(&keys)).await?;
+            for ((key, expires_at), value) in chunk.iter().zip(values) {
+                if let Some(at) = value.as_deref().and_then(revoked_at) {
+                    fresh.insert(key.clone(), (at, *expires_at as u64));
+                }
+            }
+        }
+        redis::RedisResult::Ok(fresh)
+    };
+    let fresh = tokio::time::timeout(timeout * 4, work).await.map_err(err)?.map_err(err)?;
+    if let Ok(mut map) = mirror.entries.write() {
+        *map = fresh;
+    }
+    Ok(())
+}
