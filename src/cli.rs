@@ -131,8 +131,9 @@ struct ClientArgs {
     /// The broker's gRPC address.
     #[arg(long, env = "TESSERA_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
-    #[arg(long = "as-client", env = "TESSERA_CLIENT_ID")]
-    client_id: Option<String>,
+    /// The client to authenticate as (with --client-secret).
+    #[arg(long, env = "TESSERA_CLIENT_ID")]
+    as_client: Option<String>,
     #[arg(long, env = "TESSERA_CLIENT_SECRET", hide_env_values = true)]
     client_secret: Option<String>,
 }
@@ -146,7 +147,7 @@ impl ClientArgs {
 
     fn request<T>(&self, message: T) -> Result<tonic::Request<T>, String> {
         let mut request = tonic::Request::new(message);
-        if let (Some(id), Some(secret)) = (&self.client_id, &self.client_secret) {
+        if let (Some(id), Some(secret)) = (&self.as_client, &self.client_secret) {
             use base64::Engine as _;
             let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
             let value = format!("Basic {basic}").parse().map_err(|_| "client credentials are not valid metadata")?;
@@ -416,5 +417,13 @@ async fn revoke(
             print_json(&serde_json::json!({ "revoked": r.kind, "expires_at": r.expires_at }))
         }
         Err(status) => print_status(&status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

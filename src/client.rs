@@ -65,7 +65,8 @@ impl Credentials {
                 let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
                 let decoded = Secret::new(String::from_utf8(decoded).map_err(|_| bad())?);
                 let (id, secret) = decoded.expose().split_once(':').ok_or_else(bad)?;
-                Some((id.to_string(), Secret::new(secret)))
+                // RFC 6749 §2.3.1: both halves are form-urlencoded before they are joined.
+                Some((form_decode(id).ok_or_else(bad)?, Secret::new(form_decode(secret).ok_or_else(bad)?)))
             }
         };
         Ok(Credentials { basic, peer_is_loopback })
@@ -109,6 +110,23 @@ impl Clients {
         }
         Ok(client)
     }
+}
+
+/// `application/x-www-form-urlencoded` decoding of one value: `+` is a space, `%XX` a byte.
+fn form_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Hex SHA-256 of a secret, as written in the config's `secret_sha256`.
@@ -181,6 +199,17 @@ mod tests {
         for v in ["Bearer x", "Basic !!!", "Basic Zm9v"] {
             assert_eq!(Credentials::from_authorization(Some(v), false).unwrap_err().code, ErrorCode::InvalidClient);
         }
+    }
+
+    #[test]
+    fn credentials_are_form_urlencoded() {
+        let c = clients();
+        let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("orch:s3cr%65t"));
+        let creds = Credentials::from_authorization(Some(&v), false).unwrap();
+        assert_eq!(c.authenticate(&creds, Rpc::Exchange).unwrap().id, "orch");
+        assert_eq!(form_decode("a+b%3Ac"), Some("a b:c".into()));
+        assert_eq!(form_decode("%zz"), None);
+        assert_eq!(form_decode("%4"), None);
     }
 
     #[test]

@@ -263,7 +263,13 @@ impl ConfigBuilder {
             }
         }
         let mut ids = BTreeSet::new();
+        let mut trust_domains = BTreeSet::new();
         for (spec, _) in &issuers {
+            if let Some(td) = &spec.spiffe_trust_domain
+                && !trust_domains.insert(td.clone())
+            {
+                problems.push(format!("issuers ({}): two issuers claim the trust domain `{td}`", spec.name));
+            }
             if !ids.insert(spec.id()) {
                 problems.push(format!("issuers ({}): two issuers share the identifier `{}`", spec.name, spec.id()));
             }
@@ -494,6 +500,9 @@ fn build_issuer(
         if !pointer.starts_with('/') {
             problems.push(format!("{at}: attributes.{tag}: `{pointer}` is not a JSON pointer (`/claim/field`)"));
         }
+    }
+    if b.audience.as_deref().is_some_and(str::is_empty) {
+        problems.push(format!("{at}: `audience` is empty (leave it out to use broker.issuer)"));
     }
     let max_token_bytes = b.max_token_bytes.unwrap_or(8 * 1024);
     if !(512..=64 * 1024).contains(&max_token_bytes) {

@@ -203,23 +203,24 @@ impl Issuers {
         }
     }
 
-    /// Reloads URL-sourced JWKS every `refresh_interval`, until the returned task is aborted.
-    pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let period =
-                this.upstream.iter().map(|u| u.spec.refresh_interval).min().unwrap_or(Duration::from_secs(300));
-            let mut tick = tokio::time::interval(period.max(Duration::from_secs(1)));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                for up in &this.upstream {
-                    if matches!(up.spec.jwks, JwksSource::Url(_)) {
+    /// Reloads each URL-sourced JWKS every `refresh_interval` of its issuer, until the returned tasks are
+    /// aborted.
+    pub fn spawn_refresh(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.upstream.len())
+            .filter(|i| matches!(self.upstream[*i].spec.jwks, JwksSource::Url(_)))
+            .map(|i| {
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    let up = &this.upstream[i];
+                    let mut tick = tokio::time::interval(up.spec.refresh_interval);
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
                         this.reload(up).await;
                     }
-                }
-            }
-        })
+                })
+            })
+            .collect()
     }
 
     async fn reload(&self, up: &Upstream) -> bool {

@@ -136,7 +136,13 @@ impl Policy {
             )
             .map_err(|e| Error::internal(format!("policy request: {e}")))?;
             let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
-            if response.decision() == Decision::Allow {
+            // Cedar skips a policy whose evaluation errors; for a `forbid` that would mean allowing. Any error
+            // therefore refuses the scope.
+            let errored = response.diagnostics().errors().next().is_some();
+            if errored {
+                tracing::warn!(scope, "policy evaluation error; the scope is refused");
+            }
+            if response.decision() == Decision::Allow && !errored {
                 allowed.push(*scope);
             }
         }
@@ -191,6 +197,20 @@ mod tests {
         assert_eq!(policy.allowed(&question(&p, 1), &scopes).unwrap(), ["crm:read"]);
         let other = principal("kubernetes", "default");
         assert!(policy.allowed(&question(&other, 0), &scopes).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_erroring_forbid_refuses_rather_than_allows() {
+        // Cedar skips a policy whose evaluation errors (here: integer overflow at depth 2), which for a
+        // `forbid` would allow. The broker refuses instead.
+        let policy = Policy::new(
+            r#"permit (principal, action, resource);
+               forbid (principal, action, resource) when { context.depth * 9223372036854775807 > 0 };"#,
+        )
+        .unwrap();
+        let p = principal("kubernetes", "agents");
+        assert_eq!(policy.allowed(&question(&p, 0), &["crm:read"]).unwrap(), ["crm:read"], "no error, no forbid");
+        assert!(policy.allowed(&question(&p, 2), &["crm:read"]).unwrap().is_empty(), "error: refused");
     }
 
     #[test]

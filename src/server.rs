@@ -64,7 +64,7 @@ pub async fn run(
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
         .await;
-    refresh.abort();
+    refresh.iter().for_each(tokio::task::JoinHandle::abort);
     served.map_err(Into::into)
 }
 

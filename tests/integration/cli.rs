@@ -190,3 +190,74 @@ fn policy_check_validates_against_the_schema() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_field"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Kills a `serve` process on drop, so a failing test leaves nothing running.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn three_processes_on_one_redis_are_replicas_of_one_broker() {
+    let redis = crate::support::redis::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dev_dir = dir.path().join(".tessera-dev");
+    let mut urls = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let child = tessera()
+            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}"), "--redis-url", &redis.url(), "--dev-dir"])
+            .arg(&dev_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        servers.push(Serve(child));
+        wait_for_port(port);
+        urls.push(format!("http://127.0.0.1:{port}"));
+    }
+    let assertion =
+        tessera().args(["dev", "assertion", "--sub", "orchestrator", "--dev-dir"]).arg(&dev_dir).output().unwrap();
+    let assertion = String::from_utf8(assertion.stdout).unwrap();
+    let out = run_with_stdin(
+        tessera()
+            .args(["exchange", "--addr", &urls[0], "--subject-token", "-", "--audience", "https://crm.example"])
+            .args(["--scope", "crm:read", "--task-id", "replicas-1"]),
+        &assertion,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["access_token"].as_str().unwrap().to_string();
+
+    let introspect = |url: &str| {
+        let out = run_with_stdin(tessera().args(["introspect", "-", "--addr", url]), &token);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    for url in &urls {
+        let r = introspect(url);
+        assert_eq!((r["active"].as_bool(), r["task_id"].as_str()), (Some(true), Some("replicas-1")));
+    }
+    let out =
+        run_with_stdin(tessera().args(["revoke", "--token", "-", "--reason", "leaked", "--addr", &urls[1]]), &token);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["revoked"], "jti");
+    for url in &urls {
+        assert_eq!(introspect(url), serde_json::json!({ "active": false }));
+    }
+    let out = tessera().args(["revoke", "--task-id", "replicas-1", "--addr", &urls[2]]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused = run_with_stdin(
+        tessera()
+            .args(["exchange", "--addr", &urls[2], "--subject-token", "-", "--audience", "https://crm.example"])
+            .args(["--scope", "crm:read", "--task-id", "replicas-1"]),
+        &assertion,
+    );
+    assert!(!refused.status.success());
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&refused.stderr).unwrap()["error"], "invalid_grant");
+}
