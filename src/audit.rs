@@ -1,14 +1,329 @@
-//! Audit events: every decision, granted or denied, with who asked, for whom, for what, and why.
+//! Audit events: every decision — granted, denied with its reason, introspected, revoked — with who asked,
+//! for whom, through which actors, for what, for which task, and the trace it belongs to.
 //!
-//! Events go to the `tessera::audit` tracing target as structured fields, so they can be routed apart from
-//! operational logs. They carry identifiers (`sub`, `jti`, task), never a token.
+//! Events go to the `tessera::audit` tracing target as structured fields (so they can be routed apart from
+//! operational logs) and, when Redis is configured, are appended to a capped Redis stream by a background
+//! task, off the request path: `tessera audit --task T` reads a task's story from it. They carry
+//! identifiers (`sub`, `jti`, task), never a token.
+
+use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::error::Result;
 use crate::exchange::{ExchangeRequest, Issued};
 use crate::introspect::Introspection;
+use crate::metrics::Metrics;
 use crate::policy::Principal;
 use crate::revocation::Revoked;
 use crate::token::Actor;
+
+/// The Redis stream holding the audit trail, capped at about [`STREAM_MAX_LEN`] entries.
+pub const STREAM: &str = "{tessera}:audit";
+pub const STREAM_MAX_LEN: usize = 100_000;
+/// Events waiting for the stream writer; past this, events are dropped from the stream (still logged).
+const QUEUE: usize = 10_000;
+
+/// One audit event. Empty strings and zeros mean "not applicable".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AuditEvent {
+    /// Unix milliseconds.
+    pub ts: u64,
+    /// `exchange`, `introspect` or `revoke`.
+    pub event: String,
+    /// `granted`, `denied`, `active`, `inactive`, `revoked`, `error`.
+    pub decision: String,
+    /// The OAuth error code or the reason a token is inactive.
+    pub reason: String,
+    pub detail: String,
+    pub client_id: String,
+    pub sub_iss: String,
+    pub sub: String,
+    /// The actor chain, acting actor first, joined by ` > `.
+    pub actors: String,
+    pub audience: String,
+    pub scope_requested: String,
+    pub scope_granted: String,
+    pub task_id: String,
+    pub jti: String,
+    pub exp: u64,
+    pub trace_id: String,
+}
+
+impl AuditEvent {
+    fn new(event: &str, decision: &str, client_id: &str) -> AuditEvent {
+        AuditEvent {
+            ts: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            event: event.into(),
+            decision: decision.into(),
+            client_id: client_id.into(),
+            trace_id: current_trace_id(),
+            ..AuditEvent::default()
+        }
+    }
+
+    /// The event as stream fields.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ts", self.ts.to_string()),
+            ("event", self.event.clone()),
+            ("decision", self.decision.clone()),
+            ("reason", self.reason.clone()),
+            ("detail", self.detail.clone()),
+            ("client_id", self.client_id.clone()),
+            ("sub_iss", self.sub_iss.clone()),
+            ("sub", self.sub.clone()),
+            ("actors", self.actors.clone()),
+            ("audience", self.audience.clone()),
+            ("scope_requested", self.scope_requested.clone()),
+            ("scope_granted", self.scope_granted.clone()),
+            ("task_id", self.task_id.clone()),
+            ("jti", self.jti.clone()),
+            ("exp", self.exp.to_string()),
+            ("trace_id", self.trace_id.clone()),
+        ]
+    }
+
+    /// Rebuilds an event from stream fields (unknown fields are ignored).
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, String)>) -> AuditEvent {
+        let mut e = AuditEvent::default();
+        for (k, v) in fields {
+            match k {
+                "ts" => e.ts = v.parse().unwrap_or_default(),
+                "event" => e.event = v,
+                "decision" => e.decision = v,
+                "reason" => e.reason = v,
+                "detail" => e.detail = v,
+                "client_id" => e.client_id = v,
+                "sub_iss" => e.sub_iss = v,
+                "sub" => e.sub = v,
+                "actors" => e.actors = v,
+                "audience" => e.audience = v,
+                "scope_requested" => e.scope_requested = v,
+                "scope_granted" => e.scope_granted = v,
+                "task_id" => e.task_id = v,
+                "jti" => e.jti = v,
+                "exp" => e.exp = v.parse().unwrap_or_default(),
+                "trace_id" => e.trace_id = v,
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
+/// The trace id of the current span, when it is being traced.
+fn current_trace_id() -> String {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() { span_context.trace_id().to_string() } else { String::new() }
+}
+
+/// Where audit events go besides the log.
+#[derive(Debug, Default)]
+pub struct Audit {
+    stream: Option<mpsc::Sender<AuditEvent>>,
+    metrics: Option<Metrics>,
+}
+
+impl Audit {
+    /// Events are only logged.
+    pub fn log_only() -> Audit {
+        Audit::default()
+    }
+
+    /// Events are also queued for the stream writer that consumes the returned receiver.
+    pub fn with_stream(metrics: Metrics) -> (Audit, mpsc::Receiver<AuditEvent>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Audit { stream: Some(tx), metrics: Some(metrics) }, rx)
+    }
+
+    fn emit(&self, e: AuditEvent) {
+        tracing::info!(
+            target: "tessera::audit",
+            event = %e.event,
+            decision = %e.decision,
+            reason = %e.reason,
+            detail = %e.detail,
+            client_id = %e.client_id,
+            sub_iss = %e.sub_iss,
+            sub = %e.sub,
+            actors = %e.actors,
+            audience = %e.audience,
+            scope_requested = %e.scope_requested,
+            scope_granted = %e.scope_granted,
+            task_id = %e.task_id,
+            jti = %e.jti,
+            exp = e.exp,
+            trace_id = %e.trace_id,
+        );
+        if let Some(stream) = &self.stream
+            && stream.try_send(e).is_err()
+            && let Some(m) = &self.metrics
+        {
+            m.audit_dropped.add(1, &[]);
+        }
+    }
+
+    pub fn exchange(&self, trail: &Trail, outcome: &Result<Issued>) {
+        let mut e = AuditEvent::new("exchange", "", &trail.client_id);
+        if let Some((iss, sub)) = &trail.subject {
+            e.sub_iss = iss.clone();
+            e.sub = sub.clone();
+        }
+        e.actors = trail.actors.join(" > ");
+        e.scope_requested = trail.scope_requested.clone();
+        match outcome {
+            Ok(issued) => {
+                e.decision = "granted".into();
+                e.audience = issued.claims.aud.clone();
+                e.scope_granted = issued.claims.scope.clone();
+                e.task_id = issued.claims.task_id.clone();
+                e.jti = issued.claims.jti.clone();
+                e.exp = issued.claims.exp;
+            }
+            Err(error) => {
+                e.decision = "denied".into();
+                e.reason = error.code.as_str().into();
+                e.detail = error.description.clone();
+                e.audience = trail.audience.clone();
+                e.task_id = trail.task_id.clone();
+            }
+        }
+        self.emit(e);
+    }
+
+    pub fn introspect(&self, client_id: &str, outcome: &Result<(Introspection, &'static str)>) {
+        let mut e = AuditEvent::new("introspect", "", client_id);
+        match outcome {
+            Ok((Introspection::Active(c), _)) => {
+                e.decision = "active".into();
+                e.sub_iss = c.sub_iss.clone();
+                e.sub = c.sub.clone();
+                e.actors = c
+                    .act
+                    .as_ref()
+                    .map(|a| a.chain().map(|a| a.sub.as_str()).collect::<Vec<_>>().join(" > "))
+                    .unwrap_or_default();
+                e.audience = c.aud.clone();
+                e.scope_granted = c.scope.clone();
+                e.task_id = c.task_id.clone();
+                e.jti = c.jti.clone();
+                e.exp = c.exp;
+            }
+            Ok((Introspection::Inactive, why)) => {
+                e.decision = "inactive".into();
+                e.reason = (*why).into();
+            }
+            Err(error) => {
+                e.decision = "error".into();
+                e.reason = error.code.as_str().into();
+            }
+        }
+        self.emit(e);
+    }
+
+    pub fn revoke(&self, client_id: &str, reason: &str, outcome: &Result<Revoked>) {
+        let mut e = AuditEvent::new("revoke", "", client_id);
+        e.detail = truncate(reason, 256);
+        match outcome {
+            Ok(r) => {
+                e.decision = "revoked".into();
+                e.reason = r.target.kind().into();
+                match &r.target {
+                    crate::revocation::Target::Jti(jti) => e.jti = jti.clone(),
+                    crate::revocation::Target::Task(task) => e.task_id = task.clone(),
+                    crate::revocation::Target::Subject { iss, sub } => {
+                        e.sub_iss = iss.clone();
+                        e.sub = sub.clone();
+                    }
+                    crate::revocation::Target::Client(id) => e.audience = format!("client:{id}"),
+                }
+                if let Some(task) = &r.task_id {
+                    e.task_id = task.clone();
+                }
+                e.exp = r.expires_at;
+            }
+            Err(error) => {
+                e.decision = "denied".into();
+                e.reason = error.code.as_str().into();
+                e.detail = error.description.clone();
+            }
+        }
+        self.emit(e);
+    }
+}
+
+/// Which events `tessera audit` shows.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub task_id: Option<String>,
+    pub sub: Option<String>,
+    pub jti: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, e: &AuditEvent) -> bool {
+        self.task_id.as_ref().is_none_or(|t| *t == e.task_id)
+            && self.sub.as_ref().is_none_or(|s| *s == e.sub)
+            && self.jti.as_ref().is_none_or(|j| *j == e.jti)
+    }
+}
+
+/// Reads the audit stream from a standalone Redis, oldest first, keeping the events that match.
+pub async fn read_stream(redis_url: &str, filter: &Filter) -> std::result::Result<Vec<AuditEvent>, String> {
+    let client = redis::Client::open(redis_url).map_err(|e| e.to_string())?;
+    let mut conn = client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut start = "-".to_string();
+    loop {
+        let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(STREAM)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some((last, _)) = page.last() else { break };
+        start = format!("({last}");
+        let full = page.len() == 1000;
+        out.extend(
+            page.into_iter()
+                .map(|(_, fields)| AuditEvent::from_fields(fields.into_iter().map(|(k, v)| (field_name(&k), v))))
+                .filter(|e| filter.matches(e)),
+        );
+        if !full {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Maps a stream field name to the static name [`AuditEvent::from_fields`] matches on.
+fn field_name(k: &str) -> &'static str {
+    const KEYS: [&str; 16] = [
+        "ts",
+        "event",
+        "decision",
+        "reason",
+        "detail",
+        "client_id",
+        "sub_iss",
+        "sub",
+        "actors",
+        "audience",
+        "scope_requested",
+        "scope_granted",
+        "task_id",
+        "jti",
+        "exp",
+        "trace_id",
+    ];
+    KEYS.iter().find(|known| **known == k).copied().unwrap_or("")
+}
 
 /// What is known of an exchange as it is decided, so a refusal at any step is audited with what was known.
 #[derive(Debug, Default)]
@@ -40,6 +355,11 @@ impl Trail {
     pub fn actors(&mut self, act: Option<&Actor>) {
         self.actors = act.map(|a| a.chain().map(|a| a.sub.clone()).collect()).unwrap_or_default();
     }
+
+    /// The task, once known from the subject token.
+    pub fn task(&mut self, task_id: &str) {
+        self.task_id = task_id.to_string();
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -50,89 +370,23 @@ fn truncate(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
-pub fn exchange(trail: &Trail, outcome: &Result<Issued>) {
-    let (sub_iss, sub) = trail.subject.as_ref().map(|(i, s)| (i.as_str(), s.as_str())).unwrap_or_default();
-    let actors = trail.actors.join(" > ");
-    match outcome {
-        Ok(issued) => tracing::info!(
-            target: "tessera::audit",
-            event = "exchange",
-            decision = "granted",
-            client_id = %trail.client_id,
-            sub_iss,
-            sub,
-            actors = %actors,
-            audience = %issued.claims.aud,
-            scope_requested = %trail.scope_requested,
-            scope_granted = %issued.claims.scope,
-            task_id = %issued.claims.task_id,
-            jti = %issued.claims.jti,
-            exp = issued.claims.exp,
-            depth = issued.claims.depth(),
-        ),
-        Err(error) => tracing::info!(
-            target: "tessera::audit",
-            event = "exchange",
-            decision = "denied",
-            reason = error.code.as_str(),
-            detail = %error.description,
-            client_id = %trail.client_id,
-            sub_iss,
-            sub,
-            actors = %actors,
-            audience = %trail.audience,
-            scope_requested = %trail.scope_requested,
-            task_id = %trail.task_id,
-        ),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// An introspection: which token (by `jti`), whether active, and why not.
-pub fn introspect(client_id: &str, outcome: &Result<(Introspection, &'static str)>) {
-    match outcome {
-        Ok((Introspection::Active(c), _)) => tracing::info!(
-            target: "tessera::audit",
-            event = "introspect",
-            decision = "active",
-            client_id,
-            jti = %c.jti,
-            sub = %c.sub,
-            audience = %c.aud,
-            task_id = %c.task_id,
-        ),
-        Ok((Introspection::Inactive, why)) => {
-            tracing::info!(target: "tessera::audit", event = "introspect", decision = "inactive", reason = why, client_id)
-        }
-        Err(error) => tracing::info!(
-            target: "tessera::audit",
-            event = "introspect",
-            decision = "error",
-            reason = error.code.as_str(),
-            client_id,
-        ),
-    }
-}
-
-/// A revocation: what, by whom, why, until when.
-pub fn revoke(client_id: &str, reason: &str, outcome: &Result<Revoked>) {
-    match outcome {
-        Ok(r) => tracing::info!(
-            target: "tessera::audit",
-            event = "revoke",
-            decision = "revoked",
-            client_id,
-            kind = r.target.kind(),
-            target = ?r.target,
-            reason = %truncate(reason, 256),
-            expires_at = r.expires_at,
-        ),
-        Err(error) => tracing::info!(
-            target: "tessera::audit",
-            event = "revoke",
-            decision = "denied",
-            reason = error.code.as_str(),
-            detail = %error.description,
-            client_id,
-        ),
+    #[test]
+    fn events_round_trip_through_stream_fields() {
+        let e = AuditEvent {
+            ts: 1,
+            event: "exchange".into(),
+            decision: "granted".into(),
+            task_id: "t".into(),
+            jti: "j".into(),
+            exp: 9,
+            actors: "a > b".into(),
+            ..AuditEvent::default()
+        };
+        let fields = e.fields();
+        assert_eq!(AuditEvent::from_fields(fields.iter().map(|(k, v)| (*k, v.clone()))), e);
     }
 }

@@ -2,12 +2,15 @@
 
 use std::sync::Arc;
 
+use crate::audit::Audit;
 use crate::catalog::Catalog;
 use crate::client::Clients;
 use crate::config::{Config, Limits};
 use crate::issuer::Issuers;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::revocation::Revocations;
+use crate::revocation::Store as _;
 use crate::revocation::memory::MemoryStore;
 use crate::revocation::redis::RedisStore;
 use crate::token::Keyring;
@@ -25,6 +28,8 @@ pub struct Broker {
     pub(crate) limits: Limits,
     pub(crate) leeway: u64,
     pub(crate) revocations: Revocations,
+    pub(crate) metrics: Metrics,
+    pub(crate) audit: Audit,
 }
 
 impl Broker {
@@ -32,11 +37,21 @@ impl Broker {
     /// revocation channel), so it must run inside a Tokio runtime; a Redis that is down at start makes the
     /// broker fail closed until it is back, rather than fail to start.
     pub async fn new(config: Config) -> Result<Broker, String> {
+        Broker::with_metrics(config, Metrics::global()).await
+    }
+
+    /// As [`Broker::new`], recording into the given instruments.
+    pub async fn with_metrics(config: Config, metrics: Metrics) -> Result<Broker, String> {
         let keyring = Keyring::new(config.signing_keys)?;
-        let issuers = Issuers::new(config.issuers, &keyring, config.broker_id.clone(), config.leeway);
-        let revocations = match &config.store {
-            None => Revocations::Memory(MemoryStore::new()),
-            Some(settings) => Revocations::Redis(RedisStore::connect(settings)?),
+        let issuers = Issuers::new(config.issuers, &keyring, config.broker_id.clone(), config.leeway, metrics.clone());
+        let (revocations, audit) = match &config.store {
+            None => (Revocations::Memory(MemoryStore::new()), Audit::log_only()),
+            Some(settings) => {
+                let store = RedisStore::connect_with_lag_histogram(settings, Some(metrics.mirror_lag.clone()))?;
+                let (audit, events) = Audit::with_stream(metrics.clone());
+                store.spawn_audit_writer(events);
+                (Revocations::Redis(store), audit)
+            }
         };
         Ok(Broker {
             catalog: Catalog::new(config.audiences, config.broker_id.clone(), config.task_token_max_ttl),
@@ -48,7 +63,43 @@ impl Broker {
             limits: config.limits,
             leeway: config.leeway,
             revocations,
+            metrics,
+            audit,
         })
+    }
+
+    /// One revocation lookup, timed and counted; a failure fails closed.
+    #[tracing::instrument(name = "store.lookup", skip_all, fields(keys = keys.len()))]
+    pub(crate) async fn lookup(&self, keys: &[String], now: u64) -> crate::error::Result<Vec<Option<u64>>> {
+        let start = std::time::Instant::now();
+        let result = self.revocations.lookup(keys, now).await;
+        self.record_store("lookup", start, result.is_err());
+        Ok(result?)
+    }
+
+    /// Records revocations, timed and counted.
+    #[tracing::instrument(name = "store.revoke", skip_all)]
+    pub(crate) async fn store_revocations(
+        &self,
+        entries: &[crate::revocation::Entry],
+        now: u64,
+    ) -> crate::error::Result<()> {
+        let start = std::time::Instant::now();
+        let result = self.revocations.revoke(entries, now).await;
+        self.record_store("revoke", start, result.is_err());
+        Ok(result?)
+    }
+
+    fn record_store(&self, op: &'static str, start: std::time::Instant, failed: bool) {
+        let attrs = [opentelemetry::KeyValue::new("op", op)];
+        self.metrics.store_duration.record(start.elapsed().as_secs_f64(), &attrs);
+        if failed {
+            self.metrics.store_errors.add(1, &attrs);
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn issuer_id(&self) -> &str {

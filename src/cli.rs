@@ -28,6 +28,9 @@ enum Command {
         /// gRPC listen address [default: 127.0.0.1:50051, or the config's server.grpc_addr].
         #[arg(long, env = "TESSERA_GRPC_ADDR")]
         grpc_addr: Option<String>,
+        /// HTTP listen address (`/metrics`, `/healthz`) [default: 127.0.0.1:8080, or server.http_addr].
+        #[arg(long, env = "TESSERA_HTTP_ADDR")]
+        http_addr: Option<String>,
         /// Redis for the revocation list (`redis://host:port`), overriding the config's store.redis_url.
         #[arg(long, env = "TESSERA_REDIS_URL", hide_env_values = true)]
         redis_url: Option<String>,
@@ -56,6 +59,18 @@ enum Command {
     /// Exchange a subject token (and optionally an actor token) for a narrower token; prints the RFC 8693
     /// response as JSON.
     Exchange(Box<ExchangeArgs>),
+    /// Print the audit trail from the Redis stream (oldest first, JSON lines): which agent got which
+    /// credential for a task, when, and what happened to it.
+    Audit {
+        #[arg(long, env = "TESSERA_REDIS_URL", hide_env_values = true)]
+        redis_url: String,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        sub: Option<String>,
+        #[arg(long)]
+        jti: Option<String>,
+    },
     /// Write a new signing key (PKCS#8 PEM) and print its `kid`.
     Keygen {
         #[arg(long, value_enum, default_value_t = Alg::Eddsa)]
@@ -225,9 +240,19 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Serve { config, grpc_addr, redis_url, dev_dir } => serve(config, grpc_addr, redis_url, &dev_dir),
+        Command::Serve { config, grpc_addr, http_addr, redis_url, dev_dir } => {
+            serve(config, Overrides { grpc_addr, http_addr, redis_url }, &dev_dir)
+        }
         Command::Exchange(args) => runtime()?.block_on(exchange(*args)),
         Command::Introspect { token, client } => runtime()?.block_on(introspect(token, client)),
+        Command::Audit { redis_url, task, sub, jti } => {
+            let filter = tessera::audit::Filter { task_id: task, sub, jti };
+            let events = runtime()?.block_on(tessera::audit::read_stream(&redis_url, &filter))?;
+            for e in events {
+                println!("{}", serde_json::to_string(&e).map_err(|e| e.to_string())?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Revoke { target, issuer, reason, client } => {
             runtime()?.block_on(revoke(target, issuer, reason, client))
         }
@@ -246,7 +271,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("{}", serde_json::json!({ "kid": key.kid(), "alg": key.alg().as_str(), "file": out }));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Check { file } } => match load_config(&file, None, None) {
+        Command::Config { command: ConfigCommand::Check { file } } => match load_config(&file, Overrides::default()) {
             Ok(config) => {
                 println!(
                     "{}: ok ({} issuers, {} audiences, {} clients, {} signing keys)",
@@ -278,44 +303,74 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     }
 }
 
-fn load_config(file: &Path, grpc_addr: Option<String>, redis_url: Option<String>) -> Result<Config, String> {
+/// Command-line flags that override the config file.
+#[derive(Default)]
+struct Overrides {
+    grpc_addr: Option<String>,
+    http_addr: Option<String>,
+    redis_url: Option<String>,
+}
+
+impl Overrides {
+    fn apply(self, builder: &mut ConfigBuilder) {
+        if self.grpc_addr.is_some() {
+            builder.server.grpc_addr = self.grpc_addr;
+        }
+        if self.http_addr.is_some() {
+            builder.server.http_addr = self.http_addr;
+        }
+        if let Some(url) = self.redis_url {
+            builder.store.redis_url = Some(url.into());
+        }
+    }
+}
+
+fn load_config(file: &Path, overrides: Overrides) -> Result<Config, String> {
     let mut builder = ConfigBuilder::load(file).map_err(|e| e.to_string())?;
-    if grpc_addr.is_some() {
-        builder.server.grpc_addr = grpc_addr;
-    }
-    if let Some(url) = redis_url {
-        builder.store.redis_url = Some(url.into());
-    }
+    overrides.apply(&mut builder);
     let base = file.parent().unwrap_or(Path::new("."));
     builder.build(base).map_err(|e| e.to_string())
 }
 
-fn serve(
-    config: Option<PathBuf>,
-    grpc_addr: Option<String>,
-    redis_url: Option<String>,
-    dev_dir: &Path,
-) -> Result<ExitCode, String> {
+fn serve(config: Option<PathBuf>, overrides: Overrides, dev_dir: &Path) -> Result<ExitCode, String> {
     let (config, dev_mode) = match &config {
-        Some(file) => (load_config(file, grpc_addr, redis_url)?, false),
-        None => (dev::config(dev_dir, grpc_addr, redis_url).map_err(|e| e.to_string())?, true),
-    };
-    telemetry::init(config.log.format, &config.log.level);
-    if dev_mode {
-        tracing::warn!("{}", dev::WARNING);
-        if config.log.format == LogFormat::Text {
-            eprintln!("\n  !!! {} !!!\n", dev::WARNING);
+        Some(file) => (load_config(file, overrides)?, false),
+        None => {
+            let Overrides { grpc_addr, http_addr, redis_url } = overrides;
+            (dev::config(dev_dir, grpc_addr, http_addr, redis_url).map_err(|e| e.to_string())?, true)
         }
-    }
+    };
     let settings = config.server;
     runtime()?.block_on(async move {
+        let telemetry = telemetry::init(&config.log, &config.telemetry)?;
+        if dev_mode {
+            tracing::warn!("{}", dev::WARNING);
+            if config.log.format == LogFormat::Text {
+                eprintln!("\n  !!! {} !!!\n", dev::WARNING);
+            }
+        }
         let broker = Arc::new(Broker::new(config).await?);
-        let listener = tokio::net::TcpListener::bind(settings.grpc_addr)
-            .await
-            .map_err(|e| format!("{}: {e}", settings.grpc_addr))?;
-        server::run(listener, broker, settings, server::shutdown_signal()).await.map_err(|e| e.to_string())
+        let (grpc, http) = (bind(settings.grpc_addr).await?, bind(settings.http_addr).await?);
+        // One signal stops both faces: gRPC drains in-flight RPCs, HTTP finishes its requests.
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let http_stopped = async move {
+            let _ = stopped.changed().await;
+        };
+        let http = tokio::spawn(tessera::http::serve(http, telemetry.registry.clone(), http_stopped));
+        let grpc_stopped = async move {
+            server::shutdown_signal().await;
+            let _ = stop.send(true);
+        };
+        let served = server::run(grpc, broker, settings, grpc_stopped).await.map_err(|e| e.to_string());
+        let _ = http.await;
+        telemetry.shutdown();
+        served
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{addr}: {e}"))
 }
 
 fn read_token(arg: &str) -> Result<String, String> {

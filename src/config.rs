@@ -22,6 +22,7 @@ use crate::token::jws::Algorithm;
 use crate::token::keys::{JwkSet, KeySet, SigningKey};
 
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,7 +35,38 @@ pub struct ConfigBuilder {
     pub audiences: Vec<AudienceBuilder>,
     pub clients: Vec<ClientBuilder>,
     pub store: StoreBuilder,
+    pub telemetry: TelemetryBuilder,
     pub log: LogBuilder,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryBuilder {
+    /// OTLP/gRPC endpoint (`http://collector:4317`); else `OTEL_EXPORTER_OTLP_ENDPOINT`; else no export.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub metrics_interval_ms: Option<u64>,
+    /// Serve Prometheus text at `GET /metrics` on the HTTP port (default true).
+    pub prometheus: Option<bool>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TelemetryConfig {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+    pub metrics_interval: Duration,
+    pub prometheus: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "tessera".into(),
+            metrics_interval: Duration::from_secs(10),
+            prometheus: true,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +97,8 @@ pub enum StoreMode {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerBuilder {
     pub grpc_addr: Option<String>,
+    /// Plain HTTP: `/metrics` and `/healthz` (and, later, the OAuth endpoints).
+    pub http_addr: Option<String>,
     pub max_request_bytes: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub max_concurrent_requests: Option<usize>,
@@ -155,6 +189,7 @@ pub struct Limits {
 #[derive(Clone, Copy, Debug)]
 pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
@@ -181,6 +216,7 @@ pub struct Config {
     pub policy: Policy,
     /// `None`: the embedded in-memory store.
     pub store: Option<RedisSettings>,
+    pub telemetry: TelemetryConfig,
     pub log: LogConfig,
 }
 
@@ -340,8 +376,26 @@ impl ConfigBuilder {
             problems.push(format!("log.level: `{level}` is not a level or filter directive"));
         }
 
+        let http_addr = self.server.http_addr.as_deref().unwrap_or(DEFAULT_HTTP_ADDR);
+        let http_addr = http_addr.parse().unwrap_or_else(|_| {
+            problems.push(format!("server.http_addr: `{http_addr}` is not an address (host:port)"));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let telemetry = TelemetryConfig {
+            otlp_endpoint: self.telemetry.otlp_endpoint,
+            service_name: self.telemetry.service_name.unwrap_or_else(|| "tessera".into()),
+            metrics_interval: Duration::from_millis(self.telemetry.metrics_interval_ms.unwrap_or(10_000)),
+            prometheus: self.telemetry.prometheus.unwrap_or(true),
+        };
+        if telemetry.otlp_endpoint.as_deref().is_some_and(|e| !is_https_like(e)) {
+            problems.push("telemetry.otlp_endpoint: must be an http(s) URL".into());
+        }
+        if telemetry.metrics_interval < Duration::from_millis(100) {
+            problems.push("telemetry.metrics_interval_ms: at least 100".into());
+        }
         let server = ServerConfig {
             grpc_addr,
+            http_addr,
             max_request_bytes: self.server.max_request_bytes.unwrap_or(64 * 1024),
             request_timeout: Duration::from_millis(self.server.request_timeout_ms.unwrap_or(5_000)),
             max_concurrent_requests: self.server.max_concurrent_requests.unwrap_or(1024),
@@ -365,6 +419,7 @@ impl ConfigBuilder {
                 clients,
                 policy,
                 store,
+                telemetry,
                 log: LogConfig { format: self.log.format.unwrap_or_default(), level },
             }),
             _ => Err(ConfigErrors(problems)),

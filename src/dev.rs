@@ -71,7 +71,12 @@ fn private_file(path: &Path) -> Result<std::fs::File, String> {
 }
 
 /// The dev mode configuration, with its keys generated on first use in `dir`.
-pub fn config(dir: &Path, grpc_addr: Option<String>, redis_url: Option<String>) -> Result<Config, ConfigErrors> {
+pub fn config(
+    dir: &Path,
+    grpc_addr: Option<String>,
+    http_addr: Option<String>,
+    redis_url: Option<String>,
+) -> Result<Config, ConfigErrors> {
     let fail = |e: String| ConfigErrors(vec![format!("dev mode: {e}")]);
     let (_, signing_path) = key(dir, SIGNING_KEY_FILE).map_err(fail)?;
     let (issuer_key, _) = key(dir, ISSUER_KEY_FILE).map_err(fail)?;
@@ -81,6 +86,7 @@ pub fn config(dir: &Path, grpc_addr: Option<String>, redis_url: Option<String>) 
     std::fs::write(&policy_path, format!("{DEFAULT_POLICY}\n{DEMO_POLICY}")).map_err(|e| fail(e.to_string()))?;
     let mut builder = ConfigBuilder::default();
     builder.server.grpc_addr = grpc_addr;
+    builder.server.http_addr = http_addr;
     builder.store.redis_url = redis_url.map(Into::into);
     builder.broker.issuer = Some(BROKER_ID.into());
     builder.signing.keys = vec![signing_path];

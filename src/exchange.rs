@@ -8,14 +8,14 @@
 //!    and ancestry are bounded;
 //! 6. the subject (and actor) token is verified by [`crate::issuer`] before anything else is looked at.
 
-use crate::audit::{self, Trail};
+use crate::audit::Trail;
 use crate::broker::Broker;
 use crate::catalog::Target;
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Origin, Verified};
 use crate::policy::Question;
-use crate::revocation::{Probe, Store as _};
+use crate::revocation::Probe;
 use crate::secret::Secret;
 use crate::token::{AccessClaims, Actor, new_jti};
 
@@ -66,7 +66,8 @@ impl Broker {
     pub async fn exchange(&self, client: &Client, request: ExchangeRequest, now: u64) -> Result<Issued> {
         let mut trail = Trail::new(&client.id, &request);
         let outcome = self.decide(client, &request, now, &mut trail).await;
-        audit::exchange(&trail, &outcome);
+        self.audit.exchange(&trail, &outcome);
+        self.metrics.exchange(outcome.as_ref().err().map(|e| e.code.as_str()));
         outcome
     }
 
@@ -94,6 +95,7 @@ impl Broker {
         };
         let target = self.target(target_id, parent)?;
         let (task_id, session_id) = task_binding(req, parent)?;
+        trail.task(&task_id);
         let (act, anc) = self.delegate(&subject, actor.as_ref(), parent)?;
         trail.actors(act.as_ref());
         self.check_revocations(&subject, actor.as_ref(), &task_id, now).await?;
@@ -151,7 +153,7 @@ impl Broker {
         if !matches!(subject.origin, Origin::Broker(_)) {
             probe.task(task_id);
         }
-        let found = self.revocations.lookup(probe.keys(), now).await?;
+        let found = self.lookup(probe.keys(), now).await?;
         if probe.revoked(&found) {
             return Err(Error::invalid_grant("a token in this request, or its task, has been revoked"));
         }

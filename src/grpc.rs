@@ -5,6 +5,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use std::future::Future;
+
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -25,6 +28,9 @@ pub mod pb {
 }
 
 use pb::token_broker_server::TokenBroker;
+
+/// The gRPC service name, as in `rpc.service`.
+pub const SERVICE: &str = "tessera.v1.TokenBroker";
 
 /// The error domain of every `google.rpc.ErrorInfo` the broker returns.
 pub const ERROR_DOMAIN: &str = "tessera";
@@ -48,7 +54,81 @@ pub fn status(error: Error) -> Status {
 #[derive(Clone, Debug)]
 pub struct TokenBrokerService(pub Arc<Broker>);
 
+/// Reads W3C `traceparent`/`tracestate` from gRPC request metadata.
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// gRPC codes that make a server span an error (OpenTelemetry RPC semantic conventions).
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
 impl TokenBrokerService {
+    /// Runs one RPC inside its server span — named and attributed per the OpenTelemetry RPC conventions,
+    /// parented on the caller's `traceparent` — and records its latency.
+    async fn rpc<T, R, F>(
+        &self,
+        method: &'static str,
+        full_name: &'static str,
+        request: Request<T>,
+        handler: impl FnOnce(Request<T>) -> F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: Future<Output = Result<R, Status>>,
+    {
+        use opentelemetry::propagation::TextMapPropagator as _;
+        use tracing::Instrument as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = full_name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = SERVICE,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let parent = TraceContextPropagator::new().extract(&MetadataExtractor(request.metadata()));
+        let _ = span.set_parent(parent);
+        let start = std::time::Instant::now();
+        let result = handler(request).instrument(span.clone()).await;
+        let code = result.as_ref().err().map_or(Code::Ok, Status::code);
+        span.record("rpc.grpc.status_code", code as i64);
+        if is_server_error(code) {
+            span.record("otel.status_code", "ERROR");
+        }
+        let attrs = [
+            opentelemetry::KeyValue::new("rpc.method", method),
+            opentelemetry::KeyValue::new("rpc.grpc.status_code", code as i64),
+        ];
+        self.0.metrics().rpc_duration.record(start.elapsed().as_secs_f64(), &attrs);
+        result.map(Response::new)
+    }
+
     fn caller<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<&Client, Status> {
         let authorization = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("\u{0}"));
         let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
@@ -63,27 +143,35 @@ impl TokenBroker for TokenBrokerService {
         &self,
         request: Request<pb::ExchangeTokenRequest>,
     ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
-        let client = self.caller(&request, Rpc::Exchange)?;
-        let issued = self.0.exchange(client, request.into_inner().into(), now()).await.map_err(status)?;
-        Ok(Response::new(issued.into()))
+        self.rpc("ExchangeToken", "tessera.v1.TokenBroker/ExchangeToken", request, async |request| {
+            let client = self.caller(&request, Rpc::Exchange)?;
+            let issued = self.0.exchange(client, request.into_inner().into(), now()).await.map_err(status)?;
+            Ok(issued.into())
+        })
+        .await
     }
 
     async fn introspect(
         &self,
         request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
-        let client = self.caller(&request, Rpc::Introspect)?;
-        let token = Secret::new(request.into_inner().token);
-        let answer = self.0.introspect(client, &token, now()).await.map_err(status)?;
-        Ok(Response::new(answer.into()))
+        self.rpc("Introspect", "tessera.v1.TokenBroker/Introspect", request, async |request| {
+            let client = self.caller(&request, Rpc::Introspect)?;
+            let token = Secret::new(request.into_inner().token);
+            Ok(self.0.introspect(client, &token, now()).await.map_err(status)?.into())
+        })
+        .await
     }
 
     async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
-        let client = self.caller(&request, Rpc::Revoke)?;
-        let pb::RevokeRequest { target, reason } = request.into_inner();
-        let target = target.ok_or_else(|| status(Error::invalid_request("a revocation target is required")))?;
-        let revoked = self.0.revoke(client, target.into(), &reason, now()).await.map_err(status)?;
-        Ok(Response::new(pb::RevokeResponse { kind: revoked.target.kind().into(), expires_at: revoked.expires_at }))
+        self.rpc("Revoke", "tessera.v1.TokenBroker/Revoke", request, async |request| {
+            let client = self.caller(&request, Rpc::Revoke)?;
+            let pb::RevokeRequest { target, reason } = request.into_inner();
+            let target = target.ok_or_else(|| status(Error::invalid_request("a revocation target is required")))?;
+            let revoked = self.0.revoke(client, target.into(), &reason, now()).await.map_err(status)?;
+            Ok(pb::RevokeResponse { kind: revoked.target.kind().into(), expires_at: revoked.expires_at })
+        })
+        .await
     }
 
     async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {

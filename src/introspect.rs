@@ -6,12 +6,11 @@
 //! else; why it is inactive goes to the audit trail only. A store that cannot answer is an error
 //! (UNAVAILABLE), never `active: true`.
 
-use crate::audit;
 use crate::broker::Broker;
 use crate::client::Client;
 use crate::error::Result;
 use crate::issuer::Origin;
-use crate::revocation::{Probe, Store as _};
+use crate::revocation::Probe;
 use crate::secret::Secret;
 use crate::token::AccessClaims;
 
@@ -25,7 +24,13 @@ pub enum Introspection {
 impl Broker {
     pub async fn introspect(&self, client: &Client, token: &Secret, now: u64) -> Result<Introspection> {
         let outcome = self.decide_introspection(client, token, now).await;
-        audit::introspect(&client.id, &outcome);
+        self.audit.introspect(&client.id, &outcome);
+        let result = match &outcome {
+            Ok((Introspection::Active(_), _)) => "active",
+            Ok((Introspection::Inactive, _)) => "inactive",
+            Err(_) => "error",
+        };
+        self.metrics.introspections.add(1, &[opentelemetry::KeyValue::new("result", result)]);
         outcome.map(|(answer, _)| answer)
     }
 
@@ -47,7 +52,7 @@ impl Broker {
         }
         let mut probe = Probe::default();
         probe.token(&claims);
-        let found = self.revocations.lookup(probe.keys(), now).await?;
+        let found = self.lookup(probe.keys(), now).await?;
         if probe.revoked(&found) {
             return Ok((Introspection::Inactive, "revoked"));
         }

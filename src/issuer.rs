@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use crate::metrics::Metrics;
 use crate::policy::Principal;
 use crate::token::jws::{self, Algorithm, JwsError};
 use crate::token::keys::{JwkSet, KeySet};
@@ -141,6 +142,7 @@ pub struct Issuers {
     /// Tokens longer than this are refused before anything is decoded.
     max_token_bytes: usize,
     http: reqwest::Client,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Issuers {
@@ -158,7 +160,13 @@ const OWN_MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 impl Issuers {
     /// `initial` holds the keys of inline and file sources, loaded while the config was validated.
-    pub fn new(specs: Vec<(IssuerSpec, KeySet)>, keyring: &Keyring, own_iss: String, own_leeway: u64) -> Issuers {
+    pub fn new(
+        specs: Vec<(IssuerSpec, KeySet)>,
+        keyring: &Keyring,
+        own_iss: String,
+        own_leeway: u64,
+        metrics: Metrics,
+    ) -> Issuers {
         let mut by_iss = HashMap::new();
         let mut by_trust_domain = HashMap::new();
         let mut max_token_bytes = OWN_MAX_TOKEN_BYTES;
@@ -190,6 +198,7 @@ impl Issuers {
             own_leeway,
             max_token_bytes,
             http,
+            metrics,
         }
     }
 
@@ -224,7 +233,13 @@ impl Issuers {
     }
 
     async fn reload(&self, up: &Upstream) -> bool {
-        match load_jwks(&up.spec, &self.http).await {
+        let result = load_jwks(&up.spec, &self.http).await;
+        let attrs = [
+            opentelemetry::KeyValue::new("issuer", up.spec.name.clone()),
+            opentelemetry::KeyValue::new("result", if result.is_ok() { "ok" } else { "error" }),
+        ];
+        self.metrics.jwks_refreshes.add(1, &attrs);
+        match result {
             Ok(keys) => {
                 up.set_keys(keys);
                 tracing::info!(issuer = %up.spec.name, "JWKS reloaded");
@@ -255,6 +270,7 @@ impl Issuers {
     }
 
     /// Verifies `token` as of `now` (Unix seconds).
+    #[tracing::instrument(name = "verify_token", skip_all)]
     pub async fn verify(&self, token: &str, now: u64) -> Result<Verified, TokenError> {
         let parsed = jws::parse(token, self.max_token_bytes)?;
         let claims: Map<String, Value> =

@@ -18,9 +18,11 @@
 //! - [`catalog`]: the audiences tokens are issued for, their scopes and maximum lifetimes.
 //! - [`client`]: who may call the broker, and how callers authenticate.
 //! - [`audit`]: an audit event for every decision.
+//! - [`metrics`], [`telemetry`]: OpenTelemetry instruments, traces and logs; OTLP export and Prometheus.
 //! - [`broker`]: the state the RPCs share, built from a validated [`config::Config`].
 //! - [`grpc`]: the `tessera.v1.TokenBroker` adapter and the OAuth-error → gRPC-status mapping.
 //! - [`server`]: the gRPC server (health, reflection, limits) over a listener the caller binds.
+//! - [`http`]: the plain HTTP face: Prometheus metrics and health.
 //! - [`config`], [`dev`], [`telemetry`], [`secret`], [`error`]: configuration, the dev setup, logging,
 //!   redacted secrets and the error type.
 
@@ -33,8 +35,10 @@ pub mod dev;
 pub mod error;
 pub mod exchange;
 pub mod grpc;
+pub mod http;
 pub mod introspect;
 pub mod issuer;
+pub mod metrics;
 pub mod policy;
 pub mod revocation;
 pub mod secret;

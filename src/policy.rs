@@ -102,6 +102,7 @@ impl Policy {
     }
 
     /// Decides each scope; returns the scopes allowed, in the order asked.
+    #[tracing::instrument(name = "policy", skip_all, fields(scopes = scopes.len()))]
     pub fn allowed<'s>(&self, q: &Question<'_>, scopes: &[&'s str]) -> Result<Vec<&'s str>> {
         let mut entities = vec![self.principal_entity(q.principal)?];
         if let Some(actor) = q.actor.filter(|a| *a != q.principal) {

@@ -1,32 +1,144 @@
-//! Logging: human text or JSON lines, level from `RUST_LOG` or the config. The filter sits on the log layer
-//! only, so spans exported by telemetry layers added later are not filtered by the log level.
+//! Telemetry: logs (human text or JSON lines), OpenTelemetry traces and metrics exported over OTLP/gRPC,
+//! and a Prometheus registry for clusters that scrape.
+//!
+//! The log level filter sits on the log layer only, so the spans exported to OTLP are not filtered by it
+//! (a global `warn` filter would silently drop the INFO spans that should be exported). The OTLP endpoint
+//! comes from the config or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`; the resource from the config and
+//! the standard `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`.
 
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::LogFormat;
+use crate::config::{LogConfig, LogFormat, TelemetryConfig};
 
-/// Installs the global subscriber. Calling it twice is harmless (the second call does nothing).
-pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let registry = tracing_subscriber::registry();
-    let _ = match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter),
-            )
-            .try_init(),
-        LogFormat::Text => {
-            // Colours only for a person at a terminal; a file or a log collector gets plain text.
-            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let layer = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
-            registry.with(layer.with_filter(filter)).try_init()
+/// What [`init`] set up; [`Telemetry::shutdown`] flushes what is still buffered.
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: SdkMeterProvider,
+    /// Served as Prometheus text at `GET /metrics` on the HTTP port.
+    pub registry: Option<prometheus::Registry>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("otlp_traces", &self.tracer_provider.is_some())
+            .field("prometheus", &self.registry.is_some())
+            .finish()
+    }
+}
+
+impl Telemetry {
+    pub fn shutdown(&self) {
+        if let Some(t) = &self.tracer_provider {
+            let _ = t.shutdown();
         }
+        let _ = self.meter_provider.shutdown();
+    }
+
+    pub fn meter_provider(&self) -> &SdkMeterProvider {
+        &self.meter_provider
+    }
+}
+
+/// The OTLP endpoint to export to: the config's, else `OTEL_EXPORTER_OTLP_ENDPOINT`, else none.
+pub fn otlp_endpoint(config: &TelemetryConfig) -> Option<String> {
+    config.otlp_endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty()))
+}
+
+/// The resource every span and metric carries: service name, version and a per-process instance id.
+pub fn resource(config: &TelemetryConfig) -> Resource {
+    let mut id = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut id);
+    let instance: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let mut builder = Resource::builder().with_attributes([
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("service.instance.id", instance),
+    ]);
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        builder = builder.with_service_name(config.service_name.clone());
+    }
+    builder.build()
+}
+
+/// Builds the meter provider: a Prometheus reader (when enabled) and a periodic OTLP exporter (when an
+/// endpoint is set). Needs a Tokio runtime when exporting over OTLP.
+pub fn meter_provider(
+    config: &TelemetryConfig,
+    resource: Resource,
+) -> Result<(SdkMeterProvider, Option<prometheus::Registry>), String> {
+    let mut builder = SdkMeterProvider::builder().with_resource(resource);
+    let registry = if config.prometheus {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .build()
+            .map_err(|e| format!("prometheus exporter: {e}"))?;
+        builder = builder.with_reader(exporter);
+        Some(registry)
+    } else {
+        None
     };
+    if let Some(endpoint) = otlp_endpoint(config) {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("OTLP metric exporter: {e}"))?;
+        let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
+            .with_interval(config.metrics_interval)
+            .build();
+        builder = builder.with_reader(reader);
+    }
+    Ok((builder.build(), registry))
+}
+
+/// Builds the tracer provider exporting to OTLP, when an endpoint is set.
+pub fn tracer_provider(config: &TelemetryConfig, resource: Resource) -> Result<Option<SdkTracerProvider>, String> {
+    let Some(endpoint) = otlp_endpoint(config) else { return Ok(None) };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("OTLP span exporter: {e}"))?;
+    Ok(Some(SdkTracerProvider::builder().with_resource(resource).with_batch_exporter(exporter).build()))
+}
+
+/// Sets up logging, traces and metrics for the process. Call once, inside the Tokio runtime.
+pub fn init(log: &LogConfig, config: &TelemetryConfig) -> Result<Telemetry, String> {
+    let resource = resource(config);
+    let tracer_provider = tracer_provider(config, resource.clone())?;
+    let (meter_provider, registry) = meter_provider(config, resource)?;
+    opentelemetry::global::set_meter_provider(meter_provider.clone());
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = match log.format {
+        LogFormat::Json => {
+            tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr).boxed()
+        }
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed(),
+    };
+    // Spans of the broker itself go to OTLP whatever the log level; other crates' spans do not.
+    let otel = tracer_provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer().with_tracer(p.tracer("tessera")).with_filter(EnvFilter::new("tessera=info"))
+    });
+    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init();
+    if let Some(p) = &tracer_provider {
+        opentelemetry::global::set_tracer_provider(p.clone());
+    }
+    Ok(Telemetry { tracer_provider, meter_provider, registry })
 }

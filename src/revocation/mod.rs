@@ -15,7 +15,6 @@ pub mod redis;
 
 use std::future::Future;
 
-use crate::audit;
 use crate::broker::Broker;
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
@@ -197,6 +196,8 @@ pub enum RevokeRequest {
 pub struct Revoked {
     pub target: Target,
     pub expires_at: u64,
+    /// The task of a revoked token, for the audit trail.
+    pub task_id: Option<String>,
 }
 
 const MAX_REASON_BYTES: usize = 256;
@@ -211,7 +212,13 @@ impl Broker {
     /// Records a revocation; returns once the store acknowledged it. Idempotent.
     pub async fn revoke(&self, client: &Client, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
         let outcome = self.decide_revoke(request, reason, now).await;
-        audit::revoke(&client.id, reason, &outcome);
+        self.audit.revoke(&client.id, reason, &outcome);
+        let (kind, result) = match &outcome {
+            Ok(r) => (r.target.kind(), "revoked"),
+            Err(_) => ("", "denied"),
+        };
+        let attrs = [opentelemetry::KeyValue::new("kind", kind), opentelemetry::KeyValue::new("outcome", result)];
+        self.metrics.revocations.add(1, &attrs);
         outcome
     }
 
@@ -221,6 +228,7 @@ impl Broker {
         }
         let name_ok = |s: &str| !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.chars().any(char::is_control);
         let until = now + self.max_token_lifetime();
+        let mut task_id = None;
         let (target, expires_at) = match request {
             RevokeRequest::Token(token) => {
                 // Revoking an expired token is harmless and allowed; a token tessera did not sign is refused.
@@ -229,7 +237,10 @@ impl Broker {
                     .verify_own_ignoring_time(token.expose())
                     .map_err(|e| Error::invalid_request(format!("token {e}")))?;
                 match verified.origin {
-                    Origin::Broker(c) => (Target::Jti(c.jti.clone()), c.exp.max(now) + self.leeway),
+                    Origin::Broker(c) => {
+                        task_id = Some(c.task_id.clone());
+                        (Target::Jti(c.jti.clone()), c.exp.max(now) + self.leeway)
+                    }
                     Origin::Upstream => return Err(Error::invalid_request("token is not one of tessera's")),
                 }
             }
@@ -246,8 +257,8 @@ impl Broker {
             _ => return Err(Error::invalid_request("the revocation target is empty or malformed")),
         };
         let entry = Entry { key: target.key(), revoked_at: now, expires_at, reason: reason.to_string() };
-        self.revocations.revoke(std::slice::from_ref(&entry), now).await?;
-        Ok(Revoked { target, expires_at })
+        self.store_revocations(std::slice::from_ref(&entry), now).await?;
+        Ok(Revoked { target, expires_at, task_id })
     }
 }
 

@@ -98,6 +98,13 @@ impl Handle {
         }
     }
 
+    async fn pipeline(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
+        match self {
+            Handle::Standalone(c) => pipe.query_async(c).await,
+            Handle::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+
     async fn invoke(&mut self, inv: &redis::ScriptInvocation<'_>) -> redis::RedisResult<u64> {
         match self {
             Handle::Standalone(c) => inv.invoke_async(c).await,
@@ -185,6 +192,14 @@ fn err(e: impl fmt::Display) -> StoreError {
 impl RedisStore {
     /// Connects lazily: the broker starts even when Redis is down, and fails closed until it is back.
     pub fn connect(settings: &RedisSettings) -> Result<RedisStore, String> {
+        RedisStore::connect_with_lag_histogram(settings, None)
+    }
+
+    /// As [`RedisStore::connect`]; in mirror mode, each message's publish-to-apply delay is recorded in `lag`.
+    pub fn connect_with_lag_histogram(
+        settings: &RedisSettings,
+        lag: Option<opentelemetry::metrics::Histogram<u64>>,
+    ) -> Result<RedisStore, String> {
         let (conn, pubsub_url) = match &settings.backend {
             Backend::Standalone(url) => {
                 let client = redis::Client::open(url.expose()).map_err(|e| format!("store.redis_url: {e}"))?;
@@ -217,11 +232,52 @@ impl RedisStore {
         if let Some(m) = settings.mirror {
             let mirror = Arc::new(Mirror { max_staleness_ms: m.max_staleness.as_millis() as u64, ..Mirror::default() });
             let client = redis::Client::open(pubsub_url.expose()).map_err(|e| e.to_string())?;
-            store.tasks.push(tokio::spawn(follow(client, store.conn.clone(), Arc::clone(&mirror), settings.timeout)));
+            store.tasks.push(tokio::spawn(follow(
+                client,
+                store.conn.clone(),
+                Arc::clone(&mirror),
+                settings.timeout,
+                lag,
+            )));
             store.tasks.push(tokio::spawn(heartbeat(store.conn.clone(), m.heartbeat, settings.timeout)));
             store.mirror = Some(mirror);
         }
         Ok(store)
+    }
+
+    /// Appends audit events to the capped audit stream, in batches (one pipelined round trip per batch), off
+    /// the request path. Events that cannot be written are logged and dropped: the log has them too.
+    pub fn spawn_audit_writer(&self, mut events: tokio::sync::mpsc::Receiver<crate::audit::AuditEvent>) {
+        let conn = self.conn.clone();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(256);
+            while events.recv_many(&mut batch, 256).await > 0 {
+                let mut pipe = redis::pipe();
+                for e in batch.drain(..) {
+                    let cmd = pipe
+                        .cmd("XADD")
+                        .arg(crate::audit::STREAM)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(crate::audit::STREAM_MAX_LEN)
+                        .arg("*");
+                    for (k, v) in e.fields() {
+                        cmd.arg(k).arg(v);
+                    }
+                    cmd.ignore();
+                }
+                let write = async {
+                    let mut handle = conn.handle().await?;
+                    handle.pipeline(&pipe).await
+                };
+                match tokio::time::timeout(timeout * 4, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, "audit events not appended to the Redis stream"),
+                    Err(_) => tracing::warn!("audit events not appended to the Redis stream: timeout"),
+                }
+            }
+        });
     }
 
     /// Mirror mode: whether lookups are currently served from the local copy.
@@ -297,10 +353,16 @@ async fn heartbeat(conn: Conn, every: Duration, timeout: Duration) {
 
 /// Keeps a mirror current: subscribe, resync, apply messages; on any failure, mark it untrusted and start
 /// over after a short pause.
-async fn follow(client: redis::Client, conn: Conn, mirror: Arc<Mirror>, timeout: Duration) {
+async fn follow(
+    client: redis::Client,
+    conn: Conn,
+    mirror: Arc<Mirror>,
+    timeout: Duration,
+    lag: Option<opentelemetry::metrics::Histogram<u64>>,
+) {
     loop {
         mirror.synced.store(false, Ordering::Release);
-        if let Err(error) = follow_once(&client, &conn, &mirror, timeout).await {
+        if let Err(error) = follow_once(&client, &conn, &mirror, timeout, lag.as_ref()).await {
             tracing::warn!(%error, "revocation mirror lost its subscription; lookups go to Redis until it resyncs");
         }
         mirror.synced.store(false, Ordering::Release);
@@ -313,6 +375,7 @@ async fn follow_once(
     conn: &Conn,
     mirror: &Mirror,
     timeout: Duration,
+    lag: Option<&opentelemetry::metrics::Histogram<u64>>,
 ) -> Result<(), StoreError> {
     let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await.map_err(err)?.map_err(err)?;
     tokio::time::timeout(timeout, pubsub.subscribe(CHANNEL)).await.map_err(err)?.map_err(err)?;
@@ -337,7 +400,11 @@ async fn follow_once(
             _ => None,
         };
         if let Some(published) = published {
-            mirror.last_lag_ms.store(received.saturating_sub(published), Ordering::Relaxed);
+            let delay = received.saturating_sub(published);
+            mirror.last_lag_ms.store(delay, Ordering::Relaxed);
+            if let Some(lag) = lag {
+                lag.record(delay, &[]);
+            }
         }
         mirror.last_heard_ms.store(received, Ordering::Release);
     }

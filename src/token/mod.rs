@@ -102,6 +102,7 @@ impl Keyring {
     }
 
     /// Signs the claims with the active key.
+    #[tracing::instrument(name = "sign", skip_all)]
     pub fn mint(&self, claims: &AccessClaims) -> Result<String> {
         let key = self.active();
         let payload = serde_json::to_vec(claims).map_err(|_| Error::internal("could not encode claims"))?;

@@ -36,7 +36,7 @@ fn dev_mode_walkthrough_and_no_token_in_the_logs() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut server = tessera()
-        .args(["serve", "--grpc-addr", &addr, "--dev-dir"])
+        .args(["serve", "--grpc-addr", &addr, "--http-addr", &format!("127.0.0.1:{}", free_port()), "--dev-dir"])
         .arg(&dev_dir)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
@@ -80,6 +80,16 @@ fn dev_mode_walkthrough_and_no_token_in_the_logs() {
     let error: serde_json::Value = serde_json::from_slice(&refused.stderr).unwrap();
     assert_eq!(error["error"], "invalid_scope");
 
+    // The whole flow: introspect, revoke, introspect again.
+    let introspect = || {
+        let out = run_with_stdin(tessera().args(["introspect", "-", "--addr", &url]), &access_token);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(introspect()["active"], true);
+    let revoked = run_with_stdin(tessera().args(["revoke", "--token", "-", "--addr", &url]), &access_token);
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    assert_eq!(introspect(), serde_json::json!({ "active": false }));
+
     // SIGTERM (how Kubernetes stops a pod) ends the server cleanly.
     Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -94,10 +104,9 @@ fn dev_mode_walkthrough_and_no_token_in_the_logs() {
     let output = server.wait_with_output().unwrap();
     let logs = String::from_utf8_lossy(&output.stderr);
     assert!(logs.contains("DEV MODE") && logs.contains("NOT for production"), "the dev warning is missing");
-    assert!(
-        logs.contains("decision=\"granted\"") && logs.contains("decision=\"denied\""),
-        "audit events are missing:\n{logs}"
-    );
+    for decision in ["granted", "denied", "active", "revoked", "inactive"] {
+        assert!(logs.contains(&format!("decision={decision} ")), "audit event {decision} is missing:\n{logs}");
+    }
     for (what, token) in [("assertion", &assertion), ("access token", &access_token)] {
         let signature = token.rsplit('.').next().unwrap();
         assert!(!logs.contains(token.as_str()) && !logs.contains(signature), "the {what} appears in the logs");
@@ -211,7 +220,8 @@ fn three_processes_on_one_redis_are_replicas_of_one_broker() {
     for _ in 0..3 {
         let port = free_port();
         let child = tessera()
-            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}"), "--redis-url", &redis.url(), "--dev-dir"])
+            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}"), "--redis-url", &redis.url()])
+            .args(["--http-addr", &format!("127.0.0.1:{}", free_port()), "--dev-dir"])
             .arg(&dev_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

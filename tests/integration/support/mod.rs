@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod jwks_server;
+pub mod otlp;
 pub mod redis;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,268 @@
+{{/*
+Names and labels.
+*/}}
+{{- define "tessera.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tessera.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tessera.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels common to every resource; "component" is added per resource. */}}
+{{- define "tessera.commonLabels" -}}
+helm.sh/chart: {{ include "tessera.chart" . }}
+app.kubernetes.io/name: {{ include "tessera.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tessera
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "tessera.labels" -}}
+{{ include "tessera.commonLabels" . }}
+app.kubernetes.io/component: broker
+{{- end }}
+
+{{- define "tessera.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tessera.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: broker
+{{- end }}
+
+{{- define "tessera.trialRedis.fullname" -}}
+{{- printf "%s-trial-redis" (include "tessera.fullname" . | trunc 51 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "tessera.trialRedis.labels" -}}
+{{ include "tessera.commonLabels" . }}
+app.kubernetes.io/component: trial-redis
+tessera.dev/trial-only: "true"
+{{- end }}
+
+{{- define "tessera.trialRedis.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tessera.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: trial-redis
+{{- end }}
+
+{{- define "tessera.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tessera.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "tessera.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+The broker's identifier (config.broker.issuer, or https://<fullname>.<namespace>.svc).
+*/}}
+{{- define "tessera.brokerIssuer" -}}
+{{- default (printf "https://%s.%s.svc" (include "tessera.fullname" .) .Release.Namespace) .Values.config.broker.issuer }}
+{{- end }}
+
+{{/*
+Signing keys.
+*/}}
+{{- define "tessera.signingSecretName" -}}
+{{- default (printf "%s-signing-keys" (include "tessera.fullname" .)) .Values.signing.existingSecret }}
+{{- end }}
+
+{{/* The key file names in signing order, as a JSON list. */}}
+{{- define "tessera.signingKeyFiles" -}}
+{{- $files := list }}
+{{- if .Values.signing.existingSecret }}
+{{- $files = .Values.signing.existingSecretKeys }}
+{{- else }}
+{{- range $i, $key := .Values.signing.keys }}
+{{- $files = append $files (default (printf "signing-key-%d.pem" $i) $key.name) }}
+{{- end }}
+{{- end }}
+{{- toJson $files }}
+{{- end }}
+
+{{/*
+Redis: "external" (redis.url or redis.existingSecret), "trial" (trialRedis), or "" (the embedded store).
+*/}}
+{{- define "tessera.redisMode" -}}
+{{- if or .Values.redis.url .Values.redis.existingSecret }}external
+{{- else if .Values.trialRedis.enabled }}trial
+{{- end }}
+{{- end }}
+
+{{- define "tessera.redisSecretName" -}}
+{{- default (printf "%s-redis-url" (include "tessera.fullname" .)) .Values.redis.existingSecret }}
+{{- end }}
+
+{{- define "tessera.redisSecretKey" -}}
+{{- if .Values.redis.existingSecret }}{{ .Values.redis.existingSecretKey }}{{ else }}redis-url{{ end }}
+{{- end }}
+
+{{- define "tessera.redisUrl" -}}
+{{- if .Values.redis.url }}
+{{- .Values.redis.url }}
+{{- else }}
+{{- printf "redis://%s.%s.svc:6379" (include "tessera.trialRedis.fullname" .) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/*
+TOML rendering. Strings, numbers, booleans and lists are written with toJson, whose output is valid TOML for
+these (JSON string escapes are TOML basic-string escapes); maps become inline tables. Null values are left
+out, so a key can be unset with `key: null`.
+*/}}
+{{- define "tessera.tomlKey" -}}
+{{- if regexMatch "^[A-Za-z0-9_-]+$" . }}{{ . }}{{ else }}{{ toJson . }}{{ end }}
+{{- end }}
+
+{{- define "tessera.tomlValue" -}}
+{{- if kindIs "map" . }}
+{{- $pairs := list }}
+{{- range $k, $v := . }}
+{{- if not (kindIs "invalid" $v) }}
+{{- $pairs = append $pairs (printf "%s = %s" (include "tessera.tomlKey" $k) (include "tessera.tomlValue" $v)) }}
+{{- end }}
+{{- end }}
+{{- printf "{ %s }" (join ", " $pairs) }}
+{{- else if kindIs "slice" . }}
+{{- $items := list }}
+{{- range . }}
+{{- $items = append $items (include "tessera.tomlValue" .) }}
+{{- end }}
+{{- printf "[%s]" (join ", " $items) }}
+{{- else }}
+{{- toJson . }}
+{{- end }}
+{{- end }}
+
+{{/* The key = value lines of one table, from a map (sorted by key). */}}
+{{- define "tessera.tomlPairs" -}}
+{{- range $k, $v := . }}
+{{- if not (kindIs "invalid" $v) }}
+{{ include "tessera.tomlKey" $k }} = {{ include "tessera.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+tessera.toml. Paths are relative to the file's folder, /etc/tessera/config: the policy beside it, the keys in
+/etc/tessera/keys.
+*/}}
+{{- define "tessera.configToml" -}}
+# tessera configuration rendered by the Helm chart {{ include "tessera.chart" . }} (release {{ .Release.Name }}).
+# Relative paths resolve against this file's folder (/etc/tessera/config); the signing keys are mounted from
+# the Secret {{ include "tessera.signingSecretName" . }} at /etc/tessera/keys. Check with `tessera config check`.
+
+[server]
+grpc_addr = {{ printf "0.0.0.0:%d" (int .Values.containerPorts.grpc) | toJson }}
+{{- include "tessera.tomlPairs" .Values.config.server }}
+
+[broker]
+issuer = {{ include "tessera.brokerIssuer" . | toJson }}
+{{- include "tessera.tomlPairs" (omit .Values.config.broker "issuer") }}
+
+[signing]
+{{- $keys := list }}
+{{- range (include "tessera.signingKeyFiles" . | fromJsonArray) }}
+{{- $keys = append $keys (printf "../keys/%s" .) }}
+{{- end }}
+# The first key signs; every key is published in the JWKS.
+keys = {{ include "tessera.tomlValue" $keys }}
+
+[policy]
+file = "policy.cedar"
+
+[log]
+format = "json"
+{{- include "tessera.tomlPairs" (omit .Values.config.log "format") }}
+{{- range .Values.config.issuers }}
+
+[[issuers]]
+{{- include "tessera.tomlPairs" (pick . "name") }}
+{{- include "tessera.tomlPairs" (omit . "name") }}
+{{- end }}
+{{- range .Values.config.audiences }}
+
+[[audiences]]
+{{- include "tessera.tomlPairs" (pick . "id") }}
+{{- include "tessera.tomlPairs" (omit . "id") }}
+{{- end }}
+{{- range .Values.config.clients }}
+
+[[clients]]
+{{- include "tessera.tomlPairs" (pick . "id") }}
+{{- include "tessera.tomlPairs" (omit . "id") }}
+{{- end }}
+{{ end }}
+
+{{/*
+Refuses unsafe or incomplete values with a message that says what to set. Included by the Deployment, so
+`helm install` and `helm template` stop before anything is applied.
+*/}}
+{{- define "tessera.validate" -}}
+{{- $v := .Values }}
+{{- $redis := include "tessera.redisMode" . }}
+{{- if and $v.devMode.enabled (not $v.devMode.acknowledgeNotForProduction) }}
+{{- fail "\n\ntessera: devMode.enabled=true runs the broker with keys generated in the pod, a demo catalog and policy, and a client that needs no credentials: it is NOT for production. To run a throwaway trial anyway, also set devMode.acknowledgeNotForProduction=true." }}
+{{- end }}
+{{- if and $v.devMode.enabled (or (gt (int $v.replicaCount) 1) $v.autoscaling.enabled) }}
+{{- fail "\n\ntessera: devMode runs a single pod (each pod would generate its own signing and dev issuer keys): set replicaCount=1 and autoscaling.enabled=false, or leave dev mode." }}
+{{- end }}
+{{- if and (or (gt (int $v.replicaCount) 1) $v.autoscaling.enabled) (not $redis) }}
+{{- fail "\n\ntessera: replicaCount > 1 or autoscaling.enabled=true needs a shared Redis: without one every pod keeps its own embedded, per-process store, so a token revoked through one pod stays active on the others. Set redis.url or redis.existingSecret (or trialRedis.enabled=true for a trial), or run one replica." }}
+{{- end }}
+{{- if and $v.redis.url $v.redis.existingSecret }}
+{{- fail "\n\ntessera: set only one of redis.url and redis.existingSecret." }}
+{{- end }}
+{{- if and $v.trialRedis.enabled (or $v.redis.url $v.redis.existingSecret) }}
+{{- fail "\n\ntessera: trialRedis.enabled=true deploys a Redis for trials; it cannot be combined with an external Redis (redis.url or redis.existingSecret). Turn one of them off." }}
+{{- end }}
+{{- if not $v.devMode.enabled }}
+{{- if and $v.signing.existingSecret $v.signing.keys }}
+{{- fail "\n\ntessera: set only one of signing.keys (a chart-managed Secret) and signing.existingSecret." }}
+{{- end }}
+{{- if and $v.signing.existingSecret (not $v.signing.existingSecretKeys) }}
+{{- fail "\n\ntessera: signing.existingSecret needs signing.existingSecretKeys: the Secret's keys (PEM file names) in signing order, the first one signing." }}
+{{- end }}
+{{- if and (not $v.signing.existingSecret) (not $v.signing.keys) }}
+{{- fail "\n\ntessera: no signing key. Generate one with `tessera keygen --out signing-key.pem` and pass it with --set-file 'signing.keys[0].pem=signing-key.pem', or name an existing Secret with signing.existingSecret and signing.existingSecretKeys. (For a throwaway trial with generated keys: devMode.enabled=true and devMode.acknowledgeNotForProduction=true.)" }}
+{{- end }}
+{{- $files := include "tessera.signingKeyFiles" . | fromJsonArray }}
+{{- if ne (len $files) (len (uniq $files)) }}
+{{- fail "\n\ntessera: signing key file names must be unique (signing.keys[].name or signing.existingSecretKeys)." }}
+{{- end }}
+{{- range $name, $_ := $v.config.files }}
+{{- if or (eq $name "tessera.toml") (eq $name "policy.cedar") }}
+{{- fail (printf "\n\ntessera: config.files cannot hold %s: the chart writes it (use config.* or policy.cedar)." $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and $v.tls.enabled (not $v.tls.existingSecret) }}
+{{- fail "\n\ntessera: tls.enabled=true needs tls.existingSecret: a Secret with the server certificate, its key and the client CA." }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,32 @@
+//! The plain HTTP face: `GET /metrics` (Prometheus text) and `GET /healthz`. The OAuth endpoints for
+//! clients and gateways that do not speak gRPC (`/oauth2/token`, `/oauth2/introspect`, …) join this router.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+/// Serves the HTTP face on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Option<prometheus::Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut router = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    if let Some(registry) = registry {
+        router = router.route("/metrics", get(move || metrics(registry.clone())));
+    }
+    tracing::info!(addr = %listener.local_addr()?, "tessera serving HTTP");
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+async fn metrics(registry: prometheus::Registry) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut body) {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,90 @@
+//! The broker's metrics, as OpenTelemetry instruments: exported over OTLP and served as Prometheus text.
+//!
+//! Labels are bounded by construction: outcomes, OAuth error codes, RPC names, status codes, revocation
+//! kinds, store operations and configured issuer names — never a subject, a task or a token id.
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter};
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// `tessera.exchanges` {outcome = granted|denied, error = OAuth code or ""}
+    pub exchanges: Counter<u64>,
+    /// `tessera.introspections` {result = active|inactive|error}
+    pub introspections: Counter<u64>,
+    /// `tessera.revocations` {kind = jti|task|subject|client, outcome = revoked|denied}
+    pub revocations: Counter<u64>,
+    /// `tessera.rpc.duration` (s) {rpc.method, rpc.grpc.status_code}
+    pub rpc_duration: Histogram<f64>,
+    /// `tessera.store.duration` (s) {op = lookup|revoke}
+    pub store_duration: Histogram<f64>,
+    /// `tessera.store.errors` {op}
+    pub store_errors: Counter<u64>,
+    /// `tessera.jwks.refreshes` {issuer, result = ok|error}
+    pub jwks_refreshes: Counter<u64>,
+    /// `tessera.revocation.propagation_lag` (ms): publish-to-apply delay seen by a mirror.
+    pub mirror_lag: Histogram<u64>,
+    /// `tessera.audit.dropped`: audit events not appended to the Redis stream because its queue was full.
+    pub audit_dropped: Counter<u64>,
+}
+
+impl Metrics {
+    pub fn new(meter: &Meter) -> Metrics {
+        // Latency buckets from 100 µs to 5 s: the hot paths live in the first few.
+        let seconds = vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+        Metrics {
+            exchanges: meter.u64_counter("tessera.exchanges").with_description("Token exchanges by outcome").build(),
+            introspections: meter
+                .u64_counter("tessera.introspections")
+                .with_description("Introspections by result")
+                .build(),
+            revocations: meter
+                .u64_counter("tessera.revocations")
+                .with_description("Revocations by target kind")
+                .build(),
+            rpc_duration: meter
+                .f64_histogram("tessera.rpc.duration")
+                .with_unit("s")
+                .with_description("RPC latency")
+                .with_boundaries(seconds.clone())
+                .build(),
+            store_duration: meter
+                .f64_histogram("tessera.store.duration")
+                .with_unit("s")
+                .with_description("Revocation store latency")
+                .with_boundaries(seconds)
+                .build(),
+            store_errors: meter
+                .u64_counter("tessera.store.errors")
+                .with_description("Revocation store failures")
+                .build(),
+            jwks_refreshes: meter
+                .u64_counter("tessera.jwks.refreshes")
+                .with_description("Upstream JWKS reloads")
+                .build(),
+            mirror_lag: meter
+                .u64_histogram("tessera.revocation.propagation_lag")
+                .with_unit("ms")
+                .with_description("Publish-to-apply delay of revocations seen by this replica's mirror")
+                .with_boundaries(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0])
+                .build(),
+            audit_dropped: meter
+                .u64_counter("tessera.audit.dropped")
+                .with_description("Audit events not appended to the Redis stream (queue full)")
+                .build(),
+        }
+    }
+
+    /// Instruments from the global meter provider (set by [`crate::telemetry::init`]; a no-op until then).
+    pub fn global() -> Metrics {
+        Metrics::new(&opentelemetry::global::meter("tessera"))
+    }
+
+    pub fn exchange(&self, error: Option<&'static str>) {
+        let attrs = match error {
+            None => [KeyValue::new("outcome", "granted"), KeyValue::new("error", "")],
+            Some(code) => [KeyValue::new("outcome", "denied"), KeyValue::new("error", code)],
+        };
+        self.exchanges.add(1, &attrs);
+    }
+}

@@ -1,0 +1,600 @@
+"""The Helm chart (helm/tessera), rendered and linted by a real Helm engine, for the value sets in value_sets.py:
+every manifest validated against the Kubernetes API schemas (kubernetes-validate, strict), the rendered stream
+passed through yamllint, the refused value sets asserted to fail with their messages, and the rendered config
+checked by the tessera binary itself (`tessera config check`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from yamllint import linter
+from yamllint.config import YamlLintConfig
+
+import helm_python as helm
+from conftest import CHART_DIR, HERE, NAMESPACE, RELEASE, ROOT, Rendered, render, render_error, run_tessera
+from value_sets import GOOD, INVALID, REFUSED, WITH_CONFIG, full, minimal
+
+# The Kubernetes versions every manifest is validated against: the oldest the chart is tested for and the
+# newest kubernetes-validate carries.
+K8S_VERSIONS = ["1.31.0", kubernetes_validate.utils.latest_version()]
+SERVICE_MONITOR_SCHEMA = json.loads((HERE / "servicemonitor.schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def rendered(chart, keys) -> dict[str, Rendered]:
+    return {name: render(chart, build(keys)) for name, build in GOOD.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lint, render, validate.
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_helm_lint_strict(name, keys):
+    report = helm.lint(CHART_DIR, GOOD[name](keys), strict=True, namespace=NAMESPACE, kube_version="v1.31.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], json.dumps(report, indent=1)
+    assert report["total_charts_linted"] == 1
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_manifests_validate_against_kubernetes_schemas(name, rendered):
+    manifests = rendered[name].manifests()
+    assert manifests, "nothing rendered"
+    for manifest in manifests:
+        where = f"{manifest['kind']}/{manifest['metadata']['name']}"
+        assert manifest["metadata"].get("namespace") == NAMESPACE, where
+        if manifest["apiVersion"] == "monitoring.coreos.com/v1":
+            jsonschema.validate(manifest, SERVICE_MONITOR_SCHEMA)
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                validated = kubernetes_validate.validate(manifest, version, strict=True)
+            except kubernetes_validate.utils.SchemaNotFoundError as e:
+                pytest.fail(f"{where}: {e.message}")
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                pytest.fail(f"{where} is not a valid Kubernetes {version} object: {path}: {e.message}")
+            assert validated == kubernetes_validate.utils.major_minor(version)
+
+
+def test_validation_is_strict_and_catches_mistakes(rendered):
+    """The validator really refuses what the API server would: an unknown field, a wrong type."""
+    deployment = json.loads(json.dumps(rendered["minimal"].manifests()))
+    deployment = next(m for m in deployment if m["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["serviceName"] = "x"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[0], strict=True)
+    monitor = next(m for m in rendered["service-monitor"].manifests() if m["kind"] == "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["inteval"] = "30s"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(monitor, SERVICE_MONITOR_SCHEMA)
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_rendered_yaml_passes_yamllint(name, rendered):
+    config = YamlLintConfig(file=str(HERE / "yamllint.yaml"))
+    stream = rendered[name].stream()
+    problems = list(linter.run(stream, config))
+    lines = stream.splitlines()
+    assert not problems, "\n".join(f"{p.line}:{p.column} {p.rule} {p.desc}: {lines[p.line - 1]!r}" for p in problems)
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_resource_names_are_unique_and_labelled(name, rendered):
+    seen = set()
+    for manifest in rendered[name].manifests():
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        assert key not in seen, key
+        seen.add(key)
+        labels = manifest["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/name"] == "tessera"
+        assert labels["app.kubernetes.io/component"] in ("broker", "trial-redis")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Refused values.
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_unsafe_values_are_refused_with_a_clear_message(name, chart, keys):
+    build, message = REFUSED[name]
+    error = render_error(chart, build(keys))
+    assert isinstance(error, helm.HelmRenderError), repr(error)
+    assert message in str(error), str(error)
+    assert "tessera: " in str(error)
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_schema_refuses_bad_values_at_install_time(name, chart, keys):
+    build, where = INVALID[name]
+    error = render_error(chart, build(keys))
+    assert isinstance(error, helm.HelmValuesError), repr(error)
+    assert "values don't meet the specifications of the schema" in str(error)
+    assert where in str(error), str(error)
+
+
+def test_default_values_meet_the_schema(chart):
+    chart.validate_schema({})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The rendered config is one tessera accepts.
+
+
+def lay_out(tmp_path: Path, rendered: Rendered, keys) -> Path:
+    """The pod's view: the ConfigMap's files in config/, the signing keys in keys/ (decoded from the chart's
+    Secret, or generated under the names an existing Secret would hold)."""
+    config_dir, keys_dir = tmp_path / "config", tmp_path / "keys"
+    config_dir.mkdir()
+    keys_dir.mkdir()
+    for file, content in rendered.one("ConfigMap", f"{RELEASE}-config")["data"].items():
+        (config_dir / file).write_text(content)
+    volumes = {v["name"]: v for v in rendered.pod["spec"]["volumes"]}
+    secret_name = volumes["signing-keys"]["secret"]["secretName"]
+    items = [item["path"] for item in volumes["signing-keys"]["secret"]["items"]]
+    chart_secrets = [s for s in rendered.all("Secret") if s["metadata"]["name"] == secret_name]
+    if chart_secrets:
+        for file, data in chart_secrets[0]["data"].items():
+            (keys_dir / file).write_bytes(base64.b64decode(data))
+        assert sorted(items) == sorted(chart_secrets[0]["data"])
+    else:
+        for i, file in enumerate(items):
+            (keys_dir / file).write_text(list(keys.values())[i % len(keys)].pem)
+    return config_dir / "tessera.toml"
+
+
+@pytest.mark.parametrize("name", WITH_CONFIG)
+def test_rendered_config_passes_tessera_config_check(name, rendered, keys, tessera_bin, tmp_path):
+    r = rendered[name]
+    config_file = lay_out(tmp_path, r, keys)
+    # The mount paths the Deployment uses are the ones the relative paths in tessera.toml assume.
+    mounts = {m["name"]: m["mountPath"] for m in r.container["volumeMounts"]}
+    assert mounts["config"] == "/etc/tessera/config" and mounts["signing-keys"] == "/etc/tessera/keys"
+    assert r.container["args"][:3] == ["serve", "--config", "/etc/tessera/config/tessera.toml"]
+
+    result = run_tessera(tessera_bin, "config", "check", str(config_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    values = GOOD[name](keys)
+    config = values.get("config", {})
+    signing = values.get("signing", {})
+    expected_keys = len(signing.get("keys") or signing.get("existingSecretKeys"))
+    assert (
+        f"ok ({len(config.get('issuers', []))} issuers, {len(config.get('audiences', []))} audiences, "
+        f"{len(config.get('clients', []))} clients, {expected_keys} signing keys)" in result.stdout
+    ), result.stdout
+
+
+@pytest.mark.parametrize("name", ["ha", "trial-redis"])
+def test_redis_url_reaches_the_store_config(name, rendered, keys, tessera_bin, tmp_path):
+    """The pod's TESSERA__STORE__REDIS_URL is the config key store.redis_url, and the URL is one tessera takes."""
+    r = rendered[name]
+    config_file = lay_out(tmp_path, r, keys)
+    ref = r.env()["TESSERA__STORE__REDIS_URL"]["secretKeyRef"]
+    url = base64.b64decode(r.one("Secret", ref["name"])["data"][ref["key"]]).decode()
+    result = run_tessera(tessera_bin, "config", "check", str(config_file), env={"TESSERA__STORE__REDIS_URL": url})
+    if "--redis-url" in run_tessera(tessera_bin, "serve", "--help").stdout:
+        assert result.returncode == 0, result.stdout + result.stderr
+    else:
+        # A tessera build from before the Redis store: the variable names a key it does not know yet.
+        assert result.returncode != 0 and "unknown field: found `store`" in result.stderr, result.stderr
+
+
+def test_config_check_notices_a_broken_rendered_config(rendered, keys, tessera_bin, tmp_path):
+    """The check above has teeth: the same layout without its signing key is refused."""
+    config_file = lay_out(tmp_path, rendered["minimal"], keys)
+    for key in (tmp_path / "keys").iterdir():
+        key.unlink()
+    result = run_tessera(tessera_bin, "config", "check", str(config_file))
+    assert result.returncode != 0
+    assert "signing.keys[0]" in result.stderr
+
+
+def test_rendered_toml_mirrors_the_values(rendered, keys):
+    r = rendered["full"]
+    toml = tomllib.loads(r.one("ConfigMap")["data"]["tessera.toml"])
+    values = full(keys)["config"]
+    assert toml["server"] == {"grpc_addr": "0.0.0.0:50051", **values["server"]}
+    assert toml["broker"] == values["broker"]
+    assert toml["log"] == {"format": "json", "level": values["log"]["level"]}
+    assert toml["policy"] == {"file": "policy.cedar"}
+    assert toml["signing"] == {"keys": ["../keys/current.pem"]}
+    assert toml["issuers"] == values["issuers"]
+    assert toml["audiences"] == values["audiences"]
+    assert toml["clients"] == values["clients"]
+    assert "store" not in toml
+    data = r.one("ConfigMap")["data"]
+    assert data["policy.cedar"] == full(keys)["policy"]["cedar"]
+    assert json.loads(data["kubernetes-jwks.json"]) == json.loads(values["files"]["kubernetes-jwks.json"])
+
+
+def test_default_broker_issuer_is_the_service_url(rendered):
+    toml = tomllib.loads(rendered["minimal"].one("ConfigMap")["data"]["tessera.toml"])
+    assert toml["broker"]["issuer"] == f"https://{RELEASE}.{NAMESPACE}.svc"
+
+
+def test_default_policy_is_tessera_default_policy(chart):
+    """values.yaml's default policy grants what policy/default.cedar grants (its rules, comments aside)."""
+
+    def rules(text: str) -> list[str]:
+        return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("//")]
+
+    assert rules(chart.values["policy"]["cedar"]) == rules((ROOT / "policy" / "default.cedar").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Deployment.
+
+
+def test_probes_use_native_grpc_readiness_distinct_from_liveness(rendered):
+    c = rendered["minimal"].container
+    assert c["readinessProbe"]["grpc"] == {"port": 50051, "service": "tessera.v1.TokenBroker"}
+    assert c["livenessProbe"]["grpc"] == {"port": 50051}
+    assert c["startupProbe"]["grpc"] == {"port": 50051}
+    assert c["readinessProbe"]["periodSeconds"] < c["livenessProbe"]["periodSeconds"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"grpc": 50051, "http": 8080}
+    assert c["args"][-2:] == ["--grpc-addr", "0.0.0.0:50051"]
+    # The HTTP listener (metrics) binds every interface, through the variable form of --http-addr.
+    assert rendered["minimal"].env()["TESSERA_HTTP_ADDR"] == "0.0.0.0:8080"
+    assert not [a for a in c["args"] if a.startswith("--http")]
+
+
+def test_graceful_shutdown_and_rolling_update(rendered):
+    r = rendered["minimal"]
+    pod = r.pod["spec"]
+    sleep = r.container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # The preStop sleep, then the drain of in-flight RPCs (bounded by the 5 s request timeout), fit in the grace period.
+    assert pod["terminationGracePeriodSeconds"] >= sleep + 5 + 10
+    strategy = r.deployment["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert r.deployment["spec"]["minReadySeconds"] > 0
+    assert "lifecycle" not in rendered["bare"].container
+    assert rendered["bare"].pod["spec"]["terminationGracePeriodSeconds"] == 20
+
+
+def test_security_context_is_hardened(rendered):
+    for name in ("minimal", "dev-mode", "trial-redis"):
+        r = rendered[name]
+        for deployment in r.all("Deployment"):
+            spec = deployment["spec"]["template"]["spec"]
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert spec["automountServiceAccountToken"] is False
+            for c in spec["containers"]:
+                sc = c["securityContext"]
+                assert sc["runAsNonRoot"] is True
+                assert sc["readOnlyRootFilesystem"] is True
+                assert sc["allowPrivilegeEscalation"] is False
+                assert sc["capabilities"] == {"drop": ["ALL"]}
+                assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+                assert "limits" in c["resources"] and "requests" in c["resources"]
+    pod = rendered["minimal"].pod["spec"]
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["enableServiceLinks"] is False
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["signing-keys"]["secret"]["defaultMode"] == 0o440
+    assert "emptyDir" in volumes["tmp"]
+
+
+def test_topology_spread_selects_the_broker_pods(rendered):
+    r = rendered["ha"]
+    constraints = r.pod["spec"]["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in constraints] == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    selector = r.deployment["spec"]["selector"]["matchLabels"]
+    for c in constraints:
+        assert c["labelSelector"] == {"matchLabels": selector}
+        assert c["matchLabelKeys"] == ["pod-template-hash"]
+    assert "topologySpreadConstraints" not in rendered["bare"].pod["spec"]
+
+
+def test_config_changes_roll_the_pods_unless_hot_reload(chart, keys):
+    before = render(chart, minimal(keys)).pod["metadata"]["annotations"]
+    changed = render(chart, {**minimal(keys), "config": {"log": {"level": "debug"}}}).pod["metadata"]["annotations"]
+    assert before["checksum/config"] != changed["checksum/config"]
+    assert before["checksum/signing-keys"] == changed["checksum/signing-keys"]
+    hot = render(chart, {**minimal(keys), "config": {"hotReload": True}}).pod["metadata"]["annotations"]
+    assert "checksum/config" not in hot and "checksum/signing-keys" in hot
+
+
+def test_key_rotation_publishes_every_key_and_signs_with_the_first(chart, keys):
+    old = {"name": "old.pem", "pem": keys["eddsa"].pem}
+    new = {"name": "new.pem", "pem": keys["es256"].pem}
+    steps = [[old], [old, new], [new, old], [new]]
+    annotations = []
+    for step in steps:
+        r = render(chart, {"signing": {"keys": step}})
+        toml = tomllib.loads(r.one("ConfigMap")["data"]["tessera.toml"])
+        assert toml["signing"]["keys"] == [f"../keys/{k['name']}" for k in step]
+        secret = r.one("Secret", f"{RELEASE}-signing-keys")
+        assert {f: base64.b64decode(d).decode() for f, d in secret["data"].items()} == {k["name"]: k["pem"] for k in step}
+        annotations.append(r.pod["metadata"]["annotations"]["checksum/signing-keys"])
+    # Every step rolls the pods.
+    assert len(set(annotations)) == len(steps)
+
+
+def test_existing_signing_secret_is_mounted_in_signing_order(rendered):
+    r = rendered["ha-existing-secrets"]
+    volume = next(v for v in r.pod["spec"]["volumes"] if v["name"] == "signing-keys")
+    assert volume["secret"]["secretName"] == "tessera-signing"
+    assert [i["key"] for i in volume["secret"]["items"]] == ["current.pem", "previous.pem"]
+    assert not [s for s in r.all("Secret") if "signing" in s["metadata"]["name"]]
+    assert "checksum/signing-keys" not in r.pod["metadata"]["annotations"]
+    assert "rollout restart" in r.notes
+
+
+def test_image_reference(rendered):
+    assert rendered["minimal"].container["image"] == "tessera:0.1.0"
+    assert rendered["ha"].container["image"] == "registry.example.com/platform/tessera@sha256:" + "ab" * 32
+
+
+def test_chart_app_version_is_the_crate_version(chart):
+    cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    assert chart.metadata["appVersion"] == cargo["package"]["version"]
+
+
+def test_dockerfile_builds_the_image_the_chart_runs():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", dockerfile, re.MULTILINE | re.IGNORECASE)
+    assert len(stages) >= 2, "multi-stage build"
+    runtime = dockerfile[dockerfile.rfind("\nFROM ") :]
+    # The runtime stage takes the binary only, and runs as the user the chart's securityContext names.
+    copies = re.findall(r"^COPY\s+(.*)$", runtime, re.MULTILINE)
+    assert len(copies) == 1 and "--from=" in copies[0] and copies[0].rstrip().endswith("/usr/local/bin/tessera")
+    assert re.search(r"^USER\s+65532:65532\s*$", runtime, re.MULTILINE)
+    assert re.search(r'^ENTRYPOINT\s+\["/usr/local/bin/tessera"\]\s*$', runtime, re.MULTILINE)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "target" in ignored or "/target" in ignored
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(hadolint), "--no-color", "--failure-threshold", "style", str(ROOT / "Dockerfile")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Store, telemetry, mTLS, dev mode.
+
+
+def test_embedded_store_by_default(rendered):
+    r = rendered["minimal"]
+    assert "TESSERA__STORE__REDIS_URL" not in r.env()
+    assert not r.has("HorizontalPodAutoscaler") and not r.has("PodDisruptionBudget")
+    assert r.deployment["spec"]["replicas"] == 1
+    assert "embedded" in r.notes
+
+
+def test_external_redis_url_comes_from_a_chart_secret(rendered):
+    r = rendered["ha"]
+    ref = r.env()["TESSERA__STORE__REDIS_URL"]["secretKeyRef"]
+    secret = r.one("Secret", ref["name"])
+    assert base64.b64decode(secret["data"][ref["key"]]).decode() == "rediss://:s3cret@redis-master.redis.svc:6380/0"
+    assert "checksum/redis-url" in r.pod["metadata"]["annotations"]
+    # The URL (and its password) appears nowhere else.
+    assert "s3cret" not in r.stream()
+
+
+def test_external_redis_from_an_existing_secret(rendered):
+    r = rendered["ha-existing-secrets"]
+    assert r.env()["TESSERA__STORE__REDIS_URL"] == {"secretKeyRef": {"name": "tessera-redis", "key": "url"}}
+    assert not r.all("Secret")
+    assert r.has("ConfigMap")
+
+
+def test_hpa_and_pdb_for_several_replicas(rendered):
+    r = rendered["ha"]
+    assert "replicas" not in r.deployment["spec"]
+    hpa = r.one("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": RELEASE}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu", "memory"]
+    pdb = r.one("PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["selector"]["matchLabels"] == r.deployment["spec"]["selector"]["matchLabels"]
+    two = rendered["ha-existing-secrets"]
+    assert two.deployment["spec"]["replicas"] == 2 and two.has("PodDisruptionBudget")
+
+
+def test_trial_redis_is_labelled_isolated_and_wired(rendered):
+    r = rendered["trial-redis"]
+    name = f"{RELEASE}-trial-redis"
+    redis = r.one("Deployment", name)
+    assert redis["metadata"]["labels"]["tessera.dev/trial-only"] == "true"
+    assert "trial only" in redis["metadata"]["annotations"]["tessera.dev/warning"]
+    assert redis["spec"]["replicas"] == 1
+    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert args[args.index("--save") + 1] == ""
+    service = r.one("Service", name)
+    assert service["spec"]["selector"] == redis["spec"]["selector"]["matchLabels"]
+    # The broker's selector does not catch the Redis pod, and vice versa.
+    assert r.one("Service", RELEASE)["spec"]["selector"]["app.kubernetes.io/component"] == "broker"
+    ref = r.env()["TESSERA__STORE__REDIS_URL"]["secretKeyRef"]
+    url = base64.b64decode(r.one("Secret", ref["name"])["data"][ref["key"]]).decode()
+    assert url == f"redis://{name}.{NAMESPACE}.svc:6379"
+    # Only the broker pods may reach it.
+    policy = r.one("NetworkPolicy", name)
+    assert policy["spec"]["ingress"] == [
+        {
+            "from": [{"podSelector": {"matchLabels": r.deployment["spec"]["selector"]["matchLabels"]}}],
+            "ports": [{"port": "redis", "protocol": "TCP"}],
+        }
+    ]
+    assert policy["spec"]["egress"] == []
+    broker_egress = r.one("NetworkPolicy", RELEASE)["spec"]["egress"]
+    assert {"podSelector": {"matchLabels": redis["spec"]["selector"]["matchLabels"]}} in [
+        peer for rule in broker_egress for peer in rule.get("to", [])
+    ]
+    assert "FOR TRIALS ONLY" in r.notes
+
+
+def test_otel_environment(rendered):
+    env = rendered["full"].env()
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+    assert env["OTEL_SERVICE_NAME"] == "tessera-prod"
+    attributes = dict(kv.split("=", 1) for kv in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+    assert attributes["k8s.pod.name"] == "$(POD_NAME)" and attributes["deployment.environment"] == "prod"
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # Variables referenced as $(VAR) must be defined before the one that references them.
+    names = [e["name"] for e in rendered["full"].container["env"]]
+    assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    assert env["RUST_BACKTRACE"] == "1"
+    minimal_env = rendered["minimal"].env()
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in minimal_env and minimal_env["OTEL_SERVICE_NAME"] == "tessera"
+
+
+def test_mtls_mounts_the_tls_secret(rendered):
+    r = rendered["mtls"]
+    env = r.env()
+    assert env["TESSERA_TLS_CERT"] == "/etc/tessera/tls/tls.crt"
+    assert env["TESSERA_TLS_KEY"] == "/etc/tessera/tls/tls.key"
+    assert env["TESSERA_TLS_CLIENT_CA"] == "/etc/tessera/tls/ca.crt"
+    volume = next(v for v in r.pod["spec"]["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "tessera-tls"
+    assert {"name": "tls", "mountPath": "/etc/tessera/tls", "readOnly": True} in r.container["volumeMounts"]
+    assert not any(name.startswith("TESSERA_TLS") for name in rendered["minimal"].env())
+
+
+def test_dev_mode_runs_without_config_on_a_writable_tmp(rendered):
+    r = rendered["dev-mode"]
+    args = r.container["args"]
+    assert args == ["serve", "--dev-dir", "/tmp/tessera-dev", "--grpc-addr", "0.0.0.0:50051"]
+    assert "--config" not in args
+    assert r.env()["TESSERA_DEV_DIR"] == "/tmp/tessera-dev"
+    assert {m["mountPath"] for m in r.container["volumeMounts"]} == {"/tmp"}
+    assert not r.has("ConfigMap") and not r.has("Secret")
+    assert "DEV MODE" in r.notes and "NOT for production" in r.notes
+    assert r.container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Service, NetworkPolicy, ServiceMonitor, ServiceAccount.
+
+
+def test_service_ports_and_app_protocol(rendered):
+    service = rendered["minimal"].one("Service", RELEASE)
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["grpc"]["port"] == 50051 and ports["grpc"]["targetPort"] == "grpc"
+    assert ports["grpc"]["appProtocol"] == "grpc"
+    assert ports["http"]["port"] == 8080 and ports["http"]["appProtocol"] == "http"
+    assert service["spec"]["selector"] == rendered["minimal"].deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_network_policy_admits_clients_and_the_scraper_only(rendered):
+    r = rendered["minimal"]
+    policy = r.one("NetworkPolicy", RELEASE)
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == r.deployment["spec"]["selector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    clients, scraper = spec["ingress"]
+    assert clients["from"] == [{"podSelector": {"matchLabels": {"tessera-client": "true"}}, "namespaceSelector": {}}]
+    assert {p["port"] for p in clients["ports"]} == {"grpc", "http"}
+    assert scraper["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert scraper["from"][0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    egress_ports = [sorted(p["port"] for p in rule["ports"]) for rule in spec["egress"]]
+    # DNS and JWKS only: no Redis (embedded store), no OTLP (no endpoint).
+    assert egress_ports == [[53, 53], [443]]
+
+
+def test_network_policy_egress_follows_redis_and_otel(rendered):
+    ha_egress = rendered["ha"].one("NetworkPolicy", RELEASE)["spec"]["egress"]
+    assert {"ports": [{"port": 6379, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]} in ha_egress
+    full_spec = rendered["full"].one("NetworkPolicy", RELEASE)["spec"]
+    otlp = [rule for rule in full_spec["egress"] if {p["port"] for p in rule["ports"]} == {4317}]
+    assert otlp and otlp[0]["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "observability"}
+    assert full_spec["ingress"][0]["from"][0]["namespaceSelector"] == {"matchLabels": {"tessera.dev/clients": "allowed"}}
+    assert full_spec["ingress"][-1]["from"] == [{"podSelector": {"matchLabels": {"role": "gateway"}}}]
+    assert not rendered["bare"].has("NetworkPolicy")
+
+
+def test_service_monitor_scrapes_metrics_on_the_http_port(rendered):
+    r = rendered["service-monitor"]
+    monitor = r.one("ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("http", "/metrics", "15s")
+    assert endpoint["relabelings"][0]["targetLabel"] == "node"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= r.one("Service", RELEASE)["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert not rendered["minimal"].has("ServiceMonitor")
+
+
+def test_service_account(rendered):
+    r = rendered["full"]
+    account = r.one("ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+    assert account["metadata"]["annotations"] == {"example.com/role": "tessera"}
+    assert r.pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    bare = rendered["bare"]
+    assert not bare.has("ServiceAccount") and bare.pod["spec"]["serviceAccountName"] == "default"
+
+
+def test_notes_tell_how_to_try_it(rendered):
+    notes = rendered["minimal"].notes
+    assert f"kubectl -n {NAMESPACE} port-forward service/{RELEASE} 50051:50051" in notes
+    assert "grpc.health.v1.Health/Check" in notes
+    dev = rendered["dev-mode"].notes
+    assert "tessera dev assertion" in dev and "tessera exchange" in dev
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# values.yaml documents every value.
+
+
+def test_every_value_is_documented():
+    text = (CHART_DIR / "values.yaml").read_text()
+    lines = text.splitlines()
+    root = yaml.compose(text)
+    undocumented = []
+
+    def commented(line: int) -> bool:
+        return line > 0 and lines[line - 1].strip().startswith("#")
+
+    def walk(node: yaml.Node, path: str, documented: bool) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key, value in node.value:
+            here = f"{path}.{key.value}" if path else key.value
+            doc = documented or commented(key.start_mark.line)
+            leaf = not isinstance(value, yaml.MappingNode) or not value.value
+            if leaf and not doc:
+                undocumented.append(here)
+            walk(value, here, doc)
+
+    walk(root, "", False)
+    assert not undocumented, f"values without a comment above them (or above a parent): {undocumented}"
+
+
+def test_schema_covers_every_value(chart):
+    """Every key of values.yaml is declared in values.schema.json (whose objects refuse unknown keys)."""
+    schema = chart.schema
+
+    def walk(values: Any, node: dict[str, Any], path: str) -> None:
+        if not isinstance(values, dict):
+            return
+        if node.get("additionalProperties") is not False:
+            return  # a free-form Kubernetes object (resources, affinity, ...) or a map of user-chosen keys
+        properties = node.get("properties", {})
+        for key, value in values.items():
+            assert key in properties, f"{path}.{key} is not in values.schema.json"
+            walk(value, properties[key], f"{path}.{key}")
+
+    walk(chart.values, schema, "")
+    assert schema["additionalProperties"] is False
