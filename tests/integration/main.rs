@@ -9,3 +9,4 @@ mod properties;
 mod revocation;
 mod store;
 mod support;
+mod telemetry;

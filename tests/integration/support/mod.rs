@@ -176,6 +176,7 @@ pub fn request(subject_token: &str, audience: &str, scope: &str) -> pb::Exchange
 
 /// Builds and starts a broker on `127.0.0.1:0`.
 pub struct TestBrokerBuilder {
+    metrics: Option<tessera::metrics::Metrics>,
     signing_key: Option<String>,
     broker_toml: String,
     extra_toml: String,
@@ -194,6 +195,7 @@ pub struct TestBroker {
 impl TestBroker {
     pub fn builder() -> TestBrokerBuilder {
         TestBrokerBuilder {
+            metrics: None,
             signing_key: None,
             broker_toml: String::new(),
             extra_toml: String::new(),
@@ -281,6 +283,12 @@ impl TestBrokerBuilder {
     pub fn broker_toml(mut self, toml: &str) -> Self {
         self.broker_toml.push_str(toml);
         self.broker_toml.push('\n');
+        self
+    }
+
+    /// Records metrics into these instruments (the global meter's otherwise).
+    pub fn metrics(mut self, metrics: tessera::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -388,7 +396,8 @@ rpcs = ["introspect"]
             .and_then(|b| b.build(dir.path()))
             .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
         let settings = config.server;
-        (Arc::new(Broker::new(config).await.unwrap()), settings, dir)
+        let metrics = self.metrics.clone().unwrap_or_else(tessera::metrics::Metrics::global);
+        (Arc::new(Broker::with_metrics(config, metrics).await.unwrap()), settings, dir)
     }
 
     pub async fn start(self) -> TestBroker {
