@@ -212,6 +212,18 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Nothing an attacker sends makes parsing panic: arbitrary text, and arbitrary headers and payloads
+        /// wrapped in valid base64url.
+        #[test]
+        fn parsing_never_panics(text in ".{0,300}", header in proptest::collection::vec(proptest::num::u8::ANY, 0..200), payload in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = parse(&text, 1000);
+            let _ = parse(&format!("{}.{}.{}", b64(&header), b64(&payload), b64(b"sig")), 1000);
+            let json_header = format!(r#"{{"alg":"ES256","kid":{}}}"#, serde_json::Value::String(String::from_utf8_lossy(&header).into_owned()));
+            let _ = parse(&format!("{}.{}.{}", b64(json_header.as_bytes()), b64(&payload), b64(b"sig")), 1000);
+        }
+    }
+
     #[test]
     fn refuses_empty_signature() {
         let token = format!("{}.{}.", header(r#"{"alg":"EdDSA"}"#), b64(b"{}"));

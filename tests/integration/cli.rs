@@ -80,6 +80,19 @@ fn dev_mode_walkthrough_and_no_token_in_the_logs() {
     let error: serde_json::Value = serde_json::from_slice(&refused.stderr).unwrap();
     assert_eq!(error["error"], "invalid_scope");
 
+    // A client secret that does not authenticate is refused, and appears nowhere.
+    let secret = "s3cret-that-must-not-leak-0123456789";
+    let bad_client = run_with_stdin(
+        tessera().args(["exchange", "--addr", &url, "--subject-token", "-", "--audience", "https://crm.example"]).args(
+            ["--scope", "crm:read", "--task-id", "walkthrough-1", "--as-client", "demo", "--client-secret", secret],
+        ),
+        &assertion,
+    );
+    assert!(!bad_client.status.success());
+    let error: serde_json::Value = serde_json::from_slice(&bad_client.stderr).unwrap();
+    assert_eq!(error["error"], "invalid_client");
+    assert!(!String::from_utf8_lossy(&bad_client.stderr).contains(secret));
+
     // The whole flow: introspect, revoke, introspect again.
     let introspect = || {
         let out = run_with_stdin(tessera().args(["introspect", "-", "--addr", &url]), &access_token);
@@ -111,6 +124,7 @@ fn dev_mode_walkthrough_and_no_token_in_the_logs() {
         let signature = token.rsplit('.').next().unwrap();
         assert!(!logs.contains(token.as_str()) && !logs.contains(signature), "the {what} appears in the logs");
     }
+    assert!(!logs.contains(secret), "the client secret appears in the logs");
     let key = std::fs::read_to_string(dev_dir.join("signing-key.pem")).unwrap();
     let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(!logs.contains(&key_body[..24]), "the signing key appears in the logs");

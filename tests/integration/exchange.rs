@@ -255,3 +255,43 @@ async fn health_reports_serving() {
         .into_inner();
     assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
 }
+
+#[tokio::test]
+async fn reflection_lists_the_services_in_v1_and_v1alpha() {
+    let broker = TestBroker::start().await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", broker.addr)).unwrap().connect().await.unwrap();
+
+    use tonic_reflection::pb::v1 as r1;
+    let mut client = r1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let ask = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client.server_reflection_info(tokio_stream::iter([ask])).await.unwrap().into_inner();
+    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"tessera.v1.TokenBroker".to_string()) && names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+
+    // grpcio's reflection client (Python) speaks v1alpha only.
+    use tonic_reflection::pb::v1alpha as ra;
+    let mut client = ra::server_reflection_client::ServerReflectionClient::new(channel);
+    let ask = ra::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(ra::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client.server_reflection_info(tokio_stream::iter([ask])).await.unwrap().into_inner();
+    let Some(ra::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list")
+    };
+    assert!(list.service.iter().any(|s| s.name == "tessera.v1.TokenBroker"));
+}
