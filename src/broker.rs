@@ -77,6 +77,20 @@ impl Broker {
         Ok(result?)
     }
 
+    /// A lookup that also spends single-use assertions, in the same round trip.
+    #[tracing::instrument(name = "store.lookup", skip_all, fields(keys = keys.len(), claims = claims.len()))]
+    pub(crate) async fn lookup_and_claim(
+        &self,
+        keys: &[String],
+        claims: &[(String, u64)],
+        now: u64,
+    ) -> crate::error::Result<(Vec<Option<u64>>, Vec<bool>)> {
+        let start = std::time::Instant::now();
+        let result = self.revocations.lookup_and_claim(keys, claims, now).await;
+        self.record_store("lookup", start, result.is_err());
+        Ok(result?)
+    }
+
     /// Records revocations, timed and counted.
     #[tracing::instrument(name = "store.revoke", skip_all)]
     pub(crate) async fn store_revocations(

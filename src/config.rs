@@ -143,6 +143,8 @@ pub struct IssuerBuilder {
     pub attributes: BTreeMap<String, String>,
     pub min_refresh_interval: Option<u64>,
     pub refresh_interval: Option<u64>,
+    /// Assertions may be exchanged once (they must carry `jti`).
+    pub single_use: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -583,6 +585,7 @@ fn build_issuer(
         attributes: b.attributes,
         min_refresh_interval: Duration::from_secs(b.min_refresh_interval.unwrap_or(30)),
         refresh_interval: Duration::from_secs(b.refresh_interval.unwrap_or(300).max(10)),
+        single_use: b.single_use,
     };
     Some((spec, keys))
 }

@@ -153,9 +153,14 @@ impl Broker {
         if !matches!(subject.origin, Origin::Broker(_)) {
             probe.task(task_id);
         }
-        let found = self.lookup(probe.keys(), now).await?;
+        let spends: Vec<(String, u64)> =
+            std::iter::once(subject).chain(actor).filter_map(|t| t.spend.clone()).collect();
+        let (found, fresh) = self.lookup_and_claim(probe.keys(), &spends, now).await?;
         if probe.revoked(&found) {
             return Err(Error::invalid_grant("a token in this request, or its task, has been revoked"));
+        }
+        if fresh.contains(&false) {
+            return Err(Error::invalid_grant("a single-use assertion in this request has already been used"));
         }
         Ok(())
     }

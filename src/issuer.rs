@@ -50,6 +50,8 @@ pub struct IssuerSpec {
     pub attributes: BTreeMap<String, String>,
     pub min_refresh_interval: Duration,
     pub refresh_interval: Duration,
+    /// Each assertion may be exchanged once: it must carry a `jti`, and a replay is refused.
+    pub single_use: bool,
 }
 
 impl IssuerSpec {
@@ -130,6 +132,8 @@ pub struct Verified {
     pub scopes: Option<Vec<String>>,
     /// RFC 8693 §4.4 `may_act`: who may act for this subject, when the token says.
     pub may_act: Option<Value>,
+    /// For a single-use assertion: the key that marks it spent, and until when it must be remembered.
+    pub spend: Option<(String, u64)>,
 }
 
 pub struct Issuers {
@@ -321,7 +325,19 @@ impl Issuers {
             .collect();
         let principal = Principal { issuer: spec.name.clone(), iss: spec.id(), sub: sub.to_string(), attributes };
         let iat = claims.get("iat").and_then(Value::as_u64);
+        let spend = match spec.single_use {
+            false => None,
+            true => {
+                let jti = claims
+                    .get("jti")
+                    .and_then(Value::as_str)
+                    .filter(|j| !j.is_empty() && j.len() <= 256)
+                    .ok_or(TokenError::MissingClaim("jti"))?;
+                Some((crate::revocation::used_key(&spec.id(), jti), exp.saturating_add(spec.leeway)))
+            }
+        };
         Ok(Verified {
+            spend,
             origin: Origin::Upstream,
             principal,
             exp,
@@ -386,6 +402,7 @@ impl Issuers {
             principal,
             scopes,
             may_act: None,
+            spend: None,
         })
     }
 

@@ -43,4 +43,25 @@ impl Store for MemoryStore {
         let map = self.entries.read().map_err(|_| StoreError("poisoned lock".into()))?;
         Ok(keys.iter().map(|k| map.get(k).filter(|(_, exp)| *exp > now).map(|(at, _)| *at)).collect())
     }
+
+    async fn lookup_and_claim(
+        &self,
+        keys: &[String],
+        claims: &[(String, u64)],
+        now: u64,
+    ) -> Result<(Vec<Option<u64>>, Vec<bool>), StoreError> {
+        let found = self.lookup(keys, now).await?;
+        let mut map = self.entries.write().map_err(|_| StoreError("poisoned lock".into()))?;
+        let fresh = claims
+            .iter()
+            .map(|(key, expires_at)| match map.get(key) {
+                Some((_, exp)) if *exp > now => false,
+                _ => {
+                    map.insert(key.clone(), (now, *expires_at));
+                    true
+                }
+            })
+            .collect();
+        Ok((found, fresh))
+    }
 }

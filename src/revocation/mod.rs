@@ -102,6 +102,19 @@ pub trait Store: Send + Sync {
     fn revoke(&self, entries: &[Entry], now: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// `revoked_at` for each key that is revoked (and not yet expired), in one round trip.
     fn lookup(&self, keys: &[String], now: u64) -> impl Future<Output = Result<Vec<Option<u64>>, StoreError>> + Send;
+    /// As [`Store::lookup`], and in the same round trip records each `(key, expires_at)` claim, answering
+    /// whether it was new: how a single-use assertion is spent exactly once across every replica.
+    fn lookup_and_claim(
+        &self,
+        keys: &[String],
+        claims: &[(String, u64)],
+        now: u64,
+    ) -> impl Future<Output = Result<(Vec<Option<u64>>, Vec<bool>), StoreError>> + Send;
+}
+
+/// The key that records a spent single-use assertion of `issuer`.
+pub fn used_key(issuer: &str, jti: &str) -> String {
+    format!("{{tessera}}:used:{}:{issuer}{jti}", issuer.len())
 }
 
 /// The configured store.
@@ -123,6 +136,18 @@ impl Store for Revocations {
         match self {
             Revocations::Memory(s) => s.lookup(keys, now).await,
             Revocations::Redis(s) => s.lookup(keys, now).await,
+        }
+    }
+
+    async fn lookup_and_claim(
+        &self,
+        keys: &[String],
+        claims: &[(String, u64)],
+        now: u64,
+    ) -> Result<(Vec<Option<u64>>, Vec<bool>), StoreError> {
+        match self {
+            Revocations::Memory(s) => s.lookup_and_claim(keys, claims, now).await,
+            Revocations::Redis(s) => s.lookup_and_claim(keys, claims, now).await,
         }
     }
 }

@@ -98,6 +98,13 @@ impl Handle {
         }
     }
 
+    async fn pipeline_values(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
+        match self {
+            Handle::Standalone(c) => pipe.query_async(c).await,
+            Handle::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+
     async fn pipeline(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
         match self {
             Handle::Standalone(c) => pipe.query_async(c).await,
@@ -320,6 +327,39 @@ impl Store for RedisStore {
             }
         }
         Ok(())
+    }
+
+    async fn lookup_and_claim(
+        &self,
+        keys: &[String],
+        claims: &[(String, u64)],
+        now: u64,
+    ) -> Result<(Vec<Option<u64>>, Vec<bool>), StoreError> {
+        if claims.is_empty() {
+            return Ok((self.lookup(keys, now).await?, Vec::new()));
+        }
+        // One pipeline, one round trip: the revocation MGET and a SET NX per claim. (A claim must reach Redis
+        // even in mirror mode: being spent is a fact every replica must agree on at once.)
+        let mut pipe = redis::pipe();
+        if !keys.is_empty() {
+            pipe.cmd("MGET").arg(keys);
+        }
+        for (key, expires_at) in claims {
+            pipe.cmd("SET").arg(key).arg(now).arg("NX").arg("EXAT").arg((*expires_at).max(now + 1));
+        }
+        let mut handle = self.with_timeout(self.conn.handle()).await?;
+        let mut replies: Vec<redis::Value> = self.with_timeout(handle.pipeline_values(&pipe)).await?;
+        let fresh: Vec<bool> =
+            replies.split_off(usize::from(!keys.is_empty())).iter().map(|v| !matches!(v, redis::Value::Nil)).collect();
+        let found = match replies.pop() {
+            Some(values) => redis::from_redis_value::<Vec<Option<String>>>(values)
+                .map_err(err)?
+                .iter()
+                .map(|v| v.as_deref().and_then(revoked_at))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok((found, fresh))
     }
 
     async fn lookup(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {

@@ -360,6 +360,35 @@ async fn mirror_mode_sees_revocations_through_pub_sub_and_falls_back_when_deaf()
 }
 
 #[tokio::test]
+async fn a_single_use_assertion_is_spent_once_across_replicas() {
+    let redis = RedisServer::start();
+    let single_use =
+        default_issuers_toml().replacen("algorithms = [\"RS256\"]", "algorithms = [\"RS256\"]\nsingle_use = true", 1);
+    let key = shared_signing_key();
+    let a =
+        TestBroker::builder().signing_key(&key).issuers_toml(&single_use).redis(&redis.url(), "mirror").start().await;
+    let b =
+        TestBroker::builder().signing_key(&key).issuers_toml(&single_use).redis(&redis.url(), "strict").start().await;
+    let assertion = k8s_assertion(600);
+    assert!(exchange(&a, &assertion, CRM, "crm:read", None).await.is_ok());
+    for broker in [&a, &b] {
+        let replay = exchange(broker, &assertion, CRM, "crm:read", None).await;
+        let status =
+            assert_refused(replay.map(tonic::Response::new), Code::Unauthenticated, "invalid_grant", &assertion);
+        assert!(status.message().contains("already been used"), "{}", status.message());
+    }
+    // A single-use issuer's assertion must name itself.
+    let mut no_jti = claims("kubernetes", 600);
+    no_jti.as_object_mut().unwrap().remove("jti");
+    let no_jti = Signer::rs256("kubernetes.key.pem").token(&kid("kubernetes.jwks.json"), &no_jti);
+    let refused = exchange(&b, &no_jti, CRM, "crm:read", None).await;
+    assert_refused(refused.map(tonic::Response::new), Code::Unauthenticated, "invalid_grant", &no_jti);
+    // Issuers that are not single-use are unaffected.
+    assert!(exchange(&a, &spiffe_assertion(600), OTHER, "other:read", None).await.is_ok());
+    assert!(exchange(&a, &spiffe_assertion(600), OTHER, "other:read", None).await.is_ok());
+}
+
+#[tokio::test]
 async fn a_redis_cluster_of_three_masters_works_the_same() {
     let cluster = RedisCluster::start();
     let key = shared_signing_key();
