@@ -145,6 +145,10 @@ pub struct IssuerBuilder {
     pub refresh_interval: Option<u64>,
     /// Assertions may be exchanged once (they must carry `jti`).
     pub single_use: bool,
+    /// Bearer token file sent with `jwks_url` fetches (Kubernetes: the pod's service-account token).
+    pub jwks_bearer_token_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for `jwks_url` (Kubernetes: the cluster CA).
+    pub jwks_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -561,6 +565,23 @@ fn build_issuer(
     if b.audience.as_deref().is_some_and(str::is_empty) {
         problems.push(format!("{at}: `audience` is empty (leave it out to use broker.issuer)"));
     }
+    if (b.jwks_bearer_token_file.is_some() || b.jwks_ca_file.is_some()) && b.jwks_url.is_none() {
+        problems.push(format!("{at}: `jwks_bearer_token_file` and `jwks_ca_file` go with `jwks_url`"));
+    }
+    let jwks_ca_pem = b.jwks_ca_file.as_ref().and_then(|file| {
+        let file = path(file);
+        match std::fs::read(&file) {
+            Ok(pem) if reqwest::Certificate::from_pem(&pem).is_ok() && pem.starts_with(b"-----BEGIN") => Some(pem),
+            Ok(_) => {
+                problems.push(format!("{at}: jwks_ca_file ({}): not a PEM certificate", file.display()));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("{at}: jwks_ca_file ({}): {e}", file.display()));
+                None
+            }
+        }
+    });
     let max_token_bytes = b.max_token_bytes.unwrap_or(8 * 1024);
     if !(512..=64 * 1024).contains(&max_token_bytes) {
         problems.push(format!("{at}: `max_token_bytes` must be between 512 and 65536"));
@@ -586,6 +607,8 @@ fn build_issuer(
         min_refresh_interval: Duration::from_secs(b.min_refresh_interval.unwrap_or(30)),
         refresh_interval: Duration::from_secs(b.refresh_interval.unwrap_or(300).max(10)),
         single_use: b.single_use,
+        jwks_bearer_token_file: b.jwks_bearer_token_file.map(|f| path(&f)),
+        jwks_ca_pem,
     };
     Some((spec, keys))
 }

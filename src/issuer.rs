@@ -52,6 +52,11 @@ pub struct IssuerSpec {
     pub refresh_interval: Duration,
     /// Each assertion may be exchanged once: it must carry a `jti`, and a replay is refused.
     pub single_use: bool,
+    /// A file holding a bearer token sent when fetching `jwks_url`, read at every fetch (a Kubernetes
+    /// projected service-account token rotates): the API server's `/openid/v1/jwks` wants one.
+    pub jwks_bearer_token_file: Option<PathBuf>,
+    /// Extra trusted CA certificates (PEM) for `jwks_url`, such as the cluster CA.
+    pub jwks_ca_pem: Option<Vec<u8>>,
 }
 
 impl IssuerSpec {
@@ -91,6 +96,8 @@ pub enum TokenError {
 /// An issuer's keys and the state of their reloading.
 struct Upstream {
     spec: IssuerSpec,
+    /// This issuer's own HTTP client, when it trusts an extra CA.
+    http: Option<reqwest::Client>,
     keys: RwLock<Arc<KeySet>>,
     /// When the keys were last (re)loaded on demand; held while a reload runs so concurrent callers share it.
     reload: tokio::sync::Mutex<Option<Instant>>,
@@ -185,14 +192,19 @@ impl Issuers {
                     by_trust_domain.insert(td.clone(), i);
                 }
                 max_token_bytes = max_token_bytes.max(spec.max_token_bytes);
-                Arc::new(Upstream { spec, keys: RwLock::new(Arc::new(keys)), reload: tokio::sync::Mutex::new(None) })
+                let http = spec.jwks_ca_pem.as_deref().and_then(|pem| {
+                    let cert = reqwest::Certificate::from_pem(pem).ok()?;
+                    http_client().add_root_certificate(cert).build().ok()
+                });
+                Arc::new(Upstream {
+                    spec,
+                    http,
+                    keys: RwLock::new(Arc::new(keys)),
+                    reload: tokio::sync::Mutex::new(None),
+                })
             })
             .collect();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .unwrap_or_default();
+        let http = http_client().build().unwrap_or_default();
         Issuers {
             upstream,
             by_iss,
@@ -237,7 +249,7 @@ impl Issuers {
     }
 
     async fn reload(&self, up: &Upstream) -> bool {
-        let result = load_jwks(&up.spec, &self.http).await;
+        let result = load_jwks(&up.spec, up.http.as_ref().unwrap_or(&self.http)).await;
         let attrs = [
             opentelemetry::KeyValue::new("issuer", up.spec.name.clone()),
             opentelemetry::KeyValue::new("result", if result.is_ok() { "ok" } else { "error" }),
@@ -486,6 +498,11 @@ fn scopes(claims: &Map<String, Value>) -> Result<Option<Vec<String>>, TokenError
     }
 }
 
+/// The HTTP client JWKS are fetched with: bounded in time and redirects.
+fn http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().timeout(Duration::from_secs(5)).redirect(reqwest::redirect::Policy::limited(3))
+}
+
 /// Loads an issuer's JWKS from its source.
 pub async fn load_jwks(spec: &IssuerSpec, http: &reqwest::Client) -> Result<KeySet, String> {
     let set: JwkSet = match &spec.jwks {
@@ -495,7 +512,13 @@ pub async fn load_jwks(spec: &IssuerSpec, http: &reqwest::Client) -> Result<KeyS
             serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?
         }
         JwksSource::Url(url) => {
-            let mut response = http.get(url).send().await.map_err(|e| format!("fetching JWKS: {e}"))?;
+            let mut request = http.get(url);
+            if let Some(file) = &spec.jwks_bearer_token_file {
+                let token = tokio::fs::read_to_string(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
+                let token = crate::secret::Secret::new(token.trim());
+                request = request.bearer_auth(token.expose());
+            }
+            let mut response = request.send().await.map_err(|e| format!("fetching JWKS: {e}"))?;
             if !response.status().is_success() {
                 return Err(format!("fetching JWKS: HTTP {}", response.status()));
             }

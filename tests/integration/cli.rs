@@ -151,6 +151,7 @@ name = "k8s"
 issuer = "https://k8s"
 jwks_url = "ftp://k8s/keys"
 algorithms = ["HS256"]
+jwks_ca_file = "no-such-ca.pem"
 [[audiences]]
 id = "https://crm.example"
 scopes = []
@@ -160,7 +161,9 @@ scopes = []
     let out = tessera().args(["config", "check"]).arg(&bad).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in ["broker.issuer", "missing.pem", "`jwks_url` must be http(s)", "HS256", "`scopes`"] {
+    for expected in
+        ["broker.issuer", "missing.pem", "`jwks_url` must be http(s)", "HS256", "`scopes`", "no-such-ca.pem"]
+    {
         assert!(stderr.contains(expected), "{expected:?} missing from:\n{stderr}");
     }
 

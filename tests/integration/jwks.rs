@@ -89,6 +89,22 @@ async fn a_failed_reload_keeps_the_keys_already_held() {
 }
 
 #[tokio::test]
+async fn a_bearer_token_file_authenticates_jwks_fetches_and_is_reread() {
+    // The Kubernetes API server's /openid/v1/jwks wants the pod's (rotating) service-account token.
+    let server = JwksServer::start(jwks(&["kubernetes.jwks.json"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "sa-token-1\n").unwrap();
+    let issuer = url_issuer(&server.url, 0) + &format!("jwks_bearer_token_file = \"{}\"\n", token_file.display());
+    let broker = TestBroker::builder().issuers_toml(&issuer).start().await;
+    assert!(server.last_request().await.contains("authorization: bearer sa-token-1\r\n"));
+    std::fs::write(&token_file, "sa-token-2").unwrap();
+    let unknown = Signer::rs256("kubernetes.key.pem").token("rotated", &claims("kubernetes", 600));
+    let _ = broker.client().await.exchange_token(request(&unknown, CRM, "crm:read")).await;
+    assert!(server.last_request().await.contains("authorization: bearer sa-token-2\r\n"));
+}
+
+#[tokio::test]
 async fn an_issuer_unreachable_at_start_is_fetched_on_first_use() {
     let server = JwksServer::start(String::new()).await;
     server.serve(503, String::new()).await;

@@ -11,6 +11,8 @@ pub struct JwksServer {
     pub url: String,
     state: Arc<Mutex<(u16, String)>>,
     hits: Arc<AtomicUsize>,
+    /// The head (request line and headers) of the last request, lowercased.
+    last_request: Arc<Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -20,14 +22,16 @@ impl JwksServer {
         let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new((200u16, body)));
         let hits = Arc::new(AtomicUsize::new(0));
+        let last_request = Arc::new(Mutex::new(String::new()));
         let task = tokio::spawn({
-            let (state, hits) = (Arc::clone(&state), Arc::clone(&hits));
+            let (state, hits, last) = (Arc::clone(&state), Arc::clone(&hits), Arc::clone(&last_request));
             async move {
                 while let Ok((mut socket, _)) = listener.accept().await {
-                    let (state, hits) = (Arc::clone(&state), Arc::clone(&hits));
+                    let (state, hits, last) = (Arc::clone(&state), Arc::clone(&hits), Arc::clone(&last));
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 4096];
-                        let _ = socket.read(&mut buf).await;
+                        let n = socket.read(&mut buf).await.unwrap_or(0);
+                        *last.lock().await = String::from_utf8_lossy(&buf[..n]).to_lowercase();
                         let (status, body) = state.lock().await.clone();
                         hits.fetch_add(1, Ordering::SeqCst);
                         let response = format!(
@@ -40,11 +44,15 @@ impl JwksServer {
                 }
             }
         });
-        JwksServer { url, state, hits, task }
+        JwksServer { url, state, hits, last_request, task }
     }
 
     pub async fn serve(&self, status: u16, body: String) {
         *self.state.lock().await = (status, body);
+    }
+
+    pub async fn last_request(&self) -> String {
+        self.last_request.lock().await.clone()
     }
 
     pub fn hits(&self) -> usize {
