@@ -288,3 +288,41 @@ fn three_processes_on_one_redis_are_replicas_of_one_broker() {
     assert!(!refused.status.success());
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&refused.stderr).unwrap()["error"], "invalid_grant");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_audit_fields() {
+    let dir = TestBroker::builder().write_config();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = tessera()
+        .args(["serve", "--grpc-addr", &addr, "--http-addr", &format!("127.0.0.1:{}", free_port()), "--config"])
+        .arg(dir.path().join("tessera.toml"))
+        .env("TESSERA__LOG__FORMAT", "json")
+        .env("TESSERA__LOG__LEVEL", "info")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Serve(child);
+    wait_for_port(port);
+    let assertion = k8s_assertion(600);
+    let out = run_with_stdin(
+        tessera()
+            .args(["exchange", "--addr", &format!("http://{addr}"), "--subject-token", "-", "--audience", CRM])
+            .args(["--scope", "crm:read", "--task-id", "json-1"]),
+        &assertion,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut server.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let audit = lines.iter().find(|l| l["target"] == "tessera::audit").expect("an audit line");
+    assert_eq!((audit["event"].as_str(), audit["decision"].as_str()), (Some("exchange"), Some("granted")));
+    assert_eq!((audit["task_id"].as_str(), audit["sub"].as_str()), (Some("json-1"), Some(ORCHESTRATOR)));
+    assert!(!stderr.contains(&assertion));
+}
