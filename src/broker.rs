@@ -42,6 +42,8 @@ impl Broker {
 
     /// As [`Broker::new`], recording into the given instruments.
     pub async fn with_metrics(config: Config, metrics: Metrics) -> Result<Broker, String> {
+        // Redis over TLS (rediss://) and JWKS over https use rustls: one crypto provider, set before any use.
+        crate::install_crypto_provider();
         let keyring = Keyring::new(config.signing_keys)?;
         let issuers = Issuers::new(config.issuers, &keyring, config.broker_id.clone(), config.leeway, metrics.clone());
         let (revocations, audit) = match &config.store {
@@ -49,7 +51,7 @@ impl Broker {
             Some(settings) => {
                 let store = RedisStore::connect_with_lag_histogram(settings, Some(metrics.mirror_lag.clone()))?;
                 let (audit, events) = Audit::with_stream(metrics.clone());
-                store.spawn_audit_writer(events);
+                store.spawn_audit_writer(events, metrics.audit_dropped.clone());
                 (Revocations::Redis(store), audit)
             }
         };

@@ -164,12 +164,29 @@ impl ClientArgs {
         let mut request = tonic::Request::new(message);
         if let (Some(id), Some(secret)) = (&self.as_client, &self.client_secret) {
             use base64::Engine as _;
-            let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+            // RFC 6749 §2.3.1: each half is form-urlencoded before they are joined.
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                form_encode(id),
+                form_encode(secret)
+            ));
             let value = format!("Basic {basic}").parse().map_err(|_| "client credentials are not valid metadata")?;
             request.metadata_mut().insert("authorization", value);
         }
         Ok(request)
     }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => (b as char).to_string(),
+            b' ' => "+".to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Prints a refusal as an OAuth error document on stderr.
@@ -477,6 +494,11 @@ async fn revoke(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_are_form_encoded() {
+        assert_eq!(super::form_encode("a+b %:c"), "a%2Bb+%25%3Ac");
+    }
+
     #[test]
     fn the_command_line_is_consistent() {
         <super::Cli as clap::CommandFactory>::command().debug_assert();

@@ -347,6 +347,15 @@ impl ConfigBuilder {
             });
         }
 
+        let client_ids: BTreeSet<&str> = self.clients.iter().map(|c| c.id.as_str()).collect();
+        for a in &audiences {
+            for id in &a.introspect_clients {
+                if !client_ids.contains(id.as_str()) {
+                    problems
+                        .push(format!("audiences ({}): introspect_clients names `{id}`, which is not a client", a.id));
+                }
+            }
+        }
         let mut clients = Vec::new();
         for (i, c) in self.clients.into_iter().enumerate() {
             let at = format!("clients[{i}] ({})", c.id);
@@ -387,6 +396,9 @@ impl ConfigBuilder {
             problems.push(format!("server.http_addr: `{http_addr}` is not an address (host:port)"));
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
+        if http_addr == grpc_addr {
+            problems.push("server: http_addr and grpc_addr must differ".into());
+        }
         let telemetry = TelemetryConfig {
             otlp_endpoint: self.telemetry.otlp_endpoint,
             service_name: self.telemetry.service_name.unwrap_or_else(|| "tessera".into()),

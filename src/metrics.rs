@@ -12,7 +12,7 @@ pub struct Metrics {
     pub exchanges: Counter<u64>,
     /// `tessera.introspections` {result = active|inactive|error}
     pub introspections: Counter<u64>,
-    /// `tessera.revocations` {kind = jti|task|subject|client, outcome = revoked|denied}
+    /// `tessera.revocations` {kind = jti|task|subject|client, outcome = revoked|denied|error}
     pub revocations: Counter<u64>,
     /// `tessera.rpc.duration` (s) {rpc.method, rpc.grpc.status_code}
     pub rpc_duration: Histogram<f64>,
@@ -24,7 +24,7 @@ pub struct Metrics {
     pub jwks_refreshes: Counter<u64>,
     /// `tessera.revocation.propagation_lag` (ms): publish-to-apply delay seen by a mirror.
     pub mirror_lag: Histogram<u64>,
-    /// `tessera.audit.dropped`: audit events not appended to the Redis stream because its queue was full.
+    /// `tessera.audit.dropped`: audit events not appended to the Redis stream (queue full or write failed).
     pub audit_dropped: Counter<u64>,
 }
 

@@ -240,6 +240,7 @@ impl Broker {
         self.audit.revoke(&client.id, reason, &outcome);
         let (kind, result) = match &outcome {
             Ok(r) => (r.target.kind(), "revoked"),
+            Err(e) if e.code == ErrorCode::Unavailable => ("", "error"),
             Err(_) => ("", "denied"),
         };
         let attrs = [opentelemetry::KeyValue::new("kind", kind), opentelemetry::KeyValue::new("outcome", result)];

@@ -254,12 +254,17 @@ impl RedisStore {
 
     /// Appends audit events to the capped audit stream, in batches (one pipelined round trip per batch), off
     /// the request path. Events that cannot be written are logged and dropped: the log has them too.
-    pub fn spawn_audit_writer(&self, mut events: tokio::sync::mpsc::Receiver<crate::audit::AuditEvent>) {
+    pub fn spawn_audit_writer(
+        &self,
+        mut events: tokio::sync::mpsc::Receiver<crate::audit::AuditEvent>,
+        dropped: opentelemetry::metrics::Counter<u64>,
+    ) {
         let conn = self.conn.clone();
         let timeout = self.timeout;
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(256);
             while events.recv_many(&mut batch, 256).await > 0 {
+                let count = batch.len() as u64;
                 let mut pipe = redis::pipe();
                 for e in batch.drain(..) {
                     let cmd = pipe
@@ -278,10 +283,14 @@ impl RedisStore {
                     let mut handle = conn.handle().await?;
                     handle.pipeline(&pipe).await
                 };
-                match tokio::time::timeout(timeout * 4, write).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::warn!(%error, "audit events not appended to the Redis stream"),
-                    Err(_) => tracing::warn!("audit events not appended to the Redis stream: timeout"),
+                let failure = match tokio::time::timeout(timeout * 4, write).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(error)) => Some(error.to_string()),
+                    Err(_) => Some("timeout".to_string()),
+                };
+                if let Some(error) = failure {
+                    tracing::warn!(%error, count, "audit events not appended to the Redis stream (they are in the log)");
+                    dropped.add(count, &[]);
                 }
             }
         });
@@ -400,13 +409,26 @@ async fn follow(
     timeout: Duration,
     lag: Option<opentelemetry::metrics::Histogram<u64>>,
 ) {
+    // Retries back off to 5 s; the warning is logged once per outage, not once per retry.
+    let mut pause = Duration::from_millis(100);
+    let mut warned = false;
     loop {
         mirror.synced.store(false, Ordering::Release);
-        if let Err(error) = follow_once(&client, &conn, &mirror, timeout, lag.as_ref()).await {
+        let heard_before = mirror.last_heard_ms.load(Ordering::Acquire);
+        if let Err(error) = follow_once(&client, &conn, &mirror, timeout, lag.as_ref()).await
+            && !warned
+        {
             tracing::warn!(%error, "revocation mirror lost its subscription; lookups go to Redis until it resyncs");
+            warned = true;
         }
         mirror.synced.store(false, Ordering::Release);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if mirror.last_heard_ms.load(Ordering::Acquire) != heard_before {
+            // It had synced and heard something: a fresh outage.
+            pause = Duration::from_millis(100);
+            warned = false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
