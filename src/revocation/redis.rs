@@ -8,7 +8,6 @@
 //! until it has resynced. Either way, a Redis that does not answer within the timeout fails the lookup,
 //! and the broker fails closed.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +19,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
+use super::memory::RevocationList;
 use super::{Entry, Store, StoreError, revoked_at};
 use crate::secret::Secret;
 
@@ -136,7 +136,7 @@ impl Conn {
 /// A replica's copy of the revocation list, and how fresh it is.
 #[derive(Debug, Default)]
 struct Mirror {
-    entries: RwLock<HashMap<String, (u64, u64)>>,
+    list: RwLock<RevocationList>,
     /// Subscribed and resynced since the last (re)connection.
     synced: AtomicBool,
     /// When the mirror last heard anything (a revocation or a heartbeat), in Unix milliseconds.
@@ -148,10 +148,8 @@ struct Mirror {
 
 impl Mirror {
     fn apply(&self, key: String, revoked_at: u64, expires_at: u64) {
-        if let Ok(mut map) = self.entries.write() {
-            let slot = map.entry(key).or_insert((revoked_at, expires_at));
-            slot.0 = slot.0.max(revoked_at);
-            slot.1 = slot.1.max(expires_at);
+        if let Ok(mut list) = self.list.write() {
+            list.apply(key, revoked_at, expires_at);
         }
     }
 
@@ -161,8 +159,7 @@ impl Mirror {
     }
 
     fn lookup(&self, keys: &[String], now: u64) -> Option<Vec<Option<u64>>> {
-        let map = self.entries.read().ok()?;
-        Some(keys.iter().map(|k| map.get(k).filter(|(_, exp)| *exp > now).map(|(at, _)| *at)).collect())
+        Some(self.list.read().ok()?.lookup(keys, now))
     }
 }
 
@@ -480,21 +477,21 @@ async fn resync(conn: &Conn, mirror: &Mirror, timeout: Duration) -> Result<(), S
         // The index scores each live key by its expiry: keys and expiries in one call, values in MGETs.
         let live: Vec<(String, f64)> =
             handle.query(redis::cmd("ZRANGE").arg(INDEX).arg(now).arg("+inf").arg("BYSCORE").arg("WITHSCORES")).await?;
-        let mut fresh = HashMap::with_capacity(live.len());
+        let mut fresh = RevocationList::default();
         for chunk in live.chunks(1000) {
             let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
             let values: Vec<Option<String>> = handle.query(redis::cmd("MGET").arg(&keys)).await?;
             for ((key, expires_at), value) in chunk.iter().zip(values) {
                 if let Some(at) = value.as_deref().and_then(revoked_at) {
-                    fresh.insert(key.clone(), (at, *expires_at as u64));
+                    fresh.apply(key.clone(), at, *expires_at as u64);
                 }
             }
         }
         redis::RedisResult::Ok(fresh)
     };
     let fresh = tokio::time::timeout(timeout * 4, work).await.map_err(err)?.map_err(err)?;
-    if let Ok(mut map) = mirror.entries.write() {
-        *map = fresh;
+    if let Ok(mut list) = mirror.list.write() {
+        *list = fresh;
     }
     Ok(())
 }

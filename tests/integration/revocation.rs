@@ -392,8 +392,9 @@ async fn a_single_use_assertion_is_spent_once_across_replicas() {
 async fn a_redis_cluster_of_three_masters_works_the_same() {
     let cluster = RedisCluster::start();
     let key = shared_signing_key();
-    let a = TestBroker::builder().signing_key(&key).redis_cluster(&cluster.urls()).start().await;
-    let b = TestBroker::builder().signing_key(&key).redis_cluster(&cluster.urls()).start().await;
+    let a = TestBroker::builder().signing_key(&key).redis_cluster(&cluster.urls(), "strict").start().await;
+    let b = TestBroker::builder().signing_key(&key).redis_cluster(&cluster.urls(), "strict").start().await;
+    let m = TestBroker::builder().signing_key(&key).redis_cluster(&cluster.urls(), "mirror").start().await;
     let tokens = chain(&a).await;
     assert!(active(&b, &tokens[3]).await);
     revoke(&b, Target::Token(tokens[1].clone())).await;
@@ -401,6 +402,10 @@ async fn a_redis_cluster_of_three_masters_works_the_same() {
         assert!(active(broker, &tokens[0]).await);
         assert!(!active(broker, &tokens[3]).await);
     }
+    // A mirror on the cluster hears it through pub/sub.
+    assert!(eventually(Duration::from_secs(3), async || !active(&m, &tokens[3]).await).await);
+    assert!(active(&m, &tokens[0]).await);
     revoke(&a, Target::TaskId("task-42".into())).await;
     assert!(!active(&b, &tokens[0]).await);
+    assert!(eventually(Duration::from_secs(3), async || !active(&m, &tokens[0]).await).await);
 }

@@ -305,10 +305,13 @@ impl TestBrokerBuilder {
         ))
     }
 
-    /// Use a Redis Cluster for revocations.
-    pub fn redis_cluster(self, urls: &[String]) -> Self {
+    /// Use a Redis Cluster for revocations, in `mode` (`strict` or `mirror`).
+    pub fn redis_cluster(self, urls: &[String], mode: &str) -> Self {
         let nodes: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
-        self.extra_toml(&format!("\n[store]\nredis_cluster = [{}]\ntimeout_ms = 500\n", nodes.join(", ")))
+        self.extra_toml(&format!(
+            "\n[store]\nredis_cluster = [{}]\nmode = \"{mode}\"\ntimeout_ms = 500\nmirror_max_staleness_ms = 1000\nmirror_heartbeat_ms = 200\n",
+            nodes.join(", ")
+        ))
     }
 
     /// Extra TOML appended to the config (more `[[issuers]]`, `[[audiences]]`, …).
