@@ -48,11 +48,14 @@ pub struct TelemetryBuilder {
     pub metrics_interval_ms: Option<u64>,
     /// Serve Prometheus text at `GET /metrics` on the HTTP port (default true).
     pub prometheus: Option<bool>,
+    /// CA certificates (PEM) trusted for an `https://` OTLP endpoint; else `OTEL_EXPORTER_OTLP_CERTIFICATE`.
+    pub otlp_ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
 pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
+    pub otlp_ca_file: Option<PathBuf>,
     pub service_name: String,
     pub metrics_interval: Duration,
     pub prometheus: bool,
@@ -62,6 +65,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
             otlp_endpoint: None,
+            otlp_ca_file: None,
             service_name: "tessera".into(),
             metrics_interval: Duration::from_secs(10),
             prometheus: true,
@@ -399,8 +403,15 @@ impl ConfigBuilder {
         if http_addr == grpc_addr {
             problems.push("server: http_addr and grpc_addr must differ".into());
         }
+        let otlp_ca_file = self.telemetry.otlp_ca_file.map(|f| path(&f));
+        if let Some(file) = &otlp_ca_file
+            && !std::fs::read(file).is_ok_and(|pem| pem.starts_with(b"-----BEGIN"))
+        {
+            problems.push(format!("telemetry.otlp_ca_file ({}): not a readable PEM file", file.display()));
+        }
         let telemetry = TelemetryConfig {
             otlp_endpoint: self.telemetry.otlp_endpoint,
+            otlp_ca_file,
             service_name: self.telemetry.service_name.unwrap_or_else(|| "tessera".into()),
             metrics_interval: Duration::from_millis(self.telemetry.metrics_interval_ms.unwrap_or(10_000)),
             prometheus: self.telemetry.prometheus.unwrap_or(true),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -56,6 +56,20 @@ pub fn otlp_endpoint(config: &TelemetryConfig) -> Option<String> {
     config.otlp_endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty()))
 }
 
+/// The CA certificates (PEM) to trust for the OTLP endpoint: the config's `otlp_ca_file`, else the standard
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`; with neither, the system's roots.
+fn otlp_tls(config: &TelemetryConfig) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+    let file = config.otlp_ca_file.clone().or_else(|| {
+        std::env::var_os("OTEL_EXPORTER_OTLP_CERTIFICATE").filter(|v| !v.is_empty()).map(std::path::PathBuf::from)
+    });
+    let Some(file) = file else { return Ok(None) };
+    let pem = std::fs::read(&file).map_err(|e| format!("OTLP CA certificate {}: {e}", file.display()))?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+        .with_native_roots();
+    Ok(Some(tls))
+}
+
 /// The resource every span and metric carries: service name, version and a per-process instance id.
 pub fn resource(config: &TelemetryConfig) -> Resource {
     let mut id = [0u8; 8];
@@ -91,12 +105,14 @@ pub fn meter_provider(
         None
     };
     if let Some(endpoint) = otlp_endpoint(config) {
-        let exporter = opentelemetry_otlp::MetricExporter::builder()
+        let mut exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
-            .with_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| format!("OTLP metric exporter: {e}"))?;
+            .with_timeout(Duration::from_secs(5));
+        if let Some(tls) = otlp_tls(config)? {
+            exporter = exporter.with_tls_config(tls);
+        }
+        let exporter = exporter.build().map_err(|e| format!("OTLP metric exporter: {e}"))?;
         let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
             .with_interval(config.metrics_interval)
             .build();
@@ -108,12 +124,14 @@ pub fn meter_provider(
 /// Builds the tracer provider exporting to OTLP, when an endpoint is set.
 pub fn tracer_provider(config: &TelemetryConfig, resource: Resource) -> Result<Option<SdkTracerProvider>, String> {
     let Some(endpoint) = otlp_endpoint(config) else { return Ok(None) };
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
-        .with_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| format!("OTLP span exporter: {e}"))?;
+        .with_timeout(Duration::from_secs(5));
+    if let Some(tls) = otlp_tls(config)? {
+        exporter = exporter.with_tls_config(tls);
+    }
+    let exporter = exporter.build().map_err(|e| format!("OTLP span exporter: {e}"))?;
     Ok(Some(SdkTracerProvider::builder().with_resource(resource).with_batch_exporter(exporter).build()))
 }
 

@@ -155,15 +155,23 @@ jwks_ca_file = "no-such-ca.pem"
 [[audiences]]
 id = "https://crm.example"
 scopes = []
+[telemetry]
+otlp_ca_file = "no-such-otlp-ca.pem"
 "#,
     )
     .unwrap();
     let out = tessera().args(["config", "check"]).arg(&bad).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in
-        ["broker.issuer", "missing.pem", "`jwks_url` must be http(s)", "HS256", "`scopes`", "no-such-ca.pem"]
-    {
+    for expected in [
+        "broker.issuer",
+        "missing.pem",
+        "`jwks_url` must be http(s)",
+        "HS256",
+        "`scopes`",
+        "no-such-ca.pem",
+        "no-such-otlp-ca.pem",
+    ] {
         assert!(stderr.contains(expected), "{expected:?} missing from:\n{stderr}");
     }
 
@@ -325,4 +333,175 @@ fn json_logs_are_one_object_per_line_with_audit_fields() {
     assert_eq!((audit["event"].as_str(), audit["decision"].as_str()), (Some("exchange"), Some("granted")));
     assert_eq!((audit["task_id"].as_str(), audit["sub"].as_str()), (Some("json-1"), Some(ORCHESTRATOR)));
     assert!(!stderr.contains(&assertion));
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "openssl {args:?} failed (is openssl installed? `bash scripts/test` installs it)"
+    );
+}
+
+/// A test CA (`ca.pem`) and a server certificate for localhost (`server.pem`, `server.key`) in `d`. tessera is
+/// made to trust the CA through SSL_CERT_FILE, which rustls-native-certs reads instead of the system store.
+fn test_pki(d: &std::path::Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        d,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=tessera test CA"],
+        ]
+        .concat(),
+    );
+    openssl(
+        d,
+        &[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat(),
+    );
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+#[test]
+fn revocations_reach_redis_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    test_pki(d);
+    let redis_port = free_port();
+    let redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem"])
+        .args(["--tls-auth-clients", "no"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server (`bash scripts/test` installs it)");
+    let _redis = Serve(redis);
+    wait_for_port(redis_port);
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let server = tessera()
+        .args([
+            "serve",
+            "--grpc-addr",
+            &format!("127.0.0.1:{port}"),
+            "--http-addr",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .args(["--redis-url", &format!("rediss://localhost:{redis_port}"), "--dev-dir"])
+        .arg(d.join(".tessera-dev"))
+        .env("SSL_CERT_FILE", d.join("ca.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Serve(server);
+    wait_for_port(port);
+    let assertion = tessera()
+        .args(["dev", "assertion", "--sub", "agent-tls", "--dev-dir"])
+        .arg(d.join(".tessera-dev"))
+        .output()
+        .unwrap();
+    let out = run_with_stdin(
+        tessera()
+            .args(["exchange", "--addr", &url, "--subject-token", "-", "--audience", "https://crm.example"])
+            .args(["--scope", "crm:read", "--task-id", "tls-1"]),
+        &String::from_utf8(assertion.stdout).unwrap(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["access_token"].as_str().unwrap().to_string();
+    let revoked = run_with_stdin(tessera().args(["revoke", "--token", "-", "--addr", &url]), &token);
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    let introspected = run_with_stdin(tessera().args(["introspect", "-", "--addr", &url]), &token);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&introspected.stdout).unwrap(),
+        serde_json::json!({ "active": false })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_collector_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    test_pki(&d);
+    let collector = crate::support::otlp::Collector::start_tls(
+        &std::fs::read(d.join("server.pem")).unwrap(),
+        &std::fs::read(d.join("server.key")).unwrap(),
+    )
+    .await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let server = tessera()
+        .args([
+            "serve",
+            "--grpc-addr",
+            &format!("127.0.0.1:{port}"),
+            "--http-addr",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .arg("--dev-dir")
+        .arg(d.join(".tessera-dev"))
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", d.join("ca.pem"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Serve(server);
+    wait_for_port(port);
+    let assertion = tessera()
+        .args(["dev", "assertion", "--sub", "agent-otlp", "--dev-dir"])
+        .arg(d.join(".tessera-dev"))
+        .output()
+        .unwrap();
+    let out = run_with_stdin(
+        tessera()
+            .args(["exchange", "--addr", &url, "--subject-token", "-", "--audience", "https://crm.example"])
+            .args(["--scope", "crm:read", "--task-id", "otlp-1"]),
+        &String::from_utf8(assertion.stdout).unwrap(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let arrived = collector
+        .wait_until(Duration::from_secs(15), |c| {
+            c.spans().iter().any(|s| s.name == "tessera.v1.TokenBroker/ExchangeToken")
+        })
+        .await;
+    assert!(arrived, "no span reached the TLS collector: {:?}", collector.spans());
 }

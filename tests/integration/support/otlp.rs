@@ -105,10 +105,30 @@ pub struct Collector {
 impl Collector {
     /// Starts the collector on a free loopback port (tokio task; stops when dropped).
     pub async fn start() -> Collector {
+        Collector::start_with(None).await
+    }
+
+    /// Starts the collector serving TLS with this PEM certificate and key, on `https://localhost:PORT`.
+    pub async fn start_tls(cert_pem: &[u8], key_pem: &[u8]) -> Collector {
+        Collector::start_with(Some(tonic::transport::Identity::from_pem(cert_pem, key_pem))).await
+    }
+
+    async fn start_with(identity: Option<tonic::transport::Identity>) -> Collector {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port for OTLP");
-        let endpoint = format!("http://{}", listener.local_addr().expect("OTLP listener address"));
+        let port = listener.local_addr().expect("OTLP listener address").port();
+        let endpoint = match identity {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
         let sink = Sink::default();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = identity {
+            tessera::install_crypto_provider();
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .expect("collector TLS config");
+        }
+        let server = builder
             .add_service(TraceServiceServer::new(sink.clone()).accept_compressed(CompressionEncoding::Gzip))
             .add_service(MetricsServiceServer::new(sink.clone()).accept_compressed(CompressionEncoding::Gzip));
         // The listener is bound already, so an exporter may connect as soon as `start` returns.
