@@ -335,6 +335,22 @@ fn json_logs_are_one_object_per_line_with_audit_fields() {
     assert!(!stderr.contains(&assertion));
 }
 
+/// Mints a dev assertion for `sub` and exchanges it through the broker at `url` for a `crm:read` token bound
+/// to `task`; returns the access token.
+fn dev_exchange(url: &str, dev_dir: &std::path::Path, sub: &str, task: &str) -> String {
+    let assertion = tessera().args(["dev", "assertion", "--sub", sub, "--dev-dir"]).arg(dev_dir).output().unwrap();
+    assert!(assertion.status.success(), "{}", String::from_utf8_lossy(&assertion.stderr));
+    let out = run_with_stdin(
+        tessera()
+            .args(["exchange", "--addr", url, "--subject-token", "-", "--audience", "https://crm.example"])
+            .args(["--scope", "crm:read", "--task-id", task]),
+        &String::from_utf8(assertion.stdout).unwrap(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let response: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    response["access_token"].as_str().unwrap().to_string()
+}
+
 /// Runs `openssl` with `args` in `dir`.
 fn openssl(dir: &std::path::Path, args: &[&str]) {
     let status = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status();
@@ -432,20 +448,7 @@ fn revocations_reach_redis_over_tls() {
         .unwrap();
     let _server = Serve(server);
     wait_for_port(port);
-    let assertion = tessera()
-        .args(["dev", "assertion", "--sub", "agent-tls", "--dev-dir"])
-        .arg(d.join(".tessera-dev"))
-        .output()
-        .unwrap();
-    let out = run_with_stdin(
-        tessera()
-            .args(["exchange", "--addr", &url, "--subject-token", "-", "--audience", "https://crm.example"])
-            .args(["--scope", "crm:read", "--task-id", "tls-1"]),
-        &String::from_utf8(assertion.stdout).unwrap(),
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let token =
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["access_token"].as_str().unwrap().to_string();
+    let token = dev_exchange(&url, &d.join(".tessera-dev"), "agent-tls", "tls-1");
     let revoked = run_with_stdin(tessera().args(["revoke", "--token", "-", "--addr", &url]), &token);
     assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
     let introspected = run_with_stdin(tessera().args(["introspect", "-", "--addr", &url]), &token);
@@ -486,18 +489,7 @@ async fn spans_reach_an_otlp_collector_over_tls() {
         .unwrap();
     let _server = Serve(server);
     wait_for_port(port);
-    let assertion = tessera()
-        .args(["dev", "assertion", "--sub", "agent-otlp", "--dev-dir"])
-        .arg(d.join(".tessera-dev"))
-        .output()
-        .unwrap();
-    let out = run_with_stdin(
-        tessera()
-            .args(["exchange", "--addr", &url, "--subject-token", "-", "--audience", "https://crm.example"])
-            .args(["--scope", "crm:read", "--task-id", "otlp-1"]),
-        &String::from_utf8(assertion.stdout).unwrap(),
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dev_exchange(&url, &d.join(".tessera-dev"), "agent-otlp", "otlp-1");
     let arrived = collector
         .wait_until(Duration::from_secs(15), |c| {
             c.spans().iter().any(|s| s.name == "tessera.v1.TokenBroker/ExchangeToken")
