@@ -27,6 +27,8 @@ pub struct Broker {
     pub(crate) clients: Clients,
     pub(crate) limits: Limits,
     pub(crate) leeway: u64,
+    /// Seconds a revoked task id stays refused for new exchanges.
+    pub(crate) task_revocation_retention: u64,
     pub(crate) revocations: Revocations,
     pub(crate) metrics: Metrics,
     pub(crate) audit: Audit,
@@ -64,6 +66,7 @@ impl Broker {
             clients: Clients::new(config.clients),
             limits: config.limits,
             leeway: config.leeway,
+            task_revocation_retention: config.task_revocation_retention,
             revocations,
             metrics,
             audit,

@@ -22,6 +22,16 @@ use crate::token::jws::Algorithm;
 use crate::token::keys::{JwkSet, KeySet, SigningKey};
 
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+/// Clock skew tolerated, in seconds (`broker.leeway`, `issuers[].leeway`): for clocks, not for lifetimes.
+pub const DEFAULT_BROKER_LEEWAY: u64 = 5;
+pub const DEFAULT_ISSUER_LEEWAY: u64 = 30;
+pub const MAX_LEEWAY: u64 = 60;
+/// How long an upstream assertion may live, by default (`issuers[].max_assertion_lifetime`): 24 h.
+pub const DEFAULT_MAX_ASSERTION_LIFETIME: u64 = 86_400;
+/// The longest `max_assertion_lifetime` accepted: 30 days.
+pub const MAX_ASSERTION_LIFETIME: u64 = 30 * 86_400;
+/// How long a revoked task id stays refused, by default (`broker.task_revocation_retention`): 24 h.
+pub const DEFAULT_TASK_REVOCATION_RETENTION: u64 = 86_400;
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +126,8 @@ pub struct BrokerBuilder {
     pub max_delegation_depth: Option<usize>,
     pub max_chain_length: Option<usize>,
     pub task_token_max_ttl: Option<u64>,
+    /// Seconds a revoked task id stays refused for new exchanges (default 24 h).
+    pub task_revocation_retention: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +161,8 @@ pub struct IssuerBuilder {
     pub refresh_interval: Option<u64>,
     /// Assertions may be exchanged once (they must carry `jti`).
     pub single_use: bool,
+    /// Longest accepted assertion lifetime in seconds (`exp - iat` and `exp - now`; default 24 h).
+    pub max_assertion_lifetime: Option<u64>,
     /// Bearer token file sent with `jwks_url` fetches (Kubernetes: the pod's service-account token).
     pub jwks_bearer_token_file: Option<PathBuf>,
     /// Extra CA certificates (PEM) trusted for `jwks_url` (Kubernetes: the cluster CA).
@@ -219,6 +233,8 @@ pub struct Config {
     pub leeway: u64,
     pub limits: Limits,
     pub task_token_max_ttl: u64,
+    /// Seconds a revoked task id stays refused.
+    pub task_revocation_retention: u64,
     pub signing_keys: Vec<SigningKey>,
     pub issuers: Vec<(IssuerSpec, KeySet)>,
     pub audiences: Vec<Audience>,
@@ -273,6 +289,17 @@ impl ConfigBuilder {
         let task_token_max_ttl = self.broker.task_token_max_ttl.unwrap_or(3600);
         if task_token_max_ttl == 0 || task_token_max_ttl > 86_400 {
             problems.push("broker.task_token_max_ttl: must be between 1 and 86400 seconds".into());
+        }
+        let leeway = self.broker.leeway.unwrap_or(DEFAULT_BROKER_LEEWAY);
+        if leeway > MAX_LEEWAY {
+            problems.push(format!("broker.leeway: at most {MAX_LEEWAY} seconds (it absorbs clock skew only)"));
+        }
+        let task_revocation_retention =
+            self.broker.task_revocation_retention.unwrap_or(DEFAULT_TASK_REVOCATION_RETENTION);
+        if task_revocation_retention == 0 || task_revocation_retention > MAX_ASSERTION_LIFETIME {
+            problems.push(format!(
+                "broker.task_revocation_retention: must be between 1 and {MAX_ASSERTION_LIFETIME} seconds"
+            ));
         }
 
         let mut signing_keys = Vec::new();
@@ -439,9 +466,10 @@ impl ConfigBuilder {
             Some(policy) if problems.is_empty() => Ok(Config {
                 server,
                 broker_id,
-                leeway: self.broker.leeway.unwrap_or(5),
+                leeway,
                 limits: Limits { max_delegation_depth, max_chain_length },
                 task_token_max_ttl,
+                task_revocation_retention,
                 signing_keys,
                 issuers,
                 audiences,
@@ -609,9 +637,14 @@ fn build_issuer(
     if !(512..=64 * 1024).contains(&max_token_bytes) {
         problems.push(format!("{at}: `max_token_bytes` must be between 512 and 65536"));
     }
-    let leeway = b.leeway.unwrap_or(30);
-    if leeway > 300 {
-        problems.push(format!("{at}: `leeway` over 300 seconds is refused"));
+    let leeway = b.leeway.unwrap_or(DEFAULT_ISSUER_LEEWAY);
+    if leeway > MAX_LEEWAY {
+        problems.push(format!("{at}: `leeway` over {MAX_LEEWAY} seconds is refused (it absorbs clock skew only)"));
+    }
+    let max_assertion_lifetime = b.max_assertion_lifetime.unwrap_or(DEFAULT_MAX_ASSERTION_LIFETIME);
+    if !(60..=MAX_ASSERTION_LIFETIME).contains(&max_assertion_lifetime) {
+        problems
+            .push(format!("{at}: `max_assertion_lifetime` must be between 60 and {MAX_ASSERTION_LIFETIME} seconds"));
     }
     if problems.len() > before {
         return None;
@@ -630,6 +663,7 @@ fn build_issuer(
         min_refresh_interval: Duration::from_secs(b.min_refresh_interval.unwrap_or(30)),
         refresh_interval: Duration::from_secs(b.refresh_interval.unwrap_or(300).max(10)),
         single_use: b.single_use,
+        max_assertion_lifetime,
         jwks_bearer_token_file: b.jwks_bearer_token_file.map(|f| path(&f)),
         jwks_ca_pem,
     };

@@ -17,7 +17,7 @@ use crate::issuer::{Origin, Verified};
 use crate::policy::Question;
 use crate::revocation::Probe;
 use crate::secret::Secret;
-use crate::token::{AccessClaims, Actor, new_jti};
+use crate::token::{AccessClaims, Actor, Lineage, Party, new_jti};
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -32,6 +32,8 @@ pub const MAX_ID_BYTES: usize = 128;
 pub const MAX_PURPOSE_BYTES: usize = 256;
 pub const MAX_TARGET_BYTES: usize = 512;
 pub const MAX_TARGETS: usize = 4;
+/// Revocation keys a token's lineage may add to each lookup (tasks, principals and clients it derives from).
+pub const MAX_LINEAGE: usize = 64;
 
 /// An exchange request, in RFC 8693 terms. Tokens are [`Secret`]s so no `Debug` of a request leaks them.
 #[derive(Debug, Default)]
@@ -89,24 +91,28 @@ impl Broker {
                     .map_err(|e| Error::invalid_grant(format!("actor_token {e}")))?,
             ),
         };
-        let parent = match &subject.origin {
-            Origin::Broker(claims) => Some(claims.as_ref()),
-            Origin::Upstream => None,
-        };
+        let parent = broker_claims(&subject);
+        if let Some(a) = actor.as_ref().and_then(broker_claims)
+            && a.aud != self.issuer_id
+        {
+            return Err(Error::invalid_grant(
+                "an actor_token issued by tessera must be a task token for tessera itself",
+            ));
+        }
         let target = self.target(target_id, parent)?;
         let (task_id, session_id) = task_binding(req, parent)?;
         trail.task(&task_id);
-        let (act, anc) = self.delegate(&subject, actor.as_ref(), parent)?;
-        trail.actors(act.as_ref());
+        let delegation = self.delegate(&subject, actor.as_ref(), &task_id, &client.id)?;
+        trail.actors(delegation.act.as_ref());
         self.check_revocations(&subject, actor.as_ref(), &task_id, now).await?;
         let question = Question {
             principal: &subject.principal,
-            actor: actor.as_ref().map(|a| &a.principal),
+            actor: actor.as_ref().map(|a| &a.holder),
             audience: target.id(),
             task_id: &task_id,
             client_id: &client.id,
-            depth: act.as_ref().map_or(0, Actor::depth),
-            actors: act.as_ref().map(|a| a.chain().map(|a| a.sub.as_str()).collect()).unwrap_or_default(),
+            depth: delegation.depth,
+            actors: delegation.act.as_ref().map(|a| a.chain().map(|a| a.sub.as_str()).collect()).unwrap_or_default(),
             subject_is_tessera_token: parent.is_some(),
             task_token: matches!(target, Target::Broker { .. }),
         };
@@ -122,15 +128,20 @@ impl Broker {
             jti: new_jti()?,
             client_id: client.id.clone(),
             scope,
-            act,
+            act: delegation.act,
             task_id,
             session_id,
             purpose: (!req.purpose.is_empty()).then(|| req.purpose.clone()),
             sub_iss: subject.principal.iss.clone(),
             sub_attrs: subject.principal.attributes.clone(),
-            anc,
+            anc: delegation.anc,
+            may_act: delegation.may_act,
+            lin: delegation.lin,
         };
         let access_token = Secret::new(self.keyring.mint(&claims)?);
+        if access_token.expose().len() > crate::issuer::MAX_OWN_TOKEN_BYTES {
+            return Err(Error::invalid_grant("the delegation history is too large for one more token"));
+        }
         Ok(Issued { access_token, expires_in: exp - now, scope: claims.scope.clone(), claims })
     }
 
@@ -147,7 +158,7 @@ impl Broker {
         for token in std::iter::once(subject).chain(actor) {
             match &token.origin {
                 Origin::Broker(claims) => probe.token(claims),
-                Origin::Upstream => probe.upstream(&token.principal, token.iat),
+                Origin::Upstream => probe.upstream(&token.principal, token.act.as_ref(), token.iat),
             }
         }
         if !matches!(subject.origin, Origin::Broker(_)) {
@@ -177,46 +188,79 @@ impl Broker {
         Ok(target)
     }
 
-    /// Invariant 4: the issued `act` names the actor over the subject's existing chain; `may_act` is honoured;
-    /// the chain depth and the ancestry stay within their limits.
+    /// Invariant 4: the issued `act` names the party that holds the actor token, nested over the subject's
+    /// own chain (upstream or tessera); `may_act` is honoured and travels on, only narrowing; everything the
+    /// subject and actor tokens derive from joins the new token's lineage, so revoking any of it ends the new
+    /// token; depth and chain length, counted over the actor token's history too, stay within their limits.
     fn delegate(
         &self,
         subject: &Verified,
         actor: Option<&Verified>,
-        parent: Option<&AccessClaims>,
-    ) -> Result<(Option<Actor>, Vec<String>)> {
-        let prior = parent.and_then(|p| p.act.clone());
+        task_id: &str,
+        client_id: &str,
+    ) -> Result<Delegation> {
+        let prior = subject.act.clone();
         let act = match actor {
             None => prior,
             Some(actor) => {
+                let holder = party(&actor.holder);
+                if holder == party(&subject.principal) {
+                    return Err(Error::invalid_request("the actor_token's holder is the subject itself"));
+                }
                 if let Some(may_act) = &subject.may_act
-                    && !may_act_allows(may_act, &actor.principal.sub, &actor.principal.iss)
+                    && !may_act.contains(&holder)
                 {
                     return Err(Error::invalid_grant("the subject token's may_act does not allow this actor"));
                 }
-                Some(Actor {
-                    sub: actor.principal.sub.clone(),
-                    iss: Some(actor.principal.iss.clone()),
-                    act: prior.map(Box::new),
-                })
+                Some(Actor { sub: holder.sub, iss: Some(holder.iss), act: prior.map(Box::new) })
             }
         };
-        if act.as_ref().map_or(0, Actor::depth) > self.limits.max_delegation_depth {
+        let act_depth = act.as_ref().map_or(0, Actor::depth);
+        let depth = act_depth.max(chain_depth(subject) + actor.map_or(0, |a| chain_depth(a).max(1)));
+        if depth > self.limits.max_delegation_depth {
             return Err(Error::invalid_grant("delegation depth limit reached"));
         }
-        let anc = match parent {
-            None => Vec::new(),
-            Some(p) => {
-                let mut anc = Vec::with_capacity(p.anc.len() + 1);
-                anc.extend(p.anc.iter().cloned());
-                anc.push(p.jti.clone());
-                anc
+
+        let sub_iss = &subject.principal.iss;
+        let own_parties: Vec<Party> = std::iter::once(party(&subject.principal))
+            .chain(act.iter().flat_map(|a| a.chain()).map(|a| a.party(sub_iss)))
+            .collect();
+        let mut anc: Vec<String> = Vec::new();
+        let mut lin = Lineage::default();
+        let mut parties: Vec<Party> = Vec::new();
+        for token in std::iter::once(subject).chain(actor) {
+            match broker_claims(token) {
+                Some(c) => {
+                    anc.extend(c.anc.iter().cloned());
+                    anc.push(c.jti.clone());
+                    lin.tasks.push(c.task_id.clone());
+                    lin.tasks.extend(c.lin.tasks.iter().cloned());
+                    lin.clients.push(c.client_id.clone());
+                    lin.clients.extend(c.lin.clients.iter().cloned());
+                    parties.push(c.subject());
+                    parties.extend(c.act.iter().flat_map(|a| a.chain()).map(|a| a.party(&c.sub_iss)));
+                    parties.extend(c.lin.parties.iter().cloned());
+                }
+                None => {
+                    parties.push(party(&token.principal));
+                    parties.extend(token.act.iter().flat_map(|a| a.chain()).map(|a| a.party(&token.principal.iss)));
+                }
             }
-        };
+        }
+        dedupe(&mut anc, |_| false);
+        dedupe(&mut lin.tasks, |t| t == task_id);
+        dedupe(&mut lin.clients, |c| c == client_id);
+        dedupe(&mut parties, |p| own_parties.contains(p));
+        lin.parties = parties;
+        lin.depth = if depth > act_depth { depth } else { 0 };
         if anc.len() > self.limits.max_chain_length {
             return Err(Error::invalid_grant("exchange chain length limit reached"));
         }
-        Ok((act, anc))
+        if lin.len() > MAX_LINEAGE {
+            return Err(Error::invalid_grant("the delegation history is too large for one more token"));
+        }
+        let may_act = narrow_may_act(subject.may_act.as_deref(), actor.and_then(|a| a.may_act.as_deref()));
+        Ok(Delegation { act, anc, may_act, lin, depth })
     }
 
     /// Invariant 1: every requested scope is offered by the audience and held by the subject token (when it
@@ -272,14 +316,53 @@ fn expiry(now: u64, subject: &Verified, actor: Option<&Verified>, target: Target
     Ok(exp)
 }
 
-fn may_act_allows(may_act: &serde_json::Value, sub: &str, iss: &str) -> bool {
-    let allows = |m: &serde_json::Value| {
-        m.get("sub").and_then(|v| v.as_str()) == Some(sub)
-            && m.get("iss").and_then(|v| v.as_str()).is_none_or(|i| i == iss)
-    };
-    match may_act {
-        serde_json::Value::Array(list) => list.iter().any(allows),
-        other => allows(other),
+/// What an exchange writes into the issued token about who acts for whom and what it derives from.
+struct Delegation {
+    act: Option<Actor>,
+    anc: Vec<String>,
+    may_act: Option<Vec<Party>>,
+    lin: Lineage,
+    /// The delegation depth, counted over actor tokens' chains too.
+    depth: usize,
+}
+
+fn broker_claims(token: &Verified) -> Option<&AccessClaims> {
+    match &token.origin {
+        Origin::Broker(claims) => Some(claims),
+        Origin::Upstream => None,
+    }
+}
+
+fn party(p: &crate::policy::Principal) -> Party {
+    Party { iss: p.iss.clone(), sub: p.sub.clone() }
+}
+
+/// A token's own delegation depth: its actor chain, or its recorded depth when it counts more.
+fn chain_depth(token: &Verified) -> usize {
+    match broker_claims(token) {
+        Some(c) => c.depth(),
+        None => token.act.as_ref().map_or(0, Actor::depth),
+    }
+}
+
+/// Keeps the first of each item, in order, and drops those `drop` names.
+fn dedupe<T: PartialEq + Clone>(items: &mut Vec<T>, drop: impl Fn(&T) -> bool) {
+    let mut kept: Vec<T> = Vec::with_capacity(items.len());
+    for item in items.drain(..) {
+        if !drop(&item) && !kept.contains(&item) {
+            kept.push(item);
+        }
+    }
+    *items = kept;
+}
+
+/// The `may_act` of a derived token: the subject's restriction, narrowed by the actor token's own (whoever
+/// acts later acts through that actor too). Never wider than either.
+fn narrow_may_act(subject: Option<&[Party]>, actor: Option<&[Party]>) -> Option<Vec<Party>> {
+    match (subject, actor) {
+        (None, None) => None,
+        (Some(only), None) | (None, Some(only)) => Some(only.to_vec()),
+        (Some(a), Some(b)) => Some(a.iter().filter(|p| b.contains(p)).cloned().collect()),
     }
 }
 
@@ -356,6 +439,9 @@ fn check_shape(req: &ExchangeRequest) -> Result<()> {
     if req.purpose.len() > MAX_PURPOSE_BYTES || req.purpose.chars().any(char::is_control) {
         return Err(Error::invalid_request(format!("purpose must be at most {MAX_PURPOSE_BYTES} bytes of text")));
     }
+    if req.resource.iter().chain(&req.audience).any(|t| t.chars().any(|c| c.is_control() || c.is_whitespace())) {
+        return Err(Error::invalid_request("audience and resource hold no spaces or control characters"));
+    }
     if req.resource.len() + req.audience.len() > MAX_TARGETS
         || req.resource.iter().chain(&req.audience).any(|t| t.len() > MAX_TARGET_BYTES || t.is_empty())
     {
@@ -374,15 +460,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn may_act_matches_sub_and_optional_iss() {
-        let m = serde_json::json!({"sub": "agent"});
-        assert!(may_act_allows(&m, "agent", "https://any"));
-        assert!(!may_act_allows(&m, "other", "https://any"));
-        let m = serde_json::json!({"sub": "agent", "iss": "https://k8s"});
-        assert!(!may_act_allows(&m, "agent", "https://elsewhere"));
-        let m = serde_json::json!([{"sub": "a"}, {"sub": "b"}]);
-        assert!(may_act_allows(&m, "b", "x"));
-        assert!(!may_act_allows(&serde_json::json!("agent"), "agent", "x"));
+    fn may_act_only_narrows() {
+        let p = |sub: &str| Party { iss: "https://k".into(), sub: sub.into() };
+        assert_eq!(narrow_may_act(None, None), None);
+        assert_eq!(narrow_may_act(Some(&[p("a")]), None), Some(vec![p("a")]));
+        assert_eq!(narrow_may_act(None, Some(&[p("b")])), Some(vec![p("b")]));
+        assert_eq!(narrow_may_act(Some(&[p("a"), p("b")]), Some(&[p("b"), p("c")])), Some(vec![p("b")]));
+        assert_eq!(narrow_may_act(Some(&[p("a")]), Some(&[p("c")])), Some(vec![]), "nobody may act");
+    }
+
+    #[test]
+    fn dedupe_keeps_order_and_drops_what_is_named() {
+        let mut v = vec![1, 2, 1, 3, 2, 4];
+        dedupe(&mut v, |x| *x == 3);
+        assert_eq!(v, vec![1, 2, 4]);
     }
 
     #[test]

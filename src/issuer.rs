@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::policy::Principal;
 use crate::token::jws::{self, Algorithm, JwsError};
 use crate::token::keys::{JwkSet, KeySet};
-use crate::token::{AccessClaims, Keyring};
+use crate::token::{AccessClaims, Actor, Keyring, Party};
 
 /// Where an issuer's keys come from.
 #[derive(Clone, Debug)]
@@ -52,6 +52,9 @@ pub struct IssuerSpec {
     pub refresh_interval: Duration,
     /// Each assertion may be exchanged once: it must carry a `jti`, and a replay is refused.
     pub single_use: bool,
+    /// The longest an assertion may live (`exp - iat`, and `exp - now`), in seconds: longer-lived ones are
+    /// refused, and a subject revocation is kept at least this long, so it never ends before what it revokes.
+    pub max_assertion_lifetime: u64,
     /// A file holding a bearer token sent when fetching `jwks_url`, read at every fetch (a Kubernetes
     /// projected service-account token rotates): the API server's `/openid/v1/jwks` wants one.
     pub jwks_bearer_token_file: Option<PathBuf>,
@@ -91,7 +94,15 @@ pub enum TokenError {
     MissingClaim(&'static str),
     #[error("has a `typ` this issuer does not use")]
     WrongType,
+    #[error("lives longer than its issuer allows")]
+    TooLongLived,
 }
+
+/// The longest `sub` (of a subject, an actor or a `may_act` entry) accepted: what a revocation can name.
+pub const MAX_SUB_BYTES: usize = 512;
+/// How deep an upstream assertion's own `act` chain may nest, and how many `may_act` entries it may list.
+const MAX_UPSTREAM_ACT_DEPTH: usize = 16;
+const MAX_MAY_ACT_ENTRIES: usize = 16;
 
 /// An issuer's keys and the state of their reloading.
 struct Upstream {
@@ -133,12 +144,18 @@ pub enum Origin {
 pub struct Verified {
     pub origin: Origin,
     pub principal: Principal,
+    /// The party that holds the token and acts with it: its current actor when it names one (`act`), else its
+    /// subject. This is who an actor token makes the actor.
+    pub holder: Principal,
+    /// The token's own actor chain (RFC 8693 §4.1), every link qualified with an issuer.
+    pub act: Option<Actor>,
     pub exp: u64,
     pub iat: Option<u64>,
     /// The scopes the token carries, when it carries any (`scope` string or `scp` array).
     pub scopes: Option<Vec<String>>,
-    /// RFC 8693 §4.4 `may_act`: who may act for this subject, when the token says.
-    pub may_act: Option<Value>,
+    /// RFC 8693 §4.4 `may_act`: who may act for this subject, when the token says; an unqualified entry is of
+    /// the token's own issuer.
+    pub may_act: Option<Vec<Party>>,
     /// For a single-use assertion: the key that marks it spent, and until when it must be remembered.
     pub spend: Option<(String, u64)>,
 }
@@ -166,8 +183,8 @@ impl std::fmt::Debug for Issuers {
 
 /// The largest JWKS document fetched from a URL.
 const MAX_JWKS_BYTES: usize = 1 << 20;
-/// Own tokens are small; a larger one is not ours.
-const OWN_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Own tokens are small; a larger one is not ours (and none is minted larger).
+pub const MAX_OWN_TOKEN_BYTES: usize = 8 * 1024;
 
 impl Issuers {
     /// `initial` holds the keys of inline and file sources, loaded while the config was validated.
@@ -180,7 +197,7 @@ impl Issuers {
     ) -> Issuers {
         let mut by_iss = HashMap::new();
         let mut by_trust_domain = HashMap::new();
-        let mut max_token_bytes = OWN_MAX_TOKEN_BYTES;
+        let mut max_token_bytes = MAX_OWN_TOKEN_BYTES;
         let upstream = specs
             .into_iter()
             .enumerate()
@@ -228,22 +245,41 @@ impl Issuers {
         }
     }
 
-    /// Reloads each URL-sourced JWKS every `refresh_interval` of its issuer, until the returned tasks are
-    /// aborted.
+    /// Keeps sourced JWKS current until the returned tasks are aborted: each URL set is refetched every
+    /// `refresh_interval` of its issuer; each file is re-read every `min_refresh_interval` and reloaded when
+    /// its content changed, so a key withdrawn from the file stops verifying within that bound.
     pub fn spawn_refresh(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         (0..self.upstream.len())
-            .filter(|i| matches!(self.upstream[*i].spec.jwks, JwksSource::Url(_)))
-            .map(|i| {
+            .filter_map(|i| {
                 let this = Arc::clone(self);
-                tokio::spawn(async move {
-                    let up = &this.upstream[i];
-                    let mut tick = tokio::time::interval(up.spec.refresh_interval);
-                    tick.tick().await;
-                    loop {
+                match &self.upstream[i].spec.jwks {
+                    JwksSource::Inline(_) => None,
+                    JwksSource::Url(_) => Some(tokio::spawn(async move {
+                        let up = &this.upstream[i];
+                        let mut tick = tokio::time::interval(up.spec.refresh_interval.max(Duration::from_secs(1)));
                         tick.tick().await;
-                        this.reload(up).await;
+                        loop {
+                            tick.tick().await;
+                            this.reload(up).await;
+                        }
+                    })),
+                    JwksSource::File(path) => {
+                        let path = path.clone();
+                        Some(tokio::spawn(async move {
+                            let up = &this.upstream[i];
+                            let mut tick =
+                                tokio::time::interval(up.spec.min_refresh_interval.max(Duration::from_secs(1)));
+                            let mut seen = tokio::fs::read(&path).await.ok();
+                            loop {
+                                tick.tick().await;
+                                let now = tokio::fs::read(&path).await.ok();
+                                if now.is_some() && now != seen && this.reload(up).await {
+                                    seen = now;
+                                }
+                            }
+                        }))
                     }
-                })
+                }
             })
             .collect()
     }
@@ -313,14 +349,20 @@ impl Issuers {
         }
         let key = keys.find(kid, parsed.alg).ok_or(TokenError::UnknownKey)?;
         parsed.verify(key)?;
-        let exp = check_times(&claims, now, spec.leeway)?;
+        let exp = check_times(&claims, now, spec.leeway, spec.leeway)?;
+        let iat = claims.get("iat").and_then(Value::as_u64);
+        if exp.saturating_sub(now) > spec.max_assertion_lifetime
+            || iat.is_some_and(|iat| exp.saturating_sub(iat) > spec.max_assertion_lifetime)
+        {
+            return Err(TokenError::TooLongLived);
+        }
         if !audiences(&claims).any(|a| a == spec.audience) {
             return Err(TokenError::WrongAudience);
         }
         let sub = claims
             .get(&spec.subject_claim)
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty() && s.len() <= 512)
+            .filter(|s| is_revocable_name(s))
             .ok_or(TokenError::MissingClaim("sub"))?;
         let attributes = spec
             .attributes
@@ -336,7 +378,18 @@ impl Issuers {
             })
             .collect();
         let principal = Principal { issuer: spec.name.clone(), iss: spec.id(), sub: sub.to_string(), attributes };
-        let iat = claims.get("iat").and_then(Value::as_u64);
+        let act = match claims.get("act") {
+            None => None,
+            Some(v) => Some(upstream_act(v, &principal.iss, 1).ok_or(TokenError::MissingClaim("act"))?),
+        };
+        let may_act = match claims.get("may_act") {
+            None => None,
+            Some(v) => Some(upstream_may_act(v, &principal.iss).ok_or(TokenError::MissingClaim("may_act"))?),
+        };
+        let holder = match &act {
+            Some(a) => self.principal_of(&a.party(&principal.iss)),
+            None => principal.clone(),
+        };
         let spend = match spec.single_use {
             false => None,
             true => {
@@ -352,11 +405,37 @@ impl Issuers {
             spend,
             origin: Origin::Upstream,
             principal,
+            holder,
+            act,
             exp,
             iat,
             scopes: scopes(&claims)?,
-            may_act: claims.get("may_act").cloned(),
+            may_act,
         })
+    }
+
+    /// A party as policy sees it: its issuer's short name when the issuer is configured (the party's
+    /// attributes are not known: only a subject's are carried).
+    fn principal_of(&self, party: &Party) -> Principal {
+        let issuer = self.upstream.iter().map(|u| &u.spec).find(|s| s.id() == party.iss).map(|s| s.name.clone());
+        Principal {
+            issuer: issuer.unwrap_or_else(|| party.iss.clone()),
+            iss: party.iss.clone(),
+            sub: party.sub.clone(),
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    /// How long a revocation of a principal of issuer `iss` must be kept so that no assertion issued before
+    /// it can still be accepted: the issuer's maximum assertion lifetime plus its leeway.
+    pub fn assertion_retention(&self, iss: &str) -> u64 {
+        self.upstream
+            .iter()
+            .map(|u| &u.spec)
+            .filter(|s| s.id() == iss)
+            .map(|s| s.max_assertion_lifetime.saturating_add(s.leeway))
+            .max()
+            .unwrap_or(0)
     }
 
     fn route(&self, iss: Option<&str>, claims: &Map<String, Value>) -> Option<&Arc<Upstream>> {
@@ -379,8 +458,8 @@ impl Issuers {
         claims: Map<String, Value>,
         now: Option<u64>,
     ) -> Result<Verified, TokenError> {
-        if len > OWN_MAX_TOKEN_BYTES {
-            return Err(JwsError::Oversized(OWN_MAX_TOKEN_BYTES).into());
+        if len > MAX_OWN_TOKEN_BYTES {
+            return Err(JwsError::Oversized(MAX_OWN_TOKEN_BYTES).into());
         }
         if parsed.header.typ.as_deref() != Some("at+jwt") {
             return Err(TokenError::WrongType);
@@ -388,7 +467,9 @@ impl Issuers {
         let key = self.own_keys.find(parsed.header.kid.as_deref(), parsed.alg).ok_or(TokenError::UnknownKey)?;
         parsed.verify(key)?;
         if let Some(now) = now {
-            check_times(&claims, now, self.own_leeway)?;
+            // tessera's own `exp` is exact (RFC 7662: an expired token is inactive); only `nbf`/`iat` get the
+            // leeway, for replicas whose clocks differ a little.
+            check_times(&claims, now, 0, self.own_leeway)?;
         }
         let access: AccessClaims =
             serde_json::from_value(Value::Object(claims)).map_err(|_| TokenError::Jws(JwsError::MalformedClaims))?;
@@ -407,20 +488,26 @@ impl Issuers {
             attributes: access.sub_attrs.clone(),
         };
         let scopes = Some(access.scopes().map(str::to_string).collect());
+        let holder = match &access.act {
+            Some(a) => self.principal_of(&a.party(&access.sub_iss)),
+            None => principal.clone(),
+        };
         Ok(Verified {
             exp: access.exp,
             iat: Some(access.iat),
+            act: access.act.clone(),
+            may_act: access.may_act.clone(),
             origin: Origin::Broker(Box::new(access)),
             principal,
+            holder,
             scopes,
-            may_act: None,
             spend: None,
         })
     }
 
     /// Verifies the signature of one of tessera's own tokens, whatever its times (to revoke it).
     pub fn verify_own_ignoring_time(&self, token: &str) -> Result<Verified, TokenError> {
-        let parsed = jws::parse(token, OWN_MAX_TOKEN_BYTES)?;
+        let parsed = jws::parse(token, MAX_OWN_TOKEN_BYTES)?;
         let claims: Map<String, Value> =
             serde_json::from_slice(&parsed.payload).map_err(|_| JwsError::MalformedClaims)?;
         if claims.get("iss").and_then(Value::as_str) != Some(self.own_iss.as_str()) {
@@ -440,8 +527,49 @@ impl Issuers {
     }
 }
 
-/// Checks `exp` (required), `nbf` and `iat` (when present) with `leeway`; returns `exp`.
-fn check_times(claims: &Map<String, Value>, now: u64, leeway: u64) -> Result<u64, TokenError> {
+/// Whether `s` can name a principal (a `sub`) that a revocation can later name too.
+pub fn is_revocable_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_SUB_BYTES && !s.chars().any(char::is_control)
+}
+
+/// An upstream assertion's own `act` chain, each link qualified with `iss` when it names none; `None` when
+/// malformed or nested too deep.
+fn upstream_act(v: &Value, iss: &str, depth: usize) -> Option<Actor> {
+    if depth > MAX_UPSTREAM_ACT_DEPTH {
+        return None;
+    }
+    let sub = v.get("sub")?.as_str().filter(|s| is_revocable_name(s))?;
+    let own_iss = match v.get("iss") {
+        None => iss,
+        Some(i) => i.as_str().filter(|s| is_revocable_name(s))?,
+    };
+    let act = match v.get("act") {
+        None => None,
+        Some(inner) => Some(Box::new(upstream_act(inner, iss, depth + 1)?)),
+    };
+    Some(Actor { sub: sub.to_string(), iss: Some(own_iss.to_string()), act })
+}
+
+/// An upstream `may_act` (one object or a list of them), every entry qualified: an unqualified `sub` means
+/// the assertion's own issuer, since `sub` is unique only within its issuer. `None` when malformed.
+fn upstream_may_act(v: &Value, iss: &str) -> Option<Vec<Party>> {
+    let entry = |m: &Value| -> Option<Party> {
+        let sub = m.get("sub")?.as_str().filter(|s| is_revocable_name(s))?;
+        let iss = match m.get("iss") {
+            None => iss,
+            Some(i) => i.as_str().filter(|s| is_revocable_name(s))?,
+        };
+        Some(Party { iss: iss.to_string(), sub: sub.to_string() })
+    };
+    match v {
+        Value::Array(list) if list.len() <= MAX_MAY_ACT_ENTRIES => list.iter().map(entry).collect(),
+        Value::Object(_) => Some(vec![entry(v)?]),
+        _ => None,
+    }
+}
+
+/// Checks `exp` (required) with `exp_leeway`, and `nbf` and `iat` (when present) with `skew`; returns `exp`.
+fn check_times(claims: &Map<String, Value>, now: u64, exp_leeway: u64, skew: u64) -> Result<u64, TokenError> {
     let number = |name: &'static str| -> Result<Option<u64>, TokenError> {
         match claims.get(name) {
             None => Ok(None),
@@ -453,13 +581,13 @@ fn check_times(claims: &Map<String, Value>, now: u64, leeway: u64) -> Result<u64
         }
     };
     let exp = number("exp")?.ok_or(TokenError::MissingClaim("exp"))?;
-    if now >= exp.saturating_add(leeway) {
+    if now >= exp.saturating_add(exp_leeway) {
         return Err(TokenError::Expired);
     }
-    if number("nbf")?.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+    if number("nbf")?.is_some_and(|nbf| nbf > now.saturating_add(skew)) {
         return Err(TokenError::NotYetValid);
     }
-    if number("iat")?.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+    if number("iat")?.is_some_and(|iat| iat > now.saturating_add(skew)) {
         return Err(TokenError::IssuedInFuture);
     }
     Ok(exp)
@@ -549,14 +677,41 @@ mod tests {
     #[test]
     fn times_are_checked_with_leeway() {
         let c = |v: Value| v.as_object().cloned().unwrap();
-        assert_eq!(check_times(&c(serde_json::json!({"exp": 100})), 99, 0), Ok(100));
-        assert_eq!(check_times(&c(serde_json::json!({"exp": 100})), 100, 0), Err(TokenError::Expired));
-        assert_eq!(check_times(&c(serde_json::json!({"exp": 100})), 104, 5), Ok(100));
-        assert_eq!(check_times(&c(serde_json::json!({})), 1, 0), Err(TokenError::MissingClaim("exp")));
-        assert_eq!(check_times(&c(serde_json::json!({"exp": "soon"})), 1, 0), Err(TokenError::MissingClaim("exp")));
-        assert_eq!(check_times(&c(serde_json::json!({"exp": 100, "nbf": 60})), 50, 5), Err(TokenError::NotYetValid));
-        assert_eq!(check_times(&c(serde_json::json!({"exp": 100, "iat": 60})), 50, 5), Err(TokenError::IssuedInFuture));
-        assert_eq!(check_times(&c(serde_json::json!({"exp": 100, "iat": 52, "nbf": 52})), 50, 5), Ok(100));
+        assert_eq!(check_times(&c(serde_json::json!({"exp": 100})), 99, 0, 0), Ok(100));
+        assert_eq!(check_times(&c(serde_json::json!({"exp": 100})), 100, 0, 0), Err(TokenError::Expired));
+        assert_eq!(check_times(&c(serde_json::json!({"exp": 100})), 104, 5, 5), Ok(100));
+        assert_eq!(check_times(&c(serde_json::json!({"exp": 100})), 100, 0, 5), Err(TokenError::Expired), "exact exp");
+        assert_eq!(check_times(&c(serde_json::json!({})), 1, 0, 0), Err(TokenError::MissingClaim("exp")));
+        let soon = serde_json::json!({"exp": "soon"});
+        assert_eq!(check_times(&c(soon), 1, 0, 0), Err(TokenError::MissingClaim("exp")));
+        let early = serde_json::json!({"exp": 100, "nbf": 60});
+        assert_eq!(check_times(&c(early), 50, 5, 5), Err(TokenError::NotYetValid));
+        let future = serde_json::json!({"exp": 100, "iat": 60});
+        assert_eq!(check_times(&c(future), 50, 5, 5), Err(TokenError::IssuedInFuture));
+        assert_eq!(check_times(&c(serde_json::json!({"exp": 100, "iat": 52, "nbf": 52})), 50, 0, 5), Ok(100));
+    }
+
+    #[test]
+    fn upstream_act_and_may_act_are_qualified_with_the_assertion_issuer() {
+        let act =
+            upstream_act(&serde_json::json!({"sub": "a", "act": {"sub": "b", "iss": "https://x"}}), "https://k", 1);
+        let act = act.unwrap();
+        assert_eq!(act.party("?"), Party { iss: "https://k".into(), sub: "a".into() });
+        assert_eq!(act.act.as_ref().unwrap().party("?"), Party { iss: "https://x".into(), sub: "b".into() });
+        assert!(upstream_act(&serde_json::json!({"sub": "a\nb"}), "https://k", 1).is_none(), "control characters");
+        assert!(upstream_act(&serde_json::json!({"sub": 3}), "https://k", 1).is_none());
+        let mut deep = serde_json::json!({"sub": "z"});
+        for _ in 0..MAX_UPSTREAM_ACT_DEPTH {
+            deep = serde_json::json!({"sub": "z", "act": deep});
+        }
+        assert!(upstream_act(&deep, "https://k", 1).is_none(), "nested too deep");
+
+        let m = upstream_may_act(&serde_json::json!({"sub": "agent"}), "https://k").unwrap();
+        assert_eq!(m, vec![Party { iss: "https://k".into(), sub: "agent".into() }]);
+        let m = upstream_may_act(&serde_json::json!([{"sub": "a"}, {"sub": "b", "iss": "https://x"}]), "https://k");
+        assert_eq!(m.unwrap()[1], Party { iss: "https://x".into(), sub: "b".into() });
+        assert!(upstream_may_act(&serde_json::json!("agent"), "https://k").is_none());
+        assert!(upstream_may_act(&serde_json::json!([{"iss": "https://k"}]), "https://k").is_none());
     }
 
     #[test]

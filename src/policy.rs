@@ -105,7 +105,8 @@ impl Policy {
     #[tracing::instrument(name = "policy", skip_all, fields(scopes = scopes.len()))]
     pub fn allowed<'s>(&self, q: &Question<'_>, scopes: &[&'s str]) -> Result<Vec<&'s str>> {
         let mut entities = vec![self.principal_entity(q.principal)?];
-        if let Some(actor) = q.actor.filter(|a| *a != q.principal) {
+        // One entity per principal: an actor that is the subject under other tags must not make a duplicate.
+        if let Some(actor) = q.actor.filter(|a| (&a.iss, &a.sub) != (&q.principal.iss, &q.principal.sub)) {
             entities.push(self.principal_entity(actor)?);
         }
         let entities = Entities::from_entities(entities, Some(&self.schema))

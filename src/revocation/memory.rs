@@ -3,50 +3,79 @@
 //!
 //! Its [`RevocationList`] is also what a Redis mirror keeps in each replica.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
 use super::{Entry, Store, StoreError};
 
-/// A revocation list in memory: key → (revoked_at, expires_at).
+/// A revocation list in memory: key → (revoked_at, expires_at), with an index by expiry so every write
+/// forgets what has expired in time proportional to what expired, and the list stays as small as the live
+/// one however long the process runs.
 #[derive(Debug, Default)]
-pub struct RevocationList(HashMap<String, (u64, u64)>);
+pub struct RevocationList {
+    entries: HashMap<String, (u64, u64)>,
+    /// Keys by the expiry they were given. A key whose expiry was extended is also under its old expiry;
+    /// it is kept when that one comes due, and forgotten at its new one.
+    expiries: BTreeMap<u64, Vec<String>>,
+}
 
 impl RevocationList {
-    /// Records a revocation; neither its time nor its expiry ever moves back.
-    pub fn apply(&mut self, key: String, revoked_at: u64, expires_at: u64) {
-        let slot = self.0.entry(key).or_insert((revoked_at, expires_at));
+    /// Records a revocation; neither its time nor its expiry ever moves back. Forgets what expired by `now`.
+    pub fn apply(&mut self, key: String, revoked_at: u64, expires_at: u64, now: u64) {
+        self.prune(now);
+        if expires_at <= now {
+            return;
+        }
+        let slot = self.entries.entry(key.clone()).or_insert((revoked_at, 0));
         slot.0 = slot.0.max(revoked_at);
-        slot.1 = slot.1.max(expires_at);
+        if expires_at > slot.1 {
+            slot.1 = expires_at;
+            self.expiries.entry(expires_at).or_default().push(key);
+        }
     }
 
     /// `revoked_at` of each key still in force at `now`.
     pub fn lookup(&self, keys: &[String], now: u64) -> Vec<Option<u64>> {
-        keys.iter().map(|k| self.0.get(k).filter(|(_, exp)| *exp > now).map(|(at, _)| *at)).collect()
+        keys.iter().map(|k| self.entries.get(k).filter(|(_, exp)| *exp > now).map(|(at, _)| *at)).collect()
     }
 
     /// Records `key` unless it is already in force; returns whether it was new.
     pub fn claim(&mut self, key: &str, now: u64, expires_at: u64) -> bool {
-        match self.0.get(key) {
+        self.prune(now);
+        match self.entries.get(key) {
             Some((_, exp)) if *exp > now => false,
             _ => {
-                self.0.insert(key.to_string(), (now, expires_at));
+                self.apply(key.to_string(), now, expires_at.max(now + 1), now);
                 true
             }
         }
     }
 
-    /// Forgets entries whose tokens have all expired.
+    /// Forgets entries whose tokens have all expired by `now`.
     pub fn prune(&mut self, now: u64) {
-        self.0.retain(|_, (_, expires_at)| *expires_at > now);
+        while let Some(due) = self.expiries.first_entry() {
+            if *due.key() > now {
+                break;
+            }
+            for key in due.remove() {
+                if self.entries.get(&key).is_some_and(|(_, exp)| *exp <= now) {
+                    self.entries.remove(&key);
+                }
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries.is_empty()
+    }
+
+    /// Index entries, for tests that check the list stays bounded.
+    pub fn index_len(&self) -> usize {
+        self.expiries.values().map(Vec::len).sum()
     }
 }
 
@@ -76,10 +105,8 @@ fn poisoned<T>(_: T) -> StoreError {
 impl Store for MemoryStore {
     async fn revoke(&self, entries: &[Entry], now: u64) -> Result<(), StoreError> {
         let mut list = self.list.write().map_err(poisoned)?;
-        // Expired keys are dropped as new ones arrive, so the list stays as small as the live one.
-        list.prune(now);
         for e in entries {
-            list.apply(e.key.clone(), e.revoked_at, e.expires_at);
+            list.apply(e.key.clone(), e.revoked_at, e.expires_at, now);
         }
         Ok(())
     }
@@ -98,5 +125,52 @@ impl Store for MemoryStore {
         let found = list.lookup(keys, now);
         let fresh = claims.iter().map(|(key, expires_at)| list.claim(key, now, *expires_at)).collect();
         Ok((found, fresh))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spent_single_use_keys_are_forgotten_as_time_passes() {
+        // A compressed clock: a week of one single-use assertion spent per second, each remembered 60 s.
+        let store = MemoryStore::new();
+        let start = 1_800_000_000;
+        let mut most = 0;
+        for second in 0..(7 * 86_400u64) {
+            let now = start + second;
+            let claim = [(format!("used:{second}"), now + 60)];
+            let (_, fresh) = futures_executor(store.lookup_and_claim(&[], &claim, now)).unwrap();
+            assert_eq!(fresh, vec![true]);
+            most = most.max(store.len());
+        }
+        assert!(most <= 61, "the embedded store grew to {most} entries");
+        let list = store.list.read().unwrap();
+        assert!(list.index_len() <= 61, "the expiry index grew to {}", list.index_len());
+    }
+
+    #[test]
+    fn a_revocation_extended_later_is_kept_until_its_new_expiry() {
+        let mut list = RevocationList::default();
+        list.apply("k".into(), 10, 100, 10);
+        list.apply("k".into(), 20, 500, 20);
+        list.apply("other".into(), 20, 150, 20);
+        list.prune(200);
+        assert_eq!(list.lookup(&["k".into(), "other".into()], 200), vec![Some(20), None]);
+        assert_eq!(list.len(), 1);
+        list.prune(500);
+        assert!(list.is_empty() && list.index_len() == 0);
+    }
+
+    /// Runs a store future that never waits (the embedded store's never do).
+    fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the embedded store never waits"),
+        }
     }
 }

@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::Origin;
 use crate::policy::Principal;
 use crate::secret::Secret;
-use crate::token::AccessClaims;
+use crate::token::{AccessClaims, Party};
 
 /// Every revocation key starts with this; the hash tag keeps them in one Redis Cluster slot, so one lookup
 /// is one round trip to one node.
@@ -79,9 +79,10 @@ impl Entry {
     }
 }
 
-/// Reads `revoked_at` back from a stored value.
-pub fn revoked_at(value: &str) -> Option<u64> {
-    value.split_once('|').map_or(value, |(at, _)| at).parse().ok()
+/// Reads `revoked_at` back from a stored value. A present key is a revocation whatever its value: one that
+/// does not parse counts as revoked at the end of time, so it applies to every token (fail closed).
+pub fn revoked_at(value: &str) -> u64 {
+    value.split_once('|').map_or(value, |(at, _)| at).parse().unwrap_or(u64::MAX)
 }
 
 /// The store could not be reached or answered badly: callers fail closed.
@@ -166,26 +167,45 @@ impl Probe {
         self.issued_at.push(issued_at);
     }
 
-    /// Everything that can revoke a tessera token.
+    fn party(&mut self, p: &Party, issued_at: u64) {
+        self.push(Target::Subject { iss: p.iss.clone(), sub: p.sub.clone() }, Some(issued_at));
+    }
+
+    /// Everything that can revoke a tessera token: its `jti` and every ancestor's, its task and every task in
+    /// its lineage, its subject, every actor and every principal in its lineage, its client and every client
+    /// in its lineage. Principals and clients apply to tokens issued up to their revocation; a token is
+    /// issued after everything it derives from, so its own `iat` judges them all.
     pub fn token(&mut self, c: &AccessClaims) {
         self.push(Target::Jti(c.jti.clone()), None);
         for ancestor in &c.anc {
             self.push(Target::Jti(ancestor.clone()), None);
         }
         self.push(Target::Task(c.task_id.clone()), None);
-        self.push(Target::Subject { iss: c.sub_iss.clone(), sub: c.sub.clone() }, Some(c.iat));
+        for task in &c.lin.tasks {
+            self.push(Target::Task(task.clone()), None);
+        }
+        self.party(&c.subject(), c.iat);
         for actor in c.act.iter().flat_map(|a| a.chain()) {
-            if let Some(iss) = &actor.iss {
-                self.push(Target::Subject { iss: iss.clone(), sub: actor.sub.clone() }, Some(c.iat));
-            }
+            self.party(&actor.party(&c.sub_iss), c.iat);
+        }
+        for party in &c.lin.parties {
+            self.party(party, c.iat);
         }
         self.push(Target::Client(c.client_id.clone()), Some(c.iat));
+        for client in &c.lin.clients {
+            self.push(Target::Client(client.clone()), Some(c.iat));
+        }
     }
 
-    /// What can revoke an upstream assertion: its principal, for assertions issued before the revocation
-    /// (an assertion without `iat` counts as issued at the epoch: any revocation applies).
-    pub fn upstream(&mut self, principal: &Principal, iat: Option<u64>) {
-        self.push(Target::Subject { iss: principal.iss.clone(), sub: principal.sub.clone() }, Some(iat.unwrap_or(0)));
+    /// What can revoke an upstream assertion: its principal and every actor its own `act` names, for
+    /// assertions issued before the revocation (one without `iat` counts as issued at the epoch: any
+    /// revocation applies).
+    pub fn upstream(&mut self, principal: &Principal, act: Option<&crate::token::Actor>, iat: Option<u64>) {
+        let iat = iat.unwrap_or(0);
+        self.party(&Party { iss: principal.iss.clone(), sub: principal.sub.clone() }, iat);
+        for actor in act.iter().flat_map(|a| a.chain()) {
+            self.party(&actor.party(&principal.iss), iat);
+        }
     }
 
     pub fn task(&mut self, task_id: &str) {
@@ -226,12 +246,24 @@ pub struct Revoked {
 }
 
 const MAX_REASON_BYTES: usize = 256;
-const MAX_NAME_BYTES: usize = 512;
+const MAX_NAME_BYTES: usize = crate::issuer::MAX_SUB_BYTES;
 
 impl Broker {
     /// The longest any token can live: every revocation key outlives the tokens it can affect.
     fn max_token_lifetime(&self) -> u64 {
         self.catalog.max_ttl() + self.leeway
+    }
+
+    /// How long a revocation of `target` must be kept: as long as anything it can end may still be presented.
+    /// A subject's own assertions can outlive every tessera token; a revoked task id stays refused for the
+    /// configured retention, so it is not re-issued.
+    fn retention(&self, target: &Target) -> u64 {
+        let tokens = self.max_token_lifetime();
+        match target {
+            Target::Jti(_) | Target::Client(_) => tokens,
+            Target::Task(_) => tokens.max(self.task_revocation_retention),
+            Target::Subject { iss, .. } => tokens.max(self.issuers.assertion_retention(iss)),
+        }
     }
 
     /// Records a revocation; returns once the store acknowledged it. Idempotent.
@@ -248,12 +280,16 @@ impl Broker {
         outcome
     }
 
+    fn until(&self, target: Target, now: u64) -> (Target, u64) {
+        let until = now.saturating_add(self.retention(&target));
+        (target, until)
+    }
+
     async fn decide_revoke(&self, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
         if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
             return Err(Error::invalid_request(format!("reason must be at most {MAX_REASON_BYTES} bytes of text")));
         }
         let name_ok = |s: &str| !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.chars().any(char::is_control);
-        let until = now + self.max_token_lifetime();
         let mut task_id = None;
         let (target, expires_at) = match request {
             RevokeRequest::Token(token) => {
@@ -270,16 +306,16 @@ impl Broker {
                     Origin::Upstream => return Err(Error::invalid_request("token is not one of tessera's")),
                 }
             }
-            RevokeRequest::Jti(jti) if name_ok(&jti) => (Target::Jti(jti), until),
-            RevokeRequest::Task(task) if name_ok(&task) => (Target::Task(task), until),
+            RevokeRequest::Jti(jti) if name_ok(&jti) => self.until(Target::Jti(jti), now),
+            RevokeRequest::Task(task) if name_ok(&task) => self.until(Target::Task(task), now),
             RevokeRequest::Subject { issuer, sub } if name_ok(&sub) => {
                 let iss = self
                     .issuers
                     .issuer_id(&issuer)
                     .ok_or_else(|| Error::invalid_request("subject issuer is not a configured issuer"))?;
-                (Target::Subject { iss, sub }, until)
+                self.until(Target::Subject { iss, sub }, now)
             }
-            RevokeRequest::Client(id) if name_ok(&id) => (Target::Client(id), until),
+            RevokeRequest::Client(id) if name_ok(&id) => self.until(Target::Client(id), now),
             _ => return Err(Error::invalid_request("the revocation target is empty or malformed")),
         };
         let entry = Entry { key: target.key(), revoked_at: now, expires_at, reason: reason.to_string() };
@@ -305,6 +341,7 @@ mod tests {
         p.task("t");
         p.upstream(
             &Principal { issuer: "k".into(), iss: "https://k".into(), sub: "s".into(), attributes: Default::default() },
+            None,
             Some(100),
         );
         assert!(!p.revoked(&[None, None]));
@@ -316,8 +353,9 @@ mod tests {
     #[test]
     fn values_round_trip() {
         let e = Entry { key: "k".into(), revoked_at: 42, expires_at: 50, reason: "leaked|in a log".into() };
-        assert_eq!(revoked_at(&e.value()), Some(42));
-        assert_eq!(revoked_at("17"), Some(17));
-        assert_eq!(revoked_at("x|y"), None);
+        assert_eq!(revoked_at(&e.value()), 42);
+        assert_eq!(revoked_at("17"), 17);
+        assert_eq!(revoked_at("x|y"), u64::MAX, "a value that does not parse revokes everything");
+        assert_eq!(revoked_at(""), u64::MAX);
     }
 }

@@ -121,6 +121,31 @@ impl Handle {
 }
 
 impl Conn {
+    /// A lazily connecting connection to the configured Redis.
+    fn open(settings: &RedisSettings) -> Result<Conn, String> {
+        match &settings.backend {
+            Backend::Standalone(url) => {
+                let client = redis::Client::open(url.expose()).map_err(|e| format!("store.redis_url: {e}"))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(settings.timeout))
+                    .set_response_timeout(Some(settings.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+                Ok(Conn::Standalone(manager))
+            }
+            Backend::Cluster(nodes) => {
+                let client = ClusterClient::builder(nodes.iter().map(|n| n.expose().to_string()))
+                    .connection_timeout(settings.timeout)
+                    .response_timeout(settings.timeout)
+                    .retries(1)
+                    .build()
+                    .map_err(|e| format!("store.redis_cluster: {e}"))?;
+                Ok(Conn::Cluster(Arc::new((tokio::sync::OnceCell::new(), client))))
+            }
+        }
+    }
+
     async fn handle(&self) -> redis::RedisResult<Handle> {
         match self {
             Conn::Standalone(c) => Ok(Handle::Standalone(c.clone())),
@@ -147,9 +172,10 @@ struct Mirror {
 }
 
 impl Mirror {
-    fn apply(&self, key: String, revoked_at: u64, expires_at: u64) {
+    /// Applies one revocation, forgetting what expired by `now` (so the copy stays bounded between resyncs).
+    fn apply(&self, key: String, revoked_at: u64, expires_at: u64, now: u64) {
         if let Ok(mut list) = self.list.write() {
-            list.apply(key, revoked_at, expires_at);
+            list.apply(key, revoked_at, expires_at, now);
         }
     }
 
@@ -164,7 +190,10 @@ impl Mirror {
 }
 
 pub struct RedisStore {
+    /// The request path's connection: lookups, claims and revocations only.
     conn: Conn,
+    /// Everything else: the audit stream, heartbeats, mirror resyncs.
+    background: Conn,
     timeout: Duration,
     script: redis::Script,
     mirror: Option<Arc<Mirror>>,
@@ -204,30 +233,18 @@ impl RedisStore {
         settings: &RedisSettings,
         lag: Option<opentelemetry::metrics::Histogram<u64>>,
     ) -> Result<RedisStore, String> {
-        let (conn, pubsub_url) = match &settings.backend {
-            Backend::Standalone(url) => {
-                let client = redis::Client::open(url.expose()).map_err(|e| format!("store.redis_url: {e}"))?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(settings.timeout))
-                    .set_response_timeout(Some(settings.timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
-                (Conn::Standalone(manager), url.clone())
-            }
-            Backend::Cluster(nodes) => {
-                let client = ClusterClient::builder(nodes.iter().map(|n| n.expose().to_string()))
-                    .connection_timeout(settings.timeout)
-                    .response_timeout(settings.timeout)
-                    .retries(1)
-                    .build()
-                    .map_err(|e| format!("store.redis_cluster: {e}"))?;
-                let first = nodes.first().cloned().ok_or("store.redis_cluster: no nodes")?;
-                (Conn::Cluster(Arc::new((tokio::sync::OnceCell::new(), client))), first)
-            }
+        // Two connections: the request path's carries only lookups, claims and revocations; everything in
+        // the background (audit stream, heartbeats, resyncs) has its own, since a multiplexed connection is
+        // one ordered pipe and a queued background write would delay a lookup's reply.
+        let conn = Conn::open(settings)?;
+        let background = Conn::open(settings)?;
+        let pubsub_url = match &settings.backend {
+            Backend::Standalone(url) => url.clone(),
+            Backend::Cluster(nodes) => nodes.first().cloned().ok_or("store.redis_cluster: no nodes")?,
         };
         let mut store = RedisStore {
             conn,
+            background,
             timeout: settings.timeout,
             script: redis::Script::new(REVOKE_SCRIPT),
             mirror: None,
@@ -238,12 +255,12 @@ impl RedisStore {
             let client = redis::Client::open(pubsub_url.expose()).map_err(|e| e.to_string())?;
             store.tasks.push(tokio::spawn(follow(
                 client,
-                store.conn.clone(),
+                store.background.clone(),
                 Arc::clone(&mirror),
                 settings.timeout,
                 lag,
             )));
-            store.tasks.push(tokio::spawn(heartbeat(store.conn.clone(), m.heartbeat, settings.timeout)));
+            store.tasks.push(tokio::spawn(heartbeat(store.background.clone(), m.heartbeat, settings.timeout)));
             store.mirror = Some(mirror);
         }
         Ok(store)
@@ -256,7 +273,7 @@ impl RedisStore {
         mut events: tokio::sync::mpsc::Receiver<crate::audit::AuditEvent>,
         dropped: opentelemetry::metrics::Counter<u64>,
     ) {
-        let conn = self.conn.clone();
+        let conn = self.background.clone();
         let timeout = self.timeout;
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(256);
@@ -329,7 +346,7 @@ impl Store for RedisStore {
         // Apply locally at once, so this replica never lags its own revocations.
         if let Some(mirror) = &self.mirror {
             for e in entries {
-                mirror.apply(e.key.clone(), e.revoked_at, e.expires_at);
+                mirror.apply(e.key.clone(), e.revoked_at, e.expires_at, now);
             }
         }
         Ok(())
@@ -361,7 +378,7 @@ impl Store for RedisStore {
             Some(values) => redis::from_redis_value::<Vec<Option<String>>>(values)
                 .map_err(err)?
                 .iter()
-                .map(|v| v.as_deref().and_then(revoked_at))
+                .map(|v| v.as_deref().map(revoked_at))
                 .collect(),
             None => Vec::new(),
         };
@@ -380,7 +397,7 @@ impl Store for RedisStore {
         }
         let mut handle = self.with_timeout(self.conn.handle()).await?;
         let values: Vec<Option<String>> = self.with_timeout(handle.query(redis::cmd("MGET").arg(keys))).await?;
-        Ok(values.iter().map(|v| v.as_deref().and_then(revoked_at)).collect())
+        Ok(values.iter().map(|v| v.as_deref().map(revoked_at)).collect())
     }
 }
 
@@ -450,9 +467,11 @@ async fn follow_once(
         let mut parts = payload.splitn(5, '|');
         let published = match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("r"), Some(at), Some(exp), Some(ms), Some(key)) => {
-                if let (Ok(at), Ok(exp)) = (at.parse(), exp.parse()) {
-                    mirror.apply(key.to_string(), at, exp);
-                }
+                // A revocation announced with values that do not parse still revokes (fail closed); the next
+                // resync replaces it with what Redis holds.
+                let at = at.parse().unwrap_or(u64::MAX);
+                let exp = exp.parse().unwrap_or(u64::MAX);
+                mirror.apply(key.to_string(), at, exp, received / 1000);
                 ms.parse::<u64>().ok()
             }
             (Some("h"), Some(ms), ..) => ms.parse::<u64>().ok(),
@@ -482,8 +501,8 @@ async fn resync(conn: &Conn, mirror: &Mirror, timeout: Duration) -> Result<(), S
             let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
             let values: Vec<Option<String>> = handle.query(redis::cmd("MGET").arg(&keys)).await?;
             for ((key, expires_at), value) in chunk.iter().zip(values) {
-                if let Some(at) = value.as_deref().and_then(revoked_at) {
-                    fresh.apply(key.clone(), at, *expires_at as u64);
+                if let Some(value) = value.as_deref() {
+                    fresh.apply(key.clone(), revoked_at(value), *expires_at as u64, now);
                 }
             }
         }
@@ -494,4 +513,27 @@ async fn resync(conn: &Conn, mirror: &Mirror, timeout: Duration) -> Result<(), S
         *list = fresh;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_forgets_expired_revocations_between_resyncs() {
+        // A compressed clock: a week of one revocation per second, each affecting tokens for five minutes.
+        let mirror = Mirror { max_staleness_ms: 1_000, ..Mirror::default() };
+        let start = 1_800_000_000;
+        let mut most = 0;
+        for second in 0..(7 * 86_400u64) {
+            let now = start + second;
+            mirror.apply(format!("{{tessera}}:rev:jti:{second}"), now, now + 300, now);
+            most = most.max(mirror.list.read().map_or(0, |l| l.len()));
+        }
+        assert!(most <= 301, "the mirror grew to {most} entries");
+        assert_eq!(
+            mirror.lookup(&[format!("{{tessera}}:rev:jti:{}", 7 * 86_400 - 1)], start + 7 * 86_400),
+            Some(vec![Some(start + 7 * 86_400 - 1)])
+        );
+    }
 }

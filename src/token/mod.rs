@@ -33,6 +33,50 @@ impl Actor {
     pub fn chain(&self) -> impl Iterator<Item = &Actor> {
         std::iter::successors(Some(self), |a| a.act.as_deref())
     }
+
+    /// This actor as a party; an actor without `iss` is of `default_iss` (the token's own issuer).
+    pub fn party(&self, default_iss: &str) -> Party {
+        Party { iss: self.iss.clone().unwrap_or_else(|| default_iss.to_string()), sub: self.sub.clone() }
+    }
+}
+
+/// A principal named by its issuer and `sub`: `sub` is unique only within its issuer, so a party is always
+/// both. How actors, `may_act` entries and lineage principals are compared and revoked.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Party {
+    pub iss: String,
+    pub sub: String,
+}
+
+/// What a token derives from beyond its own `sub`, `act`, task and client: the tasks, principals and clients
+/// of every token in its history (an actor token's included), so that revoking any of them ends this token
+/// too, and the delegation depth counted over actor tokens' chains.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The delegation depth when it exceeds what `act` shows (an actor token brought its own chain).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parties: Vec<Party>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl Lineage {
+    pub fn is_empty(&self) -> bool {
+        self.depth == 0 && self.tasks.is_empty() && self.parties.is_empty() && self.clients.is_empty()
+    }
+
+    /// How many revocation keys the lineage adds to a lookup.
+    pub fn len(&self) -> usize {
+        self.tasks.len() + self.parties.len() + self.clients.len()
+    }
 }
 
 /// The claims of a tessera access token.
@@ -63,6 +107,13 @@ pub struct AccessClaims {
     /// The `jti`s of the tessera tokens this one derives from, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anc: Vec<String>,
+    /// RFC 8693 §4.4, carried: who may act for this token's subject, as qualified parties. It travels with
+    /// every derived token and only ever narrows; `Some(empty)` means nobody may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<Vec<Party>>,
+    /// The rest of the token's history, for cascade revocation and the depth bound.
+    #[serde(default, skip_serializing_if = "Lineage::is_empty")]
+    pub lin: Lineage,
 }
 
 impl AccessClaims {
@@ -70,9 +121,15 @@ impl AccessClaims {
         self.scope.split_ascii_whitespace()
     }
 
-    /// The delegation depth: how many actors the `act` chain names.
+    /// The delegation depth: how many actors the `act` chain names, or more when an actor token brought a
+    /// chain of its own.
     pub fn depth(&self) -> usize {
-        self.act.as_ref().map_or(0, Actor::depth)
+        self.act.as_ref().map_or(0, Actor::depth).max(self.lin.depth)
+    }
+
+    /// The subject principal.
+    pub fn subject(&self) -> Party {
+        Party { iss: self.sub_iss.clone(), sub: self.sub.clone() }
     }
 }
 
@@ -156,6 +213,13 @@ mod tests {
             sub_iss: "https://k8s".into(),
             sub_attrs: Default::default(),
             anc: vec![],
+            may_act: Some(vec![Party { iss: "https://k8s".into(), sub: "spiffe://a/b".into() }]),
+            lin: Lineage {
+                depth: 3,
+                tasks: vec!["t0".into()],
+                parties: vec![Party { iss: "https://k8s".into(), sub: "x".into() }],
+                clients: vec!["c0".into()],
+            },
         }
     }
 
@@ -175,7 +239,7 @@ mod tests {
             parsed.verify(key).unwrap();
             let back: AccessClaims = serde_json::from_slice(&parsed.payload).unwrap();
             assert_eq!(back, claims());
-            assert_eq!(back.depth(), 2);
+            assert_eq!(back.depth(), 3, "the lineage's depth counts when larger than act's");
         }
     }
 

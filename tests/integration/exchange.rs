@@ -189,7 +189,7 @@ async fn may_act_names_who_may_act() {
         req.actor_token_type = JWT.into();
         req
     };
-    let allowed = with_may_act(json!({ "sub": SPIFFE_AGENT }));
+    let allowed = with_may_act(json!({ "sub": SPIFFE_AGENT, "iss": "spiffe://agents.example.org" }));
     assert!(client.exchange_token(allowed).await.is_ok());
     let refused = with_may_act(json!({ "sub": "spiffe://agents.example.org/ns/agents/sa/someone-else" }));
     let token = refused.subject_token.clone();

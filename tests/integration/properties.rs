@@ -24,7 +24,7 @@ struct Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (0..4usize, proptest::collection::vec(0..4usize, 0..4), proptest::option::of(0..3usize), 0..400u32, 0..20u64)
+    (0..4usize, proptest::collection::vec(0..4usize, 0..4), proptest::option::of(0..4usize), 0..400u32, 0..20u64)
         .prop_map(|(target, scopes, actor, requested_ttl, advance)| Step {
             target,
             scopes,
@@ -55,7 +55,15 @@ fn actor_token(i: usize) -> (String, &'static str) {
     match i {
         0 => (spiffe_assertion(3600), SPIFFE_AGENT),
         1 => (github_assertion(3600), "repo:octo-org/agent-fleet:ref:refs/heads/main"),
-        _ => (k8s_assertion(3600), ORCHESTRATOR),
+        2 => (k8s_assertion(3600), ORCHESTRATOR),
+        _ => {
+            let mut c = claims("kubernetes", 3600);
+            c["sub"] = "system:serviceaccount:agents:summariser".into();
+            (
+                Signer::rs256("kubernetes.key.pem").token(&kid("kubernetes.jwks.json"), &c),
+                "system:serviceaccount:agents:summariser",
+            )
+        }
     }
 }
 
@@ -142,8 +150,11 @@ proptest! {
                     subject = (issued.access_token.expose().to_string(), Some(c));
                 }
                 Err(e) => {
+                    // The subject acting for itself (the orchestrator's own assertion as the actor) is refused.
+                    let self_acting = actor.as_ref().is_some_and(|(_, sub)| *sub == ORCHESTRATOR);
                     prop_assert!(
-                        matches!(e.code, ErrorCode::InvalidScope | ErrorCode::InvalidTarget | ErrorCode::InvalidGrant),
+                        matches!(e.code, ErrorCode::InvalidScope | ErrorCode::InvalidTarget | ErrorCode::InvalidGrant)
+                            || (self_acting && e.code == ErrorCode::InvalidRequest),
                         "unexpected refusal {:?}", e
                     );
                     // A refusal is explained by an invariant, the policy, or the subject's lifetime.
@@ -152,7 +163,8 @@ proptest! {
                         || (!scopes.is_empty() && scopes.iter().all(|s| *s == "crm:export"));
                     let expired = parent.map_or(upstream_exp, |p| p.exp) <= now;
                     prop_assert!(
-                        !within || hop || catalogued.is_empty() || depth > 3 || chain > 5 || policy_refuses_all || expired,
+                        !within || hop || catalogued.is_empty() || depth > 3 || chain > 5 || policy_refuses_all || expired
+                            || self_acting,
                         "refused a request the invariants allow: {:?} {:?}", scopes, e
                     );
                 }

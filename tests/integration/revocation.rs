@@ -409,3 +409,254 @@ async fn a_redis_cluster_of_three_masters_works_the_same() {
     assert!(!active(&b, &tokens[0]).await);
     assert!(eventually(Duration::from_secs(3), async || !active(&m, &tokens[0]).await).await);
 }
+
+/// The domain functions at a chosen `now`, for a compressed clock.
+mod at {
+    use tessera::error::ErrorCode;
+    use tessera::grpc::pb;
+    use tessera::revocation::RevokeRequest;
+
+    use crate::support::*;
+
+    pub async fn exchange(
+        broker: &tessera::Broker,
+        r: pb::ExchangeTokenRequest,
+        now: u64,
+    ) -> Result<String, ErrorCode> {
+        let issued = broker.exchange(&local_client(broker), r.into(), now).await.map_err(|e| e.code)?;
+        Ok(issued.access_token.expose().to_string())
+    }
+
+    pub async fn revoke(broker: &tessera::Broker, target: RevokeRequest, now: u64) -> u64 {
+        broker.revoke(&local_client(broker), target, "test", now).await.expect("revoke").expires_at
+    }
+}
+
+#[tokio::test]
+async fn assertions_longer_lived_than_their_issuer_allows_are_refused() {
+    let issuers = default_issuers_toml().replacen(
+        "algorithms = [\"RS256\"]",
+        "algorithms = [\"RS256\"]\nmax_assertion_lifetime = 7200",
+        1,
+    );
+    let broker = TestBroker::builder().issuers_toml(&issuers).start().await;
+    assert!(exchange(&broker, &k8s_assertion(7200), CRM, "crm:read", None).await.is_ok());
+    let too_long = k8s_assertion(7201);
+    let refused = exchange(&broker, &too_long, CRM, "crm:read", None).await;
+    let status = assert_refused(refused.map(tonic::Response::new), Code::Unauthenticated, "invalid_grant", &too_long);
+    assert!(status.message().contains("longer than its issuer allows"), "{}", status.message());
+    // Without `iat`, `exp - now` is what counts; the default bound is 24 h.
+    let mut no_iat = claims("github", 86_400 + 60);
+    no_iat.as_object_mut().unwrap().remove("iat");
+    let no_iat = Signer::rs256("github.key.pem").token(&kid("github.jwks.json"), &no_iat);
+    let refused = exchange(&broker, &no_iat, OTHER, "other:read", None).await;
+    assert_refused(refused.map(tonic::Response::new), Code::Unauthenticated, "invalid_grant", &no_iat);
+}
+
+#[tokio::test]
+async fn a_subject_revocation_lasts_as_long_as_the_subjects_assertions() {
+    let issuers = default_issuers_toml().replacen(
+        "algorithms = [\"RS256\"]",
+        "algorithms = [\"RS256\"]\nmax_assertion_lifetime = 7200",
+        1,
+    );
+    let (broker, _, _dir) = TestBroker::builder().issuers_toml(&issuers).build().await;
+    let now = now();
+    let assertion = k8s_assertion(7200);
+    let subject = tessera::revocation::RevokeRequest::Subject { issuer: "kubernetes".into(), sub: ORCHESTRATOR.into() };
+    let expires_at = at::revoke(&broker, subject, now).await;
+    assert!(expires_at >= now + 7200, "the subject revocation ends at {expires_at}, before the assertion does");
+    // Long after every tessera token has expired (the catalog's longest lifetime is 1800 s), the revoked
+    // subject's assertion is still refused.
+    for later in [now + 1_900, now + 7_100] {
+        let refused = at::exchange(&broker, request(&assertion, CRM, "crm:read"), later).await;
+        assert_eq!(refused, Err(tessera::ErrorCode::InvalidGrant), "accepted again at now + {}", later - now);
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_task_id_is_not_issued_again_within_the_retention() {
+    let (broker, _, _dir) = TestBroker::builder().build().await;
+    let now = now();
+    let task = tessera::revocation::RevokeRequest::Task("task-42".into());
+    let expires_at = at::revoke(&broker, task, now).await;
+    assert!(expires_at >= now + 86_400, "a task revocation is kept 24 h by default, not until {expires_at}");
+    let assertion = k8s_assertion(7200);
+    for later in [now + 10, now + 1_900, now + 7_000] {
+        let refused = at::exchange(&broker, request(&assertion, CRM, "crm:read"), later).await;
+        assert_eq!(refused, Err(tessera::ErrorCode::InvalidGrant), "task-42 issued again at now + {}", later - now);
+    }
+    let mut other = request(&assertion, CRM, "crm:read");
+    other.task_id = "task-43".into();
+    assert!(at::exchange(&broker, other, now + 10).await.is_ok());
+
+    let (broker, _, _dir) = TestBroker::builder().broker_toml("task_revocation_retention = 200000").build().await;
+    let expires_at = at::revoke(&broker, tessera::revocation::RevokeRequest::Task("t".into()), now).await;
+    assert!(expires_at >= now + 200_000);
+}
+
+#[tokio::test]
+async fn a_tessera_token_is_inactive_from_its_exp_on() {
+    let (broker, _, _dir) = TestBroker::builder().broker_toml("leeway = 30").build().await;
+    let now = now();
+    let token = at::exchange(&broker, request(&k8s_assertion(600), CRM, "crm:read"), now).await.unwrap();
+    let exp = decode(&token).exp;
+    let client = local_client(&broker);
+    let introspect = async |at: u64| {
+        let answer = broker.introspect(&client, &tessera::secret::Secret::new(token.clone()), at).await.unwrap();
+        matches!(answer, tessera::introspect::Introspection::Active(_))
+    };
+    assert!(introspect(exp - 1).await);
+    assert!(!introspect(exp).await, "RFC 7662: an expired token is inactive, whatever the leeway");
+    assert!(!introspect(exp + 10).await);
+    let again = at::exchange(&broker, request(&token, CRM, "crm:read"), exp).await;
+    assert_eq!(again, Err(tessera::ErrorCode::InvalidGrant));
+}
+
+#[test]
+fn leeways_are_bounded_in_config() {
+    for (builder, expected) in [
+        (TestBroker::builder().broker_toml("leeway = 61"), "broker.leeway"),
+        (
+            TestBroker::builder().issuers_toml(&default_issuers_toml().replacen(
+                "algorithms = [\"RS256\"]",
+                "algorithms = [\"RS256\"]\nleeway = 61",
+                1,
+            )),
+            "`leeway` over 60",
+        ),
+        (
+            TestBroker::builder().issuers_toml(&default_issuers_toml().replacen(
+                "algorithms = [\"RS256\"]",
+                "algorithms = [\"RS256\"]\nmax_assertion_lifetime = 10",
+                1,
+            )),
+            "max_assertion_lifetime",
+        ),
+        (TestBroker::builder().broker_toml("task_revocation_retention = 0"), "task_revocation_retention"),
+    ] {
+        let dir = builder.write_config();
+        let errors = tessera::config::ConfigBuilder::load(&dir.path().join("tessera.toml"))
+            .and_then(|b| b.build(dir.path()))
+            .expect_err("the config must be refused");
+        assert!(errors.to_string().contains(expected), "{errors}");
+    }
+}
+
+#[tokio::test]
+async fn a_present_revocation_key_revokes_whatever_its_value() {
+    let redis = RedisServer::start();
+    let signing_key = shared_signing_key();
+    let strict = TestBroker::builder().signing_key(&signing_key).redis(&redis.url(), "strict").start().await;
+    let token = exchange(&strict, &k8s_assertion(600), CRM, "crm:read", None).await.unwrap();
+    let key = |token: &str| format!("{{tessera}}:rev:jti:{}", decode(token).jti);
+    redis.cmd(&["SET", &key(&token), "not a revocation time"]);
+    assert!(!active(&strict, &token).await, "strict lookups");
+    assert!(exchange(&strict, &token, CRM, "crm:read", None).await.is_err());
+
+    // A mirror resyncs the same value at start, and must read it the same way.
+    let resynced = exchange(&strict, &k8s_assertion(600), CRM, "crm:read", None).await.unwrap();
+    let heard = exchange(&strict, &k8s_assertion(600), CRM, "crm:read", None).await.unwrap();
+    redis.cmd(&["SET", &key(&resynced), "garbage", "EX", "600"]);
+    redis.cmd(&["ZADD", "{tessera}:rev-index", &(now() + 600).to_string(), &key(&resynced)]);
+    let mirror = TestBroker::builder().signing_key(&signing_key).redis(&redis.url(), "mirror").start().await;
+    let trusted = || match mirror.broker.revocations() {
+        tessera::revocation::Revocations::Redis(s) => s.mirror_trusted() == Some(true),
+        tessera::revocation::Revocations::Memory(_) => false,
+    };
+    assert!(eventually(Duration::from_secs(10), async || trusted()).await, "the mirror did not sync");
+    assert!(!active(&mirror, &resynced).await, "a resynced value that does not parse counts as revoked");
+    assert!(active(&mirror, &heard).await);
+    // And an announcement whose times do not parse still revokes.
+    let message = format!("r|soon|later|{}|{}", now() * 1000, key(&heard));
+    redis.cmd(&["PUBLISH", "{tessera}:revocations", &message]);
+    assert!(
+        eventually(Duration::from_secs(5), async || trusted() && !active(&mirror, &heard).await).await,
+        "a malformed announcement was ignored"
+    );
+}
+
+#[tokio::test]
+async fn an_absurd_exp_on_a_single_use_assertion_is_invalid_grant_not_a_store_failure() {
+    let redis = RedisServer::start();
+    let single_use =
+        default_issuers_toml().replacen("algorithms = [\"RS256\"]", "algorithms = [\"RS256\"]\nsingle_use = true", 1);
+    let broker = TestBroker::builder().issuers_toml(&single_use).redis(&redis.url(), "strict").start().await;
+    for exp in [serde_json::json!(1e300), serde_json::json!(9_223_372_036_854_775_808u64), serde_json::json!(u64::MAX)]
+    {
+        let mut c = claims("kubernetes", 600);
+        c["exp"] = exp;
+        let assertion = Signer::rs256("kubernetes.key.pem").token(&kid("kubernetes.jwks.json"), &c);
+        let refused = exchange(&broker, &assertion, CRM, "crm:read", None).await;
+        assert_refused(refused.map(tonic::Response::new), Code::Unauthenticated, "invalid_grant", &assertion);
+    }
+    // The store was never at fault: a sane assertion still goes through.
+    assert!(exchange(&broker, &k8s_assertion(600), CRM, "crm:read", None).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_key_withdrawn_from_a_jwks_file_stops_verifying() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("kubernetes.jwks.json");
+    std::fs::copy(fixtures().join("kubernetes.jwks.json"), &jwks).unwrap();
+    let issuer = format!(
+        r#"
+[[issuers]]
+name = "kubernetes"
+issuer = "{K8S_ISS}"
+jwks_file = "{}"
+algorithms = ["RS256"]
+min_refresh_interval = 1
+attributes = {{ namespace = "/kubernetes.io/namespace" }}
+"#,
+        jwks.display()
+    );
+    let broker = TestBroker::builder().issuers_toml(&issuer).start().await;
+    assert!(exchange(&broker, &k8s_assertion(600), CRM, "crm:read", None).await.is_ok());
+    // The issuer rotates: the file now holds only another key. No token names an unknown kid.
+    std::fs::write(&jwks, std::fs::read(fixtures().join("github.jwks.json")).unwrap()).unwrap();
+    let withdrawn = eventually(Duration::from_secs(10), async || {
+        exchange(&broker, &k8s_assertion(600), CRM, "crm:read", None).await.is_err()
+    })
+    .await;
+    assert!(withdrawn, "a key withdrawn from the jwks_file still verifies");
+    let refused = exchange(&broker, &k8s_assertion(600), CRM, "crm:read", None).await;
+    assert_refused(refused.map(tonic::Response::new), Code::Unauthenticated, "invalid_grant", "");
+}
+
+#[tokio::test]
+async fn the_request_paths_redis_connection_carries_no_background_writes() {
+    use std::io::BufRead as _;
+    let redis = RedisServer::start();
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli (bash scripts/test installs redis-tools)");
+    let stdout = monitor.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || std::io::BufReader::new(stdout).lines().map_while(Result::ok).collect());
+    let broker = TestBroker::builder().redis(&redis.url(), "strict").start().await;
+    for _ in 0..5 {
+        let token = exchange(&broker, &k8s_assertion(600), CRM, "crm:read", None).await.unwrap();
+        assert!(active(&broker, &token).await);
+    }
+    let appended = eventually(Duration::from_secs(10), async || {
+        redis.cmd(&["XLEN", "{tessera}:audit"]).parse::<u64>().is_ok_and(|n| n >= 10)
+    })
+    .await;
+    assert!(appended, "audit events did not reach the stream");
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let lines: Vec<String> = lines.join().unwrap();
+    // `<time> [<db> <client address>] "COMMAND" …`
+    let by_command = |command: &str| -> std::collections::BTreeSet<String> {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!("] \"{command}\"")))
+            .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.to_string()))
+            .collect()
+    };
+    let (lookups, writes) = (by_command("MGET"), by_command("XADD"));
+    assert!(!lookups.is_empty() && !writes.is_empty(), "{lookups:?} {writes:?}");
+    assert!(lookups.is_disjoint(&writes), "lookups {lookups:?} share a connection with audit writes {writes:?}");
+}
