@@ -178,7 +178,7 @@ impl Audit {
             Ok(issued) => {
                 e.decision = "granted".into();
                 e.audience = issued.claims.aud.clone();
-                e.scope_granted = issued.claims.scope.clone();
+                e.scope_granted = issued.claims.scope.to_string();
                 e.task_id = issued.claims.task_id.clone();
                 e.jti = issued.claims.jti.clone();
                 e.exp = issued.claims.exp;
@@ -207,7 +207,7 @@ impl Audit {
                     .map(|a| a.chain().map(|a| a.sub.as_str()).collect::<Vec<_>>().join(" > "))
                     .unwrap_or_default();
                 e.audience = c.aud.clone();
-                e.scope_granted = c.scope.clone();
+                e.scope_granted = c.scope.to_string();
                 e.task_id = c.task_id.clone();
                 e.jti = c.jti.clone();
                 e.exp = c.exp;

@@ -3,11 +3,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::scopes::Scopes;
+
 /// One downstream API (a tool, an agent, a gateway) as the catalog describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Audience {
     pub id: String,
-    pub scopes: BTreeSet<String>,
+    pub scopes: Scopes,
     /// Upper bound on `exp - iat` of any token for this audience, in seconds.
     pub max_ttl: u64,
     /// Clients that may introspect this audience's tokens; empty: any client allowed to introspect.
@@ -48,7 +50,7 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(audiences: Vec<Audience>, broker_id: String, task_token_max_ttl: u64) -> Catalog {
-        let all_scopes = audiences.iter().flat_map(|a| a.scopes.iter().cloned()).collect();
+        let all_scopes = audiences.iter().flat_map(|a| a.scopes.iter().map(str::to_string)).collect();
         let audiences = audiences.into_iter().map(|a| (a.id.clone(), a)).collect();
         Catalog { audiences, broker_id, task_token_max_ttl, all_scopes }
     }
@@ -99,13 +101,13 @@ mod tests {
     fn catalog() -> Catalog {
         let crm = Audience {
             id: "https://crm.example".into(),
-            scopes: ["crm:read".into()].into(),
+            scopes: Scopes::parse("crm:read").unwrap(),
             max_ttl: 300,
             introspect_clients: ["gateway".into()].into(),
         };
         let mail = Audience {
             id: "https://mail.example".into(),
-            scopes: ["mail:send".into()].into(),
+            scopes: Scopes::parse("mail:send").unwrap(),
             max_ttl: 60,
             introspect_clients: Default::default(),
         };

@@ -17,6 +17,7 @@ use crate::client::{Client, Rpc, parse_sha256_hex};
 use crate::issuer::{IssuerSpec, JwksSource};
 use crate::policy::{DEFAULT_POLICY, Policy};
 use crate::revocation::redis::{Backend, MirrorSettings, RedisSettings};
+use crate::scopes::Scopes;
 use crate::secret::Secret;
 use crate::token::jws::Algorithm;
 use crate::token::keys::{JwkSet, KeySet, SigningKey};
@@ -360,8 +361,10 @@ impl ConfigBuilder {
             if a.id == broker_id {
                 problems.push(format!("{at}: the broker itself is not a catalogued audience"));
             }
-            if a.scopes.is_empty() || a.scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
-                problems.push(format!("{at}: `scopes` must be a non-empty list of scope tokens"));
+            // The one scope rule (RFC 6749 §3.3 characters): a catalogued scope is one a request can name.
+            let scopes = Scopes::from_tokens(&a.scopes).unwrap_or_default();
+            if scopes.is_empty() {
+                problems.push(format!("{at}: `scopes` must be a non-empty list of scope tokens (RFC 6749 §3.3)"));
             }
             let max_ttl = a.max_ttl.unwrap_or(300);
             if max_ttl == 0 || max_ttl > 86_400 {
@@ -372,7 +375,7 @@ impl ConfigBuilder {
             }
             audiences.push(Audience {
                 id: a.id,
-                scopes: a.scopes.into_iter().collect(),
+                scopes,
                 max_ttl,
                 introspect_clients: a.introspect_clients.into_iter().collect(),
             });

@@ -16,6 +16,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Origin, Verified};
 use crate::policy::Question;
 use crate::revocation::Probe;
+use crate::scopes::Scopes;
 use crate::secret::Secret;
 use crate::token::{AccessClaims, Actor, Lineage, Party, new_jti};
 
@@ -24,10 +25,7 @@ pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:acce
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 
-/// Input bounds: anything larger is refused before any work is done on it.
-pub const MAX_SCOPE_BYTES: usize = 1024;
-pub const MAX_SCOPES: usize = 32;
-pub const MAX_SCOPE_TOKEN_BYTES: usize = 128;
+/// Input bounds: anything larger is refused before any work is done on it (scopes: [`crate::scopes`]).
 pub const MAX_ID_BYTES: usize = 128;
 pub const MAX_PURPOSE_BYTES: usize = 256;
 pub const MAX_TARGET_BYTES: usize = 512;
@@ -58,7 +56,7 @@ pub struct ExchangeRequest {
 pub struct Issued {
     pub access_token: Secret,
     pub expires_in: u64,
-    pub scope: String,
+    pub scope: Scopes,
     pub claims: AccessClaims,
 }
 
@@ -74,7 +72,7 @@ impl Broker {
     }
 
     async fn decide(&self, client: &Client, req: &ExchangeRequest, now: u64, trail: &mut Trail) -> Result<Issued> {
-        check_shape(req)?;
+        let requested = check_shape(req)?;
         let target_id = single_target(req)?;
         let subject = self
             .issuers
@@ -116,7 +114,7 @@ impl Broker {
             subject_is_tessera_token: parent.is_some(),
             task_token: matches!(target, Target::Broker { .. }),
         };
-        let scope = self.grant_scopes(req, target, &subject, &question)?;
+        let scope = self.grant_scopes(&requested, target, &subject, &question)?;
         let exp = expiry(now, &subject, actor.as_ref(), target, req.requested_expires_in)?;
         let claims = AccessClaims {
             iss: self.issuer_id.clone(),
@@ -268,35 +266,29 @@ impl Broker {
     /// that policy declines is left out of the grant, and the response's `scope` says what was granted.
     fn grant_scopes(
         &self,
-        req: &ExchangeRequest,
+        requested: &Scopes,
         target: Target<'_>,
         subject: &Verified,
         q: &Question<'_>,
-    ) -> Result<String> {
-        let mut requested: Vec<&str> = Vec::new();
-        for scope in req.scope.split_ascii_whitespace() {
-            if !requested.contains(&scope) {
-                requested.push(scope);
-            }
-        }
+    ) -> Result<Scopes> {
         if requested.is_empty() {
             return Err(Error::invalid_scope("scope is required"));
         }
-        for scope in &requested {
+        for scope in requested.iter() {
             if !self.catalog.has_scope(target, scope) {
                 return Err(Error::invalid_scope(format!("scope `{scope}` is not offered for this audience")));
             }
             if let Some(held) = &subject.scopes
-                && !held.iter().any(|h| h == scope)
+                && !held.contains(scope)
             {
                 return Err(Error::invalid_scope(format!("scope `{scope}` is not held by the subject token")));
             }
         }
-        let granted = self.policy.allowed(q, &requested)?;
+        let granted = self.policy.allowed(q, requested)?;
         if granted.is_empty() {
             return Err(Error::invalid_scope("policy grants none of the requested scopes"));
         }
-        Ok(granted.join(" "))
+        Ok(granted)
     }
 }
 
@@ -400,7 +392,8 @@ fn single_target(req: &ExchangeRequest) -> Result<&str> {
     target.ok_or_else(|| Error::invalid_request("audience or resource is required"))
 }
 
-fn check_shape(req: &ExchangeRequest) -> Result<()> {
+/// Refuses a malformed request before any token is looked at; returns the requested scopes, parsed.
+fn check_shape(req: &ExchangeRequest) -> Result<Scopes> {
     if req.grant_type != GRANT_TYPE_TOKEN_EXCHANGE {
         return Err(Error::new(ErrorCode::UnsupportedGrantType, "grant_type must be token-exchange"));
     }
@@ -423,12 +416,7 @@ fn check_shape(req: &ExchangeRequest) -> Result<()> {
         }
         _ => {}
     }
-    if req.scope.len() > MAX_SCOPE_BYTES || req.scope.split_ascii_whitespace().count() > MAX_SCOPES {
-        return Err(Error::invalid_scope("scope is too long"));
-    }
-    if req.scope.split_ascii_whitespace().any(|s| s.len() > MAX_SCOPE_TOKEN_BYTES || !s.bytes().all(is_scope_char)) {
-        return Err(Error::invalid_scope("scope holds a malformed scope token"));
-    }
+    let scopes = Scopes::parse_request(&req.scope).map_err(|e| Error::invalid_scope(e.to_string()))?;
     for (name, value) in [("task_id", &req.task_id), ("session_id", &req.session_id)] {
         if value.len() > MAX_ID_BYTES || !value.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Error::invalid_request(format!(
@@ -447,12 +435,7 @@ fn check_shape(req: &ExchangeRequest) -> Result<()> {
     {
         return Err(Error::invalid_target("too many or too long audiences"));
     }
-    Ok(())
-}
-
-/// RFC 6749 §3.3 scope-token characters.
-fn is_scope_char(b: u8) -> bool {
-    b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b)
+    Ok(scopes)
 }
 
 #[cfg(test)]
@@ -488,11 +471,5 @@ mod tests {
         assert_eq!(single_target(&r).unwrap_err().code, ErrorCode::InvalidTarget);
         let r = ExchangeRequest::default();
         assert_eq!(single_target(&r).unwrap_err().code, ErrorCode::InvalidRequest);
-    }
-
-    #[test]
-    fn scope_characters_follow_rfc6749() {
-        assert!(b"crm:read".iter().all(|b| is_scope_char(*b)));
-        assert!(!is_scope_char(b'"') && !is_scope_char(b'\\') && !is_scope_char(b' '));
     }
 }

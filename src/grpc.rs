@@ -245,7 +245,7 @@ impl From<Introspection> for pb::IntrospectResponse {
                 active: true,
                 token_type: "Bearer".into(),
                 act: c.act.as_ref().map(Into::into),
-                scope: c.scope,
+                scope: c.scope.to_string(),
                 client_id: c.client_id,
                 username: String::new(),
                 exp: c.exp,
@@ -269,7 +269,7 @@ impl From<Issued> for pb::ExchangeTokenResponse {
             issued_token_type: TOKEN_TYPE_ACCESS_TOKEN.to_string(),
             token_type: "Bearer".to_string(),
             expires_in: issued.expires_in,
-            scope: issued.scope,
+            scope: issued.scope.to_string(),
         }
     }
 }

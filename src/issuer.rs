@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::metrics::Metrics;
 use crate::policy::Principal;
+use crate::scopes::Scopes;
 use crate::token::jws::{self, Algorithm, JwsError};
 use crate::token::keys::{JwkSet, KeySet};
 use crate::token::{AccessClaims, Actor, Keyring, Party};
@@ -152,7 +153,7 @@ pub struct Verified {
     pub exp: u64,
     pub iat: Option<u64>,
     /// The scopes the token carries, when it carries any (`scope` string or `scp` array).
-    pub scopes: Option<Vec<String>>,
+    pub scopes: Option<Scopes>,
     /// RFC 8693 §4.4 `may_act`: who may act for this subject, when the token says; an unqualified entry is of
     /// the token's own issuer.
     pub may_act: Option<Vec<Party>>,
@@ -487,7 +488,7 @@ impl Issuers {
             sub: access.sub.clone(),
             attributes: access.sub_attrs.clone(),
         };
-        let scopes = Some(access.scopes().map(str::to_string).collect());
+        let scopes = Some(access.scope.clone());
         let holder = match &access.act {
             Some(a) => self.principal_of(&a.party(&access.sub_iss)),
             None => principal.clone(),
@@ -610,15 +611,17 @@ fn audiences(claims: &Map<String, Value>) -> impl Iterator<Item = &str> {
     one.into_iter().chain(many.into_iter().flatten())
 }
 
-/// The scopes a token carries: `scope` (space-delimited, RFC 8693 §4.2) or `scp` (a string array).
-fn scopes(claims: &Map<String, Value>) -> Result<Option<Vec<String>>, TokenError> {
+/// The scopes a token carries: `scope` (space-delimited, RFC 8693 §4.2) or `scp` (a string array), each
+/// token by the one scope rule; a claim that breaks it makes the assertion invalid.
+fn scopes(claims: &Map<String, Value>) -> Result<Option<Scopes>, TokenError> {
     match (claims.get("scope"), claims.get("scp")) {
-        (Some(Value::String(s)), _) => Ok(Some(s.split_ascii_whitespace().map(str::to_string).collect())),
+        (Some(Value::String(s)), _) => Scopes::parse(s).map(Some).map_err(|_| TokenError::MissingClaim("scope")),
         (Some(_), _) => Err(TokenError::MissingClaim("scope")),
         (None, Some(Value::Array(a))) => a
             .iter()
-            .map(|v| v.as_str().map(str::to_string))
+            .map(Value::as_str)
             .collect::<Option<Vec<_>>>()
+            .and_then(|list| Scopes::from_tokens(list).ok())
             .map(Some)
             .ok_or(TokenError::MissingClaim("scp")),
         (None, Some(_)) => Err(TokenError::MissingClaim("scp")),
@@ -717,8 +720,9 @@ mod tests {
     #[test]
     fn scopes_come_from_scope_or_scp() {
         let c = |v: Value| v.as_object().cloned().unwrap();
-        assert_eq!(scopes(&c(serde_json::json!({"scope": "a b"}))).unwrap(), Some(vec!["a".into(), "b".into()]));
-        assert_eq!(scopes(&c(serde_json::json!({"scp": ["a"]}))).unwrap(), Some(vec!["a".into()]));
+        assert_eq!(scopes(&c(serde_json::json!({"scope": "a b"}))).unwrap(), Some(Scopes::parse("a b").unwrap()));
+        assert_eq!(scopes(&c(serde_json::json!({"scp": ["a"]}))).unwrap(), Some(Scopes::parse("a").unwrap()));
+        assert!(scopes(&c(serde_json::json!({"scope": "a\nb"}))).is_err(), "one rule for claims too");
         assert_eq!(scopes(&c(serde_json::json!({}))).unwrap(), None);
         assert!(scopes(&c(serde_json::json!({"scope": 3}))).is_err());
     }

@@ -15,6 +15,7 @@
 //! - [`token`]: tessera's access tokens (RFC 9068), their claims, signing keys and the JWK Set
 //!   ([`token::jws`], [`token::keys`]).
 //! - [`policy`]: the Cedar policy engine, consulted per scope.
+//! - [`scopes`]: scope sets (RFC 6749 §3.3), parsed once by one rule wherever they come from.
 //! - [`catalog`]: the audiences tokens are issued for, their scopes and maximum lifetimes.
 //! - [`client`]: who may call the broker, and how callers authenticate.
 //! - [`audit`]: an audit event for every decision.
@@ -41,6 +42,7 @@ pub mod issuer;
 pub mod metrics;
 pub mod policy;
 pub mod revocation;
+pub mod scopes;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

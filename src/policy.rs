@@ -15,6 +15,7 @@ use cedar_policy::{
 };
 
 use crate::error::{Error, Result};
+use crate::scopes::Scopes;
 
 /// The schema every policy is validated against (`policy/schema.cedarschema`).
 pub const SCHEMA: &str = include_str!("../policy/schema.cedarschema");
@@ -102,8 +103,8 @@ impl Policy {
     }
 
     /// Decides each scope; returns the scopes allowed, in the order asked.
-    #[tracing::instrument(name = "policy", skip_all, fields(scopes = scopes.len()))]
-    pub fn allowed<'s>(&self, q: &Question<'_>, scopes: &[&'s str]) -> Result<Vec<&'s str>> {
+    #[tracing::instrument(name = "policy", skip_all)]
+    pub fn allowed(&self, q: &Question<'_>, scopes: &Scopes) -> Result<Scopes> {
         let mut entities = vec![self.principal_entity(q.principal)?];
         // One entity per principal: an actor that is the subject under other tags must not make a duplicate.
         if let Some(actor) = q.actor.filter(|a| (&a.iss, &a.sub) != (&q.principal.iss, &q.principal.sub)) {
@@ -114,8 +115,8 @@ impl Policy {
         let principal = self.principal_uid(q.principal);
         let resource = EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(q.audience));
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        let mut allowed = Vec::with_capacity(scopes.len());
-        for scope in scopes {
+        let mut allowed = Vec::new();
+        for scope in scopes.iter() {
             let mut context = vec![
                 ("scope".to_string(), s(scope)),
                 ("task_id".to_string(), s(q.task_id)),
@@ -145,10 +146,10 @@ impl Policy {
                 tracing::warn!(scope, "policy evaluation error; the scope is refused");
             }
             if response.decision() == Decision::Allow && !errored {
-                allowed.push(*scope);
+                allowed.push(scope);
             }
         }
-        Ok(allowed)
+        Ok(scopes.filter(|s| allowed.contains(&s)))
     }
 }
 
@@ -194,9 +195,9 @@ mod tests {
     fn decides_per_scope_with_tags_and_depth() {
         let policy = Policy::new(POLICY).unwrap();
         let p = principal("kubernetes", "agents");
-        let scopes = ["crm:read", "crm:export", "mail:send"];
-        assert_eq!(policy.allowed(&question(&p, 0), &scopes).unwrap(), ["crm:read", "crm:export"]);
-        assert_eq!(policy.allowed(&question(&p, 1), &scopes).unwrap(), ["crm:read"]);
+        let scopes = Scopes::parse("crm:read crm:export mail:send").unwrap();
+        assert_eq!(policy.allowed(&question(&p, 0), &scopes).unwrap(), "crm:read crm:export");
+        assert_eq!(policy.allowed(&question(&p, 1), &scopes).unwrap(), "crm:read");
         let other = principal("kubernetes", "default");
         assert!(policy.allowed(&question(&other, 0), &scopes).unwrap().is_empty());
     }
@@ -211,18 +212,20 @@ mod tests {
         )
         .unwrap();
         let p = principal("kubernetes", "agents");
-        assert_eq!(policy.allowed(&question(&p, 0), &["crm:read"]).unwrap(), ["crm:read"], "no error, no forbid");
-        assert!(policy.allowed(&question(&p, 2), &["crm:read"]).unwrap().is_empty(), "error: refused");
+        let read = Scopes::parse("crm:read").unwrap();
+        assert_eq!(policy.allowed(&question(&p, 0), &read).unwrap(), "crm:read", "no error, no forbid");
+        assert!(policy.allowed(&question(&p, 2), &read).unwrap().is_empty(), "error: refused");
     }
 
     #[test]
     fn the_default_policy_validates_and_grants_upstream_nothing() {
         let policy = Policy::new(DEFAULT_POLICY).unwrap();
         let p = principal("kubernetes", "agents");
-        assert!(policy.allowed(&question(&p, 0), &["crm:read"]).unwrap().is_empty());
+        let read = Scopes::parse("crm:read").unwrap();
+        assert!(policy.allowed(&question(&p, 0), &read).unwrap().is_empty());
         let mut q = question(&p, 0);
         q.subject_is_tessera_token = true;
-        assert_eq!(policy.allowed(&q, &["crm:read"]).unwrap(), ["crm:read"]);
+        assert_eq!(policy.allowed(&q, &read).unwrap(), "crm:read");
     }
 
     #[test]

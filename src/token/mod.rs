@@ -11,6 +11,7 @@ pub mod keys;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::scopes::Scopes;
 use keys::{JwkSet, KeySet, SigningKey};
 
 /// One link of the actor chain: who acts, and (nested) who acted before it.
@@ -91,7 +92,7 @@ pub struct AccessClaims {
     pub nbf: u64,
     pub jti: String,
     pub client_id: String,
-    pub scope: String,
+    pub scope: Scopes,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Actor>,
     pub task_id: String,
@@ -118,7 +119,7 @@ pub struct AccessClaims {
 
 impl AccessClaims {
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
-        self.scope.split_ascii_whitespace()
+        self.scope.iter()
     }
 
     /// The delegation depth: how many actors the `act` chain names, or more when an actor token brought a
@@ -201,7 +202,7 @@ mod tests {
             nbf: 1_000,
             jti: "j1".into(),
             client_id: "demo".into(),
-            scope: "crm:read".into(),
+            scope: Scopes::parse("crm:read").unwrap(),
             act: Some(Actor {
                 sub: "spiffe://a/b".into(),
                 iss: None,
@@ -249,7 +250,7 @@ mod tests {
         let ring = Keyring::new(vec![key]).unwrap();
         let token = ring.mint(&claims()).unwrap();
         let mut c = claims();
-        c.scope = "crm:read crm:export".into();
+        c.scope = Scopes::parse("crm:read crm:export").unwrap();
         let forged_payload = jws::b64(&serde_json::to_vec(&c).unwrap());
         let mut parts: Vec<&str> = token.split('.').collect();
         parts[1] = &forged_payload;
