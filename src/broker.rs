@@ -19,7 +19,7 @@ use crate::token::Keyring;
 pub struct Broker {
     /// The broker's own identifier: `iss` of its tokens, the `aud` upstream assertions carry, and the
     /// audience of task tokens.
-    pub(crate) issuer_id: String,
+    pub(crate) broker_issuer: String,
     pub(crate) keyring: Keyring,
     pub(crate) issuers: Arc<Issuers>,
     pub(crate) catalog: Catalog,
@@ -47,7 +47,8 @@ impl Broker {
         // Redis over TLS (rediss://) and JWKS over https use rustls: one crypto provider, set before any use.
         crate::install_crypto_provider();
         let keyring = Keyring::new(config.signing_keys)?;
-        let issuers = Issuers::new(config.issuers, &keyring, config.broker_id.clone(), config.leeway, metrics.clone());
+        let issuers =
+            Issuers::new(config.issuers, &keyring, config.broker_issuer.clone(), config.leeway, metrics.clone());
         let (revocations, audit) = match &config.store {
             None => (Revocations::Memory(MemoryStore::new()), Audit::log_only()),
             Some(settings) => {
@@ -58,8 +59,8 @@ impl Broker {
             }
         };
         Ok(Broker {
-            catalog: Catalog::new(config.audiences, config.broker_id.clone(), config.task_token_max_ttl),
-            issuer_id: config.broker_id,
+            catalog: Catalog::new(config.audiences, config.broker_issuer.clone(), config.task_token_max_ttl),
+            broker_issuer: config.broker_issuer,
             keyring,
             issuers: Arc::new(issuers),
             policy: config.policy,
@@ -83,15 +84,15 @@ impl Broker {
     }
 
     /// A lookup that also spends single-use assertions, in the same round trip.
-    #[tracing::instrument(name = "store.lookup", skip_all, fields(keys = keys.len(), claims = claims.len()))]
-    pub(crate) async fn lookup_and_claim(
+    #[tracing::instrument(name = "store.lookup", skip_all, fields(keys = keys.len(), spends = spends.len()))]
+    pub(crate) async fn lookup_and_spend(
         &self,
         keys: &[String],
-        claims: &[(String, u64)],
+        spends: &[(String, u64)],
         now: u64,
     ) -> crate::error::Result<(Vec<Option<u64>>, Vec<bool>)> {
         let start = std::time::Instant::now();
-        let result = self.revocations.lookup_and_claim(keys, claims, now).await;
+        let result = self.revocations.lookup_and_spend(keys, spends, now).await;
         self.record_store("lookup", start, result.is_err());
         Ok(result?)
     }
@@ -121,8 +122,8 @@ impl Broker {
         &self.metrics
     }
 
-    pub fn issuer_id(&self) -> &str {
-        &self.issuer_id
+    pub fn broker_issuer(&self) -> &str {
+        &self.broker_issuer
     }
 
     pub fn keyring(&self) -> &Keyring {

@@ -16,26 +16,26 @@ pub struct Audience {
     pub introspect_clients: BTreeSet<String>,
 }
 
-/// What an exchange may target: a catalogued API, or the broker itself (a *task token*: an orchestrator's
+/// Where an exchanged token may go: a catalogued API, or the broker itself (a *task token*: an orchestrator's
 /// ceiling for one task, with scopes across several catalogued audiences).
 #[derive(Clone, Copy, Debug)]
-pub enum Target<'a> {
+pub enum Destination<'a> {
     Downstream(&'a Audience),
     Broker { id: &'a str, max_ttl: u64 },
 }
 
-impl Target<'_> {
+impl Destination<'_> {
     pub fn id(&self) -> &str {
         match self {
-            Target::Downstream(a) => &a.id,
-            Target::Broker { id, .. } => id,
+            Destination::Downstream(a) => &a.id,
+            Destination::Broker { id, .. } => id,
         }
     }
 
     pub fn max_ttl(&self) -> u64 {
         match self {
-            Target::Downstream(a) => a.max_ttl,
-            Target::Broker { max_ttl, .. } => *max_ttl,
+            Destination::Downstream(a) => a.max_ttl,
+            Destination::Broker { max_ttl, .. } => *max_ttl,
         }
     }
 }
@@ -43,32 +43,32 @@ impl Target<'_> {
 #[derive(Clone, Debug)]
 pub struct Catalog {
     audiences: HashMap<String, Audience>,
-    broker_id: String,
+    broker_issuer: String,
     task_token_max_ttl: u64,
     all_scopes: BTreeSet<String>,
 }
 
 impl Catalog {
-    pub fn new(audiences: Vec<Audience>, broker_id: String, task_token_max_ttl: u64) -> Catalog {
+    pub fn new(audiences: Vec<Audience>, broker_issuer: String, task_token_max_ttl: u64) -> Catalog {
         let all_scopes = audiences.iter().flat_map(|a| a.scopes.iter().map(str::to_string)).collect();
         let audiences = audiences.into_iter().map(|a| (a.id.clone(), a)).collect();
-        Catalog { audiences, broker_id, task_token_max_ttl, all_scopes }
+        Catalog { audiences, broker_issuer, task_token_max_ttl, all_scopes }
     }
 
     /// The target named `id`, if the broker issues for it.
-    pub fn target(&self, id: &str) -> Option<Target<'_>> {
-        if id == self.broker_id {
-            return Some(Target::Broker { id: &self.broker_id, max_ttl: self.task_token_max_ttl });
+    pub fn destination(&self, id: &str) -> Option<Destination<'_>> {
+        if id == self.broker_issuer {
+            return Some(Destination::Broker { id: &self.broker_issuer, max_ttl: self.task_token_max_ttl });
         }
-        self.audiences.get(id).map(Target::Downstream)
+        self.audiences.get(id).map(Destination::Downstream)
     }
 
     /// Whether `scope` exists for `target`: a catalogued audience's own scopes, or any catalogued scope for a
     /// task token.
-    pub fn has_scope(&self, target: Target<'_>, scope: &str) -> bool {
+    pub fn has_scope(&self, target: Destination<'_>, scope: &str) -> bool {
         match target {
-            Target::Downstream(a) => a.scopes.contains(scope),
-            Target::Broker { .. } => self.all_scopes.contains(scope),
+            Destination::Downstream(a) => a.scopes.contains(scope),
+            Destination::Broker { .. } => self.all_scopes.contains(scope),
         }
     }
 
@@ -81,7 +81,7 @@ impl Catalog {
     pub fn may_introspect(&self, audience: &str, client: &str) -> bool {
         match self.audiences.get(audience) {
             Some(a) => a.introspect_clients.is_empty() || a.introspect_clients.contains(client),
-            None => audience == self.broker_id,
+            None => audience == self.broker_issuer,
         }
     }
 
@@ -89,8 +89,8 @@ impl Catalog {
         self.audiences.values()
     }
 
-    pub fn broker_id(&self) -> &str {
-        &self.broker_id
+    pub fn broker_issuer(&self) -> &str {
+        &self.broker_issuer
     }
 }
 
@@ -117,13 +117,13 @@ mod tests {
     #[test]
     fn downstream_scopes_are_per_audience_and_task_tokens_see_all() {
         let c = catalog();
-        let crm = c.target("https://crm.example").unwrap();
+        let crm = c.destination("https://crm.example").unwrap();
         assert!(c.has_scope(crm, "crm:read"));
         assert!(!c.has_scope(crm, "mail:send"));
-        let task = c.target("https://tessera.test").unwrap();
+        let task = c.destination("https://tessera.test").unwrap();
         assert!(c.has_scope(task, "crm:read") && c.has_scope(task, "mail:send"));
         assert_eq!(task.max_ttl(), 3600);
-        assert!(c.target("https://unknown.example").is_none());
+        assert!(c.destination("https://unknown.example").is_none());
         assert_eq!(c.max_ttl(), 3600);
     }
 

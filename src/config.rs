@@ -230,7 +230,7 @@ pub struct LogConfig {
 #[derive(Debug)]
 pub struct Config {
     pub server: ServerConfig,
-    pub broker_id: String,
+    pub broker_issuer: String,
     pub leeway: u64,
     pub limits: Limits,
     pub task_token_max_ttl: u64,
@@ -275,8 +275,8 @@ impl ConfigBuilder {
             SocketAddr::from(([127, 0, 0, 1], 50051))
         });
 
-        let broker_id = self.broker.issuer.clone().unwrap_or_default();
-        if !is_https_like(&broker_id) {
+        let broker_issuer = self.broker.issuer.clone().unwrap_or_default();
+        if !is_https_like(&broker_issuer) {
             problems.push("broker.issuer: required, an http(s) URL identifying this broker".into());
         }
         let max_delegation_depth = self.broker.max_delegation_depth.unwrap_or(4);
@@ -332,7 +332,7 @@ impl ConfigBuilder {
             if b.name.is_empty() || !names.insert(b.name.clone()) {
                 problems.push(format!("{at}: `name` is required and must be unique"));
             }
-            if let Some(spec) = build_issuer(b, &broker_id, &at, &path, &mut problems) {
+            if let Some(spec) = build_issuer(b, &broker_issuer, &at, &path, &mut problems) {
                 issuers.push(spec);
             }
         }
@@ -347,7 +347,7 @@ impl ConfigBuilder {
             if !ids.insert(spec.id()) {
                 problems.push(format!("issuers ({}): two issuers share the identifier `{}`", spec.name, spec.id()));
             }
-            if spec.id() == broker_id {
+            if spec.id() == broker_issuer {
                 problems.push(format!("issuers ({}): an upstream issuer cannot be the broker itself", spec.name));
             }
         }
@@ -358,7 +358,7 @@ impl ConfigBuilder {
             if !a.id.contains("://") || a.id.contains('#') || a.id.len() > 512 {
                 problems.push(format!("{at}: `id` must be an absolute URI without a fragment"));
             }
-            if a.id == broker_id {
+            if a.id == broker_issuer {
                 problems.push(format!("{at}: the broker itself is not a catalogued audience"));
             }
             // The one scope rule (RFC 6749 §3.3 characters): a catalogued scope is one a request can name.
@@ -468,7 +468,7 @@ impl ConfigBuilder {
         match policy {
             Some(policy) if problems.is_empty() => Ok(Config {
                 server,
-                broker_id,
+                broker_issuer,
                 leeway,
                 limits: Limits { max_delegation_depth, max_chain_length },
                 task_token_max_ttl,
@@ -535,7 +535,7 @@ fn is_https_like(s: &str) -> bool {
 
 fn build_issuer(
     b: IssuerBuilder,
-    broker_id: &str,
+    broker_issuer: &str,
     at: &str,
     path: &dyn Fn(&Path) -> PathBuf,
     problems: &mut Vec<String>,
@@ -657,7 +657,7 @@ fn build_issuer(
         issuer: b.issuer,
         spiffe_trust_domain: b.spiffe_trust_domain,
         jwks: jwks?,
-        audience: b.audience.unwrap_or_else(|| broker_id.to_string()),
+        audience: b.audience.unwrap_or_else(|| broker_issuer.to_string()),
         algorithms,
         leeway,
         max_token_bytes,

@@ -15,7 +15,7 @@ use crate::token::jws;
 use crate::token::keys::{JwkSet, SigningAlgorithm, SigningKey};
 
 pub const DEV_DIR: &str = ".tessera-dev";
-pub const BROKER_ID: &str = "https://tessera.localhost";
+pub const BROKER_ISSUER: &str = "https://tessera.localhost";
 pub const DEV_ISSUER: &str = "https://dev-issuer.tessera.localhost";
 pub const DEMO_AUDIENCE: &str = "https://crm.example";
 
@@ -88,7 +88,7 @@ pub fn config(
     builder.server.grpc_addr = grpc_addr;
     builder.server.http_addr = http_addr;
     builder.store.redis_url = redis_url.map(Into::into);
-    builder.broker.issuer = Some(BROKER_ID.into());
+    builder.broker.issuer = Some(BROKER_ISSUER.into());
     builder.signing.keys = vec![signing_path];
     builder.policy.file = Some(policy_path);
     builder.issuers = vec![IssuerBuilder {
@@ -127,7 +127,7 @@ pub fn assertion(dir: &Path, sub: &str, scope: Option<&str>, ttl: u64, now: u64)
     let mut claims = serde_json::json!({
         "iss": DEV_ISSUER,
         "sub": sub,
-        "aud": BROKER_ID,
+        "aud": BROKER_ISSUER,
         "iat": now,
         "nbf": now,
         "exp": now + ttl,

@@ -3,14 +3,14 @@
 //! Each invariant has one home here:
 //! 1. scopes: [`Broker::grant_scopes`] — requested ⊆ catalog(audience) ∩ subject's scopes, then ∩ policy;
 //! 2. lifetime: [`expiry`] — `exp` ≤ min(subject `exp`, actor `exp`, now + audience max TTL, now + requested);
-//! 3. audience: [`Broker::target`] — exactly one, catalogued, and no hopping away from a downstream token;
+//! 3. audience: [`Broker::destination`] — exactly one, catalogued, and no hopping away from a downstream token;
 //! 4. delegation: [`Broker::delegate`] — `act` nests over the subject's chain, `may_act` is honoured, depth
 //!    and ancestry are bounded;
 //! 6. the subject (and actor) token is verified by [`crate::issuer`] before anything else is looked at.
 
 use crate::audit::Trail;
 use crate::broker::Broker;
-use crate::catalog::Target;
+use crate::catalog::Destination;
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Origin, Verified};
@@ -91,13 +91,13 @@ impl Broker {
         };
         let parent = broker_claims(&subject);
         if let Some(a) = actor.as_ref().and_then(broker_claims)
-            && a.aud != self.issuer_id
+            && a.aud != self.broker_issuer
         {
             return Err(Error::invalid_grant(
                 "an actor_token issued by tessera must be a task token for tessera itself",
             ));
         }
-        let target = self.target(target_id, parent)?;
+        let target = self.destination(target_id, parent)?;
         let (task_id, session_id) = task_binding(req, parent)?;
         trail.task(&task_id);
         let delegation = self.delegate(&subject, actor.as_ref(), &task_id, &client.id)?;
@@ -112,12 +112,12 @@ impl Broker {
             depth: delegation.depth,
             actors: delegation.act.as_ref().map(|a| a.chain().map(|a| a.sub.as_str()).collect()).unwrap_or_default(),
             subject_is_tessera_token: parent.is_some(),
-            task_token: matches!(target, Target::Broker { .. }),
+            task_token: matches!(target, Destination::Broker { .. }),
         };
         let scope = self.grant_scopes(&requested, target, &subject, &question)?;
         let exp = expiry(now, &subject, actor.as_ref(), target, req.requested_expires_in)?;
         let claims = AccessClaims {
-            iss: self.issuer_id.clone(),
+            iss: self.broker_issuer.clone(),
             sub: subject.principal.sub.clone(),
             aud: target.id().to_string(),
             exp,
@@ -164,7 +164,7 @@ impl Broker {
         }
         let spends: Vec<(String, u64)> =
             std::iter::once(subject).chain(actor).filter_map(|t| t.spend.clone()).collect();
-        let (found, fresh) = self.lookup_and_claim(probe.keys(), &spends, now).await?;
+        let (found, fresh) = self.lookup_and_spend(probe.keys(), &spends, now).await?;
         if probe.revoked(&found) {
             return Err(Error::invalid_grant("a token in this request, or its task, has been revoked"));
         }
@@ -175,10 +175,11 @@ impl Broker {
     }
 
     /// Invariant 3: exactly one catalogued audience; a token for a downstream API stays with that API.
-    fn target<'c>(&'c self, id: &str, parent: Option<&AccessClaims>) -> Result<Target<'c>> {
-        let target = self.catalog.target(id).ok_or_else(|| Error::invalid_target("audience is not in the catalog"))?;
+    fn destination<'c>(&'c self, id: &str, parent: Option<&AccessClaims>) -> Result<Destination<'c>> {
+        let target =
+            self.catalog.destination(id).ok_or_else(|| Error::invalid_target("audience is not in the catalog"))?;
         if let Some(parent) = parent
-            && parent.aud != self.issuer_id
+            && parent.aud != self.broker_issuer
             && parent.aud != target.id()
         {
             return Err(Error::invalid_target("a token for one audience cannot be exchanged for another"));
@@ -267,7 +268,7 @@ impl Broker {
     fn grant_scopes(
         &self,
         requested: &Scopes,
-        target: Target<'_>,
+        target: Destination<'_>,
         subject: &Verified,
         q: &Question<'_>,
     ) -> Result<Scopes> {
@@ -294,7 +295,13 @@ impl Broker {
 
 /// Invariant 2: a child never outlives its parent, its actor's assertion, its audience's maximum or the
 /// lifetime the caller asked for.
-fn expiry(now: u64, subject: &Verified, actor: Option<&Verified>, target: Target<'_>, requested: u32) -> Result<u64> {
+fn expiry(
+    now: u64,
+    subject: &Verified,
+    actor: Option<&Verified>,
+    target: Destination<'_>,
+    requested: u32,
+) -> Result<u64> {
     let mut exp = subject.exp.min(now.saturating_add(target.max_ttl()));
     if let Some(actor) = actor {
         exp = exp.min(actor.exp);

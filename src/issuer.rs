@@ -165,7 +165,7 @@ pub struct Issuers {
     upstream: Vec<Arc<Upstream>>,
     by_iss: HashMap<String, usize>,
     by_trust_domain: HashMap<String, usize>,
-    own_iss: String,
+    broker_issuer: String,
     own_keys: KeySet,
     own_leeway: u64,
     /// Tokens longer than this are refused before anything is decoded.
@@ -192,7 +192,7 @@ impl Issuers {
     pub fn new(
         specs: Vec<(IssuerSpec, KeySet)>,
         keyring: &Keyring,
-        own_iss: String,
+        broker_issuer: String,
         own_leeway: u64,
         metrics: Metrics,
     ) -> Issuers {
@@ -227,7 +227,7 @@ impl Issuers {
             upstream,
             by_iss,
             by_trust_domain,
-            own_iss,
+            broker_issuer,
             own_keys: keyring.verifying_keys().clone(),
             own_leeway,
             max_token_bytes,
@@ -329,7 +329,7 @@ impl Issuers {
         let claims: Map<String, Value> =
             serde_json::from_slice(&parsed.payload).map_err(|_| JwsError::MalformedClaims)?;
         let iss = claims.get("iss").and_then(Value::as_str);
-        if iss == Some(self.own_iss.as_str()) {
+        if iss == Some(self.broker_issuer.as_str()) {
             return self.verify_own(&parsed, token.len(), claims, Some(now));
         }
         let up = self.route(iss, &claims).ok_or(TokenError::UnknownIssuer)?;
@@ -399,7 +399,7 @@ impl Issuers {
                     .and_then(Value::as_str)
                     .filter(|j| !j.is_empty() && j.len() <= 256)
                     .ok_or(TokenError::MissingClaim("jti"))?;
-                Some((crate::revocation::used_key(&spec.id(), jti), exp.saturating_add(spec.leeway)))
+                Some((crate::revocation::spent_key(&spec.id(), jti), exp.saturating_add(spec.leeway)))
             }
         };
         Ok(Verified {
@@ -511,14 +511,14 @@ impl Issuers {
         let parsed = jws::parse(token, MAX_OWN_TOKEN_BYTES)?;
         let claims: Map<String, Value> =
             serde_json::from_slice(&parsed.payload).map_err(|_| JwsError::MalformedClaims)?;
-        if claims.get("iss").and_then(Value::as_str) != Some(self.own_iss.as_str()) {
+        if claims.get("iss").and_then(Value::as_str) != Some(self.broker_issuer.as_str()) {
             return Err(TokenError::UnknownIssuer);
         }
         self.verify_own(&parsed, token.len(), claims, None)
     }
 
     /// The identifier of a configured upstream issuer named by its `iss`, its SPIFFE prefix or its name.
-    pub fn issuer_id(&self, name_or_id: &str) -> Option<String> {
+    pub fn upstream_id(&self, name_or_id: &str) -> Option<String> {
         self.upstream.iter().map(|u| &u.spec).find(|s| s.name == name_or_id || s.id() == name_or_id).map(IssuerSpec::id)
     }
 
@@ -540,7 +540,7 @@ fn upstream_act(v: &Value, iss: &str, depth: usize) -> Option<Actor> {
         return None;
     }
     let sub = v.get("sub")?.as_str().filter(|s| is_revocable_name(s))?;
-    let own_iss = match v.get("iss") {
+    let actor_iss = match v.get("iss") {
         None => iss,
         Some(i) => i.as_str().filter(|s| is_revocable_name(s))?,
     };
@@ -548,7 +548,7 @@ fn upstream_act(v: &Value, iss: &str, depth: usize) -> Option<Actor> {
         None => None,
         Some(inner) => Some(Box::new(upstream_act(inner, iss, depth + 1)?)),
     };
-    Some(Actor { sub: sub.to_string(), iss: Some(own_iss.to_string()), act })
+    Some(Actor { sub: sub.to_string(), iss: Some(actor_iss.to_string()), act })
 }
 
 /// An upstream `may_act` (one object or a list of them), every entry qualified: an unqualified `sub` means

@@ -39,8 +39,8 @@ impl RevocationList {
         keys.iter().map(|k| self.entries.get(k).filter(|(_, exp)| *exp > now).map(|(at, _)| *at)).collect()
     }
 
-    /// Records `key` unless it is already in force; returns whether it was new.
-    pub fn claim(&mut self, key: &str, now: u64, expires_at: u64) -> bool {
+    /// Records the spend marker `key` unless it is already in force; returns whether it was new.
+    pub fn spend(&mut self, key: &str, now: u64, expires_at: u64) -> bool {
         self.prune(now);
         match self.entries.get(key) {
             Some((_, exp)) if *exp > now => false,
@@ -115,15 +115,15 @@ impl Store for MemoryStore {
         Ok(self.list.read().map_err(poisoned)?.lookup(keys, now))
     }
 
-    async fn lookup_and_claim(
+    async fn lookup_and_spend(
         &self,
         keys: &[String],
-        claims: &[(String, u64)],
+        spends: &[(String, u64)],
         now: u64,
     ) -> Result<(Vec<Option<u64>>, Vec<bool>), StoreError> {
         let mut list = self.list.write().map_err(poisoned)?;
         let found = list.lookup(keys, now);
-        let fresh = claims.iter().map(|(key, expires_at)| list.claim(key, now, *expires_at)).collect();
+        let fresh = spends.iter().map(|(key, expires_at)| list.spend(key, now, *expires_at)).collect();
         Ok((found, fresh))
     }
 }
@@ -140,8 +140,8 @@ mod tests {
         let mut most = 0;
         for second in 0..(7 * 86_400u64) {
             let now = start + second;
-            let claim = [(format!("used:{second}"), now + 60)];
-            let (_, fresh) = futures_executor(store.lookup_and_claim(&[], &claim, now)).unwrap();
+            let spend = [(format!("used:{second}"), now + 60)];
+            let (_, fresh) = futures_executor(store.lookup_and_spend(&[], &spend, now)).unwrap();
             assert_eq!(fresh, vec![true]);
             most = most.max(store.len());
         }

@@ -103,18 +103,18 @@ pub trait Store: Send + Sync {
     fn revoke(&self, entries: &[Entry], now: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// `revoked_at` for each key that is revoked (and not yet expired), in one round trip.
     fn lookup(&self, keys: &[String], now: u64) -> impl Future<Output = Result<Vec<Option<u64>>, StoreError>> + Send;
-    /// As [`Store::lookup`], and in the same round trip records each `(key, expires_at)` claim, answering
-    /// whether it was new: how a single-use assertion is spent exactly once across every replica.
-    fn lookup_and_claim(
+    /// As [`Store::lookup`], and in the same round trip records each `(key, expires_at)` spend marker,
+    /// answering whether it was new: how a single-use assertion is spent exactly once across every replica.
+    fn lookup_and_spend(
         &self,
         keys: &[String],
-        claims: &[(String, u64)],
+        spends: &[(String, u64)],
         now: u64,
     ) -> impl Future<Output = Result<(Vec<Option<u64>>, Vec<bool>), StoreError>> + Send;
 }
 
-/// The key that records a spent single-use assertion of `issuer`.
-pub fn used_key(issuer: &str, jti: &str) -> String {
+/// The spend marker of a single-use assertion of `issuer`: present once it has been exchanged.
+pub fn spent_key(issuer: &str, jti: &str) -> String {
     format!("{{tessera}}:used:{}:{issuer}{jti}", issuer.len())
 }
 
@@ -140,15 +140,15 @@ impl Store for Revocations {
         }
     }
 
-    async fn lookup_and_claim(
+    async fn lookup_and_spend(
         &self,
         keys: &[String],
-        claims: &[(String, u64)],
+        spends: &[(String, u64)],
         now: u64,
     ) -> Result<(Vec<Option<u64>>, Vec<bool>), StoreError> {
         match self {
-            Revocations::Memory(s) => s.lookup_and_claim(keys, claims, now).await,
-            Revocations::Redis(s) => s.lookup_and_claim(keys, claims, now).await,
+            Revocations::Memory(s) => s.lookup_and_spend(keys, spends, now).await,
+            Revocations::Redis(s) => s.lookup_and_spend(keys, spends, now).await,
         }
     }
 }
@@ -311,7 +311,7 @@ impl Broker {
             RevokeRequest::Subject { issuer, sub } if name_ok(&sub) => {
                 let iss = self
                     .issuers
-                    .issuer_id(&issuer)
+                    .upstream_id(&issuer)
                     .ok_or_else(|| Error::invalid_request("subject issuer is not a configured issuer"))?;
                 self.until(Target::Subject { iss, sub }, now)
             }

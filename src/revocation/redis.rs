@@ -190,7 +190,7 @@ impl Mirror {
 }
 
 pub struct RedisStore {
-    /// The request path's connection: lookups, claims and revocations only.
+    /// The request path's connection: lookups, spends and revocations only.
     conn: Conn,
     /// Everything else: the audit stream, heartbeats, mirror resyncs.
     background: Conn,
@@ -233,7 +233,7 @@ impl RedisStore {
         settings: &RedisSettings,
         lag: Option<opentelemetry::metrics::Histogram<u64>>,
     ) -> Result<RedisStore, String> {
-        // Two connections: the request path's carries only lookups, claims and revocations; everything in
+        // Two connections: the request path's carries only lookups, spends and revocations; everything in
         // the background (audit stream, heartbeats, resyncs) has its own, since a multiplexed connection is
         // one ordered pipe and a queued background write would delay a lookup's reply.
         let conn = Conn::open(settings)?;
@@ -352,22 +352,22 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn lookup_and_claim(
+    async fn lookup_and_spend(
         &self,
         keys: &[String],
-        claims: &[(String, u64)],
+        spends: &[(String, u64)],
         now: u64,
     ) -> Result<(Vec<Option<u64>>, Vec<bool>), StoreError> {
-        if claims.is_empty() {
+        if spends.is_empty() {
             return Ok((self.lookup(keys, now).await?, Vec::new()));
         }
-        // One pipeline, one round trip: the revocation MGET and a SET NX per claim. (A claim must reach Redis
+        // One pipeline, one round trip: the revocation MGET and a SET NX per spend. (A spend must reach Redis
         // even in mirror mode: being spent is a fact every replica must agree on at once.)
         let mut pipe = redis::pipe();
         if !keys.is_empty() {
             pipe.cmd("MGET").arg(keys);
         }
-        for (key, expires_at) in claims {
+        for (key, expires_at) in spends {
             pipe.cmd("SET").arg(key).arg(now).arg("NX").arg("EXAT").arg((*expires_at).max(now + 1));
         }
         let mut handle = self.with_timeout(self.conn.handle()).await?;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tessera::revocation::memory::MemoryStore;
 use tessera::revocation::redis::{Backend, RedisSettings, RedisStore};
-use tessera::revocation::{Entry, Store, Target, used_key};
+use tessera::revocation::{Entry, Store, Target, spent_key};
 
 use crate::support::now;
 use crate::support::redis::{RedisCluster, RedisServer};
@@ -48,13 +48,13 @@ async fn suite(store: &impl Store) {
     assert!(store.lookup(&[], now).await.unwrap().is_empty());
 
     // A single-use assertion is spent once; the lookup rides along in the same call.
-    let spend = vec![(used_key("https://i", "jti-1"), now + 600)];
-    let (found, fresh) = store.lookup_and_claim(&keys, &spend, now).await.unwrap();
+    let spend = vec![(spent_key("https://i", "jti-1"), now + 600)];
+    let (found, fresh) = store.lookup_and_spend(&keys, &spend, now).await.unwrap();
     assert_eq!((found.len(), fresh), (3, vec![true]));
-    let (found, fresh) = store.lookup_and_claim(&keys, &spend, now).await.unwrap();
+    let (found, fresh) = store.lookup_and_spend(&keys, &spend, now).await.unwrap();
     assert_eq!((found, fresh), (vec![Some(now), Some(now - 1), Some(now)], vec![false]));
-    let two = vec![(used_key("https://i", "jti-1"), now + 600), (used_key("https://i", "jti-2"), now + 600)];
-    assert_eq!(store.lookup_and_claim(&[], &two, now).await.unwrap(), (vec![], vec![false, true]));
+    let two = vec![(spent_key("https://i", "jti-1"), now + 600), (spent_key("https://i", "jti-2"), now + 600)];
+    assert_eq!(store.lookup_and_spend(&[], &two, now).await.unwrap(), (vec![], vec![false, true]));
 }
 
 #[tokio::test]
