@@ -90,32 +90,31 @@ enum Handle {
     Cluster(ClusterConnection),
 }
 
-impl Handle {
-    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+/// One `match` for both kinds of connection; every command, pipeline and script then runs on a `Handle`.
+impl redis::aio::ConnectionLike for Handle {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
         match self {
-            Handle::Standalone(c) => cmd.query_async(c).await,
-            Handle::Cluster(c) => cmd.query_async(c).await,
+            Handle::Standalone(c) => c.req_packed_command(cmd),
+            Handle::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
-    async fn pipeline_values(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
-            Handle::Standalone(c) => pipe.query_async(c).await,
-            Handle::Cluster(c) => pipe.query_async(c).await,
+            Handle::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Handle::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
-    async fn pipeline(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
+    fn get_db(&self) -> i64 {
         match self {
-            Handle::Standalone(c) => pipe.query_async(c).await,
-            Handle::Cluster(c) => pipe.query_async(c).await,
-        }
-    }
-
-    async fn invoke(&mut self, inv: &redis::ScriptInvocation<'_>) -> redis::RedisResult<u64> {
-        match self {
-            Handle::Standalone(c) => inv.invoke_async(c).await,
-            Handle::Cluster(c) => inv.invoke_async(c).await,
+            Handle::Standalone(c) => c.get_db(),
+            Handle::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -295,7 +294,7 @@ impl RedisStore {
                 }
                 let write = async {
                     let mut handle = conn.handle().await?;
-                    handle.pipeline(&pipe).await
+                    pipe.query_async::<()>(&mut handle).await
                 };
                 let failure = match tokio::time::timeout(timeout * 4, write).await {
                     Ok(Ok(())) => None,
@@ -341,7 +340,7 @@ impl Store for RedisStore {
                 .arg(now)
                 .arg(CHANNEL)
                 .arg(now_ms());
-            self.with_timeout(handle.invoke(&inv)).await?;
+            self.with_timeout(inv.invoke_async::<u64>(&mut handle)).await?;
         }
         // Apply locally at once, so this replica never lags its own revocations.
         if let Some(mirror) = &self.mirror {
@@ -371,7 +370,7 @@ impl Store for RedisStore {
             pipe.cmd("SET").arg(key).arg(now).arg("NX").arg("EXAT").arg((*expires_at).max(now + 1));
         }
         let mut handle = self.with_timeout(self.conn.handle()).await?;
-        let mut replies: Vec<redis::Value> = self.with_timeout(handle.pipeline_values(&pipe)).await?;
+        let mut replies: Vec<redis::Value> = self.with_timeout(pipe.query_async(&mut handle)).await?;
         let fresh: Vec<bool> =
             replies.split_off(usize::from(!keys.is_empty())).iter().map(|v| !matches!(v, redis::Value::Nil)).collect();
         let found = match replies.pop() {
@@ -396,7 +395,8 @@ impl Store for RedisStore {
             return Ok(found);
         }
         let mut handle = self.with_timeout(self.conn.handle()).await?;
-        let values: Vec<Option<String>> = self.with_timeout(handle.query(redis::cmd("MGET").arg(keys))).await?;
+        let values: Vec<Option<String>> =
+            self.with_timeout(redis::cmd("MGET").arg(keys).query_async(&mut handle)).await?;
         Ok(values.iter().map(|v| v.as_deref().map(revoked_at)).collect())
     }
 }
@@ -408,7 +408,7 @@ async fn heartbeat(conn: Conn, every: Duration, timeout: Duration) {
         tick.tick().await;
         let publish = async {
             let mut handle = conn.handle().await?;
-            handle.query::<i64>(redis::cmd("PUBLISH").arg(CHANNEL).arg(format!("h|{}", now_ms()))).await
+            redis::cmd("PUBLISH").arg(CHANNEL).arg(format!("h|{}", now_ms())).query_async::<i64>(&mut handle).await
         };
         let _ = tokio::time::timeout(timeout, publish).await;
     }
@@ -494,12 +494,18 @@ async fn resync(conn: &Conn, mirror: &Mirror, timeout: Duration) -> Result<(), S
         let mut handle = conn.handle().await?;
         let now = now_ms() / 1000;
         // The index scores each live key by its expiry: keys and expiries in one call, values in MGETs.
-        let live: Vec<(String, f64)> =
-            handle.query(redis::cmd("ZRANGE").arg(INDEX).arg(now).arg("+inf").arg("BYSCORE").arg("WITHSCORES")).await?;
+        let live: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(INDEX)
+            .arg(now)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("WITHSCORES")
+            .query_async(&mut handle)
+            .await?;
         let mut fresh = RevocationList::default();
         for chunk in live.chunks(1000) {
             let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
-            let values: Vec<Option<String>> = handle.query(redis::cmd("MGET").arg(&keys)).await?;
+            let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut handle).await?;
             for ((key, expires_at), value) in chunk.iter().zip(values) {
                 if let Some(value) = value.as_deref() {
                     fresh.apply(key.clone(), revoked_at(value), *expires_at as u64, now);
