@@ -1,8 +1,10 @@
 //! The one error type of the broker's domain, named by the OAuth error codes callers act on.
 //!
 //! Every refusal carries an [`ErrorCode`] (what the caller may do about it) and a short description that is
-//! safe to return: it never echoes a token, a secret or a key. The mapping to gRPC status codes lives in
-//! exactly one place, [`crate::grpc`], so the HTTP face added later maps the same codes the same way.
+//! safe to return: it never echoes a token, a secret or a key. What each code becomes on each face — a gRPC
+//! status code, an HTTP status — is said by the code itself ([`ErrorCode::grpc_code`],
+//! [`ErrorCode::http_status`]), in one table, so every face maps the same codes the same way. The numbers
+//! are the wire values, so this module needs neither face's crates.
 
 use std::fmt;
 
@@ -56,6 +58,63 @@ impl ErrorCode {
     }
 }
 
+/// gRPC status codes (the wire values of `google.rpc.Code`) used by [`ErrorCode::grpc_code`].
+pub mod grpc_code {
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
+    pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+impl ErrorCode {
+    /// Every code, for tables and tests.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::InvalidClient,
+        ErrorCode::InvalidGrant,
+        ErrorCode::UnauthorizedClient,
+        ErrorCode::UnsupportedGrantType,
+        ErrorCode::InvalidScope,
+        ErrorCode::InvalidTarget,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The gRPC status code a caller sees (the design's API contract).
+    pub const fn grpc_code(self) -> i32 {
+        use grpc_code::*;
+        match self {
+            ErrorCode::InvalidRequest | ErrorCode::UnsupportedGrantType => INVALID_ARGUMENT,
+            ErrorCode::InvalidClient | ErrorCode::InvalidGrant => UNAUTHENTICATED,
+            ErrorCode::UnauthorizedClient | ErrorCode::InvalidScope | ErrorCode::InvalidTarget => PERMISSION_DENIED,
+            ErrorCode::RateLimited => RESOURCE_EXHAUSTED,
+            ErrorCode::Unavailable => UNAVAILABLE,
+            ErrorCode::Internal => INTERNAL,
+        }
+    }
+
+    /// The HTTP status of the error response on the plain-OAuth face:
+    /// [RFC 6749 §5.2](https://www.rfc-editor.org/rfc/rfc6749#section-5.2) answers 400, and 401 for a client
+    /// that failed to authenticate; a rate limit is 429 (RFC 6585), a store outage 503, a fault 500.
+    pub const fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidClient => 401,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+            ErrorCode::InvalidRequest
+            | ErrorCode::InvalidGrant
+            | ErrorCode::UnauthorizedClient
+            | ErrorCode::UnsupportedGrantType
+            | ErrorCode::InvalidScope
+            | ErrorCode::InvalidTarget => 400,
+        }
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -92,3 +151,31 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one table: every code, its wire name, its gRPC status and its HTTP status.
+    #[test]
+    fn every_code_maps_on_every_face() {
+        use grpc_code::*;
+        let table = [
+            (ErrorCode::InvalidRequest, "invalid_request", INVALID_ARGUMENT, 400),
+            (ErrorCode::InvalidClient, "invalid_client", UNAUTHENTICATED, 401),
+            (ErrorCode::InvalidGrant, "invalid_grant", UNAUTHENTICATED, 400),
+            (ErrorCode::UnauthorizedClient, "unauthorized_client", PERMISSION_DENIED, 400),
+            (ErrorCode::UnsupportedGrantType, "unsupported_grant_type", INVALID_ARGUMENT, 400),
+            (ErrorCode::InvalidScope, "invalid_scope", PERMISSION_DENIED, 400),
+            (ErrorCode::InvalidTarget, "invalid_target", PERMISSION_DENIED, 400),
+            (ErrorCode::RateLimited, "rate_limited", RESOURCE_EXHAUSTED, 429),
+            (ErrorCode::Unavailable, "temporarily_unavailable", UNAVAILABLE, 503),
+            (ErrorCode::Internal, "server_error", INTERNAL, 500),
+        ];
+        assert_eq!(table.len(), ErrorCode::ALL.len());
+        for (code, (listed, name, grpc, http)) in ErrorCode::ALL.iter().zip(table) {
+            assert_eq!(*code, listed, "the table follows ErrorCode::ALL");
+            assert_eq!((code.as_str(), code.grpc_code(), code.http_status()), (name, grpc, http), "{code}");
+        }
+    }
+}

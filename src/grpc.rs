@@ -1,5 +1,5 @@
-//! The gRPC face: a thin adapter from `tessera.v1.TokenBroker` to the broker's domain functions, and the
-//! one place where OAuth error codes become gRPC statuses.
+//! The gRPC face: a thin adapter from `tessera.v1.TokenBroker` to the broker's domain functions. An OAuth
+//! error becomes a status with the code [`crate::ErrorCode::grpc_code`] names and an `ErrorInfo` detail.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,7 +13,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::broker::{Broker, now};
 use crate::client::{Client, Credentials, Rpc};
-use crate::error::{Error, ErrorCode};
+use crate::error::Error;
 use crate::exchange::{ExchangeRequest, Issued, TOKEN_TYPE_ACCESS_TOKEN};
 use crate::introspect::Introspection;
 use crate::revocation::RevokeRequest;
@@ -38,14 +38,7 @@ pub const ERROR_DOMAIN: &str = "tessera";
 /// OAuth error code → gRPC status, with the code as the `reason` of an `ErrorInfo` detail (the design's
 /// API contract). The message is the error's description, which never holds a token or a secret.
 pub fn status(error: Error) -> Status {
-    let code = match error.code {
-        ErrorCode::InvalidRequest | ErrorCode::UnsupportedGrantType => Code::InvalidArgument,
-        ErrorCode::InvalidClient | ErrorCode::InvalidGrant => Code::Unauthenticated,
-        ErrorCode::UnauthorizedClient | ErrorCode::InvalidScope | ErrorCode::InvalidTarget => Code::PermissionDenied,
-        ErrorCode::RateLimited => Code::ResourceExhausted,
-        ErrorCode::Unavailable => Code::Unavailable,
-        ErrorCode::Internal => Code::Internal,
-    };
+    let code = Code::from_i32(error.code.grpc_code());
     let details = ErrorDetails::with_error_info(error.code.as_str(), ERROR_DOMAIN, HashMap::new());
     Status::with_error_details(code, error.to_string(), details)
 }
@@ -332,6 +325,7 @@ impl fmt::Debug for pb::revoke_request::Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorCode;
 
     #[test]
     fn every_oauth_code_maps_to_the_contracted_status() {
