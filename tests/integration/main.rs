@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cli;
+mod docs;
 mod exchange;
 mod interop;
 mod jwks;
