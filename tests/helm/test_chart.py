@@ -296,13 +296,14 @@ def test_topology_spread_selects_the_broker_pods(rendered):
     assert "topologySpreadConstraints" not in rendered["bare"].pod["spec"]
 
 
-def test_config_changes_roll_the_pods_unless_hot_reload(chart, keys):
+def test_config_changes_roll_the_pods(chart, keys):
+    """tessera reads its config and policy once, at start: a change must replace the pods."""
     before = render(chart, minimal(keys)).pod["metadata"]["annotations"]
     changed = render(chart, {**minimal(keys), "config": {"log": {"level": "debug"}}}).pod["metadata"]["annotations"]
     assert before["checksum/config"] != changed["checksum/config"]
     assert before["checksum/signing-keys"] == changed["checksum/signing-keys"]
-    hot = render(chart, {**minimal(keys), "config": {"hotReload": True}}).pod["metadata"]["annotations"]
-    assert "checksum/config" not in hot and "checksum/signing-keys" in hot
+    policy = render(chart, {**minimal(keys), "policy": {"cedar": "// nothing is granted\n"}}).pod["metadata"]["annotations"]
+    assert policy["checksum/config"] != before["checksum/config"]
 
 
 def test_key_rotation_publishes_every_key_and_signs_with_the_first(chart, keys):
@@ -453,18 +454,6 @@ def test_otel_environment(rendered):
     assert env["RUST_BACKTRACE"] == "1"
     minimal_env = rendered["minimal"].env()
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in minimal_env and minimal_env["OTEL_SERVICE_NAME"] == "tessera"
-
-
-def test_mtls_mounts_the_tls_secret(rendered):
-    r = rendered["mtls"]
-    env = r.env()
-    assert env["TESSERA_TLS_CERT"] == "/etc/tessera/tls/tls.crt"
-    assert env["TESSERA_TLS_KEY"] == "/etc/tessera/tls/tls.key"
-    assert env["TESSERA_TLS_CLIENT_CA"] == "/etc/tessera/tls/ca.crt"
-    volume = next(v for v in r.pod["spec"]["volumes"] if v["name"] == "tls")
-    assert volume["secret"]["secretName"] == "tessera-tls"
-    assert {"name": "tls", "mountPath": "/etc/tessera/tls", "readOnly": True} in r.container["volumeMounts"]
-    assert not any(name.startswith("TESSERA_TLS") for name in rendered["minimal"].env())
 
 
 def test_dev_mode_runs_without_config_on_a_writable_tmp(rendered):

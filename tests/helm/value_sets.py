@@ -65,13 +65,6 @@ def ha_existing_secrets(keys) -> dict[str, Any]:
     }
 
 
-def mtls(keys) -> dict[str, Any]:
-    return {
-        "signing": one_key(keys),
-        "tls": {"enabled": True, "existingSecret": "tessera-tls"},
-    }
-
-
 def service_monitor(keys) -> dict[str, Any]:
     return {
         "signing": one_key(keys),
@@ -98,7 +91,6 @@ def full(keys) -> dict[str, Any]:
     return {
         "signing": {"keys": [{"name": "current.pem", "pem": keys["es256"].pem}]},
         "config": {
-            "hotReload": True,
             "server": {"max_request_bytes": 131072, "request_timeout_ms": 4000, "max_concurrent_requests": 512},
             "broker": {
                 "issuer": "https://tessera.example.com",
@@ -192,7 +184,6 @@ GOOD: dict[str, Callable[[Any], dict[str, Any]]] = {
     "minimal": minimal,
     "ha": ha,
     "ha-existing-secrets": ha_existing_secrets,
-    "mtls": mtls,
     "service-monitor": service_monitor,
     "trial-redis": trial_redis,
     "dev-mode": dev_mode,
@@ -246,9 +237,18 @@ REFUSED: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
         lambda keys: {"signing": one_key(keys), "config": {"files": {"tessera.toml": "x"}}},
         "config.files cannot hold tessera.toml",
     ),
-    "tls-without-secret": (
+    # Settings the binary does not implement: rendering them would promise what tessera does not do.
+    "tls-enabled": (
         lambda keys: {"signing": one_key(keys), "tls": {"enabled": True}},
-        "tls.enabled=true needs tls.existingSecret",
+        "tls.enabled=true is not supported: this tessera release serves plaintext gRPC",
+    ),
+    "tls-enabled-in-dev-mode": (
+        lambda keys: {**dev_mode(keys), "tls": {"enabled": True}},
+        "tls.enabled=true is not supported",
+    ),
+    "config-hot-reload": (
+        lambda keys: {"signing": one_key(keys), "config": {"hotReload": True}},
+        "config.hotReload=true is not supported: tessera reads tessera.toml and policy.cedar once, at start",
     ),
 }
 
@@ -282,6 +282,8 @@ INVALID: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "root-pod": (lambda keys: {**minimal(keys), "podSecurityContext": {"runAsNonRoot": False}}, "/podSecurityContext/runAsNonRoot"),
     "redis-url-not-a-redis-url": (lambda keys: {**minimal(keys), "redis": {"url": "http://redis:6379"}}, "/redis/url"),
     "redis-sentinel-url": (lambda keys: {**minimal(keys), "redis": {"url": "redis+sentinel://s:26379/m"}}, "/redis/url"),
+    # The TLS Secret values of earlier charts are gone: nothing in tessera would read the files.
+    "tls-existing-secret": (lambda keys: {**minimal(keys), "tls": {"existingSecret": "tessera-tls"}}, "existingSecret"),
     "bad-scrape-interval": (lambda keys: {**minimal(keys), "serviceMonitor": {"enabled": True, "interval": "often"}}, "/serviceMonitor/interval"),
 }
 

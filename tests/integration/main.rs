@@ -3,6 +3,7 @@
 mod bad_input;
 mod cli;
 mod delegation;
+mod docs;
 mod exchange;
 mod interop;
 mod jwks;

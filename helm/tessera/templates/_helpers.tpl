@@ -227,6 +227,12 @@ Refuses unsafe or incomplete values with a message that says what to set. Includ
 {{- define "tessera.validate" -}}
 {{- $v := .Values }}
 {{- $redis := include "tessera.redisMode" . }}
+{{- if $v.tls.enabled }}
+{{- fail "\n\ntessera: tls.enabled=true is not supported: this tessera release serves plaintext gRPC and has no TLS setting, so certificates mounted by the chart would be ignored and traffic would stay unencrypted. Leave tls.enabled=false and terminate TLS in front of tessera (a service mesh or a TLS-terminating proxy)." }}
+{{- end }}
+{{- if $v.config.hotReload }}
+{{- fail "\n\ntessera: config.hotReload=true is not supported: tessera reads tessera.toml and policy.cedar once, at start, so pods left running would keep the old configuration. Leave config.hotReload=false: a change to the config or the policy then rolls the pods." }}
+{{- end }}
 {{- if and $v.devMode.enabled (not $v.devMode.acknowledgeNotForProduction) }}
 {{- fail "\n\ntessera: devMode.enabled=true runs the broker with keys generated in the pod, a demo catalog and policy, and a client that needs no credentials: it is NOT for production. To run a throwaway trial anyway, also set devMode.acknowledgeNotForProduction=true." }}
 {{- end }}
@@ -261,8 +267,5 @@ Refuses unsafe or incomplete values with a message that says what to set. Includ
 {{- fail (printf "\n\ntessera: config.files cannot hold %s: the chart writes it (use config.* or policy.cedar)." $name) }}
 {{- end }}
 {{- end }}
-{{- end }}
-{{- if and $v.tls.enabled (not $v.tls.existingSecret) }}
-{{- fail "\n\ntessera: tls.enabled=true needs tls.existingSecret: a Secret with the server certificate, its key and the client CA." }}
 {{- end }}
 {{- end }}
