@@ -430,8 +430,8 @@ impl ConfigBuilder {
             problems.push(format!("server.http_addr: `{http_addr}` is not an address (host:port)"));
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
-        if http_addr == grpc_addr {
-            problems.push("server: http_addr and grpc_addr must differ".into());
+        if ports_clash(grpc_addr, http_addr) {
+            problems.push("server: http_addr and grpc_addr must not share a port (0 picks a free one for each)".into());
         }
         let otlp_ca_file = self.telemetry.otlp_ca_file.map(|f| path(&f));
         if let Some(file) = &otlp_ca_file
@@ -527,6 +527,12 @@ fn build_store(b: StoreBuilder, problems: &mut Vec<String>) -> Option<RedisSetti
         problems.push("store: mirror_max_staleness_ms must be at least twice mirror_heartbeat_ms (> 0)".into());
     }
     Some(RedisSettings { backend, timeout, mirror })
+}
+
+/// Whether two listen addresses would bind the same port: the same non-zero port on the same IP, or on an
+/// unspecified address (`0.0.0.0`, `::`) that covers the other. Port 0 lets the system pick a free one each.
+fn ports_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn is_https_like(s: &str) -> bool {
@@ -711,6 +717,17 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn listen_addresses_clash_only_on_one_real_port() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(ports_clash(a("127.0.0.1:8080"), a("127.0.0.1:8080")));
+        assert!(ports_clash(a("0.0.0.0:8080"), a("127.0.0.1:8080")));
+        assert!(ports_clash(a("127.0.0.1:8080"), a("[::]:8080")));
+        assert!(!ports_clash(a("127.0.0.1:8080"), a("127.0.0.2:8080")));
+        assert!(!ports_clash(a("127.0.0.1:0"), a("127.0.0.1:0")), "port 0: each gets a free port");
+        assert!(!ports_clash(a("127.0.0.1:8080"), a("127.0.0.1:50051")));
     }
 
     #[test]

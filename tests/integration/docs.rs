@@ -140,11 +140,10 @@ impl DevServer {
 }
 
 /// Starts `tessera serve` (dev mode) in `dir` and returns it with the gRPC and HTTP addresses it logs.
-/// Both listen on port 0, so the kernel picks free ports (no race with other tests); the HTTP face goes on
-/// 127.0.0.2 because the config refuses the same address for both (Linux routes all of 127/8 to loopback).
+/// Both listen on port 0, so the kernel picks free ports (no race with other tests).
 fn start_dev_server(dir: &Path) -> (DevServer, String, String) {
     let mut child = clean_env(&mut Command::new(TESSERA))
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.2:0"])
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
