@@ -7,6 +7,7 @@ use crate::catalog::Catalog;
 use crate::client::Clients;
 use crate::config::{Config, Limits};
 use crate::issuer::Issuers;
+use crate::issuer::jwks::JwksFetcher;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::revocation::Revocations;
@@ -47,8 +48,15 @@ impl Broker {
         // Redis over TLS (rediss://) and JWKS over https use rustls: one crypto provider, set before any use.
         crate::install_crypto_provider();
         let keyring = Keyring::new(config.signing_keys)?;
-        let issuers =
-            Issuers::new(config.issuers, &keyring, config.broker_issuer.clone(), config.leeway, metrics.clone());
+        let fetcher = Arc::new(JwksFetcher::new(config.issuers.iter().map(|(spec, _)| spec)));
+        let issuers = Issuers::new(
+            config.issuers,
+            &keyring,
+            config.broker_issuer.clone(),
+            config.leeway,
+            metrics.clone(),
+            fetcher,
+        );
         let (revocations, audit) = match &config.store {
             None => (Revocations::Memory(MemoryStore::new()), Audit::log_only()),
             Some(settings) => {

@@ -6,12 +6,17 @@
 //! caller passes in. Then its claims are mapped to a [`Principal`]. tessera's own tokens are verified by the
 //! same path with the broker's keyring, so a token can be exchanged again for a narrower one.
 //!
-//! JWKS come inline, from a file, or from a URL. File and URL sets are reloaded when a token names an unknown
-//! `kid` (at most once per `min_refresh_interval`, with concurrent callers waiting on one reload), URL sets
-//! also every `refresh_interval`; a failed reload keeps the keys already held.
+//! JWKS come inline, from a file, or from a URL, through a [`KeySource`] (the fetcher in [`jwks`]). File and
+//! URL sets are reloaded when a token names an unknown `kid` (at most once per `min_refresh_interval`, with
+//! concurrent callers waiting on one reload); URL sets also every `refresh_interval`, and files whenever their
+//! content changes (checked every `min_refresh_interval`). A failed reload keeps the keys already held.
+
+pub mod jwks;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -105,11 +110,22 @@ pub const MAX_SUB_BYTES: usize = 512;
 const MAX_UPSTREAM_ACT_DEPTH: usize = 16;
 const MAX_MAY_ACT_ENTRIES: usize = 16;
 
+/// A fetched key set, with a digest of the document it came from (so a refresh can tell a change).
+#[derive(Debug)]
+pub struct Fetched {
+    pub keys: KeySet,
+    pub digest: [u8; 32],
+}
+
+/// Where issuers' keys are (re)loaded from: the port the JWKS fetcher implements, so verification itself does
+/// no I/O of its own.
+pub trait KeySource: Send + Sync {
+    fn load<'a>(&'a self, spec: &'a IssuerSpec) -> Pin<Box<dyn Future<Output = Result<Fetched, String>> + Send + 'a>>;
+}
+
 /// An issuer's keys and the state of their reloading.
 struct Upstream {
     spec: IssuerSpec,
-    /// This issuer's own HTTP client, when it trusts an extra CA.
-    http: Option<reqwest::Client>,
     keys: RwLock<Arc<KeySet>>,
     /// When the keys were last (re)loaded on demand; held while a reload runs so concurrent callers share it.
     reload: tokio::sync::Mutex<Option<Instant>>,
@@ -170,7 +186,7 @@ pub struct Issuers {
     own_leeway: u64,
     /// Tokens longer than this are refused before anything is decoded.
     max_token_bytes: usize,
-    http: reqwest::Client,
+    source: Arc<dyn KeySource>,
     metrics: Metrics,
 }
 
@@ -182,8 +198,6 @@ impl std::fmt::Debug for Issuers {
     }
 }
 
-/// The largest JWKS document fetched from a URL.
-const MAX_JWKS_BYTES: usize = 1 << 20;
 /// Own tokens are small; a larger one is not ours (and none is minted larger).
 pub const MAX_OWN_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -195,6 +209,7 @@ impl Issuers {
         broker_issuer: String,
         own_leeway: u64,
         metrics: Metrics,
+        source: Arc<dyn KeySource>,
     ) -> Issuers {
         let mut by_iss = HashMap::new();
         let mut by_trust_domain = HashMap::new();
@@ -210,19 +225,9 @@ impl Issuers {
                     by_trust_domain.insert(td.clone(), i);
                 }
                 max_token_bytes = max_token_bytes.max(spec.max_token_bytes);
-                let http = spec.jwks_ca_pem.as_deref().and_then(|pem| {
-                    let cert = reqwest::Certificate::from_pem(pem).ok()?;
-                    http_client().add_root_certificate(cert).build().ok()
-                });
-                Arc::new(Upstream {
-                    spec,
-                    http,
-                    keys: RwLock::new(Arc::new(keys)),
-                    reload: tokio::sync::Mutex::new(None),
-                })
+                Arc::new(Upstream { spec, keys: RwLock::new(Arc::new(keys)), reload: tokio::sync::Mutex::new(None) })
             })
             .collect();
-        let http = http_client().build().unwrap_or_default();
         Issuers {
             upstream,
             by_iss,
@@ -231,7 +236,7 @@ impl Issuers {
             own_keys: keyring.verifying_keys().clone(),
             own_leeway,
             max_token_bytes,
-            http,
+            source,
             metrics,
         }
     }
@@ -264,43 +269,46 @@ impl Issuers {
                             this.reload(up).await;
                         }
                     })),
-                    JwksSource::File(path) => {
-                        let path = path.clone();
-                        Some(tokio::spawn(async move {
-                            let up = &this.upstream[i];
-                            let mut tick =
-                                tokio::time::interval(up.spec.min_refresh_interval.max(Duration::from_secs(1)));
-                            let mut seen = tokio::fs::read(&path).await.ok();
-                            loop {
-                                tick.tick().await;
-                                let now = tokio::fs::read(&path).await.ok();
-                                if now.is_some() && now != seen && this.reload(up).await {
-                                    seen = now;
+                    JwksSource::File(_) => Some(tokio::spawn(async move {
+                        let up = &this.upstream[i];
+                        let mut tick = tokio::time::interval(up.spec.min_refresh_interval.max(Duration::from_secs(1)));
+                        let mut seen = this.source.load(&up.spec).await.ok().map(|f| f.digest);
+                        loop {
+                            tick.tick().await;
+                            match this.source.load(&up.spec).await {
+                                Ok(fetched) if Some(fetched.digest) != seen => {
+                                    seen = Some(fetched.digest);
+                                    this.apply(up, Ok(fetched));
                                 }
+                                Ok(_) => {}
+                                Err(error) => this.apply(up, Err(error)),
                             }
-                        }))
-                    }
+                        }
+                    })),
                 }
             })
             .collect()
     }
 
-    async fn reload(&self, up: &Upstream) -> bool {
-        let result = load_jwks(&up.spec, up.http.as_ref().unwrap_or(&self.http)).await;
+    async fn reload(&self, up: &Upstream) {
+        let result = self.source.load(&up.spec).await;
+        self.apply(up, result);
+    }
+
+    /// Takes a freshly loaded key set, or keeps the keys held when loading failed.
+    fn apply(&self, up: &Upstream, result: Result<Fetched, String>) {
         let attrs = [
             opentelemetry::KeyValue::new("issuer", up.spec.name.clone()),
             opentelemetry::KeyValue::new("result", if result.is_ok() { "ok" } else { "error" }),
         ];
         self.metrics.jwks_refreshes.add(1, &attrs);
         match result {
-            Ok(keys) => {
-                up.set_keys(keys);
+            Ok(fetched) => {
+                up.set_keys(fetched.keys);
                 tracing::info!(issuer = %up.spec.name, "JWKS reloaded");
-                true
             }
             Err(error) => {
                 tracing::warn!(issuer = %up.spec.name, %error, "JWKS reload failed; keeping the keys already held");
-                false
             }
         }
     }
@@ -627,50 +635,6 @@ fn scopes(claims: &Map<String, Value>) -> Result<Option<Scopes>, TokenError> {
         (None, Some(_)) => Err(TokenError::MissingClaim("scp")),
         (None, None) => Ok(None),
     }
-}
-
-/// The HTTP client JWKS are fetched with: bounded in time and redirects.
-fn http_client() -> reqwest::ClientBuilder {
-    reqwest::Client::builder().timeout(Duration::from_secs(5)).redirect(reqwest::redirect::Policy::limited(3))
-}
-
-/// Loads an issuer's JWKS from its source.
-pub async fn load_jwks(spec: &IssuerSpec, http: &reqwest::Client) -> Result<KeySet, String> {
-    let set: JwkSet = match &spec.jwks {
-        JwksSource::Inline(set) => set.clone(),
-        JwksSource::File(path) => {
-            let text = tokio::fs::read_to_string(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
-            serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?
-        }
-        JwksSource::Url(url) => {
-            let mut request = http.get(url);
-            if let Some(file) = &spec.jwks_bearer_token_file {
-                let token = tokio::fs::read_to_string(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
-                let token = crate::secret::Secret::new(token.trim());
-                request = request.bearer_auth(token.expose());
-            }
-            let mut response = request.send().await.map_err(|e| format!("fetching JWKS: {e}"))?;
-            if !response.status().is_success() {
-                return Err(format!("fetching JWKS: HTTP {}", response.status()));
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| format!("fetching JWKS: {e}"))? {
-                if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                    return Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes"));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))?
-        }
-    };
-    let (keys, problems) = KeySet::from_jwks(&set, &spec.algorithms);
-    for problem in problems {
-        tracing::warn!(issuer = %spec.name, %problem, "JWKS key left out");
-    }
-    if keys.is_empty() {
-        return Err("JWKS holds no usable key".into());
-    }
-    Ok(keys)
 }
 
 #[cfg(test)]

@@ -1,0 +1,87 @@
+//! The JWKS fetcher: reads an issuer's key set from its file or its URL (over HTTPS with an optional extra CA
+//! and bearer token, as the Kubernetes API server's `/openid/v1/jwks` wants), bounded in size and time.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use super::{Fetched, IssuerSpec, JwksSource, KeySource};
+use crate::token::keys::{JwkSet, KeySet};
+
+/// The largest JWKS document fetched from a URL.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+/// Fetches JWKS over HTTP(S) and from files; one HTTP client per issuer that trusts an extra CA.
+#[derive(Debug)]
+pub struct JwksFetcher {
+    http: reqwest::Client,
+    /// Issuer name → its own client, when it trusts an extra CA.
+    with_ca: HashMap<String, reqwest::Client>,
+}
+
+impl JwksFetcher {
+    pub fn new<'a>(specs: impl IntoIterator<Item = &'a IssuerSpec>) -> JwksFetcher {
+        let with_ca = specs
+            .into_iter()
+            .filter_map(|spec| {
+                let cert = reqwest::Certificate::from_pem(spec.jwks_ca_pem.as_deref()?).ok()?;
+                let client = http_client().add_root_certificate(cert).build().ok()?;
+                Some((spec.name.clone(), client))
+            })
+            .collect();
+        JwksFetcher { http: http_client().build().unwrap_or_default(), with_ca }
+    }
+}
+
+impl KeySource for JwksFetcher {
+    fn load<'a>(&'a self, spec: &'a IssuerSpec) -> Pin<Box<dyn Future<Output = Result<Fetched, String>> + Send + 'a>> {
+        let http = self.with_ca.get(&spec.name).unwrap_or(&self.http);
+        Box::pin(load_jwks(spec, http))
+    }
+}
+
+/// The HTTP client JWKS are fetched with: bounded in time and redirects.
+fn http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().timeout(Duration::from_secs(5)).redirect(reqwest::redirect::Policy::limited(3))
+}
+
+/// Loads an issuer's JWKS from its source.
+async fn load_jwks(spec: &IssuerSpec, http: &reqwest::Client) -> Result<Fetched, String> {
+    let document: Vec<u8> = match &spec.jwks {
+        JwksSource::Inline(set) => serde_json::to_vec(set).map_err(|e| e.to_string())?,
+        JwksSource::File(path) => tokio::fs::read(path).await.map_err(|e| format!("{}: {e}", path.display()))?,
+        JwksSource::Url(url) => {
+            let mut request = http.get(url);
+            if let Some(file) = &spec.jwks_bearer_token_file {
+                let token = tokio::fs::read_to_string(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
+                let token = crate::secret::Secret::new(token.trim());
+                request = request.bearer_auth(token.expose());
+            }
+            let mut response = request.send().await.map_err(|e| format!("fetching JWKS: {e}"))?;
+            if !response.status().is_success() {
+                return Err(format!("fetching JWKS: HTTP {}", response.status()));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| format!("fetching JWKS: {e}"))? {
+                if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                    return Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            body
+        }
+    };
+    let set: JwkSet = serde_json::from_slice(&document).map_err(|e| format!("not a JWKS: {e}"))?;
+    let (keys, problems) = KeySet::from_jwks(&set, &spec.algorithms);
+    for problem in problems {
+        tracing::warn!(issuer = %spec.name, %problem, "JWKS key left out");
+    }
+    if keys.is_empty() {
+        return Err("JWKS holds no usable key".into());
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &document);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    Ok(Fetched { keys, digest: out })
+}
