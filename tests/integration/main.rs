@@ -3,6 +3,7 @@
 mod bad_input;
 mod cli;
 mod exchange;
+mod faces;
 mod interop;
 mod jwks;
 mod properties;
