@@ -2,9 +2,126 @@
 //! details (the Basic scheme's case, empty secrets), and health and reflection answering while the broker's
 //! RPCs are at their concurrency limit.
 
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use base64::Engine as _;
+use tessera::grpc::pb;
 
 use crate::support::*;
+
+// --- Audit lines cannot be forged ---------------------------------------------------------------------
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `tessera serve` process, killed when dropped.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A complete, well-formed audit line of the text format, announcing a revocation that never happened.
+fn forged(marker: &str) -> String {
+    format!("2026-01-01T00:00:00.000000Z  INFO tessera::audit: event=revoke decision=revoked jti=\"{marker}\"")
+}
+
+/// `line` with every double-quoted value (and its backslash escapes) taken out: what a reader of the text
+/// format takes for field names and bare words.
+fn unquoted(line: &str) -> String {
+    let (mut out, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in line.chars() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (true, false, '"') => quoted = false,
+            (true, false, _) => {}
+            (false, _, '"') => quoted = true,
+            (false, _, c) => out.push(c),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn request_text_cannot_forge_an_audit_line() {
+    let dir = TestBroker::builder().write_config();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--grpc-addr", &addr, "--http-addr", &format!("127.0.0.1:{}", free_port()), "--config"])
+        .arg(dir.path().join("tessera.toml"))
+        .env("TESSERA__LOG__FORMAT", "text")
+        .env("TESSERA__LOG__LEVEL", "info")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = stderr.read_to_string(&mut logs);
+        logs
+    });
+    let server = Serve(child);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        if let Ok(client) = pb::token_broker_client::TokenBrokerClient::connect(format!("http://{addr}")).await {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "tessera did not start listening on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let assertion = k8s_assertion(600);
+    let mut scope = request(&assertion, CRM, &format!("crm:read\n{}", forged("forged-scope")));
+    scope.task_id = "forge-scope".into();
+    let audience = request(&assertion, &format!("{CRM}\n{}", forged("forged-audience")), "crm:read");
+    let mut task = request(&assertion, CRM, "crm:read");
+    task.task_id = format!("t\n{}", forged("forged-task"));
+    // An upstream assertion whose `sub` carries the forged line (signed by a trusted issuer).
+    let mut sub_claims = claims("kubernetes", 600);
+    sub_claims["sub"] = format!("{ORCHESTRATOR}\n{}", forged("forged-sub")).into();
+    let forged_sub = Signer::rs256("kubernetes.key.pem").token(&kid("kubernetes.jwks.json"), &sub_claims);
+    let sub = request(&forged_sub, CRM, "crm:read");
+    for r in [scope, audience, task, sub] {
+        // Granted or refused, each is audited; the outcome is not what this test is about.
+        let _ = client.exchange_token(r).await;
+    }
+
+    // The server drains open connections on SIGTERM: close ours first.
+    drop(client);
+    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
+    // Waited for off the runtime, which must keep running to close the connection.
+    let logs = tokio::task::spawn_blocking(move || reader.join().unwrap()).await.unwrap();
+    drop(server);
+
+    let audit_lines: Vec<&str> = logs.lines().filter(|l| l.contains("tessera::audit")).collect();
+    for marker in ["forged-scope", "forged-audience", "forged-task", "forged-sub"] {
+        // The text reached the log (so the checks below are not vacuous)…
+        assert!(logs.contains(marker), "no audit line carries {marker}:\n{logs}");
+        // …but only inside a quoted, escaped value: `\n`, not a line break.
+        assert!(
+            audit_lines.iter().any(|l| l.contains(marker) && l.contains("\\n2026-01-01T00:00:00")),
+            "{marker} is not escaped:\n{logs}"
+        );
+    }
+    for line in logs.lines() {
+        assert!(!line.starts_with("2026-01-01T00:00:00"), "a request wrote a line of its own: {line}\n{logs}");
+        assert!(!unquoted(line).contains("event=revoke"), "a forged revocation reads as real: {line}\n{logs}");
+    }
+    // Four real exchange events, each on one line, with the broker's own words unquoted.
+    let exchanges = audit_lines.iter().filter(|l| unquoted(l).contains("event=exchange decision=")).count();
+    assert_eq!(exchanges, 4, "{logs}");
+}
 
 // --- Client authentication ----------------------------------------------------------------------------
 
