@@ -1,12 +1,12 @@
 //! Serving: the gRPC server with health and reflection, on a listener the caller bound, until `shutdown`.
 //!
 //! Taking a bound listener (not an address) lets tests bind `127.0.0.1:0` and learn the port first.
+//! Connections are accepted by [`crate::net`], which sets `TCP_NODELAY` on each.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::broker::Broker;
@@ -62,7 +62,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .serve_with_incoming_shutdown(crate::net::incoming(listener), draining)
         .await;
     refresh.iter().for_each(tokio::task::JoinHandle::abort);
     served.map_err(Into::into)
