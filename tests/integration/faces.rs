@@ -4,10 +4,13 @@
 
 use std::io::Read as _;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use tessera::grpc::pb;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::transport::Channel;
 
 use crate::support::*;
 
@@ -159,4 +162,147 @@ fn a_client_whose_secret_is_empty_is_refused_by_the_config() {
         let all = errors.to_string();
         assert!(all.contains("clients[3] (empty)") && all.contains("empty string"), "{all}");
     }
+}
+
+// --- Health and reflection are outside the broker's concurrency limit ---------------------------------
+
+/// A JWKS endpoint that answers its first request (the broker's warm-up) and holds every later connection
+/// open, unanswered, until [`StallingJwks::release`].
+struct StallingJwks {
+    url: String,
+    stalled: tokio::sync::watch::Receiver<usize>,
+    release: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallingJwks {
+    async fn start(jwks: String) -> StallingJwks {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let (stalled_tx, stalled) = tokio::sync::watch::channel(0usize);
+        let (release, released) = tokio::sync::watch::channel(false);
+        let stalled_tx = Arc::new(stalled_tx);
+        let task = tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                if first {
+                    first = false;
+                    let _ = socket.read(&mut buf).await;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                        jwks.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                    continue;
+                }
+                let (stalled_tx, mut released) = (Arc::clone(&stalled_tx), released.clone());
+                tokio::spawn(async move {
+                    let _ = socket.read(&mut buf).await;
+                    stalled_tx.send_modify(|n| *n += 1);
+                    // Never answers; closes the connection once released.
+                    let _ = released.wait_for(|r| *r).await;
+                });
+            }
+        });
+        StallingJwks { url, stalled, release, task }
+    }
+
+    /// Waits until a request is being held.
+    async fn wait_stalled(&mut self) {
+        let held = tokio::time::timeout(Duration::from_secs(20), self.stalled.wait_for(|n| *n >= 1)).await;
+        assert!(matches!(held, Ok(Ok(_))), "the broker never fetched the JWKS for the unknown kid");
+    }
+
+    fn release(&self) {
+        let _ = self.release.send(true);
+    }
+}
+
+impl Drop for StallingJwks {
+    fn drop(&mut self) {
+        self.release();
+        self.task.abort();
+    }
+}
+
+async fn health_check(channel: Channel) -> Result<i32, tonic::Status> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest { service: "tessera.v1.TokenBroker".into() };
+    Ok(health.check(request).await?.into_inner().status)
+}
+
+async fn list_services(channel: Channel) -> Result<Vec<String>, tonic::Status> {
+    use tonic_reflection::pb::v1 as r1;
+    let mut client = r1::server_reflection_client::ServerReflectionClient::new(channel);
+    let ask = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client.server_reflection_info(tokio_stream::iter([ask])).await?.into_inner();
+    match answers.message().await?.and_then(|m| m.message_response) {
+        Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => Err(tonic::Status::internal(format!("not a service list: {other:?}"))),
+    }
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer_while_the_broker_is_at_its_limit() {
+    let kubernetes_jwks = std::fs::read_to_string(fixtures().join("kubernetes.jwks.json")).unwrap();
+    let mut jwks = StallingJwks::start(kubernetes_jwks).await;
+    let issuer = format!(
+        "\n[[issuers]]\nname = \"kubernetes\"\nissuer = \"{K8S_ISS}\"\njwks_url = \"{}\"\nalgorithms = [\"RS256\"]\nmin_refresh_interval = 0\n",
+        jwks.url
+    );
+    let broker = TestBroker::builder()
+        .issuers_toml(&issuer)
+        .extra_toml("\n[server]\nmax_concurrent_requests = 1\nrequest_timeout_ms = 60000\n")
+        .start()
+        .await;
+    let connect =
+        || async { Channel::from_shared(format!("http://{}", broker.addr)).unwrap().connect().await.unwrap() };
+
+    // One broker RPC takes the only slot: its subject token names a key the broker must fetch, and the
+    // issuer's JWKS endpoint does not answer.
+    let unknown_kid = Signer::rs256("kubernetes.key.pem").token("rotated-away", &claims("kubernetes", 600));
+    let mut held_client = pb::token_broker_client::TokenBrokerClient::new(connect().await);
+    let mut held = tokio::spawn({
+        let r = request(&unknown_kid, CRM, "crm:read");
+        async move { held_client.exchange_token(r).await }
+    });
+    jwks.wait_stalled().await;
+
+    // Health and reflection answer while it is in flight.
+    let probes = connect().await;
+    tokio::select! {
+        biased;
+        done = &mut held => panic!("the held RPC ended before health answered: {done:?}"),
+        status = health_check(probes.clone()) => {
+            assert_eq!(status.unwrap(), tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        }
+    }
+    tokio::select! {
+        biased;
+        done = &mut held => panic!("the held RPC ended before reflection answered: {done:?}"),
+        names = list_services(probes.clone()) => {
+            assert!(names.unwrap().contains(&"tessera.v1.TokenBroker".to_string()));
+        }
+    }
+
+    // Another broker RPC waits for the slot: it has not finished while the first is still in flight…
+    let mut second_client = pb::token_broker_client::TokenBrokerClient::new(connect().await);
+    let second = tokio::spawn(async move { second_client.get_jwks(pb::GetJwksRequest::default()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(health_check(probes).await.is_ok());
+    assert!(!held.is_finished(), "the held RPC ended early; the check below would prove nothing");
+    assert!(!second.is_finished(), "a second broker RPC ran past max_concurrent_requests = 1");
+
+    // …and runs once the first ends (refused: the key it names cannot be fetched).
+    jwks.release();
+    let refused = held.await.unwrap();
+    assert_refused(refused, tonic::Code::Unauthenticated, "invalid_grant", &unknown_kid);
+    let keys = second.await.unwrap().expect("the waiting RPC runs once the slot is free").into_inner();
+    assert!(!keys.keys.is_empty());
 }
