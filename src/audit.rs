@@ -140,21 +140,26 @@ impl Audit {
     }
 
     fn emit(&self, e: AuditEvent) {
+        // `event`, `decision` and `reason` are the broker's own words (an error code or a fixed cause), and
+        // `trace_id` is hex it formatted: they are written as they are. Every other field can hold text from a
+        // request or an upstream assertion, so it is recorded as a `&str` value, which the text log writes
+        // quoted with control characters and quotes escaped (`task_id="a\nb"`): a newline in a scope cannot
+        // start a line of its own that reads as another audit event. JSON logs get the plain string.
         tracing::info!(
             target: "tessera::audit",
             event = %e.event,
             decision = %e.decision,
             reason = %e.reason,
-            detail = %e.detail,
-            client_id = %e.client_id,
-            sub_iss = %e.sub_iss,
-            sub = %e.sub,
-            actors = %e.actors,
-            audience = %e.audience,
-            scope_requested = %e.scope_requested,
-            scope_granted = %e.scope_granted,
-            task_id = %e.task_id,
-            jti = %e.jti,
+            detail = e.detail.as_str(),
+            client_id = e.client_id.as_str(),
+            sub_iss = e.sub_iss.as_str(),
+            sub = e.sub.as_str(),
+            actors = e.actors.as_str(),
+            audience = e.audience.as_str(),
+            scope_requested = e.scope_requested.as_str(),
+            scope_granted = e.scope_granted.as_str(),
+            task_id = e.task_id.as_str(),
+            jti = e.jti.as_str(),
             exp = e.exp,
             trace_id = %e.trace_id,
         );

@@ -55,13 +55,17 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Parses an `authorization: Basic …` value. A malformed header is an authentication failure.
+    /// Parses an `authorization: Basic …` value; the scheme name is case-insensitive (RFC 7235 §2.1). A
+    /// malformed header is an authentication failure.
     pub fn from_authorization(value: Option<&str>, peer_is_loopback: bool) -> Result<Credentials> {
         let bad = || Error::new(ErrorCode::InvalidClient, "malformed client credentials");
         let basic = match value {
             None => None,
             Some(v) => {
-                let encoded = v.strip_prefix("Basic ").ok_or_else(bad)?;
+                let (scheme, encoded) = v.split_once(' ').ok_or_else(bad)?;
+                if !scheme.eq_ignore_ascii_case("basic") {
+                    return Err(bad());
+                }
                 let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
                 let decoded = Secret::new(String::from_utf8(decoded).map_err(|_| bad())?);
                 let (id, secret) = decoded.expose().split_once(':').ok_or_else(bad)?;
@@ -88,6 +92,10 @@ impl Clients {
         let failed = || Error::new(ErrorCode::InvalidClient, "client authentication failed");
         let client = match &credentials.basic {
             Some((id, secret)) => {
+                // An empty secret never authenticates, whatever hash a client was given.
+                if secret.expose().is_empty() {
+                    return Err(failed());
+                }
                 let client = self.by_id.get(id).ok_or_else(failed)?;
                 let expected = client.secret_sha256.ok_or_else(failed)?;
                 let presented = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.expose().as_bytes());
@@ -127,6 +135,11 @@ fn form_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// Whether `sha256` is the SHA-256 of the empty string: a client configured with it would have no secret.
+pub fn is_empty_secret_sha256(sha256: &[u8; 32]) -> bool {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"").as_ref() == sha256
 }
 
 /// Hex SHA-256 of a secret, as written in the config's `secret_sha256`.
@@ -195,8 +208,32 @@ mod tests {
     }
 
     #[test]
+    fn the_basic_scheme_is_case_insensitive() {
+        let c = clients();
+        let token = base64::engine::general_purpose::STANDARD.encode("orch:s3cret");
+        for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
+            let creds = Credentials::from_authorization(Some(&format!("{scheme} {token}")), false).unwrap();
+            assert_eq!(c.authenticate(&creds, Rpc::Exchange).unwrap().id, "orch", "{scheme}");
+        }
+    }
+
+    #[test]
+    fn an_empty_secret_never_authenticates() {
+        // Even a client whose hash is that of the empty string (the config refuses one; see config.rs).
+        let c = Clients::new(vec![Client::new("empty".into(), Some(sha("")), [Rpc::Exchange].into(), false)]);
+        assert!(is_empty_secret_sha256(&sha("")) && !is_empty_secret_sha256(&sha("s3cret")));
+        let err = c.authenticate(&basic("empty", "", false), Rpc::Exchange).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidClient);
+        // Nor on loopback, where anonymous callers may be a client.
+        assert_eq!(
+            c.authenticate(&basic("empty", "", true), Rpc::Exchange).unwrap_err().code,
+            ErrorCode::InvalidClient
+        );
+    }
+
+    #[test]
     fn malformed_authorization_is_invalid_client() {
-        for v in ["Bearer x", "Basic !!!", "Basic Zm9v"] {
+        for v in ["Bearer x", "Basic !!!", "Basic Zm9v", "Basicx Zm9vOmJhcg==", "Zm9vOmJhcg=="] {
             assert_eq!(Credentials::from_authorization(Some(v), false).unwrap_err().code, ErrorCode::InvalidClient);
         }
     }

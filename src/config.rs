@@ -400,8 +400,12 @@ impl ConfigBuilder {
                 None => None,
                 Some(hex) => {
                     let parsed = parse_sha256_hex(hex);
-                    if parsed.is_none() {
-                        problems.push(format!("{at}: `secret_sha256` must be 64 hex digits"));
+                    match &parsed {
+                        None => problems.push(format!("{at}: `secret_sha256` must be 64 hex digits")),
+                        Some(sha) if crate::client::is_empty_secret_sha256(sha) => problems.push(format!(
+                            "{at}: `secret_sha256` is the SHA-256 of the empty string; a secret is required"
+                        )),
+                        Some(_) => {}
                     }
                     parsed
                 }

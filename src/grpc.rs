@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::future::Future;
 
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -44,8 +45,15 @@ pub fn status(error: Error) -> Status {
 }
 
 /// The `TokenBroker` service over a shared broker.
+///
+/// Its RPCs share a ceiling on how many run at once (`server.max_concurrent_requests`): past it, callers wait
+/// for a slot (backpressure) within the request timeout. The ceiling is the broker's alone, so gRPC health
+/// checks and reflection on the same server answer however busy it is.
 #[derive(Clone, Debug)]
-pub struct TokenBrokerService(pub Arc<Broker>);
+pub struct TokenBrokerService {
+    broker: Arc<Broker>,
+    in_flight: Arc<Semaphore>,
+}
 
 /// Reads W3C `traceparent`/`tracestate` from gRPC request metadata.
 struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
@@ -80,6 +88,17 @@ fn is_server_error(code: Code) -> bool {
 }
 
 impl TokenBrokerService {
+    /// The service, running at most `max_concurrent` of its RPCs at once (at least one).
+    pub fn new(broker: Arc<Broker>, max_concurrent: usize) -> TokenBrokerService {
+        let permits = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        TokenBrokerService { broker, in_flight: Arc::new(Semaphore::new(permits)) }
+    }
+
+    /// A slot among the RPCs in flight, waiting for one if all are taken (the semaphore is never closed).
+    async fn slot(&self) -> Result<SemaphorePermit<'_>, Status> {
+        self.in_flight.acquire().await.map_err(|_| Status::unavailable("the broker is shutting down"))
+    }
+
     /// Runs one RPC inside its server span — named and attributed per the OpenTelemetry RPC conventions,
     /// parented on the caller's `traceparent` — and records its latency.
     async fn rpc<T, R, F>(
@@ -108,7 +127,13 @@ impl TokenBrokerService {
         let parent = TraceContextPropagator::new().extract(&MetadataExtractor(request.metadata()));
         let _ = span.set_parent(parent);
         let start = std::time::Instant::now();
-        let result = handler(request).instrument(span.clone()).await;
+        // The wait for a slot is part of the RPC's latency, as its caller sees it.
+        let result = async {
+            let _slot = self.slot().await?;
+            handler(request).await
+        }
+        .instrument(span.clone())
+        .await;
         let code = result.as_ref().err().map_or(Code::Ok, Status::code);
         span.record("rpc.grpc.status_code", code as i64);
         if is_server_error(code) {
@@ -118,7 +143,7 @@ impl TokenBrokerService {
             opentelemetry::KeyValue::new("rpc.method", method),
             opentelemetry::KeyValue::new("rpc.grpc.status_code", code as i64),
         ];
-        self.0.metrics().rpc_duration.record(start.elapsed().as_secs_f64(), &attrs);
+        self.broker.metrics().rpc_duration.record(start.elapsed().as_secs_f64(), &attrs);
         result.map(Response::new)
     }
 
@@ -126,7 +151,7 @@ impl TokenBrokerService {
         let authorization = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("\u{0}"));
         let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
         let credentials = Credentials::from_authorization(authorization, loopback).map_err(status)?;
-        self.0.clients().authenticate(&credentials, rpc).map_err(status)
+        self.broker.clients().authenticate(&credentials, rpc).map_err(status)
     }
 }
 
@@ -138,7 +163,7 @@ impl TokenBroker for TokenBrokerService {
     ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
         self.rpc("ExchangeToken", "tessera.v1.TokenBroker/ExchangeToken", request, async |request| {
             let client = self.caller(&request, Rpc::Exchange)?;
-            let issued = self.0.exchange(client, request.into_inner().into(), now()).await.map_err(status)?;
+            let issued = self.broker.exchange(client, request.into_inner().into(), now()).await.map_err(status)?;
             Ok(issued.into())
         })
         .await
@@ -151,7 +176,7 @@ impl TokenBroker for TokenBrokerService {
         self.rpc("Introspect", "tessera.v1.TokenBroker/Introspect", request, async |request| {
             let client = self.caller(&request, Rpc::Introspect)?;
             let token = Secret::new(request.into_inner().token);
-            Ok(self.0.introspect(client, &token, now()).await.map_err(status)?.into())
+            Ok(self.broker.introspect(client, &token, now()).await.map_err(status)?.into())
         })
         .await
     }
@@ -161,14 +186,15 @@ impl TokenBroker for TokenBrokerService {
             let client = self.caller(&request, Rpc::Revoke)?;
             let pb::RevokeRequest { target, reason } = request.into_inner();
             let target = target.ok_or_else(|| status(Error::invalid_request("a revocation target is required")))?;
-            let revoked = self.0.revoke(client, target.into(), &reason, now()).await.map_err(status)?;
+            let revoked = self.broker.revoke(client, target.into(), &reason, now()).await.map_err(status)?;
             Ok(pb::RevokeResponse { kind: revoked.target.kind().into(), expires_at: revoked.expires_at })
         })
         .await
     }
 
     async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
-        let keyring = self.0.keyring();
+        let _slot = self.slot().await?;
+        let keyring = self.broker.keyring();
         let keys = keyring
             .jwks()
             .keys

@@ -9,7 +9,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-/// Serves the HTTP face on `listener` until `shutdown` completes.
+/// Serves the HTTP face on `listener` until `shutdown` completes. Connections are accepted by [`crate::net`],
+/// which sets `TCP_NODELAY` on each.
 pub async fn serve(
     listener: TcpListener,
     registry: Option<prometheus::Registry>,
@@ -20,7 +21,7 @@ pub async fn serve(
         router = router.route("/metrics", get(move || metrics(registry.clone())));
     }
     tracing::info!(addr = %listener.local_addr()?, "tessera serving HTTP");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(crate::net::Listener(listener), router).with_graceful_shutdown(shutdown).await
 }
 
 async fn metrics(registry: prometheus::Registry) -> impl IntoResponse {

@@ -24,6 +24,7 @@
 //! - [`grpc`]: the `tessera.v1.TokenBroker` adapter and the OAuth-error → gRPC-status mapping.
 //! - [`server`]: the gRPC server (health, reflection, limits) over a listener the caller binds.
 //! - [`http`]: the plain HTTP face: Prometheus metrics and health.
+//! - [`net`]: how both faces accept connections (`TCP_NODELAY` on each).
 //! - [`config`], [`dev`], [`telemetry`], [`secret`], [`error`]: configuration, the dev setup, logging,
 //!   redacted secrets and the error type.
 
@@ -40,6 +41,7 @@ pub mod http;
 pub mod introspect;
 pub mod issuer;
 pub mod metrics;
+pub mod net;
 pub mod policy;
 pub mod revocation;
 pub mod scopes;

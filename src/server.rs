@@ -1,12 +1,12 @@
 //! Serving: the gRPC server with health and reflection, on a listener the caller bound, until `shutdown`.
 //!
 //! Taking a bound listener (not an address) lets tests bind `127.0.0.1:0` and learn the port first.
+//! Connections are accepted by [`crate::net`], which sets `TCP_NODELAY` on each.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::broker::Broker;
@@ -40,7 +40,8 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let service = TokenBrokerServer::new(TokenBrokerService(broker))
+    // The broker's RPCs, and only they, are limited in number: health checks and reflection always answer.
+    let service = TokenBrokerServer::new(TokenBrokerService::new(broker, settings.max_concurrent_requests))
         // Requests are small (tokens are bounded by issuer config); a large body is refused before decoding.
         .max_decoding_message_size(settings.max_request_bytes);
 
@@ -53,16 +54,13 @@ pub async fn run(
     let served = Server::builder()
         // Every RPC ends within the request timeout, whatever a peer or an upstream JWKS endpoint does.
         .timeout(settings.request_timeout)
-        // A hard ceiling on work in flight across all connections: past it, callers wait (backpressure)
-        // rather than the process running out of memory.
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(settings.max_concurrent_requests))
         // Dead peers are noticed and their connections closed.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .serve_with_incoming_shutdown(crate::net::incoming(listener), draining)
         .await;
     refresh.iter().for_each(tokio::task::JoinHandle::abort);
     served.map_err(Into::into)

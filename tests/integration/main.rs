@@ -5,6 +5,7 @@ mod cli;
 mod delegation;
 mod docs;
 mod exchange;
+mod faces;
 mod interop;
 mod jwks;
 mod properties;
