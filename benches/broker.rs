@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use tessera::Broker;
 use tessera::client::{Client, Credentials, Rpc};
+use tessera::config::MirrorSettings;
 use tessera::exchange::{ExchangeRequest, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT};
 use tessera::grpc::pb;
 use tessera::introspect::Introspection;
 use tessera::revocation::RevokeRequest;
-use tessera::revocation::redis::MirrorSettings;
 use tessera::secret::Secret;
 
 fn free_port() -> u16 {
@@ -62,7 +62,7 @@ async fn broker(dir: &std::path::Path, redis: Option<u16>, store: Store) -> Arc<
         s.mirror =
             Some(MirrorSettings { max_staleness: Duration::from_secs(2), heartbeat: Duration::from_millis(500) });
     }
-    Arc::new(Broker::new(config).await.expect("broker"))
+    Arc::new(tessera::serve::broker(config, tessera::metrics::Metrics::global()).await.expect("broker"))
 }
 
 fn client(broker: &Broker) -> Client {
@@ -111,8 +111,8 @@ async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
 }
 
 async fn mint(broker: &Broker, client: &Client, dir: &std::path::Path) -> Secret {
-    let assertion = tessera::dev::assertion(dir, "bench-orchestrator", None, 600, tessera::broker::now()).unwrap();
-    broker.exchange(client, request(&assertion), tessera::broker::now()).await.expect("exchange").access_token
+    let assertion = tessera::dev::assertion(dir, "bench-orchestrator", None, 600, tessera::clock::now()).unwrap();
+    broker.exchange(client, request(&assertion), tessera::clock::now()).await.expect("exchange").access_token
 }
 
 /// Introspections per second over gRPC: `concurrency` clients, each on its own connection, `seconds` long.
@@ -127,7 +127,7 @@ async fn grpc_throughput(broker: Arc<Broker>, token: &str, concurrency: usize, s
         max_concurrent_requests: 4096,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tessera::server::run(listener, broker, settings, async {
+    let server = tokio::spawn(tessera::serve::run(listener, broker, settings, async {
         let _ = rx.await;
     }));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -162,7 +162,7 @@ async fn propagation(a: &Broker, b: &Broker, dir: &std::path::Path, rounds: usiz
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let token = mint(a, &ca, dir).await;
-        let now = tessera::broker::now();
+        let now = tessera::clock::now();
         a.revoke(&ca, RevokeRequest::Token(token.clone()), "bench", now).await.expect("revoke");
         let returned = Instant::now();
         loop {
@@ -191,10 +191,10 @@ async fn run() {
     println!("| operation | n | mean | p50 | p99 | max |\n|---|---|---|---|---|---|");
     for (name, b) in [("memory", &memory), ("redis strict", &strict), ("redis mirror", &mirror)] {
         let c = client(b);
-        let assertion = tessera::dev::assertion(d, "bench-orchestrator", None, 600, tessera::broker::now()).unwrap();
+        let assertion = tessera::dev::assertion(d, "bench-orchestrator", None, 600, tessera::clock::now()).unwrap();
         let mut ex = Vec::new();
         for _ in 0..2000 {
-            let (r, t) = timed(b.exchange(&c, request(&assertion), tessera::broker::now())).await;
+            let (r, t) = timed(b.exchange(&c, request(&assertion), tessera::clock::now())).await;
             r.expect("exchange");
             ex.push(t);
         }
@@ -202,7 +202,7 @@ async fn run() {
         let token = mint(b, &c, d).await;
         let mut intro = Vec::new();
         for _ in 0..5000 {
-            let (r, t) = timed(b.introspect(&c, &token, tessera::broker::now())).await;
+            let (r, t) = timed(b.introspect(&c, &token, tessera::clock::now())).await;
             assert!(matches!(r.expect("introspect"), Introspection::Active(_)));
             intro.push(t);
         }
@@ -215,9 +215,6 @@ async fn run() {
     println!("| mode | n | mean | p50 | p99 | max |\n|---|---|---|---|---|---|");
     println!("{}", propagation(&strict, &strict_b, d, 300).await.line("strict"));
     println!("{}", propagation(&mirror, &mirror_b, d, 300).await.line("mirror (pub/sub)"));
-    if let tessera::revocation::Revocations::Redis(s) = mirror_b.revocations() {
-        println!("\nmirror: last publish-to-apply lag reported by the replica: {:?} ms", s.mirror_lag_ms());
-    }
 
     println!("\n## Introspection throughput over gRPC (loopback, 64 concurrent clients, 5 s)\n");
     println!("| store | introspections/s |\n|---|---|");

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tessera::config::{Config, ConfigBuilder, LogFormat};
 use tessera::grpc::pb;
 use tessera::token::keys::{SigningAlgorithm, SigningKey};
-use tessera::{Broker, dev, server, telemetry};
+use tessera::{dev, serve, telemetry};
 
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "A credential broker for AI agents (RFC 8693 token exchange)")]
@@ -264,7 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Introspect { token, client } => runtime()?.block_on(introspect(token, client)),
         Command::Audit { redis_url, task, sub, jti } => {
             let filter = tessera::audit::Filter { task_id: task, sub, jti };
-            let events = runtime()?.block_on(tessera::audit::read_stream(&redis_url, &filter))?;
+            let events = runtime()?.block_on(tessera::audit::stream::read(&redis_url, &filter))?;
             for e in events {
                 println!("{}", serde_json::to_string(&e).map_err(|e| e.to_string())?);
             }
@@ -313,7 +313,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Command::Dev { command: DevCommand::Assertion { sub, scope, ttl, dev_dir } } => {
-            let token = dev::assertion(&dev_dir, &sub, scope.as_deref(), ttl.clamp(1, 86_400), tessera::broker::now())?;
+            let token = dev::assertion(&dev_dir, &sub, scope.as_deref(), ttl.clamp(1, 86_400), tessera::clock::now())?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
@@ -366,7 +366,7 @@ fn serve(config: Option<PathBuf>, overrides: Overrides, dev_dir: &Path) -> Resul
                 eprintln!("\n  !!! {} !!!\n", dev::WARNING);
             }
         }
-        let broker = Arc::new(Broker::new(config).await?);
+        let broker = Arc::new(serve::broker(config, tessera::metrics::Metrics::global()).await?);
         let (grpc, http) = (bind(settings.grpc_addr).await?, bind(settings.http_addr).await?);
         // One signal stops both faces: gRPC drains in-flight RPCs, HTTP finishes its requests.
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -375,10 +375,10 @@ fn serve(config: Option<PathBuf>, overrides: Overrides, dev_dir: &Path) -> Resul
         };
         let http = tokio::spawn(tessera::http::serve(http, telemetry.registry.clone(), http_stopped));
         let grpc_stopped = async move {
-            server::shutdown_signal().await;
+            serve::shutdown_signal().await;
             let _ = stop.send(true);
         };
-        let served = server::run(grpc, broker, settings, grpc_stopped).await.map_err(|e| e.to_string());
+        let served = serve::run(grpc, broker, settings, grpc_stopped).await.map_err(|e| e.to_string());
         let _ = http.await;
         telemetry.shutdown();
         served

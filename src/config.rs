@@ -4,6 +4,7 @@
 //! `tessera config check` proves a config will start.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,7 +17,6 @@ use crate::catalog::Audience;
 use crate::client::{Client, Rpc, parse_sha256_hex};
 use crate::issuer::{IssuerSpec, JwksSource};
 use crate::policy::{DEFAULT_POLICY, Policy};
-use crate::revocation::redis::{Backend, MirrorSettings, RedisSettings};
 use crate::scopes::Scopes;
 use crate::secret::Secret;
 use crate::token::jws::Algorithm;
@@ -204,11 +204,37 @@ pub enum LogFormat {
     Json,
 }
 
-/// Bounds on delegation that no policy can lift.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_delegation_depth: usize,
-    pub max_chain_length: usize,
+pub use crate::exchange::Limits;
+
+/// Where Redis is.
+#[derive(Clone)]
+pub enum Backend {
+    Standalone(Secret),
+    Cluster(Vec<Secret>),
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URLs may carry a password.
+        match self {
+            Backend::Standalone(_) => f.write_str("Standalone([redacted])"),
+            Backend::Cluster(nodes) => write!(f, "Cluster({} nodes, [redacted])", nodes.len()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MirrorSettings {
+    pub max_staleness: Duration,
+    pub heartbeat: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub backend: Backend,
+    /// Upper bound on one store operation; past it the broker answers UNAVAILABLE.
+    pub timeout: Duration,
+    pub mirror: Option<MirrorSettings>,
 }
 
 #[derive(Clone, Copy, Debug)]

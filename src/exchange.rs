@@ -1,24 +1,27 @@
 //! RFC 8693 token exchange: the one place where the invariants of issuance are enforced.
 //!
-//! Each invariant has one home here:
-//! 1. scopes: [`Broker::grant_scopes`] — requested ⊆ catalog(audience) ∩ subject's scopes, then ∩ policy;
-//! 2. lifetime: [`expiry`] — `exp` ≤ min(subject `exp`, actor `exp`, now + audience max TTL, now + requested);
-//! 3. audience: [`Broker::destination`] — exactly one, catalogued, and no hopping away from a downstream token;
-//! 4. delegation: [`Broker::delegate`] — `act` nests over the subject's chain, `may_act` is honoured, depth
-//!    and ancestry are bounded;
+//! Each invariant has one home here, in [`Exchange`]:
+//! 1. scopes: `Exchange::grant_scopes` — requested ⊆ catalog(audience) ∩ subject's scopes, then ∩ policy;
+//! 2. lifetime: `expiry` — `exp` ≤ min(subject `exp`, actor `exp`, now + audience max TTL, now + requested);
+//! 3. audience: `Exchange::destination` — exactly one, catalogued, and no hopping away from a downstream token;
+//! 4. delegation: `Exchange::delegate` — `act` names the actor token's holder over the subject's chain,
+//!    `may_act` travels and narrows, the lineage is carried, depth and ancestry are bounded;
+//! 5. revocation: `Exchange::check_revocations` — nothing is derived from anything revoked, in one lookup;
 //! 6. the subject (and actor) token is verified by [`crate::issuer`] before anything else is looked at.
+//!
+//! Claims are built in one place, `Exchange::decide`.
 
-use crate::audit::Trail;
-use crate::broker::Broker;
-use crate::catalog::Destination;
+use crate::audit::{AuditEvent, AuditSink, truncate};
+use crate::catalog::{Catalog, Destination};
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
-use crate::issuer::{Origin, Verified};
-use crate::policy::Question;
-use crate::revocation::Probe;
+use crate::issuer::{Issuers, Origin, Verified};
+use crate::metrics::Metrics;
+use crate::policy::{Policy, Principal, Question};
+use crate::revocation::{Probe, Revocations};
 use crate::scopes::Scopes;
 use crate::secret::Secret;
-use crate::token::{AccessClaims, Actor, Lineage, Party, new_jti};
+use crate::token::{AccessClaims, Actor, Keyring, Lineage, Party, new_jti};
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -60,13 +63,34 @@ pub struct Issued {
     pub claims: AccessClaims,
 }
 
-impl Broker {
+/// Bounds on delegation that no policy can lift.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_delegation_depth: usize,
+    pub max_chain_length: usize,
+}
+
+/// The token exchange, over exactly what it reads: the issuers that verify subject and actor tokens, the
+/// catalog, the policy, the keyring that signs, the revocation store, the audit sink and the metrics.
+pub struct Exchange<'a> {
+    pub broker_issuer: &'a str,
+    pub issuers: &'a Issuers,
+    pub catalog: &'a Catalog,
+    pub policy: &'a Policy,
+    pub keyring: &'a Keyring,
+    pub limits: Limits,
+    pub revocations: Revocations<'a>,
+    pub audit: &'a dyn AuditSink,
+    pub metrics: &'a Metrics,
+}
+
+impl Exchange<'_> {
     /// Exchanges the request's subject (and actor) token for a narrower token, as of `now` (Unix seconds).
     /// Every outcome, granted or refused, is an audit event.
-    pub async fn exchange(&self, client: &Client, request: ExchangeRequest, now: u64) -> Result<Issued> {
+    pub async fn run(&self, client: &Client, request: ExchangeRequest, now: u64) -> Result<Issued> {
         let mut trail = Trail::new(&client.id, &request);
         let outcome = self.decide(client, &request, now, &mut trail).await;
-        self.audit.exchange(&trail, &outcome);
+        self.audit.record(trail.finish(&outcome));
         self.metrics.exchange(outcome.as_ref().err().map(|e| e.code.as_str()));
         outcome
     }
@@ -117,7 +141,7 @@ impl Broker {
         let scope = self.grant_scopes(&requested, target, &subject, &question)?;
         let exp = expiry(now, &subject, actor.as_ref(), target, req.requested_expires_in)?;
         let claims = AccessClaims {
-            iss: self.broker_issuer.clone(),
+            iss: self.broker_issuer.to_string(),
             sub: subject.principal.sub.clone(),
             aud: target.id().to_string(),
             exp,
@@ -162,9 +186,12 @@ impl Broker {
         if !matches!(subject.origin, Origin::Broker(_)) {
             probe.task(task_id);
         }
-        let spends: Vec<(String, u64)> =
-            std::iter::once(subject).chain(actor).filter_map(|t| t.spend.clone()).collect();
-        let (found, fresh) = self.lookup_and_spend(probe.keys(), &spends, now).await?;
+        let spends: Vec<(String, u64)> = std::iter::once(subject)
+            .chain(actor)
+            .filter_map(|t| t.spend.as_ref())
+            .map(|once| (crate::revocation::spent_key(&once.issuer, &once.jti), once.until))
+            .collect();
+        let (found, fresh) = self.revocations.lookup_and_spend(probe.keys(), &spends, now).await?;
         if probe.revoked(&found) {
             return Err(Error::invalid_grant("a token in this request, or its task, has been revoked"));
         }
@@ -313,6 +340,55 @@ fn expiry(
         return Err(Error::invalid_grant("the subject token expires too soon to derive a token from it"));
     }
     Ok(exp)
+}
+
+/// What is known of an exchange as it is decided, so a refusal at any step is audited with what was known:
+/// the audit event, filled in step by step.
+struct Trail(AuditEvent);
+
+impl Trail {
+    fn new(client_id: &str, req: &ExchangeRequest) -> Trail {
+        let mut e = AuditEvent::new("exchange", "", client_id);
+        e.audience = req.audience.first().or(req.resource.first()).map(|a| truncate(a, 512)).unwrap_or_default();
+        e.scope_requested = truncate(&req.scope, 1024);
+        e.task_id = truncate(&req.task_id, 128);
+        Trail(e)
+    }
+
+    fn subject(&mut self, principal: &Principal) {
+        self.0.sub_iss = principal.iss.clone();
+        self.0.sub = principal.sub.clone();
+    }
+
+    fn actors(&mut self, act: Option<&Actor>) {
+        self.0.actors =
+            act.map(|a| a.chain().map(|a| a.sub.as_str()).collect::<Vec<_>>().join(" > ")).unwrap_or_default();
+    }
+
+    /// The task, once known from the subject token.
+    fn task(&mut self, task_id: &str) {
+        self.0.task_id = task_id.to_string();
+    }
+
+    fn finish(self, outcome: &Result<Issued>) -> AuditEvent {
+        let mut e = self.0;
+        match outcome {
+            Ok(issued) => {
+                e.decision = "granted".into();
+                e.audience = issued.claims.aud.clone();
+                e.scope_granted = issued.claims.scope.to_string();
+                e.task_id = issued.claims.task_id.clone();
+                e.jti = issued.claims.jti.clone();
+                e.exp = issued.claims.exp;
+            }
+            Err(error) => {
+                e.decision = "denied".into();
+                e.reason = error.code.as_str().into();
+                e.detail = error.description.clone();
+            }
+        }
+        e
+    }
 }
 
 /// What an exchange writes into the issued token about who acts for whom and what it derives from.

@@ -12,8 +12,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::broker::{Broker, now};
+use crate::broker::Broker;
 use crate::client::{Client, Credentials, Rpc};
+use crate::clock::now;
 use crate::error::Error;
 use crate::exchange::{ExchangeRequest, Issued, TOKEN_TYPE_ACCESS_TOKEN};
 use crate::introspect::Introspection;

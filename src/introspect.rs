@@ -6,11 +6,13 @@
 //! else; why it is inactive goes to the audit trail only. A store that cannot answer is an error
 //! (UNAVAILABLE), never `active: true`.
 
-use crate::broker::Broker;
+use crate::audit::{AuditEvent, AuditSink};
+use crate::catalog::Catalog;
 use crate::client::Client;
 use crate::error::Result;
-use crate::issuer::Origin;
-use crate::revocation::Probe;
+use crate::issuer::{Issuers, Origin};
+use crate::metrics::Metrics;
+use crate::revocation::{Probe, Revocations};
 use crate::secret::Secret;
 use crate::token::AccessClaims;
 
@@ -21,10 +23,21 @@ pub enum Introspection {
     Inactive,
 }
 
-impl Broker {
-    pub async fn introspect(&self, client: &Client, token: &Secret, now: u64) -> Result<Introspection> {
-        let outcome = self.decide_introspection(client, token, now).await;
-        self.audit.introspect(&client.id, &outcome);
+/// Introspection, over what it reads: the issuers that verify the token, the catalog (who may introspect
+/// which audience), the revocation store, the audit sink and the metrics.
+pub struct Introspect<'a> {
+    pub issuers: &'a Issuers,
+    pub catalog: &'a Catalog,
+    pub revocations: Revocations<'a>,
+    pub audit: &'a dyn AuditSink,
+    pub metrics: &'a Metrics,
+}
+
+impl Introspect<'_> {
+    /// Whether `token` is active as of `now`, for `client`. Every answer is an audit event.
+    pub async fn run(&self, client: &Client, token: &Secret, now: u64) -> Result<Introspection> {
+        let outcome = self.decide(client, token, now).await;
+        self.audit.record(audit_event(&client.id, &outcome));
         let result = match &outcome {
             Ok((Introspection::Active(_), _)) => "active",
             Ok((Introspection::Inactive, _)) => "inactive",
@@ -34,12 +47,7 @@ impl Broker {
         outcome.map(|(answer, _)| answer)
     }
 
-    async fn decide_introspection(
-        &self,
-        client: &Client,
-        token: &Secret,
-        now: u64,
-    ) -> Result<(Introspection, &'static str)> {
+    async fn decide(&self, client: &Client, token: &Secret, now: u64) -> Result<(Introspection, &'static str)> {
         let claims = match self.issuers.verify(token.expose(), now).await {
             Ok(v) => match v.origin {
                 Origin::Broker(claims) => claims,
@@ -52,10 +60,40 @@ impl Broker {
         }
         let mut probe = Probe::default();
         probe.token(&claims);
-        let found = self.lookup(probe.keys(), now).await?;
+        let found = self.revocations.lookup(probe.keys(), now).await?;
         if probe.revoked(&found) {
             return Ok((Introspection::Inactive, "revoked"));
         }
         Ok((Introspection::Active(claims), "active"))
     }
+}
+
+fn audit_event(client_id: &str, outcome: &Result<(Introspection, &'static str)>) -> AuditEvent {
+    let mut e = AuditEvent::new("introspect", "", client_id);
+    match outcome {
+        Ok((Introspection::Active(c), _)) => {
+            e.decision = "active".into();
+            e.sub_iss = c.sub_iss.clone();
+            e.sub = c.sub.clone();
+            e.actors = c
+                .act
+                .as_ref()
+                .map(|a| a.chain().map(|a| a.sub.as_str()).collect::<Vec<_>>().join(" > "))
+                .unwrap_or_default();
+            e.audience = c.aud.clone();
+            e.scope_granted = c.scope.to_string();
+            e.task_id = c.task_id.clone();
+            e.jti = c.jti.clone();
+            e.exp = c.exp;
+        }
+        Ok((Introspection::Inactive, why)) => {
+            e.decision = "inactive".into();
+            e.reason = (*why).into();
+        }
+        Err(error) => {
+            e.decision = "error".into();
+            e.reason = error.code.as_str().into();
+        }
+    }
+    e
 }

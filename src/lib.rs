@@ -6,32 +6,45 @@
 //!
 //! # Layout
 //!
-//! - [`exchange`]: the token exchange and the issuance invariants, each enforced in one place.
-//! - [`introspect`]: RFC 7662 introspection: signature, time and every applicable revocation, one lookup.
-//! - [`revocation`]: revocation targets, the cascade over delegation trees, and the stores (in-memory, Redis
-//!   strict or mirrored by pub/sub).
-//! - [`issuer`]: trusted upstream issuers, their JWKS, and verification of assertions (and of tessera's own
-//!   tokens) into a [`policy::Principal`].
-//! - [`token`]: tessera's access tokens (RFC 9068), their claims, signing keys and the JWK Set
+//! Dependencies point one way: faces → core → ports; the infrastructure behind the ports is wired in one
+//! composition root. `scripts/check-layers` (run by CI) checks that core modules reference no face or
+//! infrastructure module or crate, and that no modules form an import cycle.
+//!
+//! **Core** — pure domain logic; operations take `now` and return typed results:
+//! - [`exchange`]: the token exchange ([`exchange::Exchange`]) and the issuance invariants, each in one place.
+//! - [`introspect`]: RFC 7662 introspection ([`introspect::Introspect`]): signature, time and every
+//!   applicable revocation, in one lookup.
+//! - [`revocation`]: what can be revoked, the cascade over delegation lineages ([`revocation::Probe`]),
+//!   `Revoke` ([`revocation::Revoke`]), and the [`revocation::Store`] port.
+//! - [`issuer`]: trusted upstream issuers and the verification of assertions (and of tessera's own tokens)
+//!   into a [`policy::Principal`]; keys come through the [`issuer::KeySource`] port.
+//! - [`token`]: tessera's access tokens (RFC 9068), their claims and lineage, signing keys and the JWK Set
 //!   ([`token::jws`], [`token::keys`]).
-//! - [`policy`]: the Cedar policy engine, consulted per scope.
 //! - [`scopes`]: scope sets (RFC 6749 §3.3), parsed once by one rule wherever they come from.
+//! - [`policy`]: the Cedar policy engine, consulted per scope.
 //! - [`catalog`]: the audiences tokens are issued for, their scopes and maximum lifetimes.
 //! - [`client`]: who may call the broker, and how callers authenticate.
-//! - [`audit`]: an audit event for every decision.
-//! - [`metrics`], [`telemetry`]: OpenTelemetry instruments, traces and logs; OTLP export and Prometheus.
-//! - [`broker`]: the state the RPCs share, built from a validated [`config::Config`].
-//! - [`grpc`]: the `tessera.v1.TokenBroker` adapter and the OAuth-error → gRPC-status mapping.
-//! - [`server`]: the gRPC server (health, reflection, limits) over a listener the caller binds.
-//! - [`http`]: the plain HTTP face: Prometheus metrics and health.
-//! - [`net`]: how both faces accept connections (`TCP_NODELAY` on each).
-//! - [`config`], [`dev`], [`telemetry`], [`secret`], [`error`]: configuration, the dev setup, logging,
-//!   redacted secrets and the error type.
+//! - [`audit`]: an audit event for every decision, through the [`audit::AuditSink`] port.
+//! - [`broker`]: what the operations share, and the one place that hands each its parts.
+//! - [`error`] (each OAuth code knows its gRPC and HTTP status), [`metrics`], [`secret`], [`clock`].
+//!
+//! **Infrastructure** — behind the ports:
+//! - [`store`]: the revocation stores (embedded; Redis strict or mirrored by pub/sub, standalone or Cluster).
+//! - [`issuer::jwks`]: the JWKS fetcher (files, URLs); [`audit::stream`]: the Redis audit stream.
+//! - [`telemetry`]: tracing and OpenTelemetry export (OTLP, Prometheus).
+//!
+//! **Faces** — thin adapters: [`grpc`] (`tessera.v1.TokenBroker`), [`http`] (metrics and health), [`net`]
+//! (how both accept connections: `TCP_NODELAY` on each); the CLI lives in the binary.
+//!
+//! **Composition root** — [`serve`]: builds the infrastructure from a validated [`config::Config`], hands
+//! it to the core, and serves the gRPC face on a listener the caller binds. [`config`] reads and validates
+//! the configuration; [`dev`] is the dev-mode setup.
 
 pub mod audit;
 pub mod broker;
 pub mod catalog;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod error;
@@ -46,7 +59,8 @@ pub mod policy;
 pub mod revocation;
 pub mod scopes;
 pub mod secret;
-pub mod server;
+pub mod serve;
+pub mod store;
 pub mod telemetry;
 pub mod token;
 

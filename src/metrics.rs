@@ -80,6 +80,15 @@ impl Metrics {
         Metrics::new(&opentelemetry::global::meter("tessera"))
     }
 
+    /// One store operation: its duration, and an error when it failed.
+    pub fn store_op(&self, op: &'static str, start: std::time::Instant, failed: bool) {
+        let attrs = [KeyValue::new("op", op)];
+        self.store_duration.record(start.elapsed().as_secs_f64(), &attrs);
+        if failed {
+            self.store_errors.add(1, &attrs);
+        }
+    }
+
     pub fn exchange(&self, error: Option<&'static str>) {
         let attrs = match error {
             None => [KeyValue::new("outcome", "granted"), KeyValue::new("error", "")],

@@ -75,7 +75,7 @@ async fn load_jwks(spec: &IssuerSpec, http: &reqwest::Client) -> Result<Fetched,
     let set: JwkSet = serde_json::from_slice(&document).map_err(|e| format!("not a JWKS: {e}"))?;
     let (keys, problems) = KeySet::from_jwks(&set, &spec.algorithms);
     for problem in problems {
-        tracing::warn!(issuer = %spec.name, %problem, "JWKS key left out");
+        tracing::warn!(issuer = %spec.name, problem = problem.as_str(), "JWKS key left out");
     }
     if keys.is_empty() {
         return Err("JWKS holds no usable key".into());

@@ -156,6 +156,14 @@ pub enum Origin {
     Broker(Box<AccessClaims>),
 }
 
+/// A single-use assertion: it may be exchanged once, and must be remembered as spent until `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SingleUse {
+    pub issuer: String,
+    pub jti: String,
+    pub until: u64,
+}
+
 /// A verified assertion: its principal and the claims exchange needs.
 #[derive(Clone, Debug)]
 pub struct Verified {
@@ -174,7 +182,7 @@ pub struct Verified {
     /// the token's own issuer.
     pub may_act: Option<Vec<Party>>,
     /// For a single-use assertion: the key that marks it spent, and until when it must be remembered.
-    pub spend: Option<(String, u64)>,
+    pub spend: Option<SingleUse>,
 }
 
 pub struct Issuers {
@@ -407,7 +415,7 @@ impl Issuers {
                     .and_then(Value::as_str)
                     .filter(|j| !j.is_empty() && j.len() <= 256)
                     .ok_or(TokenError::MissingClaim("jti"))?;
-                Some((crate::revocation::spent_key(&spec.id(), jti), exp.saturating_add(spec.leeway)))
+                Some(SingleUse { issuer: spec.id(), jti: jti.to_string(), until: exp.saturating_add(spec.leeway) })
             }
         };
         Ok(Verified {

@@ -10,15 +10,16 @@
 //!
 //! Every key expires when the longest-lived token it can affect expires, so the list stays bounded.
 
-pub mod memory;
-pub mod redis;
-
+use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 
-use crate::broker::Broker;
+use crate::audit::{AuditEvent, AuditSink};
+use crate::catalog::Catalog;
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
-use crate::issuer::Origin;
+use crate::issuer::{Issuers, Origin};
+use crate::metrics::Metrics;
 use crate::policy::Principal;
 use crate::secret::Secret;
 use crate::token::{AccessClaims, Party};
@@ -97,60 +98,33 @@ impl From<StoreError> for Error {
     }
 }
 
-/// A revocation list. Both implementations pass the same test suite.
-pub trait Store: Send + Sync {
+/// What a store operation returns: boxed, so the core holds any store behind `dyn Store`.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The revocation list: the port the embedded store and the Redis store implement (both pass the same test
+/// suite, `tests/integration/store.rs`).
+pub trait Store: Send + Sync + fmt::Debug {
     /// Records the entries; returns once the store has acknowledged them.
-    fn revoke(&self, entries: &[Entry], now: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn revoke<'a>(&'a self, entries: &'a [Entry], now: u64) -> StoreFuture<'a, ()>;
     /// `revoked_at` for each key that is revoked (and not yet expired), in one round trip.
-    fn lookup(&self, keys: &[String], now: u64) -> impl Future<Output = Result<Vec<Option<u64>>, StoreError>> + Send;
+    fn lookup<'a>(&'a self, keys: &'a [String], now: u64) -> StoreFuture<'a, Vec<Option<u64>>>;
     /// As [`Store::lookup`], and in the same round trip records each `(key, expires_at)` spend marker,
     /// answering whether it was new: how a single-use assertion is spent exactly once across every replica.
-    fn lookup_and_spend(
-        &self,
-        keys: &[String],
-        spends: &[(String, u64)],
+    fn lookup_and_spend<'a>(
+        &'a self,
+        keys: &'a [String],
+        spends: &'a [(String, u64)],
         now: u64,
-    ) -> impl Future<Output = Result<(Vec<Option<u64>>, Vec<bool>), StoreError>> + Send;
+    ) -> StoreFuture<'a, (Vec<Option<u64>>, Vec<bool>)>;
+    /// Mirror mode: whether lookups are served from the replica's own copy right now (`None`: no mirror).
+    fn mirror_trusted(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// The spend marker of a single-use assertion of `issuer`: present once it has been exchanged.
 pub fn spent_key(issuer: &str, jti: &str) -> String {
     format!("{{tessera}}:used:{}:{issuer}{jti}", issuer.len())
-}
-
-/// The configured store.
-#[derive(Debug)]
-pub enum Revocations {
-    Memory(memory::MemoryStore),
-    Redis(redis::RedisStore),
-}
-
-impl Store for Revocations {
-    async fn revoke(&self, entries: &[Entry], now: u64) -> Result<(), StoreError> {
-        match self {
-            Revocations::Memory(s) => s.revoke(entries, now).await,
-            Revocations::Redis(s) => s.revoke(entries, now).await,
-        }
-    }
-
-    async fn lookup(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {
-        match self {
-            Revocations::Memory(s) => s.lookup(keys, now).await,
-            Revocations::Redis(s) => s.lookup(keys, now).await,
-        }
-    }
-
-    async fn lookup_and_spend(
-        &self,
-        keys: &[String],
-        spends: &[(String, u64)],
-        now: u64,
-    ) -> Result<(Vec<Option<u64>>, Vec<bool>), StoreError> {
-        match self {
-            Revocations::Memory(s) => s.lookup_and_spend(keys, spends, now).await,
-            Revocations::Redis(s) => s.lookup_and_spend(keys, spends, now).await,
-        }
-    }
 }
 
 /// The revocation keys that could apply to one or more tokens, and how each is judged: `None` applies
@@ -248,7 +222,61 @@ pub struct Revoked {
 const MAX_REASON_BYTES: usize = 256;
 const MAX_NAME_BYTES: usize = crate::issuer::MAX_SUB_BYTES;
 
-impl Broker {
+/// The store as the operations use it: every call timed and counted, and a failure failing closed.
+#[derive(Clone, Copy)]
+pub struct Revocations<'a> {
+    pub store: &'a dyn Store,
+    pub metrics: &'a Metrics,
+}
+
+impl Revocations<'_> {
+    /// One revocation lookup.
+    #[tracing::instrument(name = "store.lookup", skip_all, fields(keys = keys.len()))]
+    pub async fn lookup(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>> {
+        let start = std::time::Instant::now();
+        let result = self.store.lookup(keys, now).await;
+        self.metrics.store_op("lookup", start, result.is_err());
+        Ok(result?)
+    }
+
+    /// A lookup that also spends single-use assertions, in the same round trip.
+    #[tracing::instrument(name = "store.lookup", skip_all, fields(keys = keys.len(), spends = spends.len()))]
+    pub async fn lookup_and_spend(
+        &self,
+        keys: &[String],
+        spends: &[(String, u64)],
+        now: u64,
+    ) -> Result<(Vec<Option<u64>>, Vec<bool>)> {
+        let start = std::time::Instant::now();
+        let result = self.store.lookup_and_spend(keys, spends, now).await;
+        self.metrics.store_op("lookup", start, result.is_err());
+        Ok(result?)
+    }
+
+    /// Records revocations.
+    #[tracing::instrument(name = "store.revoke", skip_all)]
+    pub async fn revoke(&self, entries: &[Entry], now: u64) -> Result<()> {
+        let start = std::time::Instant::now();
+        let result = self.store.revoke(entries, now).await;
+        self.metrics.store_op("revoke", start, result.is_err());
+        Ok(result?)
+    }
+}
+
+/// `Revoke`, over what it reads: the issuers (to verify a token, name a subject's issuer and know how long its
+/// assertions live), the catalog (how long tokens live), the store, the audit sink and the metrics.
+pub struct Revoke<'a> {
+    pub issuers: &'a Issuers,
+    pub catalog: &'a Catalog,
+    /// Clock skew tolerated on tessera's own tokens, in seconds.
+    pub leeway: u64,
+    pub task_revocation_retention: u64,
+    pub revocations: Revocations<'a>,
+    pub audit: &'a dyn AuditSink,
+    pub metrics: &'a Metrics,
+}
+
+impl Revoke<'_> {
     /// The longest any token can live: every revocation key outlives the tokens it can affect.
     fn max_token_lifetime(&self) -> u64 {
         self.catalog.max_ttl() + self.leeway
@@ -267,9 +295,9 @@ impl Broker {
     }
 
     /// Records a revocation; returns once the store acknowledged it. Idempotent.
-    pub async fn revoke(&self, client: &Client, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
-        let outcome = self.decide_revoke(request, reason, now).await;
-        self.audit.revoke(&client.id, reason, &outcome);
+    pub async fn run(&self, client: &Client, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
+        let outcome = self.decide(request, reason, now).await;
+        self.audit.record(audit_event(&client.id, reason, &outcome));
         let (kind, result) = match &outcome {
             Ok(r) => (r.target.kind(), "revoked"),
             Err(e) if e.code == ErrorCode::Unavailable => ("", "error"),
@@ -285,7 +313,7 @@ impl Broker {
         (target, until)
     }
 
-    async fn decide_revoke(&self, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
+    async fn decide(&self, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
         if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
             return Err(Error::invalid_request(format!("reason must be at most {MAX_REASON_BYTES} bytes of text")));
         }
@@ -319,9 +347,39 @@ impl Broker {
             _ => return Err(Error::invalid_request("the revocation target is empty or malformed")),
         };
         let entry = Entry { key: target.key(), revoked_at: now, expires_at, reason: reason.to_string() };
-        self.store_revocations(std::slice::from_ref(&entry), now).await?;
+        self.revocations.revoke(std::slice::from_ref(&entry), now).await?;
         Ok(Revoked { target, expires_at, task_id })
     }
+}
+
+fn audit_event(client_id: &str, reason: &str, outcome: &Result<Revoked>) -> AuditEvent {
+    let mut e = AuditEvent::new("revoke", "", client_id);
+    e.detail = crate::audit::truncate(reason, 256);
+    match outcome {
+        Ok(r) => {
+            e.decision = "revoked".into();
+            e.reason = r.target.kind().into();
+            match &r.target {
+                Target::Jti(jti) => e.jti = jti.clone(),
+                Target::Task(task) => e.task_id = task.clone(),
+                Target::Subject { iss, sub } => {
+                    e.sub_iss = iss.clone();
+                    e.sub = sub.clone();
+                }
+                Target::Client(id) => e.audience = format!("client:{id}"),
+            }
+            if let Some(task) = &r.task_id {
+                e.task_id = task.clone();
+            }
+            e.exp = r.expires_at;
+        }
+        Err(error) => {
+            e.decision = "denied".into();
+            e.reason = error.code.as_str().into();
+            e.detail = error.description.clone();
+        }
+    }
+    e
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair, P
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::jws::{Algorithm, b64, b64_decode};
+use super::jws::{self, Algorithm, b64, b64_decode};
 use zeroize::Zeroizing;
 
 use crate::secret::Secret;
@@ -373,4 +373,20 @@ fn pem_encode(label: &str, der: &[u8]) -> Secret {
     }
     pem.push_str(&format!("-----END {label}-----\n"));
     Secret::new(pem)
+}
+
+impl jws::Verifier for VerifyingKey {
+    fn alg(&self) -> Algorithm {
+        self.alg
+    }
+
+    fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), jws::JwsError> {
+        VerifyingKey::verify(self, message, signature).map_err(|()| jws::JwsError::BadSignature)
+    }
+}
+
+impl jws::Signer for SigningKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, jws::JwsError> {
+        SigningKey::sign(self, message).map_err(|()| jws::JwsError::BadSignature)
+    }
 }

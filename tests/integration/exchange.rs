@@ -222,10 +222,11 @@ async fn signing_keys_rotate_without_breaking_verification() {
     std::fs::write(&config_path, rotated).unwrap();
     let config = tessera::config::ConfigBuilder::load(&config_path).unwrap().build(old.dir.path()).unwrap();
     let settings = config.server;
-    let broker = std::sync::Arc::new(tessera::Broker::new(config).await.unwrap());
+    let broker =
+        std::sync::Arc::new(tessera::serve::broker(config, tessera::metrics::Metrics::global()).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(tessera::server::run(listener, broker, settings, std::future::pending()));
+    tokio::spawn(tessera::serve::run(listener, broker, settings, std::future::pending()));
     let mut client = pb::token_broker_client::TokenBrokerClient::connect(format!("http://{addr}")).await.unwrap();
     let jwks = client.get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner();
     let kids: Vec<_> = jwks.keys.iter().map(|k| k.kid.clone()).collect();

@@ -329,7 +329,7 @@ async fn mirror_mode_sees_revocations_through_pub_sub_and_falls_back_when_deaf()
     let (a, b) = (&brokers[0], &brokers[1]);
     let tokens = chain(a).await;
     for broker in &brokers {
-        let tessera::revocation::Revocations::Redis(store) = broker.broker.revocations() else { panic!("redis") };
+        let store = broker.broker.store();
         assert!(
             eventually(Duration::from_secs(5), async || store.mirror_trusted() == Some(true)).await,
             "mirror synced"
@@ -560,10 +560,7 @@ async fn a_present_revocation_key_revokes_whatever_its_value() {
     redis.cmd(&["SET", &key(&resynced), "garbage", "EX", "600"]);
     redis.cmd(&["ZADD", "{tessera}:rev-index", &(now() + 600).to_string(), &key(&resynced)]);
     let mirror = TestBroker::builder().signing_key(&signing_key).redis(&redis.url(), "mirror").start().await;
-    let trusted = || match mirror.broker.revocations() {
-        tessera::revocation::Revocations::Redis(s) => s.mirror_trusted() == Some(true),
-        tessera::revocation::Revocations::Memory(_) => false,
-    };
+    let trusted = || mirror.broker.store().mirror_trusted() == Some(true);
     assert!(eventually(Duration::from_secs(10), async || trusted()).await, "the mirror did not sync");
     assert!(!active(&mirror, &resynced).await, "a resynced value that does not parse counts as revoked");
     assert!(active(&mirror, &heard).await);

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use tessera::revocation::memory::MemoryStore;
-use tessera::revocation::redis::{Backend, RedisSettings, RedisStore};
 use tessera::revocation::{Entry, Store, Target, spent_key};
+use tessera::store::memory::MemoryStore;
+use tessera::store::redis::{Backend, RedisSettings, RedisStore};
 
 use crate::support::now;
 use crate::support::redis::{RedisCluster, RedisServer};

@@ -39,7 +39,7 @@ pub fn fixtures() -> PathBuf {
 }
 
 pub fn now() -> u64 {
-    tessera::broker::now()
+    tessera::clock::now()
 }
 
 pub fn b64(bytes: &[u8]) -> String {
@@ -400,7 +400,7 @@ rpcs = ["introspect"]
             .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
         let settings = config.server;
         let metrics = self.metrics.clone().unwrap_or_else(tessera::metrics::Metrics::global);
-        (Arc::new(Broker::with_metrics(config, metrics).await.unwrap()), settings, dir)
+        (Arc::new(tessera::serve::broker(config, metrics).await.unwrap()), settings, dir)
     }
 
     pub async fn start(self) -> TestBroker {
@@ -411,7 +411,7 @@ rpcs = ["introspect"]
         let server = tokio::spawn({
             let broker = Arc::clone(&broker);
             async move {
-                tessera::server::run(listener, broker, settings, async {
+                tessera::serve::run(listener, broker, settings, async {
                     let _ = rx.await;
                 })
                 .await

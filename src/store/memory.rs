@@ -1,12 +1,13 @@
 //! The embedded revocation store: one process, no dependencies. The default when no Redis is configured,
 //! and only correct for a single replica (the Helm chart refuses more than one without Redis).
+//! Its operations never wait; they are futures only to fit the [`Store`] port.
 //!
 //! Its [`RevocationList`] is also what a Redis mirror keeps in each replica.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
-use super::{Entry, Store, StoreError};
+use crate::revocation::{Entry, Store, StoreError, StoreFuture};
 
 /// A revocation list in memory: key → (revoked_at, expires_at), with an index by expiry so every write
 /// forgets what has expired in time proportional to what expired, and the list stays as small as the live
@@ -102,8 +103,8 @@ fn poisoned<T>(_: T) -> StoreError {
     StoreError("poisoned lock".into())
 }
 
-impl Store for MemoryStore {
-    async fn revoke(&self, entries: &[Entry], now: u64) -> Result<(), StoreError> {
+impl MemoryStore {
+    fn revoke_now(&self, entries: &[Entry], now: u64) -> Result<(), StoreError> {
         let mut list = self.list.write().map_err(poisoned)?;
         for e in entries {
             list.apply(e.key.clone(), e.revoked_at, e.expires_at, now);
@@ -111,11 +112,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn lookup(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {
+    fn lookup_now(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {
         Ok(self.list.read().map_err(poisoned)?.lookup(keys, now))
     }
 
-    async fn lookup_and_spend(
+    fn lookup_and_spend_now(
         &self,
         keys: &[String],
         spends: &[(String, u64)],
@@ -125,6 +126,26 @@ impl Store for MemoryStore {
         let found = list.lookup(keys, now);
         let fresh = spends.iter().map(|(key, expires_at)| list.spend(key, now, *expires_at)).collect();
         Ok((found, fresh))
+    }
+}
+
+/// Every operation completes at once; the lock is released before the future is returned.
+impl Store for MemoryStore {
+    fn revoke<'a>(&'a self, entries: &'a [Entry], now: u64) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(self.revoke_now(entries, now)))
+    }
+
+    fn lookup<'a>(&'a self, keys: &'a [String], now: u64) -> StoreFuture<'a, Vec<Option<u64>>> {
+        Box::pin(std::future::ready(self.lookup_now(keys, now)))
+    }
+
+    fn lookup_and_spend<'a>(
+        &'a self,
+        keys: &'a [String],
+        spends: &'a [(String, u64)],
+        now: u64,
+    ) -> StoreFuture<'a, (Vec<Option<u64>>, Vec<bool>)> {
+        Box::pin(std::future::ready(self.lookup_and_spend_now(keys, spends, now)))
     }
 }
 

@@ -1,4 +1,6 @@
-//! Serving: the gRPC server with health and reflection, on a listener the caller bound, until `shutdown`.
+//! The composition root: [`broker`] builds the infrastructure a validated [`Config`] asks for (the revocation
+//! store, the audit stream writer, the JWKS fetcher) and hands it to the core as ports; [`run`] serves the
+//! gRPC face — with health and reflection — on a listener the caller bound, until `shutdown`.
 //!
 //! Taking a bound listener (not an address) lets tests bind `127.0.0.1:0` and learn the port first.
 //! Connections are accepted by [`crate::net`], which sets `TCP_NODELAY` on each.
@@ -9,12 +11,57 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
-use crate::broker::Broker;
-use crate::config::ServerConfig;
+use crate::audit::Audit;
+use crate::broker::{Broker, Parts};
+use crate::catalog::Catalog;
+use crate::client::Clients;
+use crate::config::{Config, ServerConfig};
 use crate::grpc::TokenBrokerService;
 use crate::grpc::pb::{self, token_broker_server::TokenBrokerServer};
+use crate::issuer::Issuers;
+use crate::issuer::jwks::JwksFetcher;
+use crate::metrics::Metrics;
+use crate::revocation::Store;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::token::Keyring;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Builds the broker from `config`, recording into `metrics`. With Redis configured, connects lazily (and, in
+/// mirror mode, starts following the revocation channel), so it must run inside a Tokio runtime; a Redis that
+/// is down at start makes the broker fail closed until it is back, rather than fail to start.
+pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> {
+    // Redis over TLS (rediss://) and JWKS over https use rustls: one crypto provider, set before any use.
+    crate::install_crypto_provider();
+    let keyring = Keyring::new(config.signing_keys)?;
+    let fetcher = Arc::new(JwksFetcher::new(config.issuers.iter().map(|(spec, _)| spec)));
+    let issuers =
+        Issuers::new(config.issuers, &keyring, config.broker_issuer.clone(), config.leeway, metrics.clone(), fetcher);
+    let (store, audit): (Arc<dyn Store>, Audit) = match &config.store {
+        None => (Arc::new(MemoryStore::new()), Audit::log_only()),
+        Some(settings) => {
+            let store = RedisStore::connect_with_lag_histogram(settings, Some(metrics.mirror_lag.clone()))?;
+            let (audit, events) = Audit::with_stream(metrics.clone());
+            crate::audit::stream::spawn_writer(settings, events, metrics.audit_dropped.clone())?;
+            (Arc::new(store), audit)
+        }
+    };
+    Ok(Broker::new(Parts {
+        catalog: Catalog::new(config.audiences, config.broker_issuer.clone(), config.task_token_max_ttl),
+        broker_issuer: config.broker_issuer,
+        keyring,
+        issuers: Arc::new(issuers),
+        policy: config.policy,
+        clients: Clients::new(config.clients),
+        limits: config.limits,
+        leeway: config.leeway,
+        task_revocation_retention: config.task_revocation_retention,
+        store,
+        audit: Arc::new(audit),
+        metrics,
+    }))
+}
 
 /// Serves the broker on `listener` until `shutdown` completes, then stops accepting, reports NOT_SERVING
 /// and lets in-flight RPCs finish.

@@ -19,9 +19,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
-use super::memory::RevocationList;
-use super::{Entry, Store, StoreError, revoked_at};
-use crate::secret::Secret;
+use crate::clock::now_ms;
+pub use crate::config::{Backend, MirrorSettings, RedisSettings};
+use crate::revocation::{Entry, Store, StoreError, StoreFuture, revoked_at};
+use crate::store::memory::RevocationList;
 
 /// Revocations are announced here (and heartbeats, so a mirror can measure its own freshness).
 pub const CHANNEL: &str = "{tessera}:revocations";
@@ -46,46 +47,16 @@ redis.call('PUBLISH', ARGV[5], 'r|' .. revoked_at .. '|' .. expires_at .. '|' ..
 return expires_at
 ";
 
-/// Where Redis is.
+/// A lazily connecting connection to the configured Redis, standalone or Cluster.
 #[derive(Clone)]
-pub enum Backend {
-    Standalone(Secret),
-    Cluster(Vec<Secret>),
-}
-
-impl fmt::Debug for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // URLs may carry a password.
-        match self {
-            Backend::Standalone(_) => f.write_str("Standalone([redacted])"),
-            Backend::Cluster(nodes) => write!(f, "Cluster({} nodes, [redacted])", nodes.len()),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MirrorSettings {
-    pub max_staleness: Duration,
-    pub heartbeat: Duration,
-}
-
-#[derive(Clone, Debug)]
-pub struct RedisSettings {
-    pub backend: Backend,
-    /// Upper bound on one store operation; past it the broker answers UNAVAILABLE.
-    pub timeout: Duration,
-    pub mirror: Option<MirrorSettings>,
-}
-
-#[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Standalone(ConnectionManager),
     /// Connected on first use, so the broker starts while the cluster is still forming.
     Cluster(Arc<(tokio::sync::OnceCell<ClusterConnection>, ClusterClient)>),
 }
 
 /// The connection to use for one operation: a cheap clone, so no lock is held across the request.
-enum Handle {
+pub(crate) enum Handle {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -121,7 +92,7 @@ impl redis::aio::ConnectionLike for Handle {
 
 impl Conn {
     /// A lazily connecting connection to the configured Redis.
-    fn open(settings: &RedisSettings) -> Result<Conn, String> {
+    pub(crate) fn open(settings: &RedisSettings) -> Result<Conn, String> {
         match &settings.backend {
             Backend::Standalone(url) => {
                 let client = redis::Client::open(url.expose()).map_err(|e| format!("store.redis_url: {e}"))?;
@@ -145,7 +116,7 @@ impl Conn {
         }
     }
 
-    async fn handle(&self) -> redis::RedisResult<Handle> {
+    pub(crate) async fn handle(&self) -> redis::RedisResult<Handle> {
         match self {
             Conn::Standalone(c) => Ok(Handle::Standalone(c.clone())),
             Conn::Cluster(cluster) => {
@@ -165,8 +136,6 @@ struct Mirror {
     synced: AtomicBool,
     /// When the mirror last heard anything (a revocation or a heartbeat), in Unix milliseconds.
     last_heard_ms: AtomicU64,
-    /// Publish-to-apply delay of the last message, in milliseconds.
-    last_lag_ms: AtomicU64,
     max_staleness_ms: u64,
 }
 
@@ -211,10 +180,6 @@ impl Drop for RedisStore {
             task.abort();
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn err(e: impl fmt::Display) -> StoreError {
@@ -265,58 +230,9 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// Appends audit events to the capped audit stream, in batches (one pipelined round trip per batch), off
-    /// the request path. Events that cannot be written are logged and dropped: the log has them too.
-    pub fn spawn_audit_writer(
-        &self,
-        mut events: tokio::sync::mpsc::Receiver<crate::audit::AuditEvent>,
-        dropped: opentelemetry::metrics::Counter<u64>,
-    ) {
-        let conn = self.background.clone();
-        let timeout = self.timeout;
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(256);
-            while events.recv_many(&mut batch, 256).await > 0 {
-                let count = batch.len() as u64;
-                let mut pipe = redis::pipe();
-                for e in batch.drain(..) {
-                    let cmd = pipe
-                        .cmd("XADD")
-                        .arg(crate::audit::STREAM)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(crate::audit::STREAM_MAX_LEN)
-                        .arg("*");
-                    for (k, v) in e.fields() {
-                        cmd.arg(k).arg(v);
-                    }
-                    cmd.ignore();
-                }
-                let write = async {
-                    let mut handle = conn.handle().await?;
-                    pipe.query_async::<()>(&mut handle).await
-                };
-                let failure = match tokio::time::timeout(timeout * 4, write).await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(error)) => Some(error.to_string()),
-                    Err(_) => Some("timeout".to_string()),
-                };
-                if let Some(error) = failure {
-                    tracing::warn!(%error, count, "audit events not appended to the Redis stream (they are in the log)");
-                    dropped.add(count, &[]);
-                }
-            }
-        });
-    }
-
     /// Mirror mode: whether lookups are currently served from the local copy.
     pub fn mirror_trusted(&self) -> Option<bool> {
         self.mirror.as_ref().map(|m| m.trusted(now_ms()))
-    }
-
-    /// Mirror mode: publish-to-apply delay of the last message heard, in milliseconds.
-    pub fn mirror_lag_ms(&self) -> Option<u64> {
-        self.mirror.as_ref().map(|m| m.last_lag_ms.load(Ordering::Relaxed))
     }
 
     async fn with_timeout<T>(&self, f: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
@@ -327,8 +243,8 @@ impl RedisStore {
     }
 }
 
-impl Store for RedisStore {
-    async fn revoke(&self, entries: &[Entry], now: u64) -> Result<(), StoreError> {
+impl RedisStore {
+    async fn revoke_entries(&self, entries: &[Entry], now: u64) -> Result<(), StoreError> {
         let mut handle = self.with_timeout(self.conn.handle()).await?;
         for e in entries {
             let mut inv = self.script.prepare_invoke();
@@ -351,14 +267,14 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn lookup_and_spend(
+    async fn lookup_and_spend_strict(
         &self,
         keys: &[String],
         spends: &[(String, u64)],
         now: u64,
     ) -> Result<(Vec<Option<u64>>, Vec<bool>), StoreError> {
         if spends.is_empty() {
-            return Ok((self.lookup(keys, now).await?, Vec::new()));
+            return Ok((self.lookup_keys(keys, now).await?, Vec::new()));
         }
         // One pipeline, one round trip: the revocation MGET and a SET NX per spend. (A spend must reach Redis
         // even in mirror mode: being spent is a fact every replica must agree on at once.)
@@ -384,7 +300,7 @@ impl Store for RedisStore {
         Ok((found, fresh))
     }
 
-    async fn lookup(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {
+    async fn lookup_keys(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -398,6 +314,29 @@ impl Store for RedisStore {
         let values: Vec<Option<String>> =
             self.with_timeout(redis::cmd("MGET").arg(keys).query_async(&mut handle)).await?;
         Ok(values.iter().map(|v| v.as_deref().map(revoked_at)).collect())
+    }
+}
+
+impl Store for RedisStore {
+    fn revoke<'a>(&'a self, entries: &'a [Entry], now: u64) -> StoreFuture<'a, ()> {
+        Box::pin(self.revoke_entries(entries, now))
+    }
+
+    fn lookup<'a>(&'a self, keys: &'a [String], now: u64) -> StoreFuture<'a, Vec<Option<u64>>> {
+        Box::pin(self.lookup_keys(keys, now))
+    }
+
+    fn lookup_and_spend<'a>(
+        &'a self,
+        keys: &'a [String],
+        spends: &'a [(String, u64)],
+        now: u64,
+    ) -> StoreFuture<'a, (Vec<Option<u64>>, Vec<bool>)> {
+        Box::pin(self.lookup_and_spend_strict(keys, spends, now))
+    }
+
+    fn mirror_trusted(&self) -> Option<bool> {
+        RedisStore::mirror_trusted(self)
     }
 }
 
@@ -479,7 +418,6 @@ async fn follow_once(
         };
         if let Some(published) = published {
             let delay = received.saturating_sub(published);
-            mirror.last_lag_ms.store(delay, Ordering::Relaxed);
             if let Some(lag) = lag {
                 lag.record(delay, &[]);
             }
