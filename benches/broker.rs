@@ -15,7 +15,7 @@ use tessera::exchange::{ExchangeRequest, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_J
 use tessera::grpc::pb;
 use tessera::introspect::Introspection;
 use tessera::revocation::RevokeRequest;
-use tessera::secret::Secret;
+use tessera::secret::Token;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -75,7 +75,7 @@ fn request(assertion: &str) -> ExchangeRequest {
         grant_type: GRANT_TYPE_TOKEN_EXCHANGE.into(),
         audience: vec![tessera::dev::DEMO_AUDIENCE.into()],
         scope: "crm:read".into(),
-        subject_token: Secret::new(assertion),
+        subject_token: Token::new(assertion),
         subject_token_type: TOKEN_TYPE_JWT.into(),
         task_id: "bench".into(),
         ..Default::default()
@@ -110,7 +110,7 @@ async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
     (out, start.elapsed())
 }
 
-async fn mint(broker: &Broker, client: &Client, dir: &std::path::Path) -> Secret {
+async fn mint(broker: &Broker, client: &Client, dir: &std::path::Path) -> Token {
     let assertion = tessera::dev::assertion(dir, "bench-orchestrator", None, 600, tessera::clock::now()).unwrap();
     broker.exchange(client, request(&assertion), tessera::clock::now()).await.expect("exchange").access_token
 }
@@ -163,7 +163,7 @@ async fn propagation(a: &Broker, b: &Broker, dir: &std::path::Path, rounds: usiz
     for _ in 0..rounds {
         let token = mint(a, &ca, dir).await;
         let now = tessera::clock::now();
-        a.revoke(&ca, RevokeRequest::Token(token.clone()), "bench", now).await.expect("revoke");
+        a.revoke(&ca, RevokeRequest::Token(Token::new(token.expose())), "bench", now).await.expect("revoke");
         let returned = Instant::now();
         loop {
             if b.introspect(&cb, &token, now).await.expect("introspect") == Introspection::Inactive {

@@ -16,7 +16,7 @@ use crate::issuer::Issuers;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::revocation::{Revocations, Revoke, RevokeRequest, Revoked, Store};
-use crate::secret::Secret;
+use crate::secret::Token;
 use crate::token::Keyring;
 
 /// Everything a broker is made of, as the composition root builds it.
@@ -77,7 +77,7 @@ impl Broker {
     }
 
     /// RFC 7662 introspection, as of `now`: [`Introspect::run`].
-    pub async fn introspect(&self, client: &Client, token: &Secret, now: u64) -> Result<Introspection> {
+    pub async fn introspect(&self, client: &Client, token: &Token, now: u64) -> Result<Introspection> {
         let introspect = Introspect {
             issuers: &self.parts.issuers,
             catalog: &self.parts.catalog,

@@ -11,7 +11,7 @@ use std::fmt;
 use base64::Engine as _;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::secret::{Secret, constant_time_eq};
+use crate::secret::{ClientSecret, constant_time_eq};
 
 /// The RPCs a client may be allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
@@ -50,7 +50,7 @@ impl Client {
 /// What a caller presented, taken from request metadata by an adapter.
 #[derive(Debug, Default)]
 pub struct Credentials {
-    pub basic: Option<(String, Secret)>,
+    pub basic: Option<(String, ClientSecret)>,
     pub peer_is_loopback: bool,
 }
 
@@ -67,10 +67,10 @@ impl Credentials {
                     return Err(bad());
                 }
                 let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
-                let decoded = Secret::new(String::from_utf8(decoded).map_err(|_| bad())?);
+                let decoded = ClientSecret::new(String::from_utf8(decoded).map_err(|_| bad())?);
                 let (id, secret) = decoded.expose().split_once(':').ok_or_else(bad)?;
                 // RFC 6749 §2.3.1: both halves are form-urlencoded before they are joined.
-                Some((form_decode(id).ok_or_else(bad)?, Secret::new(form_decode(secret).ok_or_else(bad)?)))
+                Some((form_decode(id).ok_or_else(bad)?, ClientSecret::new(form_decode(secret).ok_or_else(bad)?)))
             }
         };
         Ok(Credentials { basic, peer_is_loopback })

@@ -18,7 +18,7 @@ use crate::client::{Client, Rpc, parse_sha256_hex};
 use crate::issuer::{IssuerSpec, JwksSource};
 use crate::policy::{DEFAULT_POLICY, Policy};
 use crate::scopes::Scopes;
-use crate::secret::Secret;
+use crate::secret::SecretUrl;
 use crate::token::jws::Algorithm;
 use crate::token::keys::{JwkSet, KeySet, SigningKey};
 
@@ -88,9 +88,9 @@ impl Default for TelemetryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreBuilder {
     /// `redis://[user:password@]host:port[/db]`; absent (and no cluster): the embedded in-memory store.
-    pub redis_url: Option<Secret>,
+    pub redis_url: Option<SecretUrl>,
     /// Redis Cluster seed nodes, instead of `redis_url`.
-    pub redis_cluster: Vec<Secret>,
+    pub redis_cluster: Vec<SecretUrl>,
     pub mode: Option<StoreMode>,
     pub timeout_ms: Option<u64>,
     pub mirror_max_staleness_ms: Option<u64>,
@@ -209,8 +209,8 @@ pub use crate::exchange::Limits;
 /// Where Redis is.
 #[derive(Clone)]
 pub enum Backend {
-    Standalone(Secret),
-    Cluster(Vec<Secret>),
+    Standalone(SecretUrl),
+    Cluster(Vec<SecretUrl>),
 }
 
 impl fmt::Debug for Backend {
@@ -518,7 +518,7 @@ impl ConfigBuilder {
 }
 
 fn build_store(b: StoreBuilder, problems: &mut Vec<String>) -> Option<RedisSettings> {
-    let redis_scheme = |url: &Secret| url.expose().starts_with("redis://") || url.expose().starts_with("rediss://");
+    let redis_scheme = |url: &SecretUrl| url.expose().starts_with("redis://") || url.expose().starts_with("rediss://");
     let backend = match (b.redis_url, b.redis_cluster.is_empty()) {
         (None, true) => {
             if b.mode == Some(StoreMode::Mirror) {

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Policy, Principal, Question};
 use crate::revocation::{Probe, Revocations};
 use crate::scopes::Scopes;
-use crate::secret::Secret;
+use crate::secret::Token;
 use crate::token::{AccessClaims, Actor, Keyring, Lineage, Party, new_jti};
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -36,7 +36,7 @@ pub const MAX_TARGETS: usize = 4;
 /// Revocation keys a token's lineage may add to each lookup (tasks, principals and clients it derives from).
 pub const MAX_LINEAGE: usize = 64;
 
-/// An exchange request, in RFC 8693 terms. Tokens are [`Secret`]s so no `Debug` of a request leaks them.
+/// An exchange request, in RFC 8693 terms. Tokens are [`Token`]s so no `Debug` of a request leaks them.
 #[derive(Debug, Default)]
 pub struct ExchangeRequest {
     pub grant_type: String,
@@ -44,9 +44,9 @@ pub struct ExchangeRequest {
     pub audience: Vec<String>,
     pub scope: String,
     pub requested_token_type: String,
-    pub subject_token: Secret,
+    pub subject_token: Token,
     pub subject_token_type: String,
-    pub actor_token: Secret,
+    pub actor_token: Token,
     pub actor_token_type: String,
     pub task_id: String,
     pub session_id: String,
@@ -57,7 +57,7 @@ pub struct ExchangeRequest {
 /// A granted exchange.
 #[derive(Debug)]
 pub struct Issued {
-    pub access_token: Secret,
+    pub access_token: Token,
     pub expires_in: u64,
     pub scope: Scopes,
     pub claims: AccessClaims,
@@ -160,7 +160,7 @@ impl Exchange<'_> {
             may_act: delegation.may_act,
             lin: delegation.lin,
         };
-        let access_token = Secret::new(self.keyring.mint(&claims)?);
+        let access_token = Token::new(self.keyring.mint(&claims)?);
         if access_token.expose().len() > crate::issuer::MAX_OWN_TOKEN_BYTES {
             return Err(Error::invalid_grant("the delegation history is too large for one more token"));
         }

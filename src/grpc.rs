@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::exchange::{ExchangeRequest, Issued, TOKEN_TYPE_ACCESS_TOKEN};
 use crate::introspect::Introspection;
 use crate::revocation::RevokeRequest;
-use crate::secret::Secret;
+use crate::secret::Token;
 use crate::token::Actor;
 
 /// Generated protobuf and gRPC code for `tessera.v1`.
@@ -176,7 +176,7 @@ impl TokenBroker for TokenBrokerService {
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
         self.rpc("Introspect", "tessera.v1.TokenBroker/Introspect", request, async |request| {
             let client = self.caller(&request, Rpc::Introspect)?;
-            let token = Secret::new(request.into_inner().token);
+            let token = Token::new(request.into_inner().token);
             Ok(self.broker.introspect(client, &token, now()).await.map_err(status)?.into())
         })
         .await
@@ -222,9 +222,9 @@ impl From<pb::ExchangeTokenRequest> for ExchangeRequest {
             audience: r.audience,
             scope: r.scope,
             requested_token_type: r.requested_token_type,
-            subject_token: Secret::new(r.subject_token),
+            subject_token: Token::new(r.subject_token),
             subject_token_type: r.subject_token_type,
-            actor_token: Secret::new(r.actor_token),
+            actor_token: Token::new(r.actor_token),
             actor_token_type: r.actor_token_type,
             task_id: r.task_id,
             session_id: r.session_id,
@@ -238,7 +238,7 @@ impl From<pb::revoke_request::Target> for RevokeRequest {
     fn from(t: pb::revoke_request::Target) -> Self {
         use pb::revoke_request::Target as T;
         match t {
-            T::Token(token) => RevokeRequest::Token(Secret::new(token)),
+            T::Token(token) => RevokeRequest::Token(Token::new(token)),
             T::Jti(jti) => RevokeRequest::Jti(jti),
             T::TaskId(task) => RevokeRequest::Task(task),
             T::Subject(s) => RevokeRequest::Subject { issuer: s.issuer, sub: s.sub },

@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::issuer::{Issuers, Origin};
 use crate::metrics::Metrics;
 use crate::revocation::{Probe, Revocations};
-use crate::secret::Secret;
+use crate::secret::Token;
 use crate::token::AccessClaims;
 
 /// The answer to one introspection: the claims of an active token, or nothing.
@@ -35,7 +35,7 @@ pub struct Introspect<'a> {
 
 impl Introspect<'_> {
     /// Whether `token` is active as of `now`, for `client`. Every answer is an audit event.
-    pub async fn run(&self, client: &Client, token: &Secret, now: u64) -> Result<Introspection> {
+    pub async fn run(&self, client: &Client, token: &Token, now: u64) -> Result<Introspection> {
         let outcome = self.decide(client, token, now).await;
         self.audit.record(audit_event(&client.id, &outcome));
         let result = match &outcome {
@@ -47,7 +47,7 @@ impl Introspect<'_> {
         outcome.map(|(answer, _)| answer)
     }
 
-    async fn decide(&self, client: &Client, token: &Secret, now: u64) -> Result<(Introspection, &'static str)> {
+    async fn decide(&self, client: &Client, token: &Token, now: u64) -> Result<(Introspection, &'static str)> {
         let claims = match self.issuers.verify(token.expose(), now).await {
             Ok(v) => match v.origin {
                 Origin::Broker(claims) => claims,

@@ -1,48 +1,88 @@
-//! Secrets (tokens, client secrets, private key bytes) as a newtype whose `Debug` and `Display` print
-//! `[redacted]` and whose memory is wiped on drop, so a stray `{:?}` or a log field cannot leak one.
+//! Secrets — tokens, client secrets, URLs that carry a password, private keys — as one newtype typed by its
+//! kind, so a client secret cannot be passed where a token is expected.
+//!
+//! A [`Secret`] prints `[redacted]` under `Debug`, has no `Display` (so `format!("Bearer {s}")` does not
+//! compile), no `==` (compare with [`constant_time_eq`]), is cloned only where its kind allows (URLs, which
+//! the configuration hands to several connections), and its memory is wiped on drop.
 
 use std::fmt;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use std::marker::PhantomData;
 
-#[derive(Clone, Default, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
-pub struct Secret(String);
+use zeroize::Zeroize;
 
-impl Secret {
+/// A secret string of kind `K`.
+pub struct Secret<K> {
+    value: String,
+    kind: PhantomData<K>,
+}
+
+/// Bearer tokens and assertions: subject, actor and access tokens, the token being introspected or revoked.
+#[derive(Debug)]
+pub enum TokenKind {}
+/// A client's secret, as presented.
+#[derive(Debug)]
+pub enum ClientSecretKind {}
+/// A URL that may carry a password (Redis).
+#[derive(Debug)]
+pub enum UrlKind {}
+/// A private key, PEM-encoded.
+#[derive(Debug)]
+pub enum PrivateKeyKind {}
+
+pub type Token = Secret<TokenKind>;
+pub type ClientSecret = Secret<ClientSecretKind>;
+pub type SecretUrl = Secret<UrlKind>;
+pub type PrivateKeyPem = Secret<PrivateKeyKind>;
+
+impl<K> Secret<K> {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret { value: value.into(), kind: PhantomData }
     }
 
     /// The secret itself: call only where it is used (signing input, a comparison), never to log it.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.value.is_empty()
     }
 }
 
-impl From<String> for Secret {
+impl<K> Default for Secret<K> {
+    fn default() -> Self {
+        Secret::new(String::new())
+    }
+}
+
+impl<K> Drop for Secret<K> {
+    fn drop(&mut self) {
+        self.value.zeroize();
+    }
+}
+
+impl<K> From<String> for Secret<K> {
     fn from(value: String) -> Self {
-        Secret(value)
+        Secret::new(value)
     }
 }
 
-impl fmt::Debug for Secret {
+impl<K> fmt::Debug for Secret<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
     }
 }
 
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
+/// URLs are configuration, handed to more than one connection.
+impl Clone for SecretUrl {
+    fn clone(&self) -> Self {
+        Secret::new(self.value.clone())
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Secret {
+impl<'de, K> serde::Deserialize<'de> for Secret<K> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        String::deserialize(deserializer).map(Secret::new)
     }
 }
 
@@ -57,10 +97,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debug_and_display_never_show_the_value() {
-        let s = Secret::new("hunter2-token");
+    fn debug_never_shows_the_value() {
+        let s = Token::new("hunter2-token");
         assert_eq!(format!("{s:?}"), "[redacted]");
-        assert_eq!(format!("{s}"), "[redacted]");
+        assert_eq!(format!("{:?}", Some(ClientSecret::new("x"))), "Some([redacted])");
         assert_eq!(s.expose(), "hunter2-token");
     }
 

@@ -55,7 +55,7 @@ async fn load_jwks(spec: &IssuerSpec, http: &reqwest::Client) -> Result<Fetched,
             let mut request = http.get(url);
             if let Some(file) = &spec.jwks_bearer_token_file {
                 let token = tokio::fs::read_to_string(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
-                let token = crate::secret::Secret::new(token.trim());
+                let token = crate::secret::Token::new(token.trim());
                 request = request.bearer_auth(token.expose());
             }
             let mut response = request.send().await.map_err(|e| format!("fetching JWKS: {e}"))?;

@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Issuers, Origin};
 use crate::metrics::Metrics;
 use crate::policy::Principal;
-use crate::secret::Secret;
+use crate::secret::Token;
 use crate::token::{AccessClaims, Party};
 
 /// Every revocation key starts with this; the hash tag keeps them in one Redis Cluster slot, so one lookup
@@ -203,7 +203,7 @@ impl Probe {
 /// What `Revoke` was asked to revoke, as received.
 #[derive(Debug)]
 pub enum RevokeRequest {
-    Token(Secret),
+    Token(Token),
     Jti(String),
     Task(String),
     Subject { issuer: String, sub: String },

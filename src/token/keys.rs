@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::jws::{self, Algorithm, b64, b64_decode};
 use zeroize::Zeroizing;
 
-use crate::secret::Secret;
+use crate::secret::PrivateKeyPem;
 
 /// A JSON Web Key (RFC 7517) as far as the broker reads or writes one. Unknown members are ignored.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,7 +267,7 @@ impl SigningKey {
     }
 
     /// Generates a new key and returns it with its PKCS#8 PEM encoding (to be written to a key file).
-    pub fn generate(alg: SigningAlgorithm) -> Result<(SigningKey, Secret), String> {
+    pub fn generate(alg: SigningAlgorithm) -> Result<(SigningKey, PrivateKeyPem), String> {
         let rng = SystemRandom::new();
         let der = match alg {
             // PKCS#8 v1: the form other tools (openssl, JWK exporters) read most widely.
@@ -364,7 +364,7 @@ fn pem_private_key(pem: &str) -> Result<Zeroizing<Vec<u8>>, String> {
     Ok(Zeroizing::new(der))
 }
 
-fn pem_encode(label: &str, der: &[u8]) -> Secret {
+fn pem_encode(label: &str, der: &[u8]) -> PrivateKeyPem {
     let body = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = format!("-----BEGIN {label}-----\n");
     for line in body.as_bytes().chunks(64) {
@@ -372,7 +372,7 @@ fn pem_encode(label: &str, der: &[u8]) -> Secret {
         pem.push('\n');
     }
     pem.push_str(&format!("-----END {label}-----\n"));
-    Secret::new(pem)
+    PrivateKeyPem::new(pem)
 }
 
 impl jws::Verifier for VerifyingKey {
