@@ -143,14 +143,9 @@ pub fn is_empty_secret_sha256(sha256: &[u8; 32]) -> bool {
 }
 
 /// Hex SHA-256 of a secret, as written in the config's `secret_sha256`.
-pub fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
+pub fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 

@@ -74,7 +74,7 @@ fn otlp_tls(config: &TelemetryConfig) -> Result<Option<tonic::transport::ClientT
 pub fn resource(config: &TelemetryConfig) -> Resource {
     let mut id = [0u8; 8];
     let _ = aws_lc_rs::rand::fill(&mut id);
-    let instance: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let instance = hex::encode(id);
     let mut builder = Resource::builder().with_attributes([
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
         KeyValue::new("service.instance.id", instance),

@@ -345,23 +345,20 @@ impl SigningKey {
     }
 }
 
-/// Decodes the first `PRIVATE KEY` block of a PEM document.
+/// Decodes the first `PRIVATE KEY` (PKCS#8) block of a PEM document.
 fn pem_private_key(pem: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-    const BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
-    const END: &str = "-----END PRIVATE KEY-----";
-    let Some(start) = pem.find(BEGIN) else {
-        return Err(if pem.contains("-----BEGIN EC PRIVATE KEY-----") || pem.contains("-----BEGIN RSA PRIVATE KEY") {
-            "key is not PKCS#8: convert it with `openssl pkcs8 -topk8 -nocrypt`".into()
-        } else {
-            "no `BEGIN PRIVATE KEY` block (an unencrypted PKCS#8 PEM key is expected)".into()
-        });
-    };
-    let body = &pem[start + BEGIN.len()..];
-    let end = body.find(END).ok_or("unterminated PEM block")?;
-    let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
-    let b64 = Zeroizing::new(b64);
-    let der = base64::engine::general_purpose::STANDARD.decode(&*b64).map_err(|_| "PEM body is not base64")?;
-    Ok(Zeroizing::new(der))
+    use rustls_pki_types::PrivatePkcs8KeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+    match PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()) {
+        Ok(der) => Ok(Zeroizing::new(der.secret_pkcs8_der().to_vec())),
+        Err(_) if pem.contains("-----BEGIN EC PRIVATE KEY-----") || pem.contains("-----BEGIN RSA PRIVATE KEY") => {
+            Err("key is not PKCS#8: convert it with `openssl pkcs8 -topk8 -nocrypt`".into())
+        }
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => {
+            Err("no `BEGIN PRIVATE KEY` block (an unencrypted PKCS#8 PEM key is expected)".into())
+        }
+        Err(_) => Err("the `PRIVATE KEY` block is not valid PEM".into()),
+    }
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> PrivateKeyPem {

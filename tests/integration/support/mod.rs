@@ -337,11 +337,8 @@ impl TestBrokerBuilder {
         let pem = self.signing_key.clone().unwrap_or_else(shared_signing_key);
         std::fs::write(dir.path().join("signing.pem"), pem).unwrap();
         std::fs::write(dir.path().join("policy.cedar"), &self.policy).unwrap();
-        let secret_sha256: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, CLIENT_SECRET.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let secret_sha256 =
+            hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, CLIENT_SECRET.as_bytes()));
         let config = format!(
             r#"
 [broker]

@@ -309,7 +309,7 @@ fn render(value: Option<&AnyValue>) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// The collector against the real exporter pipeline the broker uses: opentelemetry-otlp over tonic, a batch
