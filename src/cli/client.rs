@@ -1,0 +1,214 @@
+//! The client commands: `exchange`, `introspect` and `revoke` against a running broker over gRPC, with
+//! client credentials sent as HTTP Basic (form-urlencoded halves, RFC 6749 §2.3.1). Answers are JSON on
+//! stdout; a refusal is an OAuth error document on stderr.
+
+use std::io::Read as _;
+use std::process::ExitCode;
+
+use tessera::grpc::pb;
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub(super) struct RevokeTarget {
+    /// A tessera token, or `-` to read it from stdin.
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long)]
+    jti: Option<String>,
+    #[arg(long)]
+    task_id: Option<String>,
+    /// An upstream principal's `sub` (with --issuer).
+    #[arg(long)]
+    subject: Option<String>,
+    #[arg(long)]
+    client_id: Option<String>,
+}
+
+/// How a client command reaches and authenticates to the broker.
+#[derive(clap::Args)]
+pub(super) struct ClientArgs {
+    /// The broker's gRPC address.
+    #[arg(long, env = "TESSERA_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// The client to authenticate as (with --client-secret).
+    #[arg(long, env = "TESSERA_CLIENT_ID")]
+    as_client: Option<String>,
+    #[arg(long, env = "TESSERA_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: Option<String>,
+}
+
+impl ClientArgs {
+    async fn connect(&self) -> Result<pb::token_broker_client::TokenBrokerClient<tonic::transport::Channel>, String> {
+        pb::token_broker_client::TokenBrokerClient::connect(self.addr.clone())
+            .await
+            .map_err(|e| format!("cannot reach {}: {e}", self.addr))
+    }
+
+    fn request<T>(&self, message: T) -> Result<tonic::Request<T>, String> {
+        let mut request = tonic::Request::new(message);
+        if let (Some(id), Some(secret)) = (&self.as_client, &self.client_secret) {
+            use base64::Engine as _;
+            // RFC 6749 §2.3.1: each half is form-urlencoded before they are joined.
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                form_encode(id),
+                form_encode(secret)
+            ));
+            let value = format!("Basic {basic}").parse().map_err(|_| "client credentials are not valid metadata")?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+pub(super) fn form_encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// Prints a refusal as an OAuth error document on stderr.
+fn print_status(status: &tonic::Status) -> Result<ExitCode, String> {
+    use tonic_types::StatusExt as _;
+    let error = status.get_details_error_info().map(|i| i.reason).unwrap_or_else(|| status.code().to_string());
+    let json = serde_json::json!({ "error": error, "error_description": status.message(), "grpc_status": status.code() as i32 });
+    eprintln!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
+    Ok(ExitCode::FAILURE)
+}
+
+fn print_json(value: &serde_json::Value) -> Result<ExitCode, String> {
+    println!("{}", serde_json::to_string_pretty(value).map_err(|e| e.to_string())?);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub(super) struct ExchangeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The subject token, or `-` to read it from stdin.
+    #[arg(long)]
+    subject_token: String,
+    #[arg(long, default_value = tessera::exchange::TOKEN_TYPE_JWT)]
+    subject_token_type: String,
+    /// The actor's token, or `-` to read it from stdin.
+    #[arg(long)]
+    actor_token: Option<String>,
+    #[arg(long, default_value = tessera::exchange::TOKEN_TYPE_JWT)]
+    actor_token_type: String,
+    #[arg(long)]
+    audience: Vec<String>,
+    #[arg(long)]
+    resource: Vec<String>,
+    #[arg(long, default_value = "")]
+    scope: String,
+    #[arg(long, default_value = "")]
+    task_id: String,
+    #[arg(long, default_value = "")]
+    session_id: String,
+    #[arg(long, default_value = "")]
+    purpose: String,
+    /// Upper bound on the token's lifetime, in seconds.
+    #[arg(long, default_value_t = 0)]
+    expires_in: u32,
+}
+
+fn read_token(arg: &str) -> Result<String, String> {
+    if arg != "-" {
+        return Ok(arg.to_string());
+    }
+    let mut token = String::new();
+    std::io::stdin().read_to_string(&mut token).map_err(|e| e.to_string())?;
+    Ok(token.trim().to_string())
+}
+
+pub(super) async fn exchange(args: ExchangeArgs) -> Result<ExitCode, String> {
+    let request = pb::ExchangeTokenRequest {
+        grant_type: tessera::exchange::GRANT_TYPE_TOKEN_EXCHANGE.into(),
+        resource: args.resource,
+        audience: args.audience,
+        scope: args.scope,
+        requested_token_type: String::new(),
+        subject_token: read_token(&args.subject_token)?,
+        subject_token_type: args.subject_token_type,
+        actor_token: args.actor_token.as_deref().map(read_token).transpose()?.unwrap_or_default(),
+        actor_token_type: if args.actor_token.is_some() { args.actor_token_type } else { String::new() },
+        task_id: args.task_id,
+        session_id: args.session_id,
+        purpose: args.purpose,
+        requested_expires_in: args.expires_in,
+    };
+    let request = args.client.request(request)?;
+    match args.client.connect().await?.exchange_token(request).await {
+        Ok(response) => {
+            let r = response.into_inner();
+            print_json(&serde_json::json!({
+                "access_token": r.access_token,
+                "issued_token_type": r.issued_token_type,
+                "token_type": r.token_type,
+                "expires_in": r.expires_in,
+                "scope": r.scope,
+            }))
+        }
+        Err(status) => print_status(&status),
+    }
+}
+
+fn actor_json(a: &pb::Actor) -> serde_json::Value {
+    let mut v = serde_json::json!({ "sub": a.sub, "iss": a.iss });
+    if let Some(inner) = &a.act {
+        v["act"] = actor_json(inner);
+    }
+    v
+}
+
+pub(super) async fn introspect(token: String, client: ClientArgs) -> Result<ExitCode, String> {
+    let request =
+        client.request(pb::IntrospectRequest { token: read_token(&token)?, token_type_hint: String::new() })?;
+    match client.connect().await?.introspect(request).await {
+        Ok(response) => {
+            let r = response.into_inner();
+            if !r.active {
+                return print_json(&serde_json::json!({ "active": false }));
+            }
+            let mut json = serde_json::json!({
+                "active": true, "scope": r.scope, "client_id": r.client_id, "token_type": r.token_type,
+                "exp": r.exp, "iat": r.iat, "nbf": r.nbf, "sub": r.sub, "aud": r.aud, "iss": r.iss, "jti": r.jti,
+                "task_id": r.task_id,
+            });
+            if let Some(act) = &r.act {
+                json["act"] = actor_json(act);
+            }
+            if !r.session_id.is_empty() {
+                json["session_id"] = r.session_id.into();
+            }
+            print_json(&json)
+        }
+        Err(status) => print_status(&status),
+    }
+}
+
+pub(super) async fn revoke(
+    target: RevokeTarget,
+    issuer: Option<String>,
+    reason: String,
+    client: ClientArgs,
+) -> Result<ExitCode, String> {
+    use pb::revoke_request::Target as T;
+    let target = match target {
+        RevokeTarget { token: Some(token), .. } => T::Token(read_token(&token)?),
+        RevokeTarget { jti: Some(jti), .. } => T::Jti(jti),
+        RevokeTarget { task_id: Some(task), .. } => T::TaskId(task),
+        RevokeTarget { subject: Some(sub), .. } => {
+            T::Subject(pb::Subject { issuer: issuer.ok_or("--subject needs --issuer")?, sub })
+        }
+        RevokeTarget { client_id: Some(id), .. } => T::ClientId(id),
+        _ => return Err("name one target: --token, --jti, --task-id, --subject or --client-id".into()),
+    };
+    let request = client.request(pb::RevokeRequest { target: Some(target), reason })?;
+    match client.connect().await?.revoke(request).await {
+        Ok(response) => {
+            let r = response.into_inner();
+            print_json(&serde_json::json!({ "revoked": r.kind, "expires_at": r.expires_at }))
+        }
+        Err(status) => print_status(&status),
+    }
+}

@@ -1,0 +1,81 @@
+//! `tessera serve`: reads the config (or sets up dev mode), starts logging and telemetry, builds the broker
+//! through the composition root, and serves the gRPC and HTTP faces until Ctrl-C or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tessera::config::{Config, ConfigBuilder, LogFormat};
+use tessera::{dev, serve, telemetry};
+
+use super::runtime;
+
+/// Command-line flags that override the config file.
+#[derive(Default)]
+pub(super) struct Overrides {
+    pub(super) grpc_addr: Option<String>,
+    pub(super) http_addr: Option<String>,
+    pub(super) redis_url: Option<String>,
+}
+
+impl Overrides {
+    fn apply(self, builder: &mut ConfigBuilder) {
+        if self.grpc_addr.is_some() {
+            builder.server.grpc_addr = self.grpc_addr;
+        }
+        if self.http_addr.is_some() {
+            builder.server.http_addr = self.http_addr;
+        }
+        if let Some(url) = self.redis_url {
+            builder.store.redis_url = Some(url.into());
+        }
+    }
+}
+
+pub(super) fn load_config(file: &Path, overrides: Overrides) -> Result<Config, String> {
+    let mut builder = ConfigBuilder::load(file).map_err(|e| e.to_string())?;
+    overrides.apply(&mut builder);
+    let base = file.parent().unwrap_or(Path::new("."));
+    builder.build(base).map_err(|e| e.to_string())
+}
+
+pub(super) fn serve(config: Option<PathBuf>, overrides: Overrides, dev_dir: &Path) -> Result<ExitCode, String> {
+    let (config, dev_mode) = match &config {
+        Some(file) => (load_config(file, overrides)?, false),
+        None => {
+            let Overrides { grpc_addr, http_addr, redis_url } = overrides;
+            (dev::config(dev_dir, grpc_addr, http_addr, redis_url).map_err(|e| e.to_string())?, true)
+        }
+    };
+    let settings = config.server;
+    runtime()?.block_on(async move {
+        let telemetry = telemetry::init(&config.log, &config.telemetry)?;
+        if dev_mode {
+            tracing::warn!("{}", dev::WARNING);
+            if config.log.format == LogFormat::Text {
+                eprintln!("\n  !!! {} !!!\n", dev::WARNING);
+            }
+        }
+        let broker = Arc::new(serve::broker(config, tessera::metrics::Metrics::global()).await?);
+        let (grpc, http) = (bind(settings.grpc_addr).await?, bind(settings.http_addr).await?);
+        // One signal stops both faces: gRPC drains in-flight RPCs, HTTP finishes its requests.
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let http_stopped = async move {
+            let _ = stopped.changed().await;
+        };
+        let http = tokio::spawn(tessera::http::serve(http, telemetry.registry.clone(), http_stopped));
+        let grpc_stopped = async move {
+            serve::shutdown_signal().await;
+            let _ = stop.send(true);
+        };
+        let served = serve::run(grpc, broker, settings, grpc_stopped).await.map_err(|e| e.to_string());
+        let _ = http.await;
+        telemetry.shutdown();
+        served
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{addr}: {e}"))
+}
