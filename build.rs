@@ -3,10 +3,13 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if std::env::var_os("PROTOC").is_none() {
-        // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
-        unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
-    }
+    let mut config = tonic_prost_build::Config::new();
+    // protoc from $PROTOC when set, else the vendored one (told to prost directly: the environment is not
+    // written).
+    match std::env::var_os("PROTOC") {
+        Some(protoc) => config.protoc_executable(protoc),
+        None => config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?),
+    };
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("tessera_descriptor.bin"))
@@ -18,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "tessera.v1.RevokeRequest",
             "tessera.v1.RevokeRequest.target",
         ])
-        .compile_protos(&["proto/tessera/v1/broker.proto"], &["proto"])?;
+        .compile_with_config(config, &["proto/tessera/v1/broker.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

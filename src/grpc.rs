@@ -40,9 +40,9 @@ pub const ERROR_DOMAIN: &str = "tessera";
 /// OAuth error code → gRPC status, with the code as the `reason` of an `ErrorInfo` detail (the design's
 /// API contract). The message is the error's description, which never holds a token or a secret.
 pub fn status(error: Error) -> Status {
-    let code = Code::from_i32(error.code.grpc_code());
-    let details = ErrorDetails::with_error_info(error.code.as_str(), ERROR_DOMAIN, HashMap::new());
-    Status::with_error_details(code, error.to_string(), details)
+    let Error { code, description } = error;
+    let details = ErrorDetails::with_error_info(code.as_str(), ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(Code::from_i32(code.grpc_code()), format!("{code}: {description}"), details)
 }
 
 /// The `TokenBroker` service over a shared broker.

@@ -131,7 +131,7 @@ pub(crate) enum Alg {
     Es256,
 }
 
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -149,7 +149,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Serve { config, grpc_addr, http_addr, redis_url, dev_dir } => {
-            serve::serve(config, serve::Overrides { grpc_addr, http_addr, redis_url }, &dev_dir)
+            serve::serve(config.as_deref(), serve::Overrides { grpc_addr, http_addr, redis_url }, &dev_dir)
         }
         Command::Exchange(args) => runtime()?.block_on(client::exchange(*args)),
         Command::Introspect { token, client } => runtime()?.block_on(client::introspect(token, client)),

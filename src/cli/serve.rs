@@ -1,7 +1,7 @@
 //! `tessera serve`: reads the config (or sets up dev mode), starts logging and telemetry, builds the broker
 //! through the composition root, and serves the gRPC and HTTP faces until Ctrl-C or SIGTERM.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -39,7 +39,7 @@ pub(super) fn load_config(file: &Path, overrides: Overrides) -> Result<Config, S
     builder.build(base).map_err(|e| e.to_string())
 }
 
-pub(super) fn serve(config: Option<PathBuf>, overrides: Overrides, dev_dir: &Path) -> Result<ExitCode, String> {
+pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path) -> Result<ExitCode, String> {
     let (config, dev_mode) = match &config {
         Some(file) => (load_config(file, overrides)?, false),
         None => {

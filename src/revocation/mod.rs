@@ -22,7 +22,7 @@ use crate::issuer::{Issuers, Origin};
 use crate::metrics::Metrics;
 use crate::policy::Principal;
 use crate::secret::Token;
-use crate::token::{AccessClaims, Party};
+use crate::token::AccessClaims;
 
 /// Every revocation key starts with this; the hash tag keeps them in one Redis Cluster slot, so one lookup
 /// is one round trip to one node.
@@ -44,11 +44,10 @@ pub enum Target {
 impl Target {
     pub fn key(&self) -> String {
         match self {
-            Target::Jti(jti) => format!("{KEY_PREFIX}jti:{jti}"),
-            Target::Task(task) => format!("{KEY_PREFIX}task:{task}"),
-            // The issuer's length keeps `iss`/`sub` pairs from colliding whatever characters they hold.
-            Target::Subject { iss, sub } => format!("{KEY_PREFIX}sub:{}:{iss}{sub}", iss.len()),
-            Target::Client(id) => format!("{KEY_PREFIX}client:{id}"),
+            Target::Jti(jti) => jti_key(jti),
+            Target::Task(task) => task_key(task),
+            Target::Subject { iss, sub } => subject_key(iss, sub),
+            Target::Client(id) => client_key(id),
         }
     }
 
@@ -135,14 +134,32 @@ pub struct Probe {
     issued_at: Vec<Option<u64>>,
 }
 
+// The keys of each kind of target, written from borrowed parts (a probe builds many per request).
+fn jti_key(jti: &str) -> String {
+    format!("{KEY_PREFIX}jti:{jti}")
+}
+
+fn task_key(task: &str) -> String {
+    format!("{KEY_PREFIX}task:{task}")
+}
+
+/// The issuer's length keeps `iss`/`sub` pairs from colliding whatever characters they hold.
+fn subject_key(iss: &str, sub: &str) -> String {
+    format!("{KEY_PREFIX}sub:{}:{iss}{sub}", iss.len())
+}
+
+fn client_key(id: &str) -> String {
+    format!("{KEY_PREFIX}client:{id}")
+}
+
 impl Probe {
-    fn push(&mut self, target: Target, issued_at: Option<u64>) {
-        self.keys.push(target.key());
+    fn push(&mut self, key: String, issued_at: Option<u64>) {
+        self.keys.push(key);
         self.issued_at.push(issued_at);
     }
 
-    fn party(&mut self, p: &Party, issued_at: u64) {
-        self.push(Target::Subject { iss: p.iss.clone(), sub: p.sub.clone() }, Some(issued_at));
+    fn party(&mut self, iss: &str, sub: &str, issued_at: u64) {
+        self.push(subject_key(iss, sub), Some(issued_at));
     }
 
     /// Everything that can revoke a tessera token: its `jti` and every ancestor's, its task and every task in
@@ -150,24 +167,24 @@ impl Probe {
     /// in its lineage. Principals and clients apply to tokens issued up to their revocation; a token is
     /// issued after everything it derives from, so its own `iat` judges them all.
     pub fn token(&mut self, c: &AccessClaims) {
-        self.push(Target::Jti(c.jti.clone()), None);
+        self.push(jti_key(&c.jti), None);
         for ancestor in &c.anc {
-            self.push(Target::Jti(ancestor.clone()), None);
+            self.push(jti_key(ancestor), None);
         }
-        self.push(Target::Task(c.task_id.clone()), None);
+        self.push(task_key(&c.task_id), None);
         for task in &c.lin.tasks {
-            self.push(Target::Task(task.clone()), None);
+            self.push(task_key(task), None);
         }
-        self.party(&c.subject(), c.iat);
+        self.party(&c.sub_iss, &c.sub, c.iat);
         for actor in c.act.iter().flat_map(|a| a.chain()) {
-            self.party(&actor.party(&c.sub_iss), c.iat);
+            self.party(actor.iss.as_deref().unwrap_or(&c.sub_iss), &actor.sub, c.iat);
         }
         for party in &c.lin.parties {
-            self.party(party, c.iat);
+            self.party(&party.iss, &party.sub, c.iat);
         }
-        self.push(Target::Client(c.client_id.clone()), Some(c.iat));
+        self.push(client_key(&c.client_id), Some(c.iat));
         for client in &c.lin.clients {
-            self.push(Target::Client(client.clone()), Some(c.iat));
+            self.push(client_key(client), Some(c.iat));
         }
     }
 
@@ -176,14 +193,14 @@ impl Probe {
     /// revocation applies).
     pub fn upstream(&mut self, principal: &Principal, act: Option<&crate::token::Actor>, iat: Option<u64>) {
         let iat = iat.unwrap_or(0);
-        self.party(&Party { iss: principal.iss.clone(), sub: principal.sub.clone() }, iat);
+        self.party(&principal.iss, &principal.sub, iat);
         for actor in act.iter().flat_map(|a| a.chain()) {
-            self.party(&actor.party(&principal.iss), iat);
+            self.party(actor.iss.as_deref().unwrap_or(&principal.iss), &actor.sub, iat);
         }
     }
 
     pub fn task(&mut self, task_id: &str) {
-        self.push(Target::Task(task_id.to_string()), None);
+        self.push(task_key(task_id), None);
     }
 
     pub fn keys(&self) -> &[String] {

@@ -238,7 +238,7 @@ async fn revoking_a_client_ends_tokens_derived_from_its_tokens_by_other_clients(
     // Re-exchanged by another client (the loopback one).
     let child = exchange(&broker, req(&parent, CRM, "crm:read", None)).await.unwrap();
     assert_eq!(
-        (decode(&child).client_id.as_str(), decode(&child).lin.clients.clone()),
+        (decode(&child).client_id.as_str(), decode(&child).lin.clients),
         ("local", vec!["orchestrator".to_string()])
     );
     revoke(&broker, Target::ClientId("orchestrator".into())).await;
