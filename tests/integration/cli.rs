@@ -5,15 +5,8 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::process::{Serving, tessera};
 use crate::support::*;
-
-fn tessera() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -33,17 +26,9 @@ fn run_with_stdin(cmd: &mut Command, stdin: &str) -> std::process::Output {
 fn dev_mode_walkthrough_and_no_token_in_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let dev_dir = dir.path().join(".tessera-dev");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut server = tessera()
-        .args(["serve", "--grpc-addr", &addr, "--http-addr", &format!("127.0.0.1:{}", free_port()), "--dev-dir"])
-        .arg(&dev_dir)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
+    let server = Serving::start(&["--dev-dir", dev_dir.to_str().unwrap()], |c| {
+        c.env("RUST_LOG", "debug");
+    });
 
     let assertion = tessera()
         .args(["dev", "assertion", "--sub", "agent-orchestrator", "--dev-dir"])
@@ -54,7 +39,7 @@ fn dev_mode_walkthrough_and_no_token_in_the_logs() {
     let assertion = String::from_utf8(assertion.stdout).unwrap().trim().to_string();
     assert_eq!(assertion.split('.').count(), 3);
 
-    let url = format!("http://{addr}");
+    let url = server.url();
     let exchange = |scope: &str| {
         run_with_stdin(
             tessera()
@@ -104,18 +89,8 @@ fn dev_mode_walkthrough_and_no_token_in_the_logs() {
     assert_eq!(introspect(), serde_json::json!({ "active": false }));
 
     // SIGTERM (how Kubernetes stops a pod) ends the server cleanly.
-    Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "tessera did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (status, logs) = server.terminate();
     assert!(status.success(), "exit status {status}");
-    let output = server.wait_with_output().unwrap();
-    let logs = String::from_utf8_lossy(&output.stderr);
     assert!(logs.contains("DEV MODE") && logs.contains("NOT for production"), "the dev warning is missing");
     for decision in ["granted", "denied", "active", "revoked", "inactive"] {
         assert!(logs.contains(&format!("decision={decision} ")), "audit event {decision} is missing:\n{logs}");
@@ -225,7 +200,7 @@ fn policy_check_validates_against_the_schema() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_field"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Kills a `serve` process on drop, so a failing test leaves nothing running.
+/// Kills a process on drop, so a failing test leaves nothing running.
 struct Serve(std::process::Child);
 
 impl Drop for Serve {
@@ -243,18 +218,9 @@ fn three_processes_on_one_redis_are_replicas_of_one_broker() {
     let mut urls = Vec::new();
     let mut servers = Vec::new();
     for _ in 0..3 {
-        let port = free_port();
-        let child = tessera()
-            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}"), "--redis-url", &redis.url()])
-            .args(["--http-addr", &format!("127.0.0.1:{}", free_port()), "--dev-dir"])
-            .arg(&dev_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        servers.push(Serve(child));
-        wait_for_port(port);
-        urls.push(format!("http://127.0.0.1:{port}"));
+        let server = Serving::start(&["--redis-url", &redis.url(), "--dev-dir", dev_dir.to_str().unwrap()], |_| {});
+        urls.push(server.url());
+        servers.push(server);
     }
     let assertion =
         tessera().args(["dev", "assertion", "--sub", "orchestrator", "--dev-dir"]).arg(&dev_dir).output().unwrap();
@@ -300,31 +266,22 @@ fn three_processes_on_one_redis_are_replicas_of_one_broker() {
 #[test]
 fn json_logs_are_one_object_per_line_with_audit_fields() {
     let dir = TestBroker::builder().write_config();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = tessera()
-        .args(["serve", "--grpc-addr", &addr, "--http-addr", &format!("127.0.0.1:{}", free_port()), "--config"])
-        .arg(dir.path().join("tessera.toml"))
-        .env("TESSERA__LOG__FORMAT", "json")
-        .env("TESSERA__LOG__LEVEL", "info")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut server = Serve(child);
-    wait_for_port(port);
+    let config = dir.path().join("tessera.toml");
+    let server = Serving::start(&["--config", config.to_str().unwrap()], |c| {
+        c.env("TESSERA__LOG__FORMAT", "json").env("TESSERA__LOG__LEVEL", "info").env_remove("RUST_LOG");
+    });
     let assertion = k8s_assertion(600);
     let out = run_with_stdin(
-        tessera()
-            .args(["exchange", "--addr", &format!("http://{addr}"), "--subject-token", "-", "--audience", CRM])
-            .args(["--scope", "crm:read", "--task-id", "json-1"]),
+        tessera().args(["exchange", "--addr", &server.url(), "--subject-token", "-", "--audience", CRM]).args([
+            "--scope",
+            "crm:read",
+            "--task-id",
+            "json-1",
+        ]),
         &assertion,
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut server.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (_, stderr) = server.terminate();
     let lines: Vec<serde_json::Value> = stderr
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
@@ -405,7 +362,7 @@ fn revocations_reach_redis_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     test_pki(d);
-    let redis_port = free_port();
+    let redis_port = crate::support::redis::free_port();
     let redis = Command::new("redis-server")
         .args([
             "--port",
@@ -429,25 +386,12 @@ fn revocations_reach_redis_over_tls() {
     let _redis = Serve(redis);
     wait_for_port(redis_port);
 
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let server = tessera()
-        .args([
-            "serve",
-            "--grpc-addr",
-            &format!("127.0.0.1:{port}"),
-            "--http-addr",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .args(["--redis-url", &format!("rediss://localhost:{redis_port}"), "--dev-dir"])
-        .arg(d.join(".tessera-dev"))
-        .env("SSL_CERT_FILE", d.join("ca.pem"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = Serve(server);
-    wait_for_port(port);
+    let dev_dir = d.join(".tessera-dev");
+    let redis_url = format!("rediss://localhost:{redis_port}");
+    let server = Serving::start(&["--redis-url", &redis_url, "--dev-dir", dev_dir.to_str().unwrap()], |c| {
+        c.env("SSL_CERT_FILE", d.join("ca.pem"));
+    });
+    let url = server.url();
     let token = dev_exchange(&url, &d.join(".tessera-dev"), "agent-tls", "tls-1");
     let revoked = run_with_stdin(tessera().args(["revoke", "--token", "-", "--addr", &url]), &token);
     assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
@@ -468,27 +412,13 @@ async fn spans_reach_an_otlp_collector_over_tls() {
         &std::fs::read(d.join("server.key")).unwrap(),
     )
     .await;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let server = tessera()
-        .args([
-            "serve",
-            "--grpc-addr",
-            &format!("127.0.0.1:{port}"),
-            "--http-addr",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .arg("--dev-dir")
-        .arg(d.join(".tessera-dev"))
-        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", d.join("ca.pem"))
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = Serve(server);
-    wait_for_port(port);
+    let dev_dir = d.join(".tessera-dev");
+    let server = Serving::start(&["--dev-dir", dev_dir.to_str().unwrap()], |c| {
+        c.env("OTEL_EXPORTER_OTLP_CERTIFICATE", d.join("ca.pem"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    });
+    let url = server.url();
     dev_exchange(&url, &d.join(".tessera-dev"), "agent-otlp", "otlp-1");
     let arrived = collector
         .wait_until(Duration::from_secs(15), |c| {

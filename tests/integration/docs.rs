@@ -3,13 +3,14 @@
 //! docs/config.md documents every key the config file accepts, and no other.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::Read as _;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::support::process::Serving;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
@@ -120,60 +121,11 @@ fn walkthrough(readme: &str) -> Vec<Step> {
     steps
 }
 
-/// A dev-mode `tessera serve`, killed when dropped; its log lines as they arrive.
-struct DevServer {
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for DevServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl DevServer {
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-}
-
-/// Starts `tessera serve` (dev mode) in `dir` and returns it with the gRPC and HTTP addresses it logs.
-/// Both listen on port 0, so the kernel picks free ports (no race with other tests).
-fn start_dev_server(dir: &Path) -> (DevServer, String, String) {
-    let mut child = clean_env(&mut Command::new(TESSERA))
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tessera serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let server = DevServer { child, logs: Arc::default() };
-    let (sender, lines) = mpsc::channel();
-    let logs = server.logs.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            logs.lock().unwrap().push(line.clone());
-            let _ = sender.send(line);
-        }
-    });
-    let addr = |line: &str, what: &str| {
-        let (_, rest) = line.split_once(what)?;
-        Some(rest.trim().strip_prefix("addr=")?.split_whitespace().next()?.to_string())
-    };
-    let (mut grpc, mut http) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while grpc.is_none() || http.is_none() {
-        let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
-            panic!("tessera serve did not log its gRPC and HTTP addresses:\n{}", server.logs());
-        };
-        grpc = grpc.or_else(|| addr(&line, "tessera serving gRPC"));
-        http = http.or_else(|| addr(&line, "tessera serving HTTP"));
-    }
-    (server, grpc.unwrap(), http.unwrap())
+/// Starts `tessera serve` (dev mode) in `dir`, with a clean environment, on free ports it reports.
+fn start_dev_server(dir: &Path) -> Serving {
+    Serving::start(&[], |c| {
+        clean_env(c).current_dir(dir);
+    })
 }
 
 /// JSON values whose content changes at every run (fresh keys, token ids, clocks): compared by type only.
@@ -258,7 +210,7 @@ fn the_readme_walkthrough_runs_as_shown_on_a_fresh_folder() {
     let steps = walkthrough(&read("README.md"));
     let folder = tempfile::tempdir().unwrap();
     let bin = tessera_on_path();
-    let mut server: Option<(DevServer, String, String)> = None;
+    let mut server: Option<Serving> = None;
     let mut ran = 0;
     for step in &steps {
         let command = step.command.as_str();
@@ -266,7 +218,8 @@ fn the_readme_walkthrough_runs_as_shown_on_a_fresh_folder() {
             // "Start the broker in one terminal": in the background here, in the same folder.
             "cargo run -- serve" => {
                 assert!(server.is_none(), "the walkthrough starts a second server");
-                let (dev, grpc, http) = start_dev_server(folder.path());
+                let dev = start_dev_server(folder.path());
+                let (grpc, http) = (dev.grpc.clone(), dev.http.clone());
                 // The log lines the README shows (after their timestamp, up to any `…`) are logged.
                 let logs = dev.logs();
                 for line in &step.shown {
@@ -275,7 +228,7 @@ fn the_readme_walkthrough_runs_as_shown_on_a_fresh_folder() {
                     let line = line.replace("127.0.0.1:50051", &grpc).replace("127.0.0.1:8080", &http);
                     assert!(logs.contains(&line), "tessera serve does not log {line:?}:\n{logs}");
                 }
-                server = Some((dev, grpc, http));
+                server = Some(dev);
             }
             // `tessera` is the binary under test, first on PATH, instead of `cargo run` in a clone.
             "alias tessera='cargo run -q --'" => assert!(step.shown.is_empty()),
@@ -284,16 +237,17 @@ fn the_readme_walkthrough_runs_as_shown_on_a_fresh_folder() {
                     !command.contains("cargo") && !command.starts_with("alias"),
                     "the walkthrough has a command this test does not know how to run: {command:?}"
                 );
-                let Some((dev, grpc, http)) = &server else {
+                let Some(dev) = &server else {
                     panic!("{command:?} comes before the walkthrough starts the server");
                 };
                 // The README's default addresses are those the test's server got.
+                let (grpc, http) = (&dev.grpc, &dev.http);
                 let script = command
                     .replace("localhost:8080", http)
                     .replace("127.0.0.1:8080", http)
                     .replace("localhost:50051", grpc)
                     .replace("127.0.0.1:50051", grpc);
-                let addr = format!("http://{grpc}");
+                let addr = dev.url();
                 let (status, seen) = bash(folder.path(), bin.path(), &[("TESSERA_ADDR", &addr)], &script);
                 let shown = step.shown.join("\n");
                 let fails = shows_an_error(&shown);

@@ -2,33 +2,18 @@
 //! details (the Basic scheme's case, empty secrets), and health and reflection answering while the broker's
 //! RPCs are at their concurrency limit.
 
-use std::io::Read as _;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use tessera::grpc::pb;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 
+use crate::support::process::Serving;
 use crate::support::*;
 
 // --- Audit lines cannot be forged ---------------------------------------------------------------------
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A `tessera serve` process, killed when dropped.
-struct Serve(std::process::Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A complete, well-formed audit line of the text format, announcing a revocation that never happened.
 fn forged(marker: &str) -> String {
@@ -55,34 +40,11 @@ fn unquoted(line: &str) -> String {
 #[tokio::test]
 async fn request_text_cannot_forge_an_audit_line() {
     let dir = TestBroker::builder().write_config();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--grpc-addr", &addr, "--http-addr", &format!("127.0.0.1:{}", free_port()), "--config"])
-        .arg(dir.path().join("tessera.toml"))
-        .env("TESSERA__LOG__FORMAT", "text")
-        .env("TESSERA__LOG__LEVEL", "info")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut logs = String::new();
-        let _ = stderr.read_to_string(&mut logs);
-        logs
+    let config = dir.path().join("tessera.toml");
+    let server = Serving::start(&["--config", config.to_str().unwrap()], |c| {
+        c.env("TESSERA__LOG__FORMAT", "text").env("TESSERA__LOG__LEVEL", "info").env_remove("RUST_LOG");
     });
-    let server = Serve(child);
-
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut client = loop {
-        if let Ok(client) = pb::token_broker_client::TokenBrokerClient::connect(format!("http://{addr}")).await {
-            break client;
-        }
-        assert!(Instant::now() < deadline, "tessera did not start listening on {addr}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut client = pb::token_broker_client::TokenBrokerClient::connect(server.url()).await.expect("connect");
 
     let assertion = k8s_assertion(600);
     let mut scope = request(&assertion, CRM, &format!("crm:read\n{}", forged("forged-scope")));
@@ -102,10 +64,8 @@ async fn request_text_cannot_forge_an_audit_line() {
 
     // The server drains open connections on SIGTERM: close ours first.
     drop(client);
-    Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     // Waited for off the runtime, which must keep running to close the connection.
-    let logs = tokio::task::spawn_blocking(move || reader.join().unwrap()).await.unwrap();
-    drop(server);
+    let (_, logs) = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
 
     let audit_lines: Vec<&str> = logs.lines().filter(|l| l.contains("tessera::audit")).collect();
     // A `sub` with a control character is refused before it is looked at: it never reaches the log.

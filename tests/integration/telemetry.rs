@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry::trace::TracerProvider as _;
 use tessera::config::TelemetryConfig;
 use tessera::grpc::pb;
 use tessera::metrics::Metrics;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::support::otlp::{AttrValue, Collector};
+use crate::support::process::Serving;
 use crate::support::redis::RedisServer;
 use crate::support::*;
 
@@ -25,21 +24,25 @@ fn with_traceparent<T>(message: T, trace_id: &str, span_id: &str) -> tonic::Requ
     request
 }
 
-#[tokio::test]
+// Against a `tessera serve` process exporting to the collector, as in production: a subscriber set for one
+// test inside the shared test binary would race the others for tracing's global callsite cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_spans_join_the_callers_trace_with_child_spans() {
     let collector = Collector::start().await;
-    let config = otlp_config(&collector);
-    let provider =
-        tessera::telemetry::tracer_provider(&config, tessera::telemetry::resource(&config)).unwrap().unwrap();
-    // This test's runtime runs on this thread only, so a thread-local subscriber sees all of the broker's spans.
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("tessera")));
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    // Callsites other tests hit first may have cached "no interest" before this subscriber existed.
-    tracing::callsite::rebuild_interest_cache();
-    let broker = TestBroker::start().await;
-    let mut client = broker.client().await;
+    let dir = TestBroker::builder().write_config();
+    let config = dir.path().join("tessera.toml");
+    let endpoint = collector.endpoint.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        Serving::start(&["--config", config.to_str().unwrap()], |c| {
+            c.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+                .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+                .env("TESSERA__LOG__LEVEL", "info")
+                .env_remove("RUST_LOG");
+        })
+    })
+    .await
+    .unwrap();
+    let mut client = pb::token_broker_client::TokenBrokerClient::connect(server.url()).await.unwrap();
     let (trace_id, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let mut req = request(&k8s_assertion(600), CRM, "crm:read");
     req.actor_token = spiffe_assertion(600);
@@ -49,8 +52,16 @@ async fn rpc_spans_join_the_callers_trace_with_child_spans() {
     let denied = request(&k8s_assertion(600), CRM, "crm:export");
     client.exchange_token(with_traceparent(denied, denied_trace, caller_span)).await.unwrap_err();
 
-    let p = provider.clone();
-    tokio::task::spawn_blocking(move || p.force_flush()).await.unwrap().unwrap();
+    let exported = collector
+        .wait_until(Duration::from_secs(15), |c| {
+            let spans = c.spans();
+            [trace_id, denied_trace]
+                .iter()
+                .all(|t| spans.iter().any(|s| s.trace_id == *t && s.name == "tessera.v1.TokenBroker/ExchangeToken"))
+                && spans.iter().any(|s| s.trace_id == trace_id && s.name == "sign")
+        })
+        .await;
+    assert!(exported, "the RPC spans did not reach the collector: {:#?}", collector.spans());
     let spans = collector.spans();
     let rpc = spans
         .iter()
@@ -91,8 +102,7 @@ async fn rpc_spans_join_the_callers_trace_with_child_spans() {
     assert_eq!(resource.get("service.name").map(String::as_str), Some("tessera"));
     assert_eq!(resource.get("service.version").map(String::as_str), Some(env!("CARGO_PKG_VERSION")));
     assert!(resource.get("service.instance.id").is_some_and(|id| id.len() == 16));
-    let p = provider.clone();
-    let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+    drop(server);
 }
 
 #[tokio::test]

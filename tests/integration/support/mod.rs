@@ -5,6 +5,7 @@
 
 pub mod jwks_server;
 pub mod otlp;
+pub mod process;
 pub mod redis;
 
 use std::path::{Path, PathBuf};

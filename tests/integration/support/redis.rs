@@ -16,7 +16,9 @@ fn binary(name: &str) -> String {
     }
 }
 
-fn free_port() -> u16 {
+/// A port that was free a moment ago, for servers that cannot bind port 0 and report it (Redis); a server that
+/// then fails to start on it is retried on another (see [`RedisServer::start_with`]).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -39,11 +41,23 @@ impl RedisServer {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
-        server.spawn();
-        server
+        // The port was only free a moment ago: if another process took it first, try another.
+        for _ in 0..10 {
+            if server.try_spawn() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("redis-server did not start on any of 10 free ports");
     }
 
     fn spawn(&mut self) {
+        assert!(self.try_spawn(), "redis-server did not start again on port {}", self.port);
+    }
+
+    /// Starts redis-server on `self.port`; false if it could not have that port (it exited, or the port
+    /// answers as another server, whose data folder is not ours).
+    fn try_spawn(&mut self) -> bool {
         let child = Command::new(binary("redis-server"))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
             .args(["--appendfsync", "always", "--protected-mode", "no"])
@@ -57,9 +71,23 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.try_cmd(&["PING"]).is_none() {
+            if self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some()) {
+                self.child = None;
+                return false;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
+        let dir = self.dir.path().canonicalize().unwrap_or_else(|_| self.dir.path().to_path_buf());
+        let served: Option<Vec<String>> = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+            .and_then(|mut conn| redis::cmd("CONFIG").arg("GET").arg("dir").query(&mut conn))
+            .ok();
+        let ours = served.is_some_and(|v| v.iter().any(|d| std::path::Path::new(d) == dir));
+        if !ours {
+            self.kill();
+        }
+        ours
     }
 
     pub fn url(&self) -> String {
