@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn an_empty_secret_never_authenticates() {
-        // Even a client whose hash is that of the empty string (the config refuses one; see config.rs).
+        // Even a client whose hash is that of the empty string (the config refuses one; see config/clients.rs).
         let c = Clients::new(vec![Client::new("empty".into(), Some(sha("")), [Rpc::Exchange].into(), false)]);
         assert!(is_empty_secret_sha256(&sha("")) && !is_empty_secret_sha256(&sha("s3cret")));
         let err = c.authenticate(&basic("empty", "", false), Rpc::Exchange).unwrap_err();

@@ -1,0 +1,59 @@
+//! `[[audiences]]`: the catalog of downstream APIs tokens are issued for.
+
+use serde::Deserialize;
+
+use super::{Context, Problems};
+use crate::catalog::Audience;
+use crate::scopes::Scopes;
+
+/// A token's longest life for an audience that says nothing, in seconds.
+pub const DEFAULT_AUDIENCE_MAX_TTL: u64 = 300;
+/// The longest audience id accepted.
+const MAX_AUDIENCE_BYTES: usize = 512;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudienceBuilder {
+    pub id: String,
+    pub scopes: Vec<String>,
+    pub max_ttl: Option<u64>,
+    /// Clients that may introspect this audience's tokens; empty: every client allowed to introspect.
+    pub introspect_clients: Vec<String>,
+}
+
+pub(super) fn build(builders: Vec<AudienceBuilder>, cx: &Context<'_>, problems: &mut Problems) -> Vec<Audience> {
+    let mut audiences: Vec<Audience> = Vec::new();
+    for (i, a) in builders.into_iter().enumerate() {
+        let at = format!("audiences[{i}] ({})", a.id);
+        if !a.id.contains("://")
+            || a.id.contains('#')
+            || a.id.len() > MAX_AUDIENCE_BYTES
+            || a.id.contains(char::is_whitespace)
+            || a.id.contains(char::is_control)
+        {
+            problems.push(format!("{at}: `id` must be an absolute URI without a fragment"));
+        }
+        if a.id == cx.broker_issuer {
+            problems.push(format!("{at}: the broker itself is not a catalogued audience"));
+        }
+        // The one scope rule (RFC 6749 §3.3 characters): a catalogued scope is one a request can name.
+        let scopes = Scopes::from_tokens(&a.scopes).unwrap_or_default();
+        if scopes.is_empty() {
+            problems.push(format!("{at}: `scopes` must be a non-empty list of scope tokens (RFC 6749 §3.3)"));
+        }
+        let max_ttl = a.max_ttl.unwrap_or(DEFAULT_AUDIENCE_MAX_TTL);
+        if max_ttl == 0 || max_ttl > super::broker::MAX_TTL {
+            problems.push(format!("{at}: `max_ttl` must be between 1 and {} seconds", super::broker::MAX_TTL));
+        }
+        if audiences.iter().any(|x| x.id == a.id) {
+            problems.push(format!("{at}: duplicate audience"));
+        }
+        audiences.push(Audience {
+            id: a.id,
+            scopes,
+            max_ttl,
+            introspect_clients: a.introspect_clients.into_iter().collect(),
+        });
+    }
+    audiences
+}

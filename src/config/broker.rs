@@ -1,0 +1,83 @@
+//! `[broker]`: the broker's own identity and the bounds on delegation no policy can lift.
+
+use serde::Deserialize;
+
+use super::{MAX_ASSERTION_LIFETIME, Problems, is_https_like};
+use crate::exchange::Limits;
+
+/// Clock skew tolerated on tessera's own `nbf`/`iat`, by default, in seconds.
+pub const DEFAULT_BROKER_LEEWAY: u64 = 5;
+/// The most any leeway may be: it absorbs clock skew, not lifetimes.
+pub const MAX_LEEWAY: u64 = 60;
+/// Actors an `act` chain may name, by default (and at most [`MAX_DELEGATION_DEPTH`]).
+pub const DEFAULT_MAX_DELEGATION_DEPTH: usize = 4;
+pub const MAX_DELEGATION_DEPTH: usize = 16;
+/// Tessera tokens a token may descend from, by default (and at most [`MAX_CHAIN_LENGTH`]).
+pub const DEFAULT_MAX_CHAIN_LENGTH: usize = 8;
+pub const MAX_CHAIN_LENGTH: usize = 32;
+/// The longest life of a task token, by default, in seconds (and at most a day).
+pub const DEFAULT_TASK_TOKEN_MAX_TTL: u64 = 3600;
+/// How long a revoked task id stays refused, by default: 24 h.
+pub const DEFAULT_TASK_REVOCATION_RETENTION: u64 = 86_400;
+/// The longest any token may live: a day.
+pub const MAX_TTL: u64 = 86_400;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerBuilder {
+    pub issuer: Option<String>,
+    pub leeway: Option<u64>,
+    pub max_delegation_depth: Option<usize>,
+    pub max_chain_length: Option<usize>,
+    pub task_token_max_ttl: Option<u64>,
+    /// Seconds a revoked task id stays refused for new exchanges (default 24 h).
+    pub task_revocation_retention: Option<u64>,
+}
+
+/// The validated `[broker]` section.
+#[derive(Debug)]
+pub(super) struct BrokerSection {
+    pub(super) issuer: String,
+    pub(super) leeway: u64,
+    pub(super) limits: Limits,
+    pub(super) task_token_max_ttl: u64,
+    pub(super) task_revocation_retention: u64,
+}
+
+impl BrokerBuilder {
+    pub(super) fn build(self, problems: &mut Problems) -> BrokerSection {
+        let issuer = self.issuer.unwrap_or_default();
+        if !is_https_like(&issuer) {
+            problems.push("broker.issuer: required, an http(s) URL identifying this broker".into());
+        }
+        let max_delegation_depth = self.max_delegation_depth.unwrap_or(DEFAULT_MAX_DELEGATION_DEPTH);
+        if !(1..=MAX_DELEGATION_DEPTH).contains(&max_delegation_depth) {
+            problems.push(format!("broker.max_delegation_depth: must be between 1 and {MAX_DELEGATION_DEPTH}"));
+        }
+        let max_chain_length = self.max_chain_length.unwrap_or(DEFAULT_MAX_CHAIN_LENGTH);
+        if !(1..=MAX_CHAIN_LENGTH).contains(&max_chain_length) {
+            problems.push(format!("broker.max_chain_length: must be between 1 and {MAX_CHAIN_LENGTH}"));
+        }
+        let task_token_max_ttl = self.task_token_max_ttl.unwrap_or(DEFAULT_TASK_TOKEN_MAX_TTL);
+        if task_token_max_ttl == 0 || task_token_max_ttl > MAX_TTL {
+            problems.push(format!("broker.task_token_max_ttl: must be between 1 and {MAX_TTL} seconds"));
+        }
+        let leeway = self.leeway.unwrap_or(DEFAULT_BROKER_LEEWAY);
+        if leeway > MAX_LEEWAY {
+            problems.push(format!("broker.leeway: at most {MAX_LEEWAY} seconds (it absorbs clock skew only)"));
+        }
+        let task_revocation_retention = self.task_revocation_retention.unwrap_or(DEFAULT_TASK_REVOCATION_RETENTION);
+        if task_revocation_retention == 0 || task_revocation_retention > MAX_ASSERTION_LIFETIME {
+            problems.push(format!(
+                "broker.task_revocation_retention: must be between 1 and {MAX_ASSERTION_LIFETIME} seconds"
+            ));
+        }
+        BrokerSection {
+            issuer,
+            leeway,
+            limits: Limits { max_delegation_depth, max_chain_length },
+            task_token_max_ttl,
+            task_revocation_retention,
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `[server]`: where the faces listen and the bounds on every request.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Problems;
+
+/// The gRPC face's default address.
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+/// The HTTP face's default address.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// The largest request message accepted, by default: tokens are bounded by issuer config.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Every RPC ends within this, by default.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Broker RPCs in flight at once, by default; past it, callers wait.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// The smallest `max_request_bytes` accepted.
+const MIN_REQUEST_BYTES: usize = 4096;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerBuilder {
+    pub grpc_addr: Option<String>,
+    /// Plain HTTP: `/metrics` and `/healthz` (and, later, the OAuth endpoints).
+    pub http_addr: Option<String>,
+    pub max_request_bytes: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub max_concurrent_requests: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ServerConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub max_request_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+}
+
+impl ServerBuilder {
+    pub(super) fn build(self, problems: &mut Problems) -> ServerConfig {
+        let address = |key: &str, given: Option<&str>, default: &str, problems: &mut Problems| {
+            let text = given.unwrap_or(default);
+            text.parse().unwrap_or_else(|_| {
+                problems.push(format!("server.{key}: `{text}` is not an address (host:port)"));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
+        };
+        let grpc_addr = address("grpc_addr", self.grpc_addr.as_deref(), DEFAULT_GRPC_ADDR, problems);
+        let http_addr = address("http_addr", self.http_addr.as_deref(), DEFAULT_HTTP_ADDR, problems);
+        if ports_clash(grpc_addr, http_addr) {
+            problems.push("server: http_addr and grpc_addr must not share a port (0 picks a free one for each)".into());
+        }
+        let server = ServerConfig {
+            grpc_addr,
+            http_addr,
+            max_request_bytes: self.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+            request_timeout: Duration::from_millis(self.request_timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS)),
+            max_concurrent_requests: self.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+        };
+        if server.max_request_bytes < MIN_REQUEST_BYTES
+            || server.max_concurrent_requests == 0
+            || server.request_timeout.is_zero()
+        {
+            problems.push(
+                "server: max_request_bytes ≥ 4096, max_concurrent_requests ≥ 1 and request_timeout_ms ≥ 1".into(),
+            );
+        }
+        server
+    }
+}
+
+/// Whether two listen addresses would bind the same port: the same non-zero port on the same IP, or on an
+/// unspecified address (`0.0.0.0`, `::`) that covers the other. Port 0 lets the system pick a free one each.
+fn ports_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_clash_only_on_one_real_port() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(ports_clash(a("127.0.0.1:8080"), a("127.0.0.1:8080")));
+        assert!(ports_clash(a("0.0.0.0:8080"), a("127.0.0.1:8080")));
+        assert!(ports_clash(a("127.0.0.1:8080"), a("[::]:8080")));
+        assert!(!ports_clash(a("127.0.0.1:8080"), a("127.0.0.2:8080")));
+        assert!(!ports_clash(a("127.0.0.1:0"), a("127.0.0.1:0")), "port 0: each gets a free port");
+        assert!(!ports_clash(a("127.0.0.1:8080"), a("127.0.0.1:50051")));
+    }
+}
