@@ -129,7 +129,7 @@ impl<'de> serde::Deserialize<'de> for Scopes {
 }
 
 /// Whether `s` is one RFC 6749 §3.3 scope token of at most [`MAX_SCOPE_TOKEN_BYTES`].
-pub fn is_scope_token(s: &str) -> bool {
+fn is_scope_token(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_SCOPE_TOKEN_BYTES && s.bytes().all(is_scope_char)
 }
 

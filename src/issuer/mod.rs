@@ -545,7 +545,7 @@ impl Issuers {
 }
 
 /// Whether `s` can name a principal (a `sub`) that a revocation can later name too.
-pub fn is_revocable_name(s: &str) -> bool {
+fn is_revocable_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_SUB_BYTES && !s.chars().any(char::is_control)
 }
 

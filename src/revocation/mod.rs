@@ -26,7 +26,7 @@ use crate::token::AccessClaims;
 
 /// Every revocation key starts with this; the hash tag keeps them in one Redis Cluster slot, so one lookup
 /// is one round trip to one node.
-pub const KEY_PREFIX: &str = "{tessera}:rev:";
+const KEY_PREFIX: &str = "{tessera}:rev:";
 
 /// What an operator revokes.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -53,7 +53,7 @@ impl RevocationList {
     }
 
     /// Forgets entries whose tokens have all expired by `now`.
-    pub fn prune(&mut self, now: u64) {
+    fn prune(&mut self, now: u64) {
         while let Some(due) = self.expiries.first_entry() {
             if *due.key() > now {
                 break;
@@ -75,7 +75,8 @@ impl RevocationList {
     }
 
     /// Index entries, for tests that check the list stays bounded.
-    pub fn index_len(&self) -> usize {
+    #[cfg(test)]
+    fn index_len(&self) -> usize {
         self.expiries.values().map(Vec::len).sum()
     }
 }
