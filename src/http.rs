@@ -9,19 +9,24 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+pub mod oauth;
+
 /// Serves the HTTP face on `listener` until `shutdown` completes. Connections are accepted by [`crate::net`],
 /// which sets `TCP_NODELAY` on each.
 pub async fn serve(
     listener: TcpListener,
+    broker: std::sync::Arc<crate::broker::Broker>,
     registry: Option<prometheus::Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut router = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    let mut router = Router::new().route("/healthz", get(|| async { "ok\n" })).merge(oauth::router(broker));
     if let Some(registry) = registry {
         router = router.route("/metrics", get(move || metrics(registry.clone())));
     }
     tracing::info!(addr = %listener.local_addr()?, "tessera serving HTTP");
-    axum::serve(crate::net::Listener(listener), router).with_graceful_shutdown(shutdown).await
+    // The peer's address tells the loopback client apart (dev mode).
+    let service = router.into_make_service_with_connect_info::<oauth::Peer>();
+    axum::serve(crate::net::Listener(listener), service).with_graceful_shutdown(shutdown).await
 }
 
 async fn metrics(registry: prometheus::Registry) -> impl IntoResponse {

@@ -63,7 +63,8 @@ pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path)
         let http_stopped = async move {
             let _ = stopped.changed().await;
         };
-        let http = tokio::spawn(tessera::http::serve(http, telemetry.registry.clone(), http_stopped));
+        let http =
+            tokio::spawn(tessera::http::serve(http, Arc::clone(&broker), telemetry.registry.clone(), http_stopped));
         let grpc_stopped = async move {
             serve::shutdown_signal().await;
             let _ = stop.send(true);

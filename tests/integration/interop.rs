@@ -1,5 +1,6 @@
-//! Interop with a client nobody here wrote: Python `grpcio` stubs generated from `proto/`, and `PyJWT`
-//! verifying the issued token against `GetJwks` (tests/interop/exchange_interop.py).
+//! Interop with clients nobody here wrote: Python `grpcio` stubs generated from `proto/`, and `PyJWT`
+//! verifying the issued token against `GetJwks` (tests/interop/exchange_interop.py); and `authlib`, an OAuth
+//! client library, against the HTTP face (tests/interop/oauth_interop.py).
 
 use crate::support::*;
 
@@ -39,4 +40,42 @@ async fn python_grpcio_and_pyjwt_interoperate() {
     assert!(output.status.success(), "interop client failed:\n{stdout}\n{stderr}");
     let last = stdout.lines().last().unwrap_or_default();
     assert!(last.starts_with("interop: ") && last.ends_with(" passed, 0 failed"), "{stdout}");
+}
+
+#[tokio::test]
+async fn authlib_speaks_oauth_with_the_http_face() {
+    let python = env_or_fail("TESSERA_TEST_PYTHON");
+    let broker = TestBroker::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tessera::http::serve(listener, std::sync::Arc::clone(&broker.broker), None, std::future::pending()));
+    let dir = tempfile::tempdir().unwrap();
+    let (assertion, actor) = (dir.path().join("assertion.jwt"), dir.path().join("actor.jwt"));
+    std::fs::write(&assertion, k8s_assertion(600)).unwrap();
+    std::fs::write(&actor, spiffe_assertion(600)).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/oauth_interop.py");
+    let args: Vec<String> = vec![
+        script.display().to_string(),
+        "--base".into(),
+        base,
+        "--issuer".into(),
+        BROKER.into(),
+        "--assertion-file".into(),
+        assertion.display().to_string(),
+        "--actor-file".into(),
+        actor.display().to_string(),
+        "--client-secret".into(),
+        CLIENT_SECRET.into(),
+        "--audience".into(),
+        CRM.into(),
+    ];
+    let output = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output())
+        .await
+        .unwrap()
+        .expect("run the authlib interop client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "authlib interop failed:\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("oauth interop: ") && last.ends_with(" passed, 0 failed"), "{stdout}");
 }

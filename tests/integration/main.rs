@@ -11,6 +11,7 @@ mod exchange;
 mod faces;
 mod interop;
 mod jwks;
+mod oauth;
 mod properties;
 mod revocation;
 mod store;

@@ -172,7 +172,12 @@ async fn the_prometheus_endpoint_parses_with_a_real_parser() {
     let broker = TestBroker::builder().metrics(Metrics::new(&provider.meter("tessera"))).start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(tessera::http::serve(listener, registry, std::future::pending()));
+    tokio::spawn(tessera::http::serve(
+        listener,
+        std::sync::Arc::clone(&broker.broker),
+        registry,
+        std::future::pending(),
+    ));
     let mut client = broker.client().await;
     client.exchange_token(request(&k8s_assertion(600), CRM, "crm:read")).await.unwrap();
     client.exchange_token(request(&k8s_assertion(600), CRM, "crm:export")).await.unwrap_err();

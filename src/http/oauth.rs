@@ -1,0 +1,369 @@
+//! The plain-OAuth endpoints, for clients, gateways and MCP servers that do not speak gRPC — the same
+//! operations of the same core as the gRPC face, only spelled as RFC 6749 forms and JSON:
+//!
+//! - `POST /oauth2/token`: RFC 8693 token exchange, and the RFC 7523 §2.1 jwt-bearer grant (a workload's own
+//!   assertion, exchanged as a subject token with no actor);
+//! - `POST /oauth2/introspect`: RFC 7662;
+//! - `POST /oauth2/revoke`: RFC 7009 (`token`), plus tessera's targets (`jti`, `task_id`, `subject` with
+//!   `issuer`, `client_id`);
+//! - `GET /.well-known/jwks.json` (RFC 7517) and `GET /.well-known/oauth-authorization-server` (RFC 8414).
+//!
+//! Clients authenticate with `client_secret_basic` or `client_secret_post` (RFC 6749 §2.3.1), never both; the
+//! loopback client of dev mode needs neither. Errors are RFC 6749 §5.2 JSON with the status their code names
+//! ([`ErrorCode::http_status`]): 401 with `WWW-Authenticate` for a client that failed to authenticate, 503
+//! with `Retry-After` when the revocation store is down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::broker::Broker;
+use crate::client::{Client, Credentials, Rpc};
+use crate::clock::now;
+use crate::error::{Error, ErrorCode};
+use crate::exchange::{ExchangeRequest, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
+use crate::introspect::Introspection;
+use crate::revocation::RevokeRequest;
+use crate::secret::{ClientSecret, Token};
+use crate::token::Actor;
+
+/// RFC 7523 §2.1: a JWT used as an authorization grant.
+pub const GRANT_TYPE_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The largest form accepted (tokens are bounded by the issuers' `max_token_bytes`, at most 64 KiB).
+const MAX_FORM_BYTES: usize = 192 * 1024;
+/// The most fields a form may carry.
+const MAX_FORM_FIELDS: usize = 32;
+/// How long a verifier may cache the JWK Set: a rotated key must be published at least this long (plus the
+/// longest token lifetime) before it signs.
+const JWKS_MAX_AGE_SECONDS: u64 = 300;
+
+/// The OAuth endpoints over `broker`.
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/introspect", post(introspect))
+        .route("/oauth2/revoke", post(revoke))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        // A body past the limit is refused before it is read in full.
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .with_state(broker)
+}
+
+/// The peer of an HTTP connection, as the face's listener accepted it (to tell the loopback client apart).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::net::Listener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::net::Listener>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// An `application/x-www-form-urlencoded` body, decoded once (RFC 6749 §3.2, Appendix B).
+struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Form, Error> {
+        let form_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        if !form_type {
+            return Err(Error::invalid_request("the body must be application/x-www-form-urlencoded"));
+        }
+        if std::str::from_utf8(body).is_err() {
+            return Err(Error::invalid_request("the form is not UTF-8"));
+        }
+        let mut fields = Vec::new();
+        for (name, value) in form_urlencoded::parse(body) {
+            if fields.len() == MAX_FORM_FIELDS {
+                return Err(Error::invalid_request(format!("the form has more than {MAX_FORM_FIELDS} fields")));
+            }
+            if value.contains('\u{FFFD}') {
+                return Err(Error::invalid_request("a form field is not UTF-8 once decoded"));
+            }
+            fields.push((name.into_owned(), value.into_owned()));
+        }
+        Ok(Form(fields))
+    }
+
+    /// A parameter that may appear at most once (RFC 6749 §3.2); empty counts as absent.
+    fn one(&self, name: &str) -> Result<Option<&str>, Error> {
+        let mut values = self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        match (values.next(), values.next()) {
+            (_, Some(_)) => Err(Error::invalid_request(format!("`{name}` is repeated"))),
+            (Some(v), None) if !v.is_empty() => Ok(Some(v)),
+            _ => Ok(None),
+        }
+    }
+
+    fn text(&self, name: &str) -> Result<String, Error> {
+        Ok(self.one(name)?.unwrap_or_default().to_string())
+    }
+
+    /// A parameter that may repeat (`resource`, `audience`: RFC 8693 §2.1).
+    fn all(&self, name: &str) -> Vec<String> {
+        self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
+    }
+}
+
+/// Who is calling: `client_secret_basic` or `client_secret_post`, never both (RFC 6749 §2.3.1), or the
+/// loopback client.
+fn caller<'b>(
+    broker: &'b Broker,
+    headers: &HeaderMap,
+    form: &Form,
+    peer: SocketAddr,
+    rpc: Rpc,
+) -> Result<&'b Client, Error> {
+    let loopback = peer.ip().is_loopback();
+    let authorization = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| Error::new(ErrorCode::InvalidClient, "malformed client credentials"))?),
+    };
+    let posted = (form.one("client_id")?, form.one("client_secret")?);
+    let credentials = match (authorization, posted) {
+        (Some(_), (Some(_), _) | (_, Some(_))) => {
+            return Err(Error::invalid_request("use one client authentication method, not two"));
+        }
+        (Some(_), _) => Credentials::from_authorization(authorization, loopback)?,
+        (None, (Some(id), Some(secret))) => {
+            Credentials { basic: Some((id.to_string(), ClientSecret::new(secret))), peer_is_loopback: loopback }
+        }
+        (None, (Some(_), None)) => return Err(Error::new(ErrorCode::InvalidClient, "client authentication failed")),
+        (None, (None, Some(_))) => return Err(Error::invalid_request("client_secret without client_id")),
+        (None, (None, None)) => Credentials { basic: None, peer_is_loopback: loopback },
+    };
+    broker.clients().authenticate(&credentials, rpc)
+}
+
+/// The body, or `invalid_request` when it could not be read (larger than the limit, or cut short).
+fn read(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
+    body.map_err(|_| Error::invalid_request(format!("the body could not be read (at most {MAX_FORM_BYTES} bytes)")))
+}
+
+/// An RFC 6749 §5.2 error response, with the status its code names.
+fn error_response(error: Error) -> Response {
+    let Error { code, description } = error;
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response =
+        (status, no_store(), axum::Json(json!({ "error": code.as_str(), "error_description": description })))
+            .into_response();
+    let headers = response.headers_mut();
+    match code {
+        ErrorCode::InvalidClient => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tessera\""));
+        }
+        ErrorCode::Unavailable | ErrorCode::RateLimited => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    response
+}
+
+/// Token responses are never cached (RFC 6749 §5.1).
+fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+fn answer(result: Result<Value, Error>) -> Response {
+    match result {
+        Ok(body) => (StatusCode::OK, no_store(), axum::Json(body)).into_response(),
+        Err(error) => error_response(error),
+    }
+}
+
+async fn token(
+    State(broker): State<Arc<Broker>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    answer(async { exchange(&broker, &headers, &read(body)?, peer).await }.await)
+}
+
+async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: SocketAddr) -> Result<Value, Error> {
+    let form = Form::parse(headers, body)?;
+    let client = caller(broker, headers, &form, peer, Rpc::Exchange)?;
+    let request = match form.one("grant_type")? {
+        Some(GRANT_TYPE_TOKEN_EXCHANGE) => ExchangeRequest {
+            grant_type: GRANT_TYPE_TOKEN_EXCHANGE.into(),
+            resource: form.all("resource"),
+            audience: form.all("audience"),
+            scope: form.text("scope")?,
+            requested_token_type: form.text("requested_token_type")?,
+            subject_token: Token::new(form.text("subject_token")?),
+            subject_token_type: form.text("subject_token_type")?,
+            actor_token: Token::new(form.text("actor_token")?),
+            actor_token_type: form.text("actor_token_type")?,
+            task_id: form.text("task_id")?,
+            session_id: form.text("session_id")?,
+            purpose: form.text("purpose")?,
+            requested_expires_in: 0,
+        },
+        // RFC 7523 §2.1: the workload's own assertion is the subject; there is no actor.
+        Some(GRANT_TYPE_JWT_BEARER) => ExchangeRequest {
+            grant_type: GRANT_TYPE_TOKEN_EXCHANGE.into(),
+            resource: form.all("resource"),
+            audience: form.all("audience"),
+            scope: form.text("scope")?,
+            subject_token: Token::new(
+                form.one("assertion")?.ok_or_else(|| Error::invalid_request("assertion is required"))?,
+            ),
+            subject_token_type: TOKEN_TYPE_JWT.into(),
+            task_id: form.text("task_id")?,
+            session_id: form.text("session_id")?,
+            purpose: form.text("purpose")?,
+            ..ExchangeRequest::default()
+        },
+        Some(_) => return Err(Error::new(ErrorCode::UnsupportedGrantType, "grant_type is not supported")),
+        None => return Err(Error::invalid_request("grant_type is required")),
+    };
+    let issued = broker.exchange(client, request, now()).await?;
+    Ok(json!({
+        "access_token": issued.access_token.expose(),
+        "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scope.as_str(),
+    }))
+}
+
+async fn introspect(
+    State(broker): State<Arc<Broker>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let form = Form::parse(&headers, &read(body)?)?;
+        let client = caller(&broker, &headers, &form, peer, Rpc::Introspect)?;
+        form.one("token_type_hint")?;
+        let token = Token::new(form.one("token")?.ok_or_else(|| Error::invalid_request("token is required"))?);
+        Ok(match broker.introspect(client, &token, now()).await? {
+            Introspection::Inactive => json!({ "active": false }),
+            // RFC 7662 §2.2, plus the delegation chain and the task binding.
+            Introspection::Active(c) => {
+                let mut answer = json!({
+                    "active": true,
+                    "scope": c.scope.as_str(),
+                    "client_id": c.client_id,
+                    "token_type": "Bearer",
+                    "exp": c.exp,
+                    "iat": c.iat,
+                    "nbf": c.nbf,
+                    "sub": c.sub,
+                    "aud": c.aud,
+                    "iss": c.iss,
+                    "jti": c.jti,
+                    "task_id": c.task_id,
+                });
+                if let Some(act) = &c.act {
+                    answer["act"] = actor_json(act);
+                }
+                if let Some(session) = &c.session_id {
+                    answer["session_id"] = session.as_str().into();
+                }
+                answer
+            }
+        })
+    }
+    .await;
+    answer(result)
+}
+
+fn actor_json(a: &Actor) -> Value {
+    let mut v = json!({ "sub": a.sub });
+    if let Some(iss) = &a.iss {
+        v["iss"] = iss.as_str().into();
+    }
+    if let Some(inner) = &a.act {
+        v["act"] = actor_json(inner);
+    }
+    v
+}
+
+async fn revoke(
+    State(broker): State<Arc<Broker>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let form = Form::parse(&headers, &read(body)?)?;
+        let client = caller(&broker, &headers, &form, peer, Rpc::Revoke)?;
+        form.one("token_type_hint")?;
+        let reason = form.text("reason")?;
+        let targets = [
+            form.one("token")?.map(|t| RevokeRequest::Token(Token::new(t))),
+            form.one("jti")?.map(|j| RevokeRequest::Jti(j.to_string())),
+            form.one("task_id")?.map(|t| RevokeRequest::Task(t.to_string())),
+            match (form.one("subject")?, form.one("issuer")?) {
+                (Some(sub), Some(issuer)) => Some(RevokeRequest::Subject { issuer: issuer.into(), sub: sub.into() }),
+                (None, None) => None,
+                _ => return Err(Error::invalid_request("subject and issuer go together")),
+            },
+            // `client_id` is the caller's own (client_secret_post): the client to revoke has its own name.
+            form.one("revoke_client_id")?.map(|c| RevokeRequest::Client(c.into())),
+        ];
+        let mut targets = targets.into_iter().flatten();
+        let (Some(target), None) = (targets.next(), targets.next()) else {
+            return Err(Error::invalid_request("name exactly one revocation target"));
+        };
+        let rfc7009 = matches!(target, RevokeRequest::Token(_));
+        match broker.revoke(client, target, &reason, now()).await {
+            Ok(revoked) => Ok(json!({ "revoked": revoked.target.kind(), "expires_at": revoked.expires_at })),
+            // RFC 7009 §2.2: a token that is not valid is answered 200 all the same (it is audited as refused).
+            Err(e) if rfc7009 && e.code == ErrorCode::InvalidRequest => Ok(json!({})),
+            Err(e) => Err(e),
+        }
+    }
+    .await;
+    answer(result)
+}
+
+async fn jwks(State(broker): State<Arc<Broker>>) -> Response {
+    let cache = format!("public, max-age={JWKS_MAX_AGE_SECONDS}");
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json")),
+            (header::CACHE_CONTROL, HeaderValue::from_str(&cache).unwrap_or(HeaderValue::from_static("no-cache"))),
+        ],
+        broker.keyring().jwks_json().to_string(),
+    )
+        .into_response()
+}
+
+/// RFC 8414: exactly what this broker supports, every URL under its issuer.
+async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
+    let issuer = broker.broker_issuer().trim_end_matches('/');
+    let auth_methods = ["client_secret_basic", "client_secret_post"];
+    let body = json!({
+        "issuer": broker.broker_issuer(),
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE, GRANT_TYPE_JWT_BEARER],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
