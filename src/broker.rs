@@ -110,6 +110,11 @@ impl Broker {
         &self.parts.broker_issuer
     }
 
+    /// The catalog of audiences (for the HTTP face's resource metadata).
+    pub fn catalog(&self) -> &Catalog {
+        &self.parts.catalog
+    }
+
     pub fn keyring(&self) -> &Keyring {
         &self.parts.keyring
     }

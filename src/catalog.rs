@@ -63,6 +63,11 @@ impl Catalog {
         self.audiences.get(id).map(Destination::Downstream)
     }
 
+    /// The catalogued downstream audience named `id` (not the broker itself).
+    pub fn audience(&self, id: &str) -> Option<&Audience> {
+        self.audiences.get(id)
+    }
+
     /// Whether `scope` exists for `target`: a catalogued audience's own scopes, or any catalogued scope for a
     /// task token.
     pub fn has_scope(&self, target: Destination<'_>, scope: &str) -> bool {

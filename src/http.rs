@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+pub mod gateway;
 pub mod oauth;
 
 /// Serves the HTTP face on `listener` until `shutdown` completes. Connections are accepted by [`crate::net`],
@@ -19,7 +20,10 @@ pub async fn serve(
     registry: Option<prometheus::Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut router = Router::new().route("/healthz", get(|| async { "ok\n" })).merge(oauth::router(broker));
+    let mut router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(oauth::router(std::sync::Arc::clone(&broker)))
+        .merge(gateway::router(broker));
     if let Some(registry) = registry {
         router = router.route("/metrics", get(move || metrics(registry.clone())));
     }

@@ -9,6 +9,7 @@ mod delegation;
 mod docs;
 mod exchange;
 mod faces;
+mod gateway;
 mod interop;
 mod jwks;
 mod oauth;
