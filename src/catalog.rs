@@ -8,7 +8,10 @@ use crate::scopes::Scopes;
 /// One downstream API (a tool, an agent, a gateway) as the catalog describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Audience {
+    /// The audience's absolute URI: matched exactly against a request's `audience`/`resource` and written as
+    /// the issued token's `aud`.
     pub id: String,
+    /// The scopes that may be issued for it; policy can only narrow them.
     pub scopes: Scopes,
     /// Upper bound on `exp - iat` of any token for this audience, in seconds.
     pub max_ttl: u64,
@@ -20,11 +23,19 @@ pub struct Audience {
 /// ceiling for one task, with scopes across several catalogued audiences).
 #[derive(Clone, Copy, Debug)]
 pub enum Destination<'a> {
+    /// A catalogued audience.
     Downstream(&'a Audience),
-    Broker { id: &'a str, max_ttl: u64 },
+    /// The broker itself: the token is a task token.
+    Broker {
+        /// `broker.issuer`.
+        id: &'a str,
+        /// `broker.task_token_max_ttl`, in seconds.
+        max_ttl: u64,
+    },
 }
 
 impl Destination<'_> {
+    /// The issued token's `aud`.
     pub fn id(&self) -> &str {
         match self {
             Destination::Downstream(a) => &a.id,
@@ -32,6 +43,7 @@ impl Destination<'_> {
         }
     }
 
+    /// The longest life a token for this destination may have, in seconds.
     pub fn max_ttl(&self) -> u64 {
         match self {
             Destination::Downstream(a) => a.max_ttl,
@@ -40,6 +52,7 @@ impl Destination<'_> {
     }
 }
 
+/// The catalogued audiences, by id, and the broker's own identity as the destination of task tokens.
 #[derive(Clone, Debug)]
 pub struct Catalog {
     audiences: HashMap<String, Audience>,
@@ -49,6 +62,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// The catalog of `audiences`; `broker_issuer` names task tokens' destination, which lives at most
+    /// `task_token_max_ttl` seconds.
     pub fn new(audiences: Vec<Audience>, broker_issuer: String, task_token_max_ttl: u64) -> Catalog {
         let all_scopes = audiences.iter().flat_map(|a| a.scopes.iter().map(str::to_string)).collect();
         let audiences = audiences.into_iter().map(|a| (a.id.clone(), a)).collect();
@@ -88,14 +103,6 @@ impl Catalog {
             Some(a) => a.introspect_clients.is_empty() || a.introspect_clients.contains(client),
             None => audience == self.broker_issuer,
         }
-    }
-
-    pub fn audiences(&self) -> impl Iterator<Item = &Audience> {
-        self.audiences.values()
-    }
-
-    pub fn broker_issuer(&self) -> &str {
-        &self.broker_issuer
     }
 }
 

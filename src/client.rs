@@ -17,16 +17,22 @@ use crate::secret::{ClientSecret, constant_time_eq};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rpc {
+    /// `ExchangeToken`: RFC 8693 token exchange.
     Exchange,
+    /// `Introspect`: RFC 7662 introspection.
     Introspect,
+    /// `Revoke`: revoking tokens, tasks, subjects or clients.
     Revoke,
 }
 
+/// One configured client: its id, the hash of its secret, and what it may call.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Client {
+    /// The client id of its Basic credentials, recorded in issued tokens (`client_id`) and audit events.
     pub id: String,
     secret_sha256: Option<[u8; 32]>,
-    pub rpcs: BTreeSet<Rpc>,
+    rpcs: BTreeSet<Rpc>,
+    /// A loopback caller without credentials becomes this client (dev mode; at most one client).
     pub loopback_anonymous: bool,
 }
 
@@ -42,6 +48,7 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
+    /// A client; `secret_sha256` is the SHA-256 of its secret (`None`: it cannot authenticate with one).
     pub fn new(id: String, secret_sha256: Option<[u8; 32]>, rpcs: BTreeSet<Rpc>, loopback_anonymous: bool) -> Self {
         Client { id, secret_sha256, rpcs, loopback_anonymous }
     }
@@ -50,7 +57,10 @@ impl Client {
 /// What a caller presented, taken from request metadata by an adapter.
 #[derive(Debug, Default)]
 pub struct Credentials {
+    /// The client id and secret of an `authorization: Basic` value, both form-decoded; `None`: none sent.
     pub basic: Option<(String, ClientSecret)>,
+    /// The peer connected from a loopback address: without credentials it may be the `loopback_anonymous`
+    /// client.
     pub peer_is_loopback: bool,
 }
 
@@ -77,12 +87,14 @@ impl Credentials {
     }
 }
 
+/// The configured clients, by id: authenticates callers and checks which RPCs each may call.
 #[derive(Clone, Debug, Default)]
 pub struct Clients {
     by_id: HashMap<String, Client>,
 }
 
 impl Clients {
+    /// The clients, keyed by id (ids are unique once the config is validated).
     pub fn new(clients: Vec<Client>) -> Clients {
         Clients { by_id: clients.into_iter().map(|c| (c.id.clone(), c)).collect() }
     }

@@ -14,16 +14,23 @@ use crate::policy::DEFAULT_POLICY;
 use crate::token::jws;
 use crate::token::keys::{JwkSet, SigningAlgorithm, SigningKey};
 
+/// The folder dev mode keeps its keys and policy in, by default (`--dev-dir`), relative to the working
+/// directory.
 pub const DEV_DIR: &str = ".tessera-dev";
-pub const BROKER_ISSUER: &str = "https://tessera.localhost";
-pub const DEV_ISSUER: &str = "https://dev-issuer.tessera.localhost";
+/// The dev broker's `broker.issuer`.
+const BROKER_ISSUER: &str = "https://tessera.localhost";
+/// The `iss` of the dev upstream issuer, whose key signs `tessera dev assertion`.
+const DEV_ISSUER: &str = "https://dev-issuer.tessera.localhost";
+/// The demo catalog's one audience.
 pub const DEMO_AUDIENCE: &str = "https://crm.example";
 
 const SIGNING_KEY_FILE: &str = "signing-key.pem";
 const ISSUER_KEY_FILE: &str = "dev-issuer-key.pem";
 const POLICY_FILE: &str = "policy.cedar";
 
-pub const DEMO_POLICY: &str = r#"
+/// Appended to the default policy: dev principals get `crm:read` and `crm:write`, directly or as a task token,
+/// never `crm:export`.
+const DEMO_POLICY: &str = r#"
 // Dev mode demo: any principal of the dev issuer may get crm:read and crm:write, never crm:export.
 @id("dev-demo-grant")
 permit (principal, action == Tessera::Action::"exchange", resource == Tessera::Audience::"https://crm.example")
@@ -38,6 +45,7 @@ when { principal.issuer == "dev" && (context.scope == "crm:read" || context.scop
 forbid (principal, action, resource) when { context.scope == "crm:export" };
 "#;
 
+/// Printed and logged at every dev mode start.
 pub const WARNING: &str = "\
 tessera is running in DEV MODE: generated keys in ./.tessera-dev/, a demo catalog and policy, the \
 in-memory revocation store unless --redis-url is given, and a client that needs no credentials on loopback. This is NOT for production: start it with \

@@ -19,17 +19,24 @@ use crate::token::AccessClaims;
 /// The answer to one introspection: the claims of an active token, or nothing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Introspection {
+    /// `active: true`, with the token's claims (RFC 7662 §2.2).
     Active(Box<AccessClaims>),
+    /// `active: false` and nothing else, whatever the reason, so a caller learns nothing about an invalid token.
     Inactive,
 }
 
 /// Introspection, over what it reads: the issuers that verify the token, the catalog (who may introspect
 /// which audience), the revocation store, the audit sink and the metrics.
 pub struct Introspect<'a> {
+    /// Verifies the token (only tessera's own can be active).
     pub issuers: &'a Issuers,
+    /// Says which clients may introspect which audience.
     pub catalog: &'a Catalog,
+    /// The revocation store, looked up once per introspection.
     pub revocations: Revocations<'a>,
+    /// Receives one event per answer.
     pub audit: &'a dyn AuditSink,
+    /// Counts introspections by result.
     pub metrics: &'a Metrics,
 }
 

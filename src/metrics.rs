@@ -6,6 +6,7 @@
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 
+/// The broker's instruments; cloning shares them (each is a handle).
 #[derive(Clone, Debug)]
 pub struct Metrics {
     /// `tessera.exchanges` {outcome = granted|denied, error = OAuth code or ""}
@@ -29,6 +30,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Creates every instrument on `meter` (tests pass their own, to read what is recorded).
     pub fn new(meter: &Meter) -> Metrics {
         // Latency buckets from 100 µs to 5 s: the hot paths live in the first few.
         let seconds = vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
@@ -89,6 +91,7 @@ impl Metrics {
         }
     }
 
+    /// One token exchange: granted, or denied with its OAuth error code.
     pub fn exchange(&self, error: Option<&'static str>) {
         let attrs = match error {
             None => [KeyValue::new("outcome", "granted"), KeyValue::new("error", "")],

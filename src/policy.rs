@@ -29,24 +29,37 @@ pub struct Principal {
     pub issuer: String,
     /// The issuer's identifier (its `iss`, or `spiffe://<trust domain>` for JWT-SVIDs without one).
     pub iss: String,
+    /// The subject, unique within its issuer; the Cedar entity id is `"<iss>|<sub>"`.
     pub sub: String,
+    /// Tags from the issuer's `attributes` mapping (`principal.getTag("namespace")`); a tag is absent when
+    /// its claim was.
     pub attributes: BTreeMap<String, String>,
 }
 
 /// Everything one exchange tells policy, apart from the scope being decided.
 #[derive(Debug)]
 pub struct Question<'a> {
+    /// The subject: the Cedar `principal`.
     pub principal: &'a Principal,
+    /// The actor of this exchange, when an `actor_token` was given (`context.actor`).
     pub actor: Option<&'a Principal>,
+    /// The target audience (the Cedar `resource`); `broker.issuer` for a task token.
     pub audience: &'a str,
+    /// The task the token is bound to (`context.task_id`).
     pub task_id: &'a str,
+    /// The calling client (`context.client_id`).
     pub client_id: &'a str,
+    /// Actors in the `act` chain of the token being issued; 0: no delegation (`context.depth`).
     pub depth: usize,
+    /// The `sub` of every actor in that chain, the acting one included (`context.actors`).
     pub actors: Vec<&'a str>,
+    /// The subject token is one of tessera's own: a re-exchange (`context.subject_is_tessera_token`).
     pub subject_is_tessera_token: bool,
+    /// The audience is tessera itself (`context.task_token`).
     pub task_token: bool,
 }
 
+/// A validated Cedar policy set with its schema, consulted once per requested scope.
 pub struct Policy {
     policies: PolicySet,
     schema: Schema,

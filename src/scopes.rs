@@ -24,8 +24,11 @@ pub struct Scopes(String);
 /// Why a scope string or list was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
+    /// A request's `scope` is over [`MAX_SCOPE_BYTES`] or names more than [`MAX_SCOPES`] scopes.
     #[error("scope is too long")]
     TooLong,
+    /// A token is empty, longer than [`MAX_SCOPE_TOKEN_BYTES`], or holds a byte RFC 6749 §3.3 does not allow
+    /// (whitespace, a control character, `"`, `\`, non-ASCII).
     #[error("scope holds a malformed scope token")]
     Malformed,
 }
@@ -72,18 +75,22 @@ impl Scopes {
         }
     }
 
+    /// The scope tokens, in the order first given.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.split(' ').filter(|t| !t.is_empty())
     }
 
+    /// Whether `scope` is one of the tokens (an exact match: scopes have no hierarchy).
     pub fn contains(&self, scope: &str) -> bool {
         self.iter().any(|s| s == scope)
     }
 
-    pub fn len(&self) -> usize {
+    /// How many scope tokens there are.
+    fn len(&self) -> usize {
         self.iter().count()
     }
 
+    /// Whether there is no scope at all.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

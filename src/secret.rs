@@ -29,12 +29,17 @@ pub enum UrlKind {}
 #[derive(Debug)]
 pub enum PrivateKeyKind {}
 
+/// A bearer token or assertion.
 pub type Token = Secret<TokenKind>;
+/// A client secret, as presented in Basic credentials.
 pub type ClientSecret = Secret<ClientSecretKind>;
+/// A URL that may carry a password: `store.redis_url`, `store.redis_cluster` entries.
 pub type SecretUrl = Secret<UrlKind>;
+/// A PEM-encoded private key, as `tessera keygen` writes it.
 pub type PrivateKeyPem = Secret<PrivateKeyKind>;
 
 impl<K> Secret<K> {
+    /// Wraps `value`; from here on it is redacted under `Debug` and wiped on drop.
     pub fn new(value: impl Into<String>) -> Self {
         Secret { value: value.into(), kind: PhantomData }
     }
@@ -44,6 +49,7 @@ impl<K> Secret<K> {
         &self.value
     }
 
+    /// Whether the secret is the empty string (an absent optional token, or a secret that must be refused).
     pub fn is_empty(&self) -> bool {
         self.value.is_empty()
     }

@@ -26,6 +26,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::token::Keyring;
 
+/// Any error [`run`] can end with: the reflection service failing to build, or the gRPC server failing.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Builds the broker from `config`, recording into `metrics`. With Redis configured, connects lazily (and, in

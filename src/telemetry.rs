@@ -39,15 +39,12 @@ impl std::fmt::Debug for Telemetry {
 }
 
 impl Telemetry {
+    /// Flushes and stops the exporters, at exit: spans and metrics still buffered are sent, not lost.
     pub fn shutdown(&self) {
         if let Some(t) = &self.tracer_provider {
             let _ = t.shutdown();
         }
         let _ = self.meter_provider.shutdown();
-    }
-
-    pub fn meter_provider(&self) -> &SdkMeterProvider {
-        &self.meter_provider
     }
 }
 

@@ -11,11 +11,15 @@ pub const DEFAULT_AUDIENCE_MAX_TTL: u64 = 300;
 /// The longest audience id accepted.
 const MAX_AUDIENCE_BYTES: usize = 512;
 
+/// One `[[audiences]]` entry as read; see docs/config.md `[[audiences]]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AudienceBuilder {
+    /// The audience, an absolute URI without a fragment: the issued token's `aud`; required.
     pub id: String,
+    /// The scopes that may be issued for it (RFC 6749 §3.3 scope tokens); at least one.
     pub scopes: Vec<String>,
+    /// The longest life of a token for it, in seconds (default 300, at most 86400).
     pub max_ttl: Option<u64>,
     /// Clients that may introspect this audience's tokens; empty: every client allowed to introspect.
     pub introspect_clients: Vec<String>,

@@ -9,12 +9,14 @@ use crate::exchange::Limits;
 pub const DEFAULT_BROKER_LEEWAY: u64 = 5;
 /// The most any leeway may be: it absorbs clock skew, not lifetimes.
 pub const MAX_LEEWAY: u64 = 60;
-/// Actors an `act` chain may name, by default (and at most [`MAX_DELEGATION_DEPTH`]).
+/// Actors an `act` chain may name, by default (and at most `MAX_DELEGATION_DEPTH`).
 pub const DEFAULT_MAX_DELEGATION_DEPTH: usize = 4;
-pub const MAX_DELEGATION_DEPTH: usize = 16;
-/// Tessera tokens a token may descend from, by default (and at most [`MAX_CHAIN_LENGTH`]).
+/// The largest `max_delegation_depth` accepted.
+const MAX_DELEGATION_DEPTH: usize = 16;
+/// Tessera tokens a token may descend from, by default (and at most `MAX_CHAIN_LENGTH`).
 pub const DEFAULT_MAX_CHAIN_LENGTH: usize = 8;
-pub const MAX_CHAIN_LENGTH: usize = 32;
+/// The largest `max_chain_length` accepted.
+const MAX_CHAIN_LENGTH: usize = 32;
 /// The longest life of a task token, by default, in seconds (and at most a day).
 pub const DEFAULT_TASK_TOKEN_MAX_TTL: u64 = 3600;
 /// How long a revoked task id stays refused, by default: 24 h.
@@ -22,13 +24,19 @@ pub const DEFAULT_TASK_REVOCATION_RETENTION: u64 = 86_400;
 /// The longest any token may live: a day.
 pub const MAX_TTL: u64 = 86_400;
 
+/// `[broker]` as read; see docs/config.md `[broker]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerBuilder {
+    /// The broker's identifier, an http(s) URL: `iss` of every token it issues; required.
     pub issuer: Option<String>,
+    /// Seconds of clock skew tolerated on tessera's own `nbf`/`iat` (default 5, at most 60).
     pub leeway: Option<u64>,
+    /// The most actors an issued token's `act` chain may name (default 4, 1 to 16).
     pub max_delegation_depth: Option<usize>,
+    /// The most tessera tokens an issued token may descend from (default 8, 1 to 32).
     pub max_chain_length: Option<usize>,
+    /// The longest life of a task token, in seconds (default 3600, at most 86400).
     pub task_token_max_ttl: Option<u64>,
     /// Seconds a revoked task id stays refused for new exchanges (default 24 h).
     pub task_revocation_retention: Option<u64>,

@@ -8,12 +8,17 @@ use super::Problems;
 use crate::catalog::Audience;
 use crate::client::{Client, Rpc, parse_sha256_hex};
 
+/// One `[[clients]]` entry as read; see docs/config.md `[[clients]]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientBuilder {
+    /// The client id of its HTTP Basic credentials (RFC 6749 §2.3.1); required, unique, without `:`.
     pub id: String,
+    /// The SHA-256 of its secret, 64 hex digits; required unless `loopback_anonymous`.
     pub secret_sha256: Option<String>,
+    /// The RPCs it may call (`exchange`, `introspect`, `revoke`); at least one.
     pub rpcs: Vec<Rpc>,
+    /// Calls from a loopback peer without credentials are this client (default false; at most one client).
     pub loopback_anonymous: bool,
 }
 

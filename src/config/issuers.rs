@@ -27,22 +27,37 @@ pub const DEFAULT_MIN_REFRESH_INTERVAL: u64 = 30;
 /// How often a `jwks_url` is refetched, by default, in seconds (at least 10).
 pub const DEFAULT_REFRESH_INTERVAL: u64 = 300;
 
+/// One `[[issuers]]` entry as read; see docs/config.md `[[issuers]]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IssuerBuilder {
+    /// The issuer's short name, seen by policy as `principal.issuer`; required, unique.
     pub name: String,
+    /// The exact `iss` its assertions carry; this or `spiffe_trust_domain` is required.
     pub issuer: Option<String>,
+    /// A bare SPIFFE trust domain: routes assertions without `iss` by their `sub`'s trust domain.
     pub spiffe_trust_domain: Option<String>,
+    /// An http(s) URL the JWKS is fetched from (at start, then periodically); one of the three JWKS keys.
     pub jwks_url: Option<String>,
+    /// A JWKS file, reread on an unknown `kid`; one of the three JWKS keys.
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS document, fixed for the life of the process; one of the three JWKS keys.
     pub jwks_inline: Option<String>,
+    /// The value assertions' `aud` must contain (default `broker.issuer`).
     pub audience: Option<String>,
+    /// Accepted `alg` values, among EdDSA, ES256, RS256, PS256 (default all four).
     pub algorithms: Option<Vec<String>>,
+    /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat` (default 30, at most 60).
     pub leeway: Option<u64>,
+    /// The largest assertion accepted, in bytes (default 8192, 512 to 65536).
     pub max_token_bytes: Option<usize>,
+    /// The top-level claim naming the principal (default `"sub"`).
     pub subject_claim: Option<String>,
+    /// Policy tag name → JSON pointer (RFC 6901) into the assertion's claims (default none).
     pub attributes: BTreeMap<String, String>,
+    /// The least seconds between two reloads caused by an unknown `kid` (default 30; 0: no floor).
     pub min_refresh_interval: Option<u64>,
+    /// Seconds between periodic fetches of `jwks_url` (default 300, at least 10).
     pub refresh_interval: Option<u64>,
     /// Assertions may be exchanged once (they must carry `jti`).
     pub single_use: bool,

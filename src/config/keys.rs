@@ -9,15 +9,19 @@ use super::{Context, Problems};
 use crate::policy::{DEFAULT_POLICY, Policy};
 use crate::token::keys::SigningKey;
 
+/// `[signing]` as read; see docs/config.md `[signing]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SigningBuilder {
+    /// PKCS#8 PEM private keys (Ed25519 or P-256), at least one: the first signs, all are published.
     pub keys: Vec<PathBuf>,
 }
 
+/// `[policy]` as read; see docs/config.md `[policy]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyBuilder {
+    /// The Cedar policy file; absent: the built-in default policy.
     pub file: Option<PathBuf>,
 }
 

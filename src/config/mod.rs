@@ -43,39 +43,64 @@ use crate::token::keys::{KeySet, SigningKey};
 /// The longest `max_assertion_lifetime` (and task revocation retention) accepted: 30 days.
 pub const MAX_ASSERTION_LIFETIME: u64 = 30 * 86_400;
 
+/// The config file as read, before validation: every section optional, unknown keys refused so a typo fails
+/// loudly. [`ConfigBuilder::build`] turns it into a [`Config`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfigBuilder {
+    /// `[server]`: the listeners and the per-request bounds.
     pub server: ServerBuilder,
+    /// `[broker]`: the broker's identity and the delegation limits.
     pub broker: BrokerBuilder,
+    /// `[signing]`: the keys tessera signs its tokens with.
     pub signing: SigningBuilder,
+    /// `[policy]`: the Cedar policy file (default: the built-in policy).
     pub policy: PolicyBuilder,
+    /// `[[issuers]]`: the trusted upstream issuers.
     pub issuers: Vec<IssuerBuilder>,
+    /// `[[audiences]]`: the catalog of audiences tokens are issued for.
     pub audiences: Vec<AudienceBuilder>,
+    /// `[[clients]]`: who may call the broker, and which RPCs.
     pub clients: Vec<ClientBuilder>,
+    /// `[store]`: where the revocation list lives (default: in memory).
     pub store: StoreBuilder,
+    /// `[telemetry]`: OTLP export and the Prometheus endpoint.
     pub telemetry: TelemetryBuilder,
+    /// `[log]`: log format and level.
     pub log: LogBuilder,
 }
 
 /// A validated configuration, with the keys, JWKS and policy it names already loaded.
 #[derive(Debug)]
 pub struct Config {
+    /// The listen addresses and the per-request bounds.
     pub server: ServerConfig,
+    /// `broker.issuer`: the `iss` of every issued token and the audience of task tokens.
     pub broker_issuer: String,
+    /// Seconds of clock skew tolerated on tessera's own `nbf`/`iat` (at most [`MAX_LEEWAY`]).
     pub leeway: u64,
+    /// The delegation depth and exchange chain length no policy can lift.
     pub limits: Limits,
+    /// The longest life of a task token, in seconds.
     pub task_token_max_ttl: u64,
     /// Seconds a revoked task id stays refused.
     pub task_revocation_retention: u64,
+    /// The signing keys, loaded; the first signs, all verify and are published.
     pub signing_keys: Vec<SigningKey>,
+    /// Each upstream issuer with the keys loaded now (inline and file JWKS; empty for `jwks_url`, fetched at
+    /// start).
     pub issuers: Vec<(IssuerSpec, KeySet)>,
+    /// The catalog.
     pub audiences: Vec<Audience>,
+    /// The clients allowed to call the broker.
     pub clients: Vec<Client>,
+    /// The Cedar policy, parsed and validated against the schema.
     pub policy: Policy,
     /// `None`: the embedded in-memory store.
     pub store: Option<RedisSettings>,
+    /// Tracing and metrics export.
     pub telemetry: TelemetryConfig,
+    /// Log format and level.
     pub log: LogConfig,
 }
 

@@ -20,23 +20,34 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
 /// The smallest `max_request_bytes` accepted.
 const MIN_REQUEST_BYTES: usize = 4096;
 
+/// `[server]` as read; see docs/config.md `[server]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerBuilder {
+    /// The gRPC listen address, an IP and a port (default [`DEFAULT_GRPC_ADDR`]).
     pub grpc_addr: Option<String>,
     /// Plain HTTP: `/metrics` and `/healthz` (and, later, the OAuth endpoints).
     pub http_addr: Option<String>,
+    /// The largest encoded request accepted, in bytes (default 64 KiB, at least 4096).
     pub max_request_bytes: Option<usize>,
+    /// Every RPC ends after this many milliseconds (default 5000).
     pub request_timeout_ms: Option<u64>,
+    /// Broker RPCs in flight at once across all connections (default 1024); past it, callers wait.
     pub max_concurrent_requests: Option<usize>,
 }
 
+/// The validated `[server]` section: what the faces bind and the bounds on every request.
 #[derive(Clone, Copy, Debug)]
 pub struct ServerConfig {
+    /// Where the gRPC face listens; port 0 picks a free one.
     pub grpc_addr: SocketAddr,
+    /// Where the HTTP face (`/metrics`, `/healthz`) listens; never the gRPC port.
     pub http_addr: SocketAddr,
+    /// The largest encoded request message, in bytes; larger ones are refused before decoding.
     pub max_request_bytes: usize,
+    /// The longest any RPC may run, whatever the peer or an upstream JWKS endpoint does.
     pub request_timeout: Duration,
+    /// The most broker RPCs in flight at once; past it, new ones wait for a slot.
     pub max_concurrent_requests: usize,
 }
 

@@ -18,6 +18,7 @@ pub const DEFAULT_MIRROR_MAX_STALENESS_MS: u64 = 2_000;
 /// How often each mirror publishes a heartbeat, by default.
 pub const DEFAULT_MIRROR_HEARTBEAT_MS: u64 = 500;
 
+/// `[store]` as read; see docs/config.md `[store]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreBuilder {
@@ -25,9 +26,14 @@ pub struct StoreBuilder {
     pub redis_url: Option<SecretUrl>,
     /// Redis Cluster seed nodes, instead of `redis_url`.
     pub redis_cluster: Vec<SecretUrl>,
+    /// How checks reach Redis: `"strict"` (default) or `"mirror"` (needs Redis).
     pub mode: Option<StoreMode>,
+    /// The longest wait for Redis on each call, in milliseconds (default 500, 1 to 10000).
     pub timeout_ms: Option<u64>,
+    /// Mirror mode: how long a mirror may hear nothing before it stops answering from its copy, in
+    /// milliseconds (default 2000, at least twice `mirror_heartbeat_ms`).
     pub mirror_max_staleness_ms: Option<u64>,
+    /// Mirror mode: how often each replica publishes a heartbeat, in milliseconds (default 500).
     pub mirror_heartbeat_ms: Option<u64>,
 }
 
@@ -45,7 +51,10 @@ pub enum StoreMode {
 /// Where Redis is.
 #[derive(Clone)]
 pub enum Backend {
+    /// One Redis server (`store.redis_url`).
     Standalone(SecretUrl),
+    /// Redis Cluster seed nodes (`store.redis_cluster`); the others are discovered. In mirror mode the first
+    /// one carries the subscription.
     Cluster(Vec<SecretUrl>),
 }
 
@@ -59,17 +68,23 @@ impl fmt::Debug for Backend {
     }
 }
 
+/// Mirror mode's bounds on how stale a replica's copy of the revocation list may be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MirrorSettings {
+    /// Hearing nothing for this long, the copy is no longer trusted and checks go to Redis.
     pub max_staleness: Duration,
+    /// How often this replica publishes a heartbeat; at most half of `max_staleness`.
     pub heartbeat: Duration,
 }
 
+/// The validated `[store]` section when Redis is configured.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
+    /// Where Redis is.
     pub backend: Backend,
     /// Upper bound on one store operation; past it the broker answers UNAVAILABLE.
     pub timeout: Duration,
+    /// `Some`: mirror mode; `None`: strict, every check asks Redis.
     pub mirror: Option<MirrorSettings>,
 }
 

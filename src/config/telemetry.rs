@@ -14,12 +14,15 @@ pub const DEFAULT_METRICS_INTERVAL_MS: u64 = 10_000;
 /// The shortest export interval accepted.
 const MIN_METRICS_INTERVAL_MS: u64 = 100;
 
+/// `[telemetry]` as read; see docs/config.md `[telemetry]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryBuilder {
     /// OTLP/gRPC endpoint (`http://collector:4317`); else `OTEL_EXPORTER_OTLP_ENDPOINT`; else no export.
     pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute (default `"tessera"`); `OTEL_SERVICE_NAME` replaces it.
     pub service_name: Option<String>,
+    /// How often metrics are pushed over OTLP, in milliseconds (default 10000, at least 100).
     pub metrics_interval_ms: Option<u64>,
     /// Serve Prometheus text at `GET /metrics` on the HTTP port (default true).
     pub prometheus: Option<bool>,
@@ -27,12 +30,19 @@ pub struct TelemetryBuilder {
     pub otlp_ca_file: Option<PathBuf>,
 }
 
+/// The validated `[telemetry]` section; the `OTEL_*` environment fallbacks are applied when telemetry starts.
 #[derive(Clone, Debug)]
 pub struct TelemetryConfig {
+    /// The OTLP/gRPC collector; `None`: `OTEL_EXPORTER_OTLP_ENDPOINT`, else no export.
     pub otlp_endpoint: Option<String>,
+    /// Extra CA certificates (PEM) for an `https://` endpoint, path resolved; `None`:
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`, else the system's roots.
     pub otlp_ca_file: Option<PathBuf>,
+    /// The `service.name` resource attribute.
     pub service_name: String,
+    /// How often metrics are pushed over OTLP.
     pub metrics_interval: Duration,
+    /// Whether `GET /metrics` serves Prometheus text (else 404).
     pub prometheus: bool,
 }
 

@@ -21,6 +21,7 @@ pub struct JwksFetcher {
 }
 
 impl JwksFetcher {
+    /// A fetcher for `specs`, with a client of its own for each issuer whose `jwks_ca_pem` parses.
     pub fn new<'a>(specs: impl IntoIterator<Item = &'a IssuerSpec>) -> JwksFetcher {
         let with_ca = specs
             .into_iter()

@@ -32,8 +32,11 @@ use crate::token::{AccessClaims, Actor, Keyring, Party};
 /// Where an issuer's keys come from.
 #[derive(Clone, Debug)]
 pub enum JwksSource {
+    /// A set given in the config (`jwks_inline`), fixed for the life of the process.
     Inline(JwkSet),
+    /// A file (`jwks_file`, path resolved), reread when a token names an unknown `kid` or the file changes.
     File(PathBuf),
+    /// An http(s) URL (`jwks_url`), fetched at start, every `refresh_interval` and on an unknown `kid`.
     Url(String),
 }
 
@@ -44,17 +47,26 @@ pub struct IssuerSpec {
     pub name: String,
     /// The `iss` its tokens carry. `None` only for a SPIFFE trust domain whose SVIDs carry no `iss`.
     pub issuer: Option<String>,
+    /// The bare SPIFFE trust domain whose SVIDs without `iss` are routed here (by their `sub`).
     pub spiffe_trust_domain: Option<String>,
+    /// Where its keys come from.
     pub jwks: JwksSource,
     /// The `aud` an assertion must carry to be accepted here (the broker's identifier by default).
     pub audience: String,
+    /// The `alg` values accepted; never empty, never `none` or HMAC.
     pub algorithms: Vec<Algorithm>,
+    /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
     pub leeway: u64,
+    /// The largest assertion accepted from this issuer, in bytes.
     pub max_token_bytes: usize,
+    /// The top-level claim that names the principal (`sub` by default).
     pub subject_claim: String,
     /// Principal tag name → JSON pointer into the claims (`/kubernetes.io/namespace`).
     pub attributes: BTreeMap<String, String>,
+    /// The least time between two reloads caused by an unknown `kid`, so made-up `kid`s cannot turn tessera
+    /// into a JWKS-fetching amplifier.
     pub min_refresh_interval: Duration,
+    /// How often a `jwks_url` set is fetched again (at least 10 s).
     pub refresh_interval: Duration,
     /// Each assertion may be exchanged once: it must carry a `jti`, and a replay is refused.
     pub single_use: bool,
@@ -82,24 +94,35 @@ impl IssuerSpec {
 /// Why an assertion was refused. Texts are safe to return: none quotes the token.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
+    /// Not a well-formed JWS, too large, an algorithm not allowed, or a bad signature.
     #[error("{0}")]
     Jws(#[from] JwsError),
+    /// Its `iss` (or SPIFFE trust domain) names no configured issuer; for tessera's own tokens, their
+    /// subject's issuer is no longer configured.
     #[error("is from an issuer that is not trusted")]
     UnknownIssuer,
+    /// No key of the issuer fits its `kid` and algorithm, even after a reload.
     #[error("is signed with a key the issuer does not publish")]
     UnknownKey,
+    /// `exp` has passed (RFC 7519 §4.1.4).
     #[error("has expired")]
     Expired,
+    /// `nbf` is still ahead, beyond the leeway (RFC 7519 §4.1.5).
     #[error("is not valid yet")]
     NotYetValid,
+    /// `iat` is ahead of now, beyond the leeway.
     #[error("is issued in the future")]
     IssuedInFuture,
+    /// `aud` does not contain the audience the issuer's assertions must carry.
     #[error("is not for this broker (audience)")]
     WrongAudience,
+    /// The named claim is required but absent, or malformed.
     #[error("has no valid `{0}` claim")]
     MissingClaim(&'static str),
+    /// One of tessera's own tokens without `typ: at+jwt` (RFC 9068 §2.1): not an access token of ours.
     #[error("has a `typ` this issuer does not use")]
     WrongType,
+    /// `exp - iat` or `exp - now` exceeds the issuer's `max_assertion_lifetime`.
     #[error("lives longer than its issuer allows")]
     TooLongLived,
 }
@@ -113,13 +136,16 @@ const MAX_MAY_ACT_ENTRIES: usize = 16;
 /// A fetched key set, with a digest of the document it came from (so a refresh can tell a change).
 #[derive(Debug)]
 pub struct Fetched {
-    pub keys: KeySet,
-    pub digest: [u8; 32],
+    /// The usable keys of the set.
+    keys: KeySet,
+    /// SHA-256 of the document.
+    digest: [u8; 32],
 }
 
 /// Where issuers' keys are (re)loaded from: the port the JWKS fetcher implements, so verification itself does
 /// no I/O of its own.
 pub trait KeySource: Send + Sync {
+    /// (Re)loads `spec`'s key set from its file or URL. On an error the caller keeps the keys it holds.
     fn load<'a>(&'a self, spec: &'a IssuerSpec) -> Pin<Box<dyn Future<Output = Result<Fetched, String>> + Send + 'a>>;
 }
 
@@ -159,22 +185,30 @@ pub enum Origin {
 /// A single-use assertion: it may be exchanged once, and must be remembered as spent until `until`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SingleUse {
+    /// The identifier of the assertion's issuer ([`IssuerSpec::id`]): `jti`s are unique per issuer only.
     pub issuer: String,
+    /// The assertion's `jti`.
     pub jti: String,
+    /// Unix seconds: the assertion's `exp` plus the issuer's leeway, after which it cannot be replayed anyway.
     pub until: u64,
 }
 
 /// A verified assertion: its principal and the claims exchange needs.
 #[derive(Clone, Debug)]
 pub struct Verified {
+    /// An upstream assertion, or one of tessera's own tokens (with its claims).
     pub origin: Origin,
+    /// The subject as policy sees it; for a tessera token, the original upstream subject.
     pub principal: Principal,
     /// The party that holds the token and acts with it: its current actor when it names one (`act`), else its
     /// subject. This is who an actor token makes the actor.
     pub holder: Principal,
     /// The token's own actor chain (RFC 8693 §4.1), every link qualified with an issuer.
     pub act: Option<Actor>,
+    /// Unix seconds; an issued token never outlives it.
     pub exp: u64,
+    /// Unix seconds, when the token says: a revocation of its subject made at or after it applies to it
+    /// (without `iat`, every one does).
     pub iat: Option<u64>,
     /// The scopes the token carries, when it carries any (`scope` string or `scp` array).
     pub scopes: Option<Scopes>,
@@ -185,6 +219,8 @@ pub struct Verified {
     pub spend: Option<SingleUse>,
 }
 
+/// The trusted upstream issuers and the broker's own verifying keys: verifies any token presented to the broker
+/// into a [`Verified`], reloading an issuer's keys when needed.
 pub struct Issuers {
     upstream: Vec<Arc<Upstream>>,
     by_iss: HashMap<String, usize>,

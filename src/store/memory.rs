@@ -66,11 +66,15 @@ impl RevocationList {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Entries held, for tests that check the list stays bounded.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    /// Whether no entry is held, for tests.
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
@@ -81,22 +85,22 @@ impl RevocationList {
     }
 }
 
+/// The embedded [`Store`]: one [`RevocationList`] behind a lock, for a single replica.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     list: RwLock<RevocationList>,
 }
 
 impl MemoryStore {
+    /// An empty store.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
 
-    pub fn len(&self) -> usize {
+    /// Entries held, for tests that check the store stays bounded.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.list.read().map_or(0, |l| l.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -44,6 +44,7 @@ redis.call('PUBLISH', ARGV[5], 'r|' .. revoked_at .. '|' .. expires_at .. '|' ..
 return expires_at
 ";
 
+/// The Redis [`Store`], shared by every replica: strict, or mirrored by pub/sub ([`MirrorSettings`]).
 pub struct RedisStore {
     /// The request path's connection: lookups, spends and revocations only.
     conn: Conn,
