@@ -24,17 +24,17 @@ use crate::secret::Token;
 use crate::token::{AccessClaims, Actor, Keyring, Lineage, Party, new_jti};
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub(crate) const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 
 /// Input bounds: anything larger is refused before any work is done on it (scopes: [`crate::scopes`]).
-pub const MAX_ID_BYTES: usize = 128;
-pub const MAX_PURPOSE_BYTES: usize = 256;
-pub const MAX_TARGET_BYTES: usize = 512;
-pub const MAX_TARGETS: usize = 4;
+const MAX_ID_BYTES: usize = 128;
+const MAX_PURPOSE_BYTES: usize = 256;
+const MAX_TARGET_BYTES: usize = 512;
+const MAX_TARGETS: usize = 4;
 /// Revocation keys a token's lineage may add to each lookup (tasks, principals and clients it derives from).
-pub const MAX_LINEAGE: usize = 64;
+const MAX_LINEAGE: usize = 64;
 
 /// An exchange request, in RFC 8693 terms. Tokens are [`Token`]s so no `Debug` of a request leaks them.
 #[derive(Debug, Default)]
@@ -58,16 +58,16 @@ pub struct ExchangeRequest {
 #[derive(Debug)]
 pub struct Issued {
     pub access_token: Token,
-    pub expires_in: u64,
-    pub scope: Scopes,
+    pub(crate) expires_in: u64,
+    pub(crate) scope: Scopes,
     pub claims: AccessClaims,
 }
 
 /// Bounds on delegation that no policy can lift.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    pub max_delegation_depth: usize,
-    pub max_chain_length: usize,
+    pub(crate) max_delegation_depth: usize,
+    pub(crate) max_chain_length: usize,
 }
 
 /// The token exchange, over exactly what it reads: the issuers that verify subject and actor tokens, the
