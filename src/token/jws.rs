@@ -22,7 +22,7 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 4] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256, Algorithm::PS256];
+    pub(crate) const ALL: [Algorithm; 4] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256, Algorithm::PS256];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -33,7 +33,7 @@ impl Algorithm {
         }
     }
 
-    pub fn parse(name: &str) -> Option<Algorithm> {
+    pub(crate) fn parse(name: &str) -> Option<Algorithm> {
         Algorithm::ALL.into_iter().find(|a| a.as_str() == name)
     }
 
@@ -81,7 +81,7 @@ pub struct Header {
     #[serde(default)]
     pub kid: Option<String>,
     #[serde(default)]
-    pub typ: Option<String>,
+    pub(crate) typ: Option<String>,
     #[serde(default)]
     jku: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -97,10 +97,10 @@ pub struct Header {
 /// A compact JWS split and decoded, not yet verified.
 pub struct Unverified<'a> {
     pub header: Header,
-    pub alg: Algorithm,
+    pub(crate) alg: Algorithm,
     signing_input: &'a str,
     signature: Vec<u8>,
-    pub payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl fmt::Debug for Unverified<'_> {
@@ -144,19 +144,19 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Unverified<'_>, JwsError> 
 }
 
 /// A public key pinned to one algorithm ([`super::keys::VerifyingKey`]).
-pub trait Verifier {
+pub(crate) trait Verifier {
     fn alg(&self) -> Algorithm;
     fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), JwsError>;
 }
 
 /// A private key that signs with its one algorithm ([`super::keys::SigningKey`]).
-pub trait Signer {
+pub(crate) trait Signer {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, JwsError>;
 }
 
 impl Unverified<'_> {
     /// Verifies the signature with `key`, which must be pinned to the header's algorithm.
-    pub fn verify(&self, key: &impl Verifier) -> Result<(), JwsError> {
+    pub(crate) fn verify(&self, key: &impl Verifier) -> Result<(), JwsError> {
         if key.alg() != self.alg {
             return Err(JwsError::AlgorithmNotAllowed);
         }
@@ -165,7 +165,7 @@ impl Unverified<'_> {
 }
 
 /// `base64url(header) "." base64url(payload) "." base64url(signature)`, with the header encoded once per key.
-pub fn sign(encoded_header: &str, payload: &[u8], key: &impl Signer) -> Result<String, JwsError> {
+pub(crate) fn sign(encoded_header: &str, payload: &[u8], key: &impl Signer) -> Result<String, JwsError> {
     let payload_len = base64::encoded_len(payload.len(), false).ok_or(JwsError::Malformed)?;
     let mut out = String::with_capacity(encoded_header.len() + payload_len + 90);
     out.push_str(encoded_header);
@@ -177,11 +177,11 @@ pub fn sign(encoded_header: &str, payload: &[u8], key: &impl Signer) -> Result<S
     Ok(out)
 }
 
-pub fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn b64_decode(text: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(text).ok()
 }
 

@@ -26,17 +26,17 @@ pub struct Actor {
 
 impl Actor {
     /// How many actors the chain names (1 for a single `act`).
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         1 + self.act.as_ref().map_or(0, |a| a.depth())
     }
 
     /// Every actor of the chain, the current one first.
-    pub fn chain(&self) -> impl Iterator<Item = &Actor> {
+    pub(crate) fn chain(&self) -> impl Iterator<Item = &Actor> {
         std::iter::successors(Some(self), |a| a.act.as_deref())
     }
 
     /// This actor as a party; an actor without `iss` is of `default_iss` (the token's own issuer).
-    pub fn party(&self, default_iss: &str) -> Party {
+    pub(crate) fn party(&self, default_iss: &str) -> Party {
         Party { iss: self.iss.clone().unwrap_or_else(|| default_iss.to_string()), sub: self.sub.clone() }
     }
 }
@@ -56,7 +56,7 @@ pub struct Party {
 pub struct Lineage {
     /// The delegation depth when it exceeds what `act` shows (an actor token brought its own chain).
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub depth: usize,
+    pub(crate) depth: usize,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -70,12 +70,12 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl Lineage {
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.depth == 0 && self.tasks.is_empty() && self.parties.is_empty() && self.clients.is_empty()
     }
 
     /// How many revocation keys the lineage adds to a lookup.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.tasks.len() + self.parties.len() + self.clients.len()
     }
 }
@@ -129,7 +129,7 @@ impl AccessClaims {
     }
 
     /// The subject principal.
-    pub fn subject(&self) -> Party {
+    pub(crate) fn subject(&self) -> Party {
         Party { iss: self.sub_iss.clone(), sub: self.sub.clone() }
     }
 }
@@ -145,7 +145,7 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    pub fn new(keys: Vec<SigningKey>) -> std::result::Result<Keyring, String> {
+    pub(crate) fn new(keys: Vec<SigningKey>) -> std::result::Result<Keyring, String> {
         if keys.is_empty() {
             return Err("at least one signing key is needed".into());
         }
@@ -161,27 +161,27 @@ impl Keyring {
 
     /// Signs the claims with the active key.
     #[tracing::instrument(name = "sign", skip_all)]
-    pub fn mint(&self, claims: &AccessClaims) -> Result<String> {
+    pub(crate) fn mint(&self, claims: &AccessClaims) -> Result<String> {
         let key = self.active();
         let payload = serde_json::to_vec(claims).map_err(|_| Error::internal("could not encode claims"))?;
         jws::sign(key.encoded_header(), &payload, key).map_err(|_| Error::internal("signing failed"))
     }
 
-    pub fn verifying_keys(&self) -> &KeySet {
+    pub(crate) fn verifying_keys(&self) -> &KeySet {
         &self.verifying
     }
 
-    pub fn jwks(&self) -> &JwkSet {
+    pub(crate) fn jwks(&self) -> &JwkSet {
         &self.jwks
     }
 
-    pub fn jwks_json(&self) -> &str {
+    pub(crate) fn jwks_json(&self) -> &str {
         &self.jwks_json
     }
 }
 
 /// A fresh, unguessable token identifier (128 random bits, base64url).
-pub fn new_jti() -> Result<String> {
+pub(crate) fn new_jti() -> Result<String> {
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Error::internal("no randomness"))?;
     Ok(jws::b64(&bytes))
