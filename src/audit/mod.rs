@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 
 /// The Redis stream holding the audit trail, capped at about [`STREAM_MAX_LEN`] entries.
-pub const STREAM: &str = "{tessera}:audit";
-pub const STREAM_MAX_LEN: usize = 100_000;
+pub(crate) const STREAM: &str = "{tessera}:audit";
+pub(crate) const STREAM_MAX_LEN: usize = 100_000;
 /// Events waiting for the stream writer; past this, events are dropped from the stream (still logged).
 const QUEUE: usize = 10_000;
 
@@ -24,31 +24,31 @@ const QUEUE: usize = 10_000;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AuditEvent {
     /// Unix milliseconds.
-    pub ts: u64,
+    pub(crate) ts: u64,
     /// `exchange`, `introspect` or `revoke`.
-    pub event: String,
+    pub(crate) event: String,
     /// `granted`, `denied`, `active`, `inactive`, `revoked`, `error`.
-    pub decision: String,
+    pub(crate) decision: String,
     /// The OAuth error code or the reason a token is inactive.
-    pub reason: String,
-    pub detail: String,
-    pub client_id: String,
-    pub sub_iss: String,
-    pub sub: String,
+    pub(crate) reason: String,
+    pub(crate) detail: String,
+    pub(crate) client_id: String,
+    pub(crate) sub_iss: String,
+    pub(crate) sub: String,
     /// The actor chain, acting actor first, joined by ` > `.
-    pub actors: String,
-    pub audience: String,
-    pub scope_requested: String,
-    pub scope_granted: String,
-    pub task_id: String,
-    pub jti: String,
-    pub exp: u64,
-    pub trace_id: String,
+    pub(crate) actors: String,
+    pub(crate) audience: String,
+    pub(crate) scope_requested: String,
+    pub(crate) scope_granted: String,
+    pub(crate) task_id: String,
+    pub(crate) jti: String,
+    pub(crate) exp: u64,
+    pub(crate) trace_id: String,
 }
 
 impl AuditEvent {
     /// A new event of the current trace, stamped now.
-    pub fn new(event: &str, decision: &str, client_id: &str) -> AuditEvent {
+    pub(crate) fn new(event: &str, decision: &str, client_id: &str) -> AuditEvent {
         AuditEvent {
             ts: crate::clock::now_ms(),
             event: event.into(),
@@ -60,7 +60,7 @@ impl AuditEvent {
     }
 
     /// The event as stream fields.
-    pub fn fields(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn fields(&self) -> Vec<(&'static str, String)> {
         vec![
             ("ts", self.ts.to_string()),
             ("event", self.event.clone()),
@@ -82,7 +82,7 @@ impl AuditEvent {
     }
 
     /// Rebuilds an event from stream fields (unknown fields are ignored).
-    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, String)>) -> AuditEvent {
+    pub(crate) fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, String)>) -> AuditEvent {
         let mut e = AuditEvent::default();
         for (k, v) in fields {
             match k {
@@ -127,12 +127,12 @@ pub struct Audit {
 
 impl Audit {
     /// Events are only logged.
-    pub fn log_only() -> Audit {
+    pub(crate) fn log_only() -> Audit {
         Audit::default()
     }
 
     /// Events are also queued for the stream writer that consumes the returned receiver.
-    pub fn with_stream(metrics: Metrics) -> (Audit, mpsc::Receiver<AuditEvent>) {
+    pub(crate) fn with_stream(metrics: Metrics) -> (Audit, mpsc::Receiver<AuditEvent>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         (Audit { stream: Some(tx), metrics: Some(metrics) }, rx)
     }
@@ -190,7 +190,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, e: &AuditEvent) -> bool {
+    pub(crate) fn matches(&self, e: &AuditEvent) -> bool {
         self.task_id.as_ref().is_none_or(|t| *t == e.task_id)
             && self.sub.as_ref().is_none_or(|s| *s == e.sub)
             && self.jti.as_ref().is_none_or(|j| *j == e.jti)
@@ -198,7 +198,7 @@ impl Filter {
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.
-pub fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -52,7 +52,7 @@ impl Target {
     }
 
     /// A bounded label for metrics and audit.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Target::Jti(_) => "jti",
             Target::Task(_) => "task",
@@ -74,14 +74,15 @@ pub struct Entry {
 
 impl Entry {
     /// The stored value: `<revoked_at>|<reason>`.
-    pub fn value(&self) -> String {
+    #[cfg(test)]
+    fn value(&self) -> String {
         format!("{}|{}", self.revoked_at, self.reason)
     }
 }
 
 /// Reads `revoked_at` back from a stored value. A present key is a revocation whatever its value: one that
 /// does not parse counts as revoked at the end of time, so it applies to every token (fail closed).
-pub fn revoked_at(value: &str) -> u64 {
+pub(crate) fn revoked_at(value: &str) -> u64 {
     value.split_once('|').map_or(value, |(at, _)| at).parse().unwrap_or(u64::MAX)
 }
 
@@ -230,10 +231,10 @@ pub enum RevokeRequest {
 /// A recorded revocation.
 #[derive(Debug)]
 pub struct Revoked {
-    pub target: Target,
+    pub(crate) target: Target,
     pub expires_at: u64,
     /// The task of a revoked token, for the audit trail.
-    pub task_id: Option<String>,
+    pub(crate) task_id: Option<String>,
 }
 
 const MAX_REASON_BYTES: usize = 256;
