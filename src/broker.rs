@@ -110,6 +110,7 @@ impl Broker {
         &self.parts.keyring
     }
 
+    /// The clients that may call the broker: each RPC authenticates its caller against them first.
     pub fn clients(&self) -> &Clients {
         &self.parts.clients
     }

@@ -126,6 +126,7 @@ impl fmt::Display for ErrorCode {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {description}")]
 pub struct Error {
+    /// What the caller may do about it; it also names the gRPC and HTTP status.
     pub code: ErrorCode,
     pub(crate) description: String,
 }
@@ -151,6 +152,7 @@ impl Error {
     }
 }
 
+/// What every broker operation returns: its value, or the [`Error`] to hand the caller.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
