@@ -37,6 +37,7 @@ pub(crate) struct Jwk {
     pub(crate) use_: Option<String>,
 }
 
+/// A JWK Set (RFC 7517 §5): the document the broker publishes, and what an upstream issuer's JWKS is read into.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JwkSet {
     pub(crate) keys: Vec<Jwk>,
@@ -221,7 +222,9 @@ impl KeySet {
 /// The broker's signing algorithms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SigningAlgorithm {
+    /// Ed25519 (RFC 8037): the default of `tessera keygen`.
     EdDSA,
+    /// ECDSA with P-256 and SHA-256 (RFC 7518 §3.4), for verifiers that lack Ed25519.
     ES256,
 }
 
@@ -308,10 +311,12 @@ impl SigningKey {
         SigningKey { pair, jwk, alg, encoded_header }
     }
 
+    /// The key's `kid`: its RFC 7638 thumbprint, so it is stable and derived from the key alone.
     pub fn kid(&self) -> &str {
         self.jwk.kid.as_deref().unwrap_or_default()
     }
 
+    /// The one algorithm this key signs with.
     pub fn alg(&self) -> Algorithm {
         self.alg
     }
