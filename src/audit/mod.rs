@@ -31,18 +31,29 @@ pub struct AuditEvent {
     pub(crate) decision: String,
     /// The OAuth error code or the reason a token is inactive.
     pub(crate) reason: String,
+    /// A refusal's description, or a revocation's reason.
     pub(crate) detail: String,
+    /// The calling client.
     pub(crate) client_id: String,
+    /// The subject principal's issuer.
     pub(crate) sub_iss: String,
+    /// The subject principal's `sub`.
     pub(crate) sub: String,
     /// The actor chain, acting actor first, joined by ` > `.
     pub(crate) actors: String,
+    /// The token's audience (`client:<id>` for a client revocation).
     pub(crate) audience: String,
+    /// The scopes asked for, as sent.
     pub(crate) scope_requested: String,
+    /// The scopes granted, or those of the introspected token.
     pub(crate) scope_granted: String,
+    /// The task.
     pub(crate) task_id: String,
+    /// The token issued, introspected or revoked.
     pub(crate) jti: String,
+    /// The token's expiry, or when a revocation expires (Unix seconds).
     pub(crate) exp: u64,
+    /// The request's trace id (W3C, hex), when it is traced.
     pub(crate) trace_id: String,
 }
 
@@ -172,6 +183,8 @@ impl Audit {
 
 /// Where audit events go: the port every operation records its decisions through.
 pub trait AuditSink: Send + Sync + std::fmt::Debug {
+    /// Takes one event. It must neither block nor fail the operation that records it: a sink that cannot keep
+    /// up drops (and counts) events instead.
     fn record(&self, event: AuditEvent);
 }
 
@@ -184,8 +197,11 @@ impl AuditSink for Audit {
 /// Which events `tessera audit` shows.
 #[derive(Debug, Default)]
 pub struct Filter {
+    /// Only the events of this task (`--task`).
     pub task_id: Option<String>,
+    /// Only the events whose subject has this `sub` (`--sub`).
     pub sub: Option<String>,
+    /// Only the events of this token (`--jti`).
     pub jti: Option<String>,
 }
 
