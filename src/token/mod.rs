@@ -108,7 +108,7 @@ pub struct AccessClaims {
     pub jti: String,
     /// The client that asked for the token (RFC 9068 §2.2, RFC 8693 §4.3).
     pub client_id: String,
-    /// The granted scopes (RFC 9068 §2.2.3.1), space-delimited in the JWT.
+    /// The granted scopes (RFC 9068 §2.2.3, RFC 8693 §4.2), space-delimited in the JWT.
     pub scope: Scopes,
     /// RFC 8693 §4.1: who acts for the subject, newest first; absent when the subject acts for itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
