@@ -20,23 +20,23 @@ use crate::secret::Token;
 use crate::token::Keyring;
 
 /// Everything a broker is made of, as the composition root builds it.
-pub struct Parts {
+pub(crate) struct Parts {
     /// The broker's own issuer: `iss` of its tokens, the `aud` upstream assertions carry, and the audience of
     /// task tokens.
-    pub broker_issuer: String,
-    pub keyring: Keyring,
-    pub issuers: Arc<Issuers>,
-    pub catalog: Catalog,
-    pub policy: Policy,
-    pub clients: Clients,
-    pub limits: Limits,
+    pub(crate) broker_issuer: String,
+    pub(crate) keyring: Keyring,
+    pub(crate) issuers: Arc<Issuers>,
+    pub(crate) catalog: Catalog,
+    pub(crate) policy: Policy,
+    pub(crate) clients: Clients,
+    pub(crate) limits: Limits,
     /// Clock skew tolerated on tessera's own `nbf`/`iat`, in seconds.
-    pub leeway: u64,
+    pub(crate) leeway: u64,
     /// Seconds a revoked task id stays refused for new exchanges.
-    pub task_revocation_retention: u64,
-    pub store: Arc<dyn Store>,
-    pub audit: Arc<dyn AuditSink>,
-    pub metrics: Metrics,
+    pub(crate) task_revocation_retention: u64,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) audit: Arc<dyn AuditSink>,
+    pub(crate) metrics: Metrics,
 }
 
 /// The broker: its [`Parts`], shared by every operation.
@@ -52,7 +52,7 @@ impl std::fmt::Debug for Parts {
 }
 
 impl Broker {
-    pub fn new(parts: Parts) -> Broker {
+    pub(crate) fn new(parts: Parts) -> Broker {
         Broker { parts }
     }
 
@@ -102,28 +102,30 @@ impl Broker {
         revoke.run(client, request, reason, now).await
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.parts.metrics
     }
 
-    pub fn broker_issuer(&self) -> &str {
+    /// The broker's own issuer (for the HTTP face's metadata, whose URLs are under it).
+    pub(crate) fn broker_issuer(&self) -> &str {
         &self.parts.broker_issuer
     }
 
     /// The catalog of audiences (for the HTTP face's resource metadata).
-    pub fn catalog(&self) -> &Catalog {
+    pub(crate) fn catalog(&self) -> &Catalog {
         &self.parts.catalog
     }
 
-    pub fn keyring(&self) -> &Keyring {
+    pub(crate) fn keyring(&self) -> &Keyring {
         &self.parts.keyring
     }
 
+    /// The clients that may call the broker: each RPC authenticates its caller against them first.
     pub fn clients(&self) -> &Clients {
         &self.parts.clients
     }
 
-    pub fn issuers(&self) -> &Arc<Issuers> {
+    pub(crate) fn issuers(&self) -> &Arc<Issuers> {
         &self.parts.issuers
     }
 

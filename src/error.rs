@@ -59,18 +59,19 @@ impl ErrorCode {
 }
 
 /// gRPC status codes (the wire values of `google.rpc.Code`) used by [`ErrorCode::grpc_code`].
-pub mod grpc_code {
-    pub const INVALID_ARGUMENT: i32 = 3;
-    pub const PERMISSION_DENIED: i32 = 7;
-    pub const RESOURCE_EXHAUSTED: i32 = 8;
-    pub const INTERNAL: i32 = 13;
-    pub const UNAVAILABLE: i32 = 14;
-    pub const UNAUTHENTICATED: i32 = 16;
+mod grpc_code {
+    pub(super) const INVALID_ARGUMENT: i32 = 3;
+    pub(super) const PERMISSION_DENIED: i32 = 7;
+    pub(super) const RESOURCE_EXHAUSTED: i32 = 8;
+    pub(super) const INTERNAL: i32 = 13;
+    pub(super) const UNAVAILABLE: i32 = 14;
+    pub(super) const UNAUTHENTICATED: i32 = 16;
 }
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 10] = [
+    #[cfg(test)]
+    const ALL: [ErrorCode; 10] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidClient,
         ErrorCode::InvalidGrant,
@@ -125,31 +126,33 @@ impl fmt::Display for ErrorCode {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {description}")]
 pub struct Error {
+    /// What the caller may do about it; it also names the gRPC and HTTP status.
     pub code: ErrorCode,
-    pub description: String,
+    pub(crate) description: String,
 }
 
 impl Error {
-    pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, description: impl Into<String>) -> Self {
         Error { code, description: description.into() }
     }
-    pub fn invalid_request(description: impl Into<String>) -> Self {
+    pub(crate) fn invalid_request(description: impl Into<String>) -> Self {
         Error::new(ErrorCode::InvalidRequest, description)
     }
-    pub fn invalid_grant(description: impl Into<String>) -> Self {
+    pub(crate) fn invalid_grant(description: impl Into<String>) -> Self {
         Error::new(ErrorCode::InvalidGrant, description)
     }
-    pub fn invalid_scope(description: impl Into<String>) -> Self {
+    pub(crate) fn invalid_scope(description: impl Into<String>) -> Self {
         Error::new(ErrorCode::InvalidScope, description)
     }
-    pub fn invalid_target(description: impl Into<String>) -> Self {
+    pub(crate) fn invalid_target(description: impl Into<String>) -> Self {
         Error::new(ErrorCode::InvalidTarget, description)
     }
-    pub fn internal(description: impl Into<String>) -> Self {
+    pub(crate) fn internal(description: impl Into<String>) -> Self {
         Error::new(ErrorCode::Internal, description)
     }
 }
 
+/// What every broker operation returns: its value, or the [`Error`] to hand the caller.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]

@@ -23,64 +23,101 @@ use crate::scopes::Scopes;
 use crate::secret::Token;
 use crate::token::{AccessClaims, Actor, Keyring, Lineage, Party, new_jti};
 
+/// The `grant_type` of a token exchange (RFC 8693 §2.1): the only grant the broker accepts.
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// RFC 8693 §3 token type of an OAuth access token: the `issued_token_type` of every token the broker issues.
+pub(crate) const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// RFC 8693 §3 token type of a JWT: how a caller labels a workload assertion (a Kubernetes service account
+/// token, a JWT-SVID) or a tessera token it presents as `subject_token` or `actor_token`.
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 
 /// Input bounds: anything larger is refused before any work is done on it (scopes: [`crate::scopes`]).
-pub const MAX_ID_BYTES: usize = 128;
-pub const MAX_PURPOSE_BYTES: usize = 256;
-pub const MAX_TARGET_BYTES: usize = 512;
-pub const MAX_TARGETS: usize = 4;
+const MAX_ID_BYTES: usize = 128;
+const MAX_PURPOSE_BYTES: usize = 256;
+const MAX_TARGET_BYTES: usize = 512;
+const MAX_TARGETS: usize = 4;
 /// Revocation keys a token's lineage may add to each lookup (tasks, principals and clients it derives from).
-pub const MAX_LINEAGE: usize = 64;
+const MAX_LINEAGE: usize = 64;
 
 /// An exchange request, in RFC 8693 terms. Tokens are [`Token`]s so no `Debug` of a request leaks them.
 #[derive(Debug, Default)]
 pub struct ExchangeRequest {
+    /// Must be [`GRANT_TYPE_TOKEN_EXCHANGE`]; anything else is `unsupported_grant_type`.
     pub grant_type: String,
+    /// RFC 8707 resource indicators: absolute URIs without a fragment. Together with `audience` they must name
+    /// exactly one distinct, catalogued target.
     pub resource: Vec<String>,
+    /// RFC 8693 §2.1 logical names of the target service. With `resource`: at most 4 values in all, each at
+    /// most 512 bytes, all naming the same target.
     pub audience: Vec<String>,
+    /// RFC 6749 §3.3 space-delimited scopes asked for; required. Each must be offered for the audience and
+    /// held by the subject token; policy may grant fewer.
     pub scope: String,
+    /// Empty, `…:token-type:access_token` or [`TOKEN_TYPE_JWT`]: the broker always issues an RFC 9068 JWT
+    /// access token.
     pub requested_token_type: String,
+    /// RFC 8693 §2.1: the assertion of the party on whose behalf the token is requested — an upstream
+    /// workload assertion, or a tessera token to narrow further. Required.
     pub subject_token: Token,
+    /// The RFC 8693 §3 type of `subject_token`: `…:token-type:jwt`, `…:access_token` or `…:id_token`.
     pub subject_token_type: String,
+    /// RFC 8693 §2.1: the assertion of the party that will act; its holder becomes the issued token's `act`
+    /// (RFC 8693 §4.1). Empty: no actor, the subject's own chain is kept.
     pub actor_token: Token,
+    /// The RFC 8693 §3 type of `actor_token`: required with it, empty without it.
     pub actor_token_type: String,
+    /// The task the issued token is bound to: at most 128 visible ASCII characters. Required unless the
+    /// subject token is a tessera token, whose task is inherited and may not be changed.
     pub task_id: String,
+    /// Optional session, with the same bounds as `task_id`; one carried by a tessera subject token is
+    /// inherited and may not be changed.
     pub session_id: String,
+    /// Free text written into the issued token's `purpose` claim: at most 256 bytes, no control characters.
     pub purpose: String,
+    /// Upper bound on the issued token's lifetime, in seconds; 0 asks for as long as allowed.
     pub requested_expires_in: u32,
 }
 
 /// A granted exchange.
 #[derive(Debug)]
 pub struct Issued {
+    /// The signed RFC 9068 JWT access token (a compact JWS).
     pub access_token: Token,
-    pub expires_in: u64,
-    pub scope: Scopes,
+    pub(crate) expires_in: u64,
+    pub(crate) scope: Scopes,
+    /// The claims signed into `access_token`, so the caller need not decode it.
     pub claims: AccessClaims,
 }
 
 /// Bounds on delegation that no policy can lift.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    pub max_delegation_depth: usize,
-    pub max_chain_length: usize,
+    pub(crate) max_delegation_depth: usize,
+    pub(crate) max_chain_length: usize,
 }
 
 /// The token exchange, over exactly what it reads: the issuers that verify subject and actor tokens, the
 /// catalog, the policy, the keyring that signs, the revocation store, the audit sink and the metrics.
 pub struct Exchange<'a> {
+    /// The broker's own issuer: the `iss` of the tokens it mints and the audience of task tokens.
     pub broker_issuer: &'a str,
+    /// The trusted issuers, which verify the subject and actor tokens, upstream or tessera's own (invariant 6).
     pub issuers: &'a Issuers,
+    /// The audiences tokens are issued for, their scopes and maximum lifetimes (invariants 1–3).
     pub catalog: &'a Catalog,
+    /// Decides each requested scope (invariant 1).
     pub policy: &'a Policy,
+    /// Signs the issued token with its active key.
     pub keyring: &'a Keyring,
+    /// Delegation depth and chain length bounds (invariant 4).
     pub limits: Limits,
+    /// Checked for every revocation that applies, spending single-use assertions in the same lookup
+    /// (invariant 5).
     pub revocations: Revocations<'a>,
+    /// Receives one event per exchange, granted or refused.
     pub audit: &'a dyn AuditSink,
+    /// Counts exchanges by outcome.
     pub metrics: &'a Metrics,
 }
 

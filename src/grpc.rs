@@ -26,20 +26,20 @@ use crate::token::Actor;
 pub mod pb {
     tonic::include_proto!("tessera.v1");
     /// The descriptor set served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tessera_descriptor");
+    pub(crate) const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tessera_descriptor");
 }
 
 use pb::token_broker_server::TokenBroker;
 
 /// The gRPC service name, as in `rpc.service`.
-pub const SERVICE: &str = "tessera.v1.TokenBroker";
+const SERVICE: &str = "tessera.v1.TokenBroker";
 
 /// The error domain of every `google.rpc.ErrorInfo` the broker returns.
-pub const ERROR_DOMAIN: &str = "tessera";
+const ERROR_DOMAIN: &str = "tessera";
 
 /// OAuth error code → gRPC status, with the code as the `reason` of an `ErrorInfo` detail (the design's
 /// API contract). The message is the error's description, which never holds a token or a secret.
-pub fn status(error: Error) -> Status {
+fn status(error: Error) -> Status {
     let Error { code, description } = error;
     let details = ErrorDetails::with_error_info(code.as_str(), ERROR_DOMAIN, HashMap::new());
     Status::with_error_details(Code::from_i32(code.grpc_code()), format!("{code}: {description}"), details)
@@ -51,7 +51,7 @@ pub fn status(error: Error) -> Status {
 /// for a slot (backpressure) within the request timeout. The ceiling is the broker's alone, so gRPC health
 /// checks and reflection on the same server answer however busy it is.
 #[derive(Clone, Debug)]
-pub struct TokenBrokerService {
+pub(crate) struct TokenBrokerService {
     broker: Arc<Broker>,
     in_flight: Arc<Semaphore>,
 }
@@ -90,7 +90,7 @@ fn is_server_error(code: Code) -> bool {
 
 impl TokenBrokerService {
     /// The service, running at most `max_concurrent` of its RPCs at once (at least one).
-    pub fn new(broker: Arc<Broker>, max_concurrent: usize) -> TokenBrokerService {
+    pub(crate) fn new(broker: Arc<Broker>, max_concurrent: usize) -> TokenBrokerService {
         let permits = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
         TokenBrokerService { broker, in_flight: Arc::new(Semaphore::new(permits)) }
     }

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 
 /// The Redis stream holding the audit trail, capped at about [`STREAM_MAX_LEN`] entries.
-pub const STREAM: &str = "{tessera}:audit";
-pub const STREAM_MAX_LEN: usize = 100_000;
+pub(crate) const STREAM: &str = "{tessera}:audit";
+pub(crate) const STREAM_MAX_LEN: usize = 100_000;
 /// Events waiting for the stream writer; past this, events are dropped from the stream (still logged).
 const QUEUE: usize = 10_000;
 
@@ -24,31 +24,42 @@ const QUEUE: usize = 10_000;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AuditEvent {
     /// Unix milliseconds.
-    pub ts: u64,
+    pub(crate) ts: u64,
     /// `exchange`, `introspect` or `revoke`.
-    pub event: String,
+    pub(crate) event: String,
     /// `granted`, `denied`, `active`, `inactive`, `revoked`, `error`.
-    pub decision: String,
+    pub(crate) decision: String,
     /// The OAuth error code or the reason a token is inactive.
-    pub reason: String,
-    pub detail: String,
-    pub client_id: String,
-    pub sub_iss: String,
-    pub sub: String,
+    pub(crate) reason: String,
+    /// A refusal's description, or a revocation's reason.
+    pub(crate) detail: String,
+    /// The calling client.
+    pub(crate) client_id: String,
+    /// The subject principal's issuer.
+    pub(crate) sub_iss: String,
+    /// The subject principal's `sub`.
+    pub(crate) sub: String,
     /// The actor chain, acting actor first, joined by ` > `.
-    pub actors: String,
-    pub audience: String,
-    pub scope_requested: String,
-    pub scope_granted: String,
-    pub task_id: String,
-    pub jti: String,
-    pub exp: u64,
-    pub trace_id: String,
+    pub(crate) actors: String,
+    /// The token's audience (`client:<id>` for a client revocation).
+    pub(crate) audience: String,
+    /// The scopes asked for, as sent.
+    pub(crate) scope_requested: String,
+    /// The scopes granted, or those of the introspected token.
+    pub(crate) scope_granted: String,
+    /// The task.
+    pub(crate) task_id: String,
+    /// The token issued, introspected or revoked.
+    pub(crate) jti: String,
+    /// The token's expiry, or when a revocation expires (Unix seconds).
+    pub(crate) exp: u64,
+    /// The request's trace id (W3C, hex), when it is traced.
+    pub(crate) trace_id: String,
 }
 
 impl AuditEvent {
     /// A new event of the current trace, stamped now.
-    pub fn new(event: &str, decision: &str, client_id: &str) -> AuditEvent {
+    pub(crate) fn new(event: &str, decision: &str, client_id: &str) -> AuditEvent {
         AuditEvent {
             ts: crate::clock::now_ms(),
             event: event.into(),
@@ -60,7 +71,7 @@ impl AuditEvent {
     }
 
     /// The event as stream fields.
-    pub fn fields(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn fields(&self) -> Vec<(&'static str, String)> {
         vec![
             ("ts", self.ts.to_string()),
             ("event", self.event.clone()),
@@ -82,7 +93,7 @@ impl AuditEvent {
     }
 
     /// Rebuilds an event from stream fields (unknown fields are ignored).
-    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, String)>) -> AuditEvent {
+    pub(crate) fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, String)>) -> AuditEvent {
         let mut e = AuditEvent::default();
         for (k, v) in fields {
             match k {
@@ -127,12 +138,12 @@ pub struct Audit {
 
 impl Audit {
     /// Events are only logged.
-    pub fn log_only() -> Audit {
+    pub(crate) fn log_only() -> Audit {
         Audit::default()
     }
 
     /// Events are also queued for the stream writer that consumes the returned receiver.
-    pub fn with_stream(metrics: Metrics) -> (Audit, mpsc::Receiver<AuditEvent>) {
+    pub(crate) fn with_stream(metrics: Metrics) -> (Audit, mpsc::Receiver<AuditEvent>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         (Audit { stream: Some(tx), metrics: Some(metrics) }, rx)
     }
@@ -172,6 +183,8 @@ impl Audit {
 
 /// Where audit events go: the port every operation records its decisions through.
 pub trait AuditSink: Send + Sync + std::fmt::Debug {
+    /// Takes one event. It must neither block nor fail the operation that records it: a sink that cannot keep
+    /// up drops (and counts) events instead.
     fn record(&self, event: AuditEvent);
 }
 
@@ -184,13 +197,16 @@ impl AuditSink for Audit {
 /// Which events `tessera audit` shows.
 #[derive(Debug, Default)]
 pub struct Filter {
+    /// Only the events of this task (`--task`).
     pub task_id: Option<String>,
+    /// Only the events whose subject has this `sub` (`--sub`).
     pub sub: Option<String>,
+    /// Only the events of this token (`--jti`).
     pub jti: Option<String>,
 }
 
 impl Filter {
-    pub fn matches(&self, e: &AuditEvent) -> bool {
+    pub(crate) fn matches(&self, e: &AuditEvent) -> bool {
         self.task_id.as_ref().is_none_or(|t| *t == e.task_id)
             && self.sub.as_ref().is_none_or(|s| *s == e.sub)
             && self.jti.as_ref().is_none_or(|j| *j == e.jti)
@@ -198,7 +214,7 @@ impl Filter {
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.
-pub fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;

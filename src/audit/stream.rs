@@ -9,7 +9,7 @@ use crate::store::redis::{Conn, RedisSettings};
 /// Appends audit events to the capped audit stream, in batches (one pipelined round trip per batch), on its
 /// own Redis connection, so no lookup ever waits behind an audit write. Events that cannot be written are
 /// logged and counted in `dropped`: the log has them too.
-pub fn spawn_writer(
+pub(crate) fn spawn_writer(
     settings: &RedisSettings,
     mut events: mpsc::Receiver<AuditEvent>,
     dropped: opentelemetry::metrics::Counter<u64>,

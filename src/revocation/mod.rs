@@ -36,12 +36,18 @@ pub enum Target {
     /// Every token bound to the task.
     Task(String),
     /// Every token issued up to now whose subject or any actor is this upstream principal.
-    Subject { iss: String, sub: String },
+    Subject {
+        /// The principal's issuer, by its `iss`.
+        iss: String,
+        /// The principal's `sub`.
+        sub: String,
+    },
     /// Every token issued up to now to this client.
     Client(String),
 }
 
 impl Target {
+    /// The store key of this revocation; every key shares one Redis Cluster hash tag.
     pub fn key(&self) -> String {
         match self {
             Target::Jti(jti) => jti_key(jti),
@@ -52,7 +58,7 @@ impl Target {
     }
 
     /// A bounded label for metrics and audit.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Target::Jti(_) => "jti",
             Target::Task(_) => "task",
@@ -65,23 +71,27 @@ impl Target {
 /// One revocation to record.
 #[derive(Clone, Debug)]
 pub struct Entry {
+    /// The revoked target's [`Target::key`].
     pub key: String,
+    /// When it was revoked, Unix seconds: subject and client revocations end the tokens issued up to then.
     pub revoked_at: u64,
     /// When the key may be forgotten: no token it can affect lives longer.
     pub expires_at: u64,
+    /// Why, as the operator put it (at most 256 bytes); kept for the record, never interpreted.
     pub reason: String,
 }
 
 impl Entry {
     /// The stored value: `<revoked_at>|<reason>`.
-    pub fn value(&self) -> String {
+    #[cfg(test)]
+    fn value(&self) -> String {
         format!("{}|{}", self.revoked_at, self.reason)
     }
 }
 
 /// Reads `revoked_at` back from a stored value. A present key is a revocation whatever its value: one that
 /// does not parse counts as revoked at the end of time, so it applies to every token (fail closed).
-pub fn revoked_at(value: &str) -> u64 {
+pub(crate) fn revoked_at(value: &str) -> u64 {
     value.split_once('|').map_or(value, |(at, _)| at).parse().unwrap_or(u64::MAX)
 }
 
@@ -199,10 +209,13 @@ impl Probe {
         }
     }
 
+    /// A task revocation, applying whenever present: for a request whose task is not already covered by a
+    /// tessera subject token's [`Probe::token`].
     pub fn task(&mut self, task_id: &str) {
         self.push(task_key(task_id), None);
     }
 
+    /// The keys to look up, in the order [`Probe::revoked`] expects the answers in.
     pub fn keys(&self) -> &[String] {
         &self.keys
     }
@@ -220,20 +233,31 @@ impl Probe {
 /// What `Revoke` was asked to revoke, as received.
 #[derive(Debug)]
 pub enum RevokeRequest {
+    /// A tessera token, expired or not: revokes its `jti`, and so every token derived from it.
     Token(Token),
+    /// A token by its `jti` alone (as the audit trail names it): it and every token derived from it.
     Jti(String),
+    /// A task id: every token bound to it, and no new exchange for it while the revocation is kept.
     Task(String),
-    Subject { issuer: String, sub: String },
+    /// An upstream principal: every token issued up to now whose subject, or any actor, it is.
+    Subject {
+        /// The configured issuer, by its `iss`, its SPIFFE ID prefix or its name in the config.
+        issuer: String,
+        /// The principal's `sub`.
+        sub: String,
+    },
+    /// A client id: every token issued to it up to now.
     Client(String),
 }
 
 /// A recorded revocation.
 #[derive(Debug)]
 pub struct Revoked {
-    pub target: Target,
+    pub(crate) target: Target,
+    /// When the revocation entry expires, Unix seconds: no token it affects lives longer.
     pub expires_at: u64,
     /// The task of a revoked token, for the audit trail.
-    pub task_id: Option<String>,
+    pub(crate) task_id: Option<String>,
 }
 
 const MAX_REASON_BYTES: usize = 256;
@@ -242,7 +266,9 @@ const MAX_NAME_BYTES: usize = crate::issuer::MAX_SUB_BYTES;
 /// The store as the operations use it: every call timed and counted, and a failure failing closed.
 #[derive(Clone, Copy)]
 pub struct Revocations<'a> {
+    /// The revocation list.
     pub store: &'a dyn Store,
+    /// Records each store call's latency and failures.
     pub metrics: &'a Metrics,
 }
 
@@ -283,13 +309,20 @@ impl Revocations<'_> {
 /// `Revoke`, over what it reads: the issuers (to verify a token, name a subject's issuer and know how long its
 /// assertions live), the catalog (how long tokens live), the store, the audit sink and the metrics.
 pub struct Revoke<'a> {
+    /// The trusted issuers: they verify a token to revoke, resolve a subject's issuer and say how long its
+    /// assertions can live.
     pub issuers: &'a Issuers,
+    /// How long tokens can live, so each revocation is kept as long as anything it ends.
     pub catalog: &'a Catalog,
     /// Clock skew tolerated on tessera's own tokens, in seconds.
     pub leeway: u64,
+    /// Seconds a revoked task id stays refused for new exchanges (kept at least as long as its tokens live).
     pub task_revocation_retention: u64,
+    /// Where the revocation is recorded.
     pub revocations: Revocations<'a>,
+    /// Receives one event per revocation, recorded or refused.
     pub audit: &'a dyn AuditSink,
+    /// Counts revocations by kind and outcome.
     pub metrics: &'a Metrics,
 }
 

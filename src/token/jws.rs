@@ -15,15 +15,20 @@ use serde::Deserialize;
 /// before a key is even looked up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Algorithm {
+    /// Ed25519 (RFC 8037).
     EdDSA,
+    /// ECDSA with P-256 and SHA-256 (RFC 7518 §3.4).
     ES256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 7518 §3.3), 2048- to 8192-bit keys; verification only.
     RS256,
+    /// RSASSA-PSS with SHA-256 (RFC 7518 §3.5), 2048- to 8192-bit keys; verification only.
     PS256,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 4] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256, Algorithm::PS256];
+    pub(crate) const ALL: [Algorithm; 4] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256, Algorithm::PS256];
 
+    /// The JOSE `alg` name (RFC 7518 §3.1).
     pub const fn as_str(self) -> &'static str {
         match self {
             Algorithm::EdDSA => "EdDSA",
@@ -33,7 +38,7 @@ impl Algorithm {
         }
     }
 
-    pub fn parse(name: &str) -> Option<Algorithm> {
+    pub(crate) fn parse(name: &str) -> Option<Algorithm> {
         Algorithm::ALL.into_iter().find(|a| a.as_str() == name)
     }
 
@@ -57,18 +62,26 @@ impl fmt::Display for Algorithm {
 /// Why a compact JWS was refused. The texts are safe to return to a caller: none quotes the token.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum JwsError {
+    /// Longer than the limit (in bytes) the caller set; refused before anything is decoded.
     #[error("is larger than {0} bytes")]
     Oversized(usize),
+    /// Not three base64url parts, or an empty header or payload.
     #[error("is not a compact JWS (three base64url parts)")]
     Malformed,
+    /// The header is not a JSON object with a string `alg`.
     #[error("has a malformed header")]
     MalformedHeader,
+    /// `alg` is not one of [`Algorithm`], or not the algorithm the verifying key is pinned to.
     #[error("uses algorithm that is not allowed")]
     AlgorithmNotAllowed,
+    /// A header that would choose the verifying key (`jku`, `x5u`, `jwk`, `x5c`) or demand extensions
+    /// (`crit`), named.
     #[error("has a `{0}` header, which is never followed")]
     ForbiddenHeader(&'static str),
+    /// The payload is not the claims set the verifier expects.
     #[error("has an unparseable claims set")]
     MalformedClaims,
+    /// The signature is empty or does not verify (or signing failed).
     #[error("has a signature that does not verify")]
     BadSignature,
 }
@@ -77,11 +90,13 @@ pub enum JwsError {
 /// own choosing are captured only to refuse them.
 #[derive(Debug, Deserialize)]
 pub struct Header {
+    /// The `alg` as sent (RFC 7515 §4.1.1), before it is matched against [`Algorithm`].
     pub alg: String,
+    /// The key id (RFC 7515 §4.1.4) that picks the verifying key.
     #[serde(default)]
     pub kid: Option<String>,
     #[serde(default)]
-    pub typ: Option<String>,
+    pub(crate) typ: Option<String>,
     #[serde(default)]
     jku: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -96,11 +111,12 @@ pub struct Header {
 
 /// A compact JWS split and decoded, not yet verified.
 pub struct Unverified<'a> {
+    /// The decoded JOSE header.
     pub header: Header,
-    pub alg: Algorithm,
+    pub(crate) alg: Algorithm,
     signing_input: &'a str,
     signature: Vec<u8>,
-    pub payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl fmt::Debug for Unverified<'_> {
@@ -144,19 +160,19 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Unverified<'_>, JwsError> 
 }
 
 /// A public key pinned to one algorithm ([`super::keys::VerifyingKey`]).
-pub trait Verifier {
+pub(crate) trait Verifier {
     fn alg(&self) -> Algorithm;
     fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), JwsError>;
 }
 
 /// A private key that signs with its one algorithm ([`super::keys::SigningKey`]).
-pub trait Signer {
+pub(crate) trait Signer {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, JwsError>;
 }
 
 impl Unverified<'_> {
     /// Verifies the signature with `key`, which must be pinned to the header's algorithm.
-    pub fn verify(&self, key: &impl Verifier) -> Result<(), JwsError> {
+    pub(crate) fn verify(&self, key: &impl Verifier) -> Result<(), JwsError> {
         if key.alg() != self.alg {
             return Err(JwsError::AlgorithmNotAllowed);
         }
@@ -165,7 +181,7 @@ impl Unverified<'_> {
 }
 
 /// `base64url(header) "." base64url(payload) "." base64url(signature)`, with the header encoded once per key.
-pub fn sign(encoded_header: &str, payload: &[u8], key: &impl Signer) -> Result<String, JwsError> {
+pub(crate) fn sign(encoded_header: &str, payload: &[u8], key: &impl Signer) -> Result<String, JwsError> {
     let payload_len = base64::encoded_len(payload.len(), false).ok_or(JwsError::Malformed)?;
     let mut out = String::with_capacity(encoded_header.len() + payload_len + 90);
     out.push_str(encoded_header);
@@ -177,11 +193,11 @@ pub fn sign(encoded_header: &str, payload: &[u8], key: &impl Signer) -> Result<S
     Ok(out)
 }
 
-pub fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn b64_decode(text: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(text).ok()
 }
 

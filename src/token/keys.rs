@@ -17,34 +17,35 @@ use crate::secret::PrivateKeyPem;
 
 /// A JSON Web Key (RFC 7517) as far as the broker reads or writes one. Unknown members are ignored.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Jwk {
-    pub kty: String,
+pub(crate) struct Jwk {
+    pub(crate) kty: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub crv: Option<String>,
+    pub(crate) crv: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub x: Option<String>,
+    pub(crate) x: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub y: Option<String>,
+    pub(crate) y: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n: Option<String>,
+    pub(crate) n: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub e: Option<String>,
+    pub(crate) e: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kid: Option<String>,
+    pub(crate) kid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alg: Option<String>,
+    pub(crate) alg: Option<String>,
     #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
-    pub use_: Option<String>,
+    pub(crate) use_: Option<String>,
 }
 
+/// A JWK Set (RFC 7517 §5): the document the broker publishes, and what an upstream issuer's JWKS is read into.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JwkSet {
-    pub keys: Vec<Jwk>,
+    pub(crate) keys: Vec<Jwk>,
 }
 
 impl Jwk {
     /// The RFC 7638 thumbprint: a `kid` that is stable and derived from the key alone.
-    pub fn thumbprint(&self) -> String {
+    pub(crate) fn thumbprint(&self) -> String {
         let members: &[(&str, &Option<String>)] = match self.kty.as_str() {
             "OKP" => &[("crv", &self.crv), ("kty", &None), ("x", &self.x)],
             "EC" => &[("crv", &self.crv), ("kty", &None), ("x", &self.x), ("y", &self.y)],
@@ -65,7 +66,7 @@ impl Jwk {
 
 /// A public key pinned to exactly one algorithm, ready to verify.
 #[derive(Clone)]
-pub struct VerifyingKey {
+pub(crate) struct VerifyingKey {
     kid: Option<String>,
     alg: Algorithm,
     key: ParsedPublicKey,
@@ -78,12 +79,8 @@ impl fmt::Debug for VerifyingKey {
 }
 
 impl VerifyingKey {
-    pub fn kid(&self) -> Option<&str> {
+    pub(crate) fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
-    }
-
-    pub fn alg(&self) -> Algorithm {
-        self.alg
     }
 
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), ()> {
@@ -95,7 +92,7 @@ impl VerifyingKey {
     /// A JWK with an `alg` is pinned to it. One without (Kubernetes publishes none) is pinned by its key
     /// type: OKP/Ed25519 to EdDSA, EC/P-256 to ES256, and RSA to whichever of RS256/PS256 the issuer allows.
     /// Keys meant for encryption (`use: enc`) are never used to verify.
-    pub fn from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<Vec<VerifyingKey>, String> {
+    pub(crate) fn from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<Vec<VerifyingKey>, String> {
         if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
             return Ok(Vec::new());
         }
@@ -182,7 +179,7 @@ pub struct KeySet {
 impl KeySet {
     /// Builds a key set from a JWKS document. Keys that cannot be used (an unsupported type, bad material)
     /// are left out and reported, so one odd key in a provider's set does not hide the others.
-    pub fn from_jwks(jwks: &JwkSet, allowed: &[Algorithm]) -> (KeySet, Vec<String>) {
+    pub(crate) fn from_jwks(jwks: &JwkSet, allowed: &[Algorithm]) -> (KeySet, Vec<String>) {
         let mut keys = Vec::new();
         let mut problems = Vec::new();
         for (i, jwk) in jwks.keys.iter().enumerate() {
@@ -194,13 +191,13 @@ impl KeySet {
         (KeySet { keys }, problems)
     }
 
-    pub fn from_keys(keys: Vec<VerifyingKey>) -> KeySet {
+    pub(crate) fn from_keys(keys: Vec<VerifyingKey>) -> KeySet {
         KeySet { keys }
     }
 
     /// The key for this `kid` and algorithm. A token without `kid` is accepted only when exactly one key
     /// fits its algorithm, so the verifier never tries keys in turn.
-    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&VerifyingKey> {
+    pub(crate) fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&VerifyingKey> {
         match kid {
             Some(kid) => self.keys.iter().find(|k| k.kid() == Some(kid) && k.alg == alg),
             None => {
@@ -213,15 +210,11 @@ impl KeySet {
         }
     }
 
-    pub fn has_kid(&self, kid: &str) -> bool {
+    pub(crate) fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|k| k.kid() == Some(kid))
     }
 
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 }
@@ -229,7 +222,9 @@ impl KeySet {
 /// The broker's signing algorithms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SigningAlgorithm {
+    /// Ed25519 (RFC 8037): the default of `tessera keygen`.
     EdDSA,
+    /// ECDSA with P-256 and SHA-256 (RFC 7518 §3.4), for verifiers that lack Ed25519.
     ES256,
 }
 
@@ -316,16 +311,18 @@ impl SigningKey {
         SigningKey { pair, jwk, alg, encoded_header }
     }
 
+    /// The key's `kid`: its RFC 7638 thumbprint, so it is stable and derived from the key alone.
     pub fn kid(&self) -> &str {
         self.jwk.kid.as_deref().unwrap_or_default()
     }
 
+    /// The one algorithm this key signs with.
     pub fn alg(&self) -> Algorithm {
         self.alg
     }
 
     /// The public half, as published in the JWKS.
-    pub fn jwk(&self) -> &Jwk {
+    pub(crate) fn jwk(&self) -> &Jwk {
         &self.jwk
     }
 
@@ -340,7 +337,7 @@ impl SigningKey {
         }
     }
 
-    pub fn verifying_key(&self) -> Result<VerifyingKey, String> {
+    pub(crate) fn verifying_key(&self) -> Result<VerifyingKey, String> {
         VerifyingKey::from_jwk(&self.jwk, &[self.alg])?.pop().ok_or_else(|| "no verifying key".to_string())
     }
 }

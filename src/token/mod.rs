@@ -17,26 +17,29 @@ use keys::{JwkSet, KeySet, SigningKey};
 /// One link of the actor chain: who acts, and (nested) who acted before it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
+    /// The actor's `sub`, as its issuer names it.
     pub sub: String,
+    /// The actor's issuer; absent means the issuer of the token's subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// The actor that acted before this one: the chain reads newest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Box<Actor>>,
 }
 
 impl Actor {
     /// How many actors the chain names (1 for a single `act`).
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         1 + self.act.as_ref().map_or(0, |a| a.depth())
     }
 
     /// Every actor of the chain, the current one first.
-    pub fn chain(&self) -> impl Iterator<Item = &Actor> {
+    pub(crate) fn chain(&self) -> impl Iterator<Item = &Actor> {
         std::iter::successors(Some(self), |a| a.act.as_deref())
     }
 
     /// This actor as a party; an actor without `iss` is of `default_iss` (the token's own issuer).
-    pub fn party(&self, default_iss: &str) -> Party {
+    pub(crate) fn party(&self, default_iss: &str) -> Party {
         Party { iss: self.iss.clone().unwrap_or_else(|| default_iss.to_string()), sub: self.sub.clone() }
     }
 }
@@ -45,7 +48,9 @@ impl Actor {
 /// both. How actors, `may_act` entries and lineage principals are compared and revoked.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Party {
+    /// The issuer's identifier (its `iss`).
     pub iss: String,
+    /// The principal's `sub`, unique within `iss`.
     pub sub: String,
 }
 
@@ -56,11 +61,14 @@ pub struct Party {
 pub struct Lineage {
     /// The delegation depth when it exceeds what `act` shows (an actor token brought its own chain).
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub depth: usize,
+    pub(crate) depth: usize,
+    /// The tasks of the tokens it derives from, besides its own `task_id`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<String>,
+    /// The subjects and actors of the tokens it derives from, besides its own `sub` and `act` chain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parties: Vec<Party>,
+    /// The clients the tokens it derives from were issued to, besides its own `client_id`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clients: Vec<String>,
 }
@@ -70,12 +78,12 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl Lineage {
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.depth == 0 && self.tasks.is_empty() && self.parties.is_empty() && self.clients.is_empty()
     }
 
     /// How many revocation keys the lineage adds to a lookup.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.tasks.len() + self.parties.len() + self.clients.len()
     }
 }
@@ -83,21 +91,34 @@ impl Lineage {
 /// The claims of a tessera access token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
+    /// The broker's own issuer (RFC 9068 §2.2).
     pub iss: String,
+    /// The subject principal's `sub`, as its upstream issuer (`sub_iss`) names it.
     pub sub: String,
     /// Exactly one audience, always a string (invariant 3).
     pub aud: String,
+    /// Expiry, Unix seconds: never later than the subject's, the actor's, the audience's maximum or the
+    /// lifetime asked for (invariant 2).
     pub exp: u64,
+    /// Issue time, Unix seconds; subject and client revocations end the tokens issued up to them.
     pub iat: u64,
+    /// Not before, Unix seconds: the issue time.
     pub nbf: u64,
+    /// A unique, unguessable token id: what a revocation names, and what derived tokens list in `anc`.
     pub jti: String,
+    /// The client that asked for the token (RFC 9068 §2.2, RFC 8693 §4.3).
     pub client_id: String,
+    /// The granted scopes (RFC 9068 §2.2.3, RFC 8693 §4.2), space-delimited in the JWT.
     pub scope: Scopes,
+    /// RFC 8693 §4.1: who acts for the subject, newest first; absent when the subject acts for itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Actor>,
+    /// The task the token is bound to; every token derived from it keeps it.
     pub task_id: String,
+    /// The session the task belongs to, when the caller named one; derived tokens keep it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// The free-text purpose the caller gave for this exchange; not inherited, never interpreted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
     /// The upstream issuer of the subject principal, so a subject (issuer + `sub`) can be revoked.
@@ -118,6 +139,7 @@ pub struct AccessClaims {
 }
 
 impl AccessClaims {
+    /// The granted scopes, one at a time.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
         self.scope.iter()
     }
@@ -129,7 +151,7 @@ impl AccessClaims {
     }
 
     /// The subject principal.
-    pub fn subject(&self) -> Party {
+    pub(crate) fn subject(&self) -> Party {
         Party { iss: self.sub_iss.clone(), sub: self.sub.clone() }
     }
 }
@@ -145,7 +167,7 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    pub fn new(keys: Vec<SigningKey>) -> std::result::Result<Keyring, String> {
+    pub(crate) fn new(keys: Vec<SigningKey>) -> std::result::Result<Keyring, String> {
         if keys.is_empty() {
             return Err("at least one signing key is needed".into());
         }
@@ -161,27 +183,27 @@ impl Keyring {
 
     /// Signs the claims with the active key.
     #[tracing::instrument(name = "sign", skip_all)]
-    pub fn mint(&self, claims: &AccessClaims) -> Result<String> {
+    pub(crate) fn mint(&self, claims: &AccessClaims) -> Result<String> {
         let key = self.active();
         let payload = serde_json::to_vec(claims).map_err(|_| Error::internal("could not encode claims"))?;
         jws::sign(key.encoded_header(), &payload, key).map_err(|_| Error::internal("signing failed"))
     }
 
-    pub fn verifying_keys(&self) -> &KeySet {
+    pub(crate) fn verifying_keys(&self) -> &KeySet {
         &self.verifying
     }
 
-    pub fn jwks(&self) -> &JwkSet {
+    pub(crate) fn jwks(&self) -> &JwkSet {
         &self.jwks
     }
 
-    pub fn jwks_json(&self) -> &str {
+    pub(crate) fn jwks_json(&self) -> &str {
         &self.jwks_json
     }
 }
 
 /// A fresh, unguessable token identifier (128 random bits, base64url).
-pub fn new_jti() -> Result<String> {
+pub(crate) fn new_jti() -> Result<String> {
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Error::internal("no randomness"))?;
     Ok(jws::b64(&bytes))
