@@ -39,7 +39,7 @@ pub(crate) struct Parts {
     pub(crate) metrics: Metrics,
 }
 
-/// The broker: its [`Parts`], shared by every operation.
+/// The broker: its parts (built by the composition root, [`crate::serve`]), shared by every operation.
 #[derive(Debug)]
 pub struct Broker {
     parts: Parts,

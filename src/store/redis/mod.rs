@@ -2,9 +2,9 @@
 //!
 //! Strict mode asks Redis on every check: one `MGET` per lookup, whatever the token's chain depth (all keys
 //! share one hash tag, so in a Cluster they live on one node); this module. Mirror mode keeps a per-replica
-//! copy fed by pub/sub ([`mirror`]) and asks Redis only while that copy is not trusted. Either way, a Redis
+//! copy fed by pub/sub (`mirror`) and asks Redis only while that copy is not trusted. Either way, a Redis
 //! that does not answer within the timeout fails the lookup, and the broker fails closed. Connections:
-//! [`conn`].
+//! `conn`.
 
 mod conn;
 mod mirror;
