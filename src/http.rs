@@ -1,5 +1,5 @@
-//! The plain HTTP face: `GET /metrics` (Prometheus text) and `GET /healthz`. The OAuth endpoints for
-//! clients and gateways that do not speak gRPC (`/oauth2/token`, `/oauth2/introspect`, …) join this router.
+//! The plain HTTP face, on its own listener next to gRPC: the OAuth endpoints ([`oauth`]), forward-auth and
+//! resource metadata for gateways ([`gateway`]), `GET /metrics` (Prometheus text) and `GET /healthz`.
 
 use std::future::Future;
 
