@@ -73,8 +73,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), BoxError> {
     crate::install_crypto_provider();
-    broker.issuers().warm_up().await;
-    let refresh = broker.issuers().spawn_refresh();
+    crate::issuer::jwks::warm_up(broker.issuers()).await;
+    let refresh = crate::issuer::jwks::spawn_refresh(broker.issuers());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TokenBrokerServer<TokenBrokerService>>().await;

@@ -1,12 +1,14 @@
 //! The JWKS fetcher: reads an issuer's key set from its file or its URL (over HTTPS with an optional extra CA
-//! and bearer token, as the Kubernetes API server's `/openid/v1/jwks` wants), bounded in size and time.
+//! and bearer token, as the Kubernetes API server's `/openid/v1/jwks` wants), bounded in size and time; and
+//! the tasks that keep fetched key sets current.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Fetched, IssuerSpec, JwksSource, KeySource};
+use super::{Fetched, IssuerSpec, Issuers, JwksSource, KeySource};
 use crate::token::keys::{JwkSet, KeySet};
 
 /// The largest JWKS document fetched from a URL.
@@ -40,6 +42,53 @@ impl KeySource for JwksFetcher {
         let http = self.with_ca.get(&spec.name).unwrap_or(&self.http);
         Box::pin(load_jwks(spec, http))
     }
+}
+
+/// Fetches every URL-sourced JWKS once (at start). Failures are logged; those issuers start empty and are
+/// retried on demand.
+pub async fn warm_up(issuers: &Issuers) {
+    let urls: Vec<usize> =
+        issuers.sourced().filter(|(_, s)| matches!(s.jwks, JwksSource::Url(_))).map(|(i, _)| i).collect();
+    for i in urls {
+        issuers.reload_index(i).await;
+    }
+}
+
+/// Keeps fetched JWKS current until the returned tasks are aborted: each URL set is refetched every
+/// `refresh_interval` of its issuer; each file is re-read every `min_refresh_interval` and reloaded when its
+/// content changed, so a key withdrawn from the file stops verifying within that bound.
+pub fn spawn_refresh(issuers: &Arc<Issuers>) -> Vec<tokio::task::JoinHandle<()>> {
+    let floor = |d: Duration| d.max(Duration::from_secs(1));
+    issuers
+        .sourced()
+        .map(|(i, spec)| {
+            let issuers = Arc::clone(issuers);
+            match spec.jwks {
+                JwksSource::File(_) => {
+                    let every = floor(spec.min_refresh_interval);
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(every);
+                        let mut seen = issuers.digest(i).await;
+                        loop {
+                            tick.tick().await;
+                            issuers.reload_if_changed(i, &mut seen).await;
+                        }
+                    })
+                }
+                _ => {
+                    let every = floor(spec.refresh_interval);
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(every);
+                        tick.tick().await;
+                        loop {
+                            tick.tick().await;
+                            issuers.reload_index(i).await;
+                        }
+                    })
+                }
+            }
+        })
+        .collect()
 }
 
 /// The HTTP client JWKS are fetched with: bounded in time and redirects.

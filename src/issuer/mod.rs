@@ -9,7 +9,8 @@
 //! JWKS come inline, from a file, or from a URL, through a [`KeySource`] (the fetcher in [`jwks`]). File and
 //! URL sets are reloaded when a token names an unknown `kid` (at most once per `min_refresh_interval`, with
 //! concurrent callers waiting on one reload); URL sets also every `refresh_interval`, and files whenever their
-//! content changes (checked every `min_refresh_interval`). A failed reload keeps the keys already held.
+//! content changes (checked every `min_refresh_interval`), by the refresh tasks in [`jwks`]. A failed reload keeps
+//! the keys already held.
 
 pub mod jwks;
 
@@ -285,53 +286,39 @@ impl Issuers {
         }
     }
 
-    /// Fetches every URL-sourced JWKS once (at start). Failures are logged; those issuers start empty and
-    /// are retried on demand.
-    pub async fn warm_up(&self) {
-        for up in &self.upstream {
-            if matches!(up.spec.jwks, JwksSource::Url(_)) {
-                self.reload(up).await;
-            }
+    /// The issuers whose keys are fetched (from a file or a URL), by index, for [`jwks`]'s refresh tasks.
+    pub(crate) fn sourced(&self) -> impl Iterator<Item = (usize, &IssuerSpec)> {
+        self.upstream
+            .iter()
+            .enumerate()
+            .filter(|(_, up)| !matches!(up.spec.jwks, JwksSource::Inline(_)))
+            .map(|(i, up)| (i, &up.spec))
+    }
+
+    /// Reloads issuer `index`'s keys; on failure keeps those held.
+    pub(crate) async fn reload_index(&self, index: usize) {
+        if let Some(up) = self.upstream.get(index) {
+            self.reload(up).await;
         }
     }
 
-    /// Keeps sourced JWKS current until the returned tasks are aborted: each URL set is refetched every
-    /// `refresh_interval` of its issuer; each file is re-read every `min_refresh_interval` and reloaded when
-    /// its content changed, so a key withdrawn from the file stops verifying within that bound.
-    pub fn spawn_refresh(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..self.upstream.len())
-            .filter_map(|i| {
-                let this = Arc::clone(self);
-                match &self.upstream[i].spec.jwks {
-                    JwksSource::Inline(_) => None,
-                    JwksSource::Url(_) => Some(tokio::spawn(async move {
-                        let up = &this.upstream[i];
-                        let mut tick = tokio::time::interval(up.spec.refresh_interval.max(Duration::from_secs(1)));
-                        tick.tick().await;
-                        loop {
-                            tick.tick().await;
-                            this.reload(up).await;
-                        }
-                    })),
-                    JwksSource::File(_) => Some(tokio::spawn(async move {
-                        let up = &this.upstream[i];
-                        let mut tick = tokio::time::interval(up.spec.min_refresh_interval.max(Duration::from_secs(1)));
-                        let mut seen = this.source.load(&up.spec).await.ok().map(|f| f.digest);
-                        loop {
-                            tick.tick().await;
-                            match this.source.load(&up.spec).await {
-                                Ok(fetched) if Some(fetched.digest) != seen => {
-                                    seen = Some(fetched.digest);
-                                    this.apply(up, Ok(fetched));
-                                }
-                                Ok(_) => {}
-                                Err(error) => this.apply(up, Err(error)),
-                            }
-                        }
-                    })),
-                }
-            })
-            .collect()
+    /// Reloads issuer `index`'s keys if their document changed since `seen` (its digest), which it updates.
+    pub(crate) async fn reload_if_changed(&self, index: usize, seen: &mut Option<[u8; 32]>) {
+        let Some(up) = self.upstream.get(index) else { return };
+        match self.source.load(&up.spec).await {
+            Ok(fetched) if Some(fetched.digest) != *seen => {
+                *seen = Some(fetched.digest);
+                self.apply(up, Ok(fetched));
+            }
+            Ok(_) => {}
+            Err(error) => self.apply(up, Err(error)),
+        }
+    }
+
+    /// The digest of issuer `index`'s key document as it is now, if it loads.
+    pub(crate) async fn digest(&self, index: usize) -> Option<[u8; 32]> {
+        let up = self.upstream.get(index)?;
+        self.source.load(&up.spec).await.ok().map(|f| f.digest)
     }
 
     async fn reload(&self, up: &Upstream) {
