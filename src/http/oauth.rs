@@ -3,7 +3,8 @@
 //!
 //! - `POST /oauth2/token`: RFC 8693 token exchange, and the RFC 7523 §2.1 jwt-bearer grant (a workload's own
 //!   assertion, exchanged as a subject token with no actor);
-//! - `POST /oauth2/introspect`: RFC 7662;
+//! - `POST /oauth2/introspect`: RFC 7662, or with `Accept: application/token-introspection+jwt` the RFC 9701
+//!   signed JWT response;
 //! - `POST /oauth2/revoke`: RFC 7009 (`token`), plus tessera's targets (`jti`, `task_id`, `subject` with
 //!   `issuer`, `client_id`);
 //! - `GET /.well-known/jwks.json` (RFC 7517) and `GET /.well-known/oauth-authorization-server` (RFC 8414).
@@ -35,6 +36,9 @@ use crate::revocation::RevokeRequest;
 use crate::secret::{ClientSecret, Token};
 use crate::token::Actor;
 
+/// RFC 9701: the `typ` of a signed introspection response, and its media type.
+const INTROSPECTION_JWT: &str = "token-introspection+jwt";
+const INTROSPECTION_JWT_MEDIA: &str = "application/token-introspection+jwt";
 /// RFC 7523 §2.1: a JWT used as an authorization grant.
 pub const GRANT_TYPE_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// The largest form accepted (tokens are bounded by the issuers' `max_token_bytes`, at most 64 KiB).
@@ -249,9 +253,15 @@ async fn introspect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let signed = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.split(',').any(|t| t.trim().starts_with(INTROSPECTION_JWT_MEDIA)));
+    let mut audience = String::new();
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
         let client = caller(&broker, &headers, &form, peer, Rpc::Introspect)?;
+        audience.clone_from(&client.id);
         form.one("token_type_hint")?;
         let token = Token::new(form.one("token")?.ok_or_else(|| Error::invalid_request("token is required"))?);
         Ok(match broker.introspect(client, &token, now()).await? {
@@ -283,7 +293,28 @@ async fn introspect(
         })
     }
     .await;
-    answer(result)
+    match result {
+        // RFC 9701 §5: the answer as a JWT signed by the broker, for the client that asked.
+        Ok(introspection) if signed => {
+            let document = json!({
+                "iss": broker.broker_issuer(),
+                "aud": audience,
+                "iat": now(),
+                "token_introspection": introspection,
+            });
+            match broker.keyring().sign_document(INTROSPECTION_JWT, &document) {
+                Ok(jwt) => (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, HeaderValue::from_static(INTROSPECTION_JWT_MEDIA))],
+                    no_store(),
+                    jwt,
+                )
+                    .into_response(),
+                Err(error) => error_response(error),
+            }
+        }
+        other => answer(other),
+    }
 }
 
 fn actor_json(a: &Actor) -> Value {

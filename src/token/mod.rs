@@ -189,6 +189,16 @@ impl Keyring {
         jws::sign(key.encoded_header(), &payload, key).map_err(|_| Error::internal("signing failed"))
     }
 
+    /// Signs a JSON document with the active key under header type `typ` (e.g. RFC 9701's
+    /// `token-introspection+jwt`), so no other kind of document can pass for an access token.
+    pub(crate) fn sign_document(&self, typ: &str, document: &serde_json::Value) -> Result<String> {
+        let key = self.active();
+        let header = serde_json::json!({ "alg": key.alg().as_str(), "kid": key.kid(), "typ": typ });
+        let header = jws::b64(&serde_json::to_vec(&header).map_err(|_| Error::internal("could not encode a header"))?);
+        let payload = serde_json::to_vec(document).map_err(|_| Error::internal("could not encode a document"))?;
+        jws::sign(&header, &payload, key).map_err(|_| Error::internal("signing failed"))
+    }
+
     pub(crate) fn verifying_keys(&self) -> &KeySet {
         &self.verifying
     }

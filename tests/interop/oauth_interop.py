@@ -1,6 +1,7 @@
 """An OAuth client nobody here wrote (authlib, over requests) against tessera's plain-OAuth face: the RFC 8693
 token exchange with client_secret_basic and client_secret_post, the RFC 7523 jwt-bearer grant, RFC 7662
-introspection and RFC 7009 revocation; the AS metadata document (RFC 8414) tells it where each endpoint is.
+introspection (and RFC 9701's signed form, checked with PyJWT against the JWK Set) and RFC 7009 revocation;
+the AS metadata document (RFC 8414) tells it where each endpoint is.
 
 Assertions come from the test (files), so this script only speaks OAuth. The last line is a summary the Rust
 test reads: `oauth interop: N passed, 0 failed`.
@@ -9,6 +10,7 @@ test reads: `oauth interop: N passed, 0 failed`.
 import argparse
 import sys
 
+import jwt
 import requests
 from authlib.integrations.requests_client import OAuth2Session
 
@@ -90,6 +92,21 @@ def main():
     check("introspect: audience", answer.get("aud") == args.audience, answer)
     check("introspect: act", isinstance(answer.get("act"), dict) and bool(answer["act"].get("sub")), answer)
     check("introspect: task", answer.get("task_id") == "authlib-client_secret_basic", answer)
+
+    # RFC 9701: the same answer as a JWT signed by tessera, verified by PyJWT against the published JWK Set.
+    signed = requests.post(
+        introspect_url,
+        data={"token": tokens["client_secret_basic"]},
+        auth=("gateway", args.client_secret),
+        headers={"Accept": "application/token-introspection+jwt"},
+        timeout=10,
+    )
+    check("introspect as JWT: media type", signed.headers.get("content-type") == "application/token-introspection+jwt", signed.headers)
+    jwks = jwt.PyJWKClient(path("jwks_uri"))
+    key = jwks.get_signing_key_from_jwt(signed.text)
+    claims = jwt.decode(signed.text, key.key, algorithms=["EdDSA", "ES256"], audience="gateway", issuer=args.issuer)
+    check("introspect as JWT: typ", jwt.get_unverified_header(signed.text).get("typ") == "token-introspection+jwt")
+    check("introspect as JWT: answer", claims.get("token_introspection", {}).get("active") is True, claims)
 
     # The gateway has no right to revoke; the loopback client (dev mode's demo client) does.
     revoked = requests.post(revoke_url, data={"token": tokens["client_secret_basic"], "token_type_hint": "access_token"}, timeout=10)
