@@ -1,6 +1,7 @@
 //! Interop with clients nobody here wrote: Python `grpcio` stubs generated from `proto/`, and `PyJWT`
 //! verifying the issued token against `GetJwks` (tests/interop/exchange_interop.py); and `authlib`, an OAuth
-//! client library, against the HTTP face (tests/interop/oauth_interop.py).
+//! client library, against the HTTP face (tests/interop/oauth_interop.py); and node `jose` verifying a token
+//! against the `jwks_uri` of the RFC 8414 metadata (tests/interop/node/verify.mjs).
 
 use crate::support::*;
 
@@ -78,4 +79,34 @@ async fn authlib_speaks_oauth_with_the_http_face() {
     assert!(output.status.success(), "authlib interop failed:\n{stdout}\n{stderr}");
     let last = stdout.lines().last().unwrap_or_default();
     assert!(last.starts_with("oauth interop: ") && last.ends_with(" passed, 0 failed"), "{stdout}");
+}
+
+#[tokio::test]
+async fn node_jose_verifies_tokens_against_the_published_jwks() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/node");
+    assert!(
+        root.join("node_modules/jose").is_dir(),
+        "node's `jose` is not installed: run the suite with `bash scripts/test`, which runs `npm ci` in {}",
+        root.display()
+    );
+    let broker = TestBroker::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tessera::http::serve(listener, std::sync::Arc::clone(&broker.broker), None, std::future::pending()));
+    let token =
+        broker.client().await.exchange_token(request(&k8s_assertion(600), CRM, "crm:read")).await.unwrap().into_inner();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token.jwt");
+    std::fs::write(&file, token.access_token).unwrap();
+    let args: Vec<String> = vec!["verify.mjs".into(), base, BROKER.into(), CRM.into(), file.display().to_string()];
+    let output =
+        tokio::task::spawn_blocking(move || std::process::Command::new("node").args(args).current_dir(root).output())
+            .await
+            .unwrap()
+            .expect("node (`bash scripts/test` installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "node jose interop failed:\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("node jose interop: ") && last.ends_with(" passed, 0 failed"), "{stdout}");
 }
