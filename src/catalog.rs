@@ -19,6 +19,17 @@ pub struct Audience {
     pub introspect_clients: BTreeSet<String>,
 }
 
+/// What forward-auth requires of a gateway path: a token for `audience` holding every one of `scopes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The path prefix, from `/`; the longest matching one decides.
+    pub path_prefix: String,
+    /// The catalogued audience the token must be for.
+    pub audience: String,
+    /// The scopes the token must all hold.
+    pub scopes: Scopes,
+}
+
 /// Where an exchanged token may go: a catalogued API, or the broker itself (a *task token*: an orchestrator's
 /// ceiling for one task, with scopes across several catalogued audiences).
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +70,8 @@ pub struct Catalog {
     broker_issuer: String,
     task_token_max_ttl: u64,
     all_scopes: BTreeSet<String>,
+    /// Forward-auth's routes, longest prefix first.
+    routes: Vec<Route>,
 }
 
 impl Catalog {
@@ -67,7 +80,19 @@ impl Catalog {
     pub fn new(audiences: Vec<Audience>, broker_issuer: String, task_token_max_ttl: u64) -> Catalog {
         let all_scopes = audiences.iter().flat_map(|a| a.scopes.iter().map(str::to_string)).collect();
         let audiences = audiences.into_iter().map(|a| (a.id.clone(), a)).collect();
-        Catalog { audiences, broker_issuer, task_token_max_ttl, all_scopes }
+        Catalog { audiences, broker_issuer, task_token_max_ttl, all_scopes, routes: Vec::new() }
+    }
+
+    /// The catalog with forward-auth's routes (validated against it by the config).
+    pub fn with_routes(mut self, mut routes: Vec<Route>) -> Catalog {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        self.routes = routes;
+        self
+    }
+
+    /// The route a gateway path falls under: the longest matching prefix.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| path.starts_with(&r.path_prefix))
     }
 
     /// The target named `id`, if the broker issues for it.

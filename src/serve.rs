@@ -49,7 +49,8 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         }
     };
     Ok(Broker::new(Parts {
-        catalog: Catalog::new(config.audiences, config.broker_issuer.clone(), config.task_token_max_ttl),
+        catalog: Catalog::new(config.audiences, config.broker_issuer.clone(), config.task_token_max_ttl)
+            .with_routes(config.routes),
         broker_issuer: config.broker_issuer,
         keyring,
         issuers: Arc::new(issuers),

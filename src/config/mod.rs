@@ -5,7 +5,7 @@
 //!
 //! One module a section, each with its builder, its validated form and its defaults, named and documented
 //! (every key in docs/config.md): [`server`], [`broker`], [`keys`] (`[signing]`, `[policy]`), [`issuers`],
-//! [`audiences`], [`clients`], [`store`], [`telemetry`], [`log`].
+//! [`audiences`], [`clients`], [`routes`], [`store`], [`telemetry`], [`log`].
 
 pub mod audiences;
 pub mod broker;
@@ -13,6 +13,7 @@ pub mod clients;
 pub mod issuers;
 pub mod keys;
 pub mod log;
+pub mod routes;
 pub mod server;
 pub mod store;
 pub mod telemetry;
@@ -29,6 +30,7 @@ pub use clients::ClientBuilder;
 pub use issuers::{DEFAULT_ISSUER_LEEWAY, DEFAULT_MAX_ASSERTION_LIFETIME, IssuerBuilder};
 pub use keys::{PolicyBuilder, SigningBuilder};
 pub use log::{LogBuilder, LogConfig, LogFormat};
+pub use routes::RouteBuilder;
 pub use server::{DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerBuilder, ServerConfig};
 pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode};
 pub use telemetry::{TelemetryBuilder, TelemetryConfig};
@@ -62,6 +64,8 @@ pub struct ConfigBuilder {
     pub audiences: Vec<AudienceBuilder>,
     /// `[[clients]]`: who may call the broker, and which RPCs.
     pub clients: Vec<ClientBuilder>,
+    /// `[[routes]]`: what forward-auth requires of each gateway path.
+    pub routes: Vec<RouteBuilder>,
     /// `[store]`: where the revocation list lives (default: in memory).
     pub store: StoreBuilder,
     /// `[telemetry]`: OTLP export and the Prometheus endpoint.
@@ -94,6 +98,8 @@ pub struct Config {
     pub audiences: Vec<Audience>,
     /// The clients allowed to call the broker.
     pub clients: Vec<Client>,
+    /// Forward-auth's routes.
+    pub routes: Vec<crate::catalog::Route>,
     /// The Cedar policy, parsed and validated against the schema.
     pub policy: Policy,
     /// `None`: the embedded in-memory store.
@@ -147,6 +153,7 @@ impl ConfigBuilder {
         let issuers = issuers::build(self.issuers, &cx, &mut problems);
         let audiences = audiences::build(self.audiences, &cx, &mut problems);
         let clients = clients::build(self.clients, &audiences, &mut problems);
+        let routes = routes::build(self.routes, &audiences, &mut problems);
         let store = self.store.build(&mut problems);
         let log = self.log.build(&mut problems);
         let telemetry = self.telemetry.build(&cx, &mut problems);
@@ -162,6 +169,7 @@ impl ConfigBuilder {
                 issuers,
                 audiences,
                 clients,
+                routes,
                 policy,
                 store,
                 telemetry,

@@ -3,7 +3,8 @@
 //! - **Forward-auth** (`/forward-auth`, any method): the subrequest of nginx `auth_request`, Traefik
 //!   ForwardAuth or Envoy's HTTP ext_authz. The gateway forwards the caller's `Authorization: Bearer …` and
 //!   names the route's audience (`X-Tessera-Audience`) and required scopes (`X-Tessera-Scope`, space
-//!   separated). 200 when the token is active — the same check as Introspect, one store round trip — for that
+//!   separated) — or forwards the original URI (`X-Original-URI`, `X-Forwarded-Uri`) and the configured
+//!   `[[routes]]` decide (the longest matching path prefix; no route: 403). 200 when the token is active — the same check as Introspect, one store round trip — for that
 //!   audience with every one of those scopes, with the token's subject, actors, task, scopes and `jti` in
 //!   `X-Tessera-*` response headers for the upstream; 401 with an RFC 6750 `WWW-Authenticate` challenge that
 //!   carries `resource_metadata` (RFC 9728, what MCP clients follow) when there is no active token for the
@@ -38,6 +39,9 @@ use crate::secret::Token;
 const AUDIENCE: &str = "x-tessera-audience";
 /// The route's required scopes (all of them), set by the gateway.
 const SCOPE: &str = "x-tessera-scope";
+/// Where gateways put the original request's URI: nginx (`proxy_set_header X-Original-URI $request_uri`),
+/// Traefik ForwardAuth (`X-Forwarded-Uri`).
+const ORIGINAL_URI: [&str; 2] = ["x-original-uri", "x-forwarded-uri"];
 /// The gateway's own client credentials (`Authorization` carries the caller's token).
 const CLIENT_AUTHORIZATION: &str = "x-tessera-client-authorization";
 
@@ -88,17 +92,27 @@ async fn forward_auth(
     headers: HeaderMap,
 ) -> Response {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    // The route, as the gateway's configuration names it.
-    let Some(audience) = text(AUDIENCE).filter(|a| !a.is_empty()) else {
-        return gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "invalid_request", "the gateway names no audience");
+    // The route: as the gateway names it, or else configured for the original request's path.
+    let (audience, required) = match text(AUDIENCE).filter(|a| !a.is_empty()) {
+        Some(audience) => match Scopes::parse_request(text(SCOPE).unwrap_or_default()) {
+            Ok(required) => (audience.to_string(), required),
+            Err(_) => {
+                return gateway_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "invalid_request",
+                    "the gateway's scopes are malformed",
+                );
+            }
+        },
+        None => {
+            let path = ORIGINAL_URI.iter().find_map(|h| text(h)).map(|uri| uri.split('?').next().unwrap_or_default());
+            match path.and_then(|p| broker.catalog().route(p)) {
+                Some(route) => (route.audience.clone(), route.scopes.clone()),
+                None => return gateway_error(StatusCode::FORBIDDEN, "invalid_target", "no route covers this request"),
+            }
+        }
     };
-    let Ok(required) = Scopes::parse_request(text(SCOPE).unwrap_or_default()) else {
-        return gateway_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "invalid_request",
-            "the gateway's scopes are malformed",
-        );
-    };
+    let audience = audience.as_str();
     // The gateway itself.
     let gateway = Credentials::from_authorization(text(CLIENT_AUTHORIZATION), peer.ip().is_loopback())
         .and_then(|credentials| broker.clients().authenticate(&credentials, Rpc::Introspect).cloned());

@@ -98,9 +98,9 @@ async fn forward_auth_answers_what_gateways_need() {
         challenge(&r).contains("error=\"insufficient_scope\"")
             && challenge(&r).contains("scope=\"crm:read crm:write\"")
     );
-    // A gateway that names no audience is misconfigured: an error, never a pass.
+    // A gateway that names no audience and forwards no routed path gets a refusal, never a pass.
     let r = reqwest::Client::new().get(format!("{base}/forward-auth")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(r.status(), 500);
+    assert_eq!(r.status(), 403);
     // A gateway with wrong credentials of its own is refused, whatever the token.
     let r = reqwest::Client::new()
         .get(format!("{base}/forward-auth"))
@@ -126,6 +126,53 @@ async fn forward_auth_answers_what_gateways_need() {
     let unknown =
         reqwest::get(format!("{base}/oauth2/resource-metadata?resource=https://unknown.example")).await.unwrap();
     assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test]
+async fn configured_routes_decide_when_the_gateway_forwards_the_path() {
+    let routes = format!(
+        "\n[[routes]]\npath_prefix = \"/crm/\"\naudience = \"{CRM}\"\nscopes = [\"crm:read\"]\n\n\
+         [[routes]]\npath_prefix = \"/crm/admin/\"\naudience = \"{CRM}\"\nscopes = [\"crm:read\", \"crm:write\"]\n"
+    );
+    let broker = TestBroker::builder().extra_toml(&routes).start().await;
+    let base = http_face(&broker).await;
+    let token = issue(&broker, &k8s_assertion(600), CRM, "crm:read", false).await;
+    let check = async |uri_header: &str, uri: &str| {
+        reqwest::Client::new()
+            .get(format!("{base}/forward-auth"))
+            .header(uri_header, uri)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(check("x-original-uri", "/crm/accounts?page=2").await.status(), 200, "nginx's header");
+    assert_eq!(check("x-forwarded-uri", "/crm/accounts").await.status(), 200, "Traefik's header");
+    // The longest prefix decides: the admin route needs crm:write too.
+    let r = check("x-original-uri", "/crm/admin/users").await;
+    assert_eq!(r.status(), 403);
+    assert!(challenge(&r).contains("scope=\"crm:read crm:write\""), "{}", challenge(&r));
+    // A path no route covers is refused.
+    assert_eq!(check("x-original-uri", "/billing/").await.status(), 403);
+
+    // Routes are checked against the catalog when the config is.
+    for (bad, expected) in [
+        (format!("[[routes]]\npath_prefix = \"crm\"\naudience = \"{CRM}\"\nscopes = []\n"), "path_prefix"),
+        (
+            "[[routes]]\npath_prefix = \"/x/\"\naudience = \"https://unknown.example\"\nscopes = []\n".to_string(),
+            "not in the catalog",
+        ),
+        (
+            format!("[[routes]]\npath_prefix = \"/x/\"\naudience = \"{CRM}\"\nscopes = [\"other:read\"]\n"),
+            "not offered",
+        ),
+    ] {
+        let dir = TestBroker::builder().extra_toml(&format!("\n{bad}")).write_config();
+        let errors = tessera::config::ConfigBuilder::load(&dir.path().join("tessera.toml"))
+            .and_then(|b| b.build(dir.path()))
+            .expect_err("the route must be refused");
+        assert!(errors.to_string().contains(expected), "{errors}");
+    }
 }
 
 /// An upstream that answers who nginx says is calling.
