@@ -17,6 +17,8 @@ pub struct Audience {
     pub max_ttl: u64,
     /// Clients that may introspect this audience's tokens; empty: any client allowed to introspect.
     pub introspect_clients: BTreeSet<String>,
+    /// The resource's public URL (RFC 9728 `resource`), when it is not the audience id itself.
+    pub resource_url: Option<String>,
 }
 
 /// What forward-auth requires of a gateway path: a token for `audience` holding every one of `scopes`.
@@ -141,12 +143,14 @@ mod tests {
             scopes: Scopes::parse("crm:read").unwrap(),
             max_ttl: 300,
             introspect_clients: ["gateway".into()].into(),
+            resource_url: None,
         };
         let mail = Audience {
             id: "https://mail.example".into(),
             scopes: Scopes::parse("mail:send").unwrap(),
             max_ttl: 60,
             introspect_clients: Default::default(),
+            resource_url: None,
         };
         Catalog::new(vec![crm, mail], "https://tessera.test".into(), 3600)
     }

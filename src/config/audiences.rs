@@ -23,6 +23,8 @@ pub struct AudienceBuilder {
     pub max_ttl: Option<u64>,
     /// Clients that may introspect this audience's tokens; empty: every client allowed to introspect.
     pub introspect_clients: Vec<String>,
+    /// The resource's public URL for RFC 9728 metadata, when it differs from `id`.
+    pub resource_url: Option<String>,
 }
 
 pub(super) fn build(builders: Vec<AudienceBuilder>, cx: &Context<'_>, problems: &mut Problems) -> Vec<Audience> {
@@ -52,11 +54,15 @@ pub(super) fn build(builders: Vec<AudienceBuilder>, cx: &Context<'_>, problems: 
         if audiences.iter().any(|x| x.id == a.id) {
             problems.push(format!("{at}: duplicate audience"));
         }
+        if a.resource_url.as_deref().is_some_and(|u| !super::is_https_like(u) || u.contains('#')) {
+            problems.push(format!("{at}: `resource_url` must be an http(s) URL without a fragment"));
+        }
         audiences.push(Audience {
             id: a.id,
             scopes,
             max_ttl,
             introspect_clients: a.introspect_clients.into_iter().collect(),
+            resource_url: a.resource_url,
         });
     }
     audiences

@@ -191,7 +191,7 @@ async fn resource_metadata(State(broker): State<Arc<Broker>>, uri: Uri) -> Respo
         Some(audience) => (
             StatusCode::OK,
             axum::Json(json!({
-                "resource": audience.id,
+                "resource": audience.resource_url.as_deref().unwrap_or(&audience.id),
                 "authorization_servers": [broker.broker_issuer()],
                 "scopes_supported": audience.scopes.iter().collect::<Vec<_>>(),
                 "bearer_methods_supported": ["header"],

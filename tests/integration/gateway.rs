@@ -175,6 +175,30 @@ async fn configured_routes_decide_when_the_gateway_forwards_the_path() {
     }
 }
 
+#[tokio::test]
+async fn resource_metadata_names_the_resources_public_url() {
+    let mcp = "\n[[audiences]]\nid = \"https://search.internal\"\nscopes = [\"search:query\"]\nresource_url = \"https://tools.example/mcp\"\n";
+    let broker = TestBroker::builder().extra_toml(mcp).start().await;
+    let base = http_face(&broker).await;
+    let m: Value = reqwest::get(format!("{base}/oauth2/resource-metadata?resource=https://search.internal"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["resource"], "https://tools.example/mcp");
+    assert_eq!(m["scopes_supported"], serde_json::json!(["search:query"]));
+    let bad = TestBroker::builder()
+        .extra_toml(
+            "\n[[audiences]]\nid = \"https://x.internal\"\nscopes = [\"a\"]\nresource_url = \"tools.example\"\n",
+        )
+        .write_config();
+    let errors = tessera::config::ConfigBuilder::load(&bad.path().join("tessera.toml"))
+        .and_then(|b| b.build(bad.path()))
+        .expect_err("a resource_url that is not a URL");
+    assert!(errors.to_string().contains("resource_url"), "{errors}");
+}
+
 /// An upstream that answers who nginx says is calling.
 async fn upstream() -> u16 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
