@@ -1,7 +1,8 @@
 //! Interop with clients nobody here wrote: Python `grpcio` stubs generated from `proto/`, and `PyJWT`
 //! verifying the issued token against `GetJwks` (tests/interop/exchange_interop.py); and `authlib`, an OAuth
 //! client library, against the HTTP face (tests/interop/oauth_interop.py); and node `jose` verifying a token
-//! against the `jwks_uri` of the RFC 8414 metadata (tests/interop/node/verify.mjs).
+//! against the `jwks_uri` of the RFC 8414 metadata (tests/interop/node/verify.mjs); and an MCP server built with
+//! the official MCP Python SDK, validating tokens through tessera's introspection (tests/interop/mcp_interop.py).
 
 use crate::support::*;
 
@@ -109,4 +110,52 @@ async fn node_jose_verifies_tokens_against_the_published_jwks() {
     assert!(output.status.success(), "node jose interop failed:\n{stdout}\n{stderr}");
     let last = stdout.lines().last().unwrap_or_default();
     assert!(last.starts_with("node jose interop: ") && last.ends_with(" passed, 0 failed"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_server_validates_tokens_through_tessera() {
+    let python = env_or_fail("TESSERA_TEST_PYTHON");
+    // The MCP server's URL is its audience: the catalog names it before the server runs.
+    let port = crate::support::redis::free_port();
+    let resource = format!("http://127.0.0.1:{port}/mcp");
+    let audience = format!("\n[[audiences]]\nid = \"{resource}\"\nscopes = [\"other:read\"]\n");
+    let broker = TestBroker::builder().extra_toml(&audience).start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tessera = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tessera::http::serve(listener, std::sync::Arc::clone(&broker.broker), None, std::future::pending()));
+    let mut client = broker.client().await;
+    // SPIFFE workloads may read (the test policy); one token for the MCP server, one for the CRM.
+    let token = client.exchange_token(request(&spiffe_assertion(600), &resource, "other:read")).await.unwrap();
+    let other = client.exchange_token(request(&spiffe_assertion(600), CRM, "crm:read")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (token_file, other_file) = (dir.path().join("token.jwt"), dir.path().join("other.jwt"));
+    std::fs::write(&token_file, token.into_inner().access_token).unwrap();
+    std::fs::write(&other_file, other.into_inner().access_token).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/mcp_interop.py");
+    let args: Vec<String> = vec![
+        script.display().to_string(),
+        "--tessera".into(),
+        tessera,
+        "--issuer".into(),
+        BROKER.into(),
+        "--port".into(),
+        port.to_string(),
+        "--scope".into(),
+        "other:read".into(),
+        "--gateway-secret".into(),
+        CLIENT_SECRET.into(),
+        "--token-file".into(),
+        token_file.display().to_string(),
+        "--other-token-file".into(),
+        other_file.display().to_string(),
+    ];
+    let output = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output())
+        .await
+        .unwrap()
+        .expect("run the MCP interop server and client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "MCP interop failed:\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last == "mcp interop: 7 passed, 0 failed", "every check ran: {stdout}");
 }
