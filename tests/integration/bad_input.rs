@@ -19,7 +19,7 @@ fn unsigned(header: &serde_json::Value, claims: &serde_json::Value, signature: &
 }
 
 /// Subject tokens that must be refused with `invalid_grant`, each with what is wrong with it.
-fn bad_subject_tokens() -> Vec<(&'static str, String)> {
+pub(crate) fn bad_subject_tokens() -> Vec<(&'static str, String)> {
     let k8s_kid = kid("kubernetes.jwks.json");
     let valid = k8s_assertion(600);
     // The issuer's public key, which anyone has: the classic RS256 → HS256 key-confusion attack uses it
@@ -144,8 +144,25 @@ async fn bad_requests_get_their_oauth_error() {
     let broker = TestBroker::start().await;
     let mut client = broker.client().await;
     let valid = k8s_assertion(600);
-    type Edit = Box<dyn Fn(&mut pb::ExchangeTokenRequest)>;
-    let cases: Vec<(&str, Edit, Code, &str)> = vec![
+    for (what, edit, code, reason) in bad_request_cases() {
+        let mut req = request(&valid, CRM, "crm:read");
+        edit(&mut req);
+        let result = client.exchange_token(req).await;
+        let status = match result {
+            Ok(_) => panic!("{what}: a token was issued"),
+            Err(s) => s,
+        };
+        assert_eq!((status.code(), oauth_error(&status).as_str()), (code, reason), "{what}: {}", status.message());
+        assert!(!status.message().contains(&valid), "{what}: the message echoes the token");
+    }
+}
+
+/// An edit that spoils a valid exchange request.
+pub(crate) type Edit = Box<dyn Fn(&mut pb::ExchangeTokenRequest)>;
+
+/// Bad exchange requests, each with the gRPC status and OAuth error it gets (the HTTP face runs them too).
+pub(crate) fn bad_request_cases() -> Vec<(&'static str, Edit, Code, &'static str)> {
+    vec![
         (
             "wrong grant_type",
             Box::new(|r| r.grant_type = "client_credentials".into()),
@@ -266,18 +283,7 @@ async fn bad_requests_get_their_oauth_error() {
             Code::PermissionDenied,
             "invalid_scope",
         ),
-    ];
-    for (what, edit, code, reason) in cases {
-        let mut req = request(&valid, CRM, "crm:read");
-        edit(&mut req);
-        let result = client.exchange_token(req).await;
-        let status = match result {
-            Ok(_) => panic!("{what}: a token was issued"),
-            Err(s) => s,
-        };
-        assert_eq!((status.code(), oauth_error(&status).as_str()), (code, reason), "{what}: {}", status.message());
-        assert!(!status.message().contains(&valid), "{what}: the message echoes the token");
-    }
+    ]
 }
 
 #[tokio::test]

@@ -306,3 +306,56 @@ async fn a_store_outage_is_503_with_retry_after() {
     assert_eq!((status, body["error"].as_str()), (503, Some("temporarily_unavailable")), "{body}");
     assert_eq!(headers["retry-after"], "1");
 }
+
+/// The form an HTTP client sends for the same request a gRPC client would (empty fields left out).
+fn form_of(r: &tessera::grpc::pb::ExchangeTokenRequest) -> Form {
+    let mut f: Form = Vec::new();
+    let mut one = |name: &str, value: &str| {
+        if !value.is_empty() {
+            f.push((name.to_string(), value.to_string()));
+        }
+    };
+    one("grant_type", &r.grant_type);
+    one("scope", &r.scope);
+    one("requested_token_type", &r.requested_token_type);
+    one("subject_token", &r.subject_token);
+    one("subject_token_type", &r.subject_token_type);
+    one("actor_token", &r.actor_token);
+    one("actor_token_type", &r.actor_token_type);
+    one("task_id", &r.task_id);
+    one("session_id", &r.session_id);
+    one("purpose", &r.purpose);
+    f.extend(r.resource.iter().map(|v| ("resource".to_string(), v.clone())));
+    f.extend(r.audience.iter().map(|v| ("audience".to_string(), v.clone())));
+    f
+}
+
+#[tokio::test]
+async fn the_grpc_bad_input_matrix_gets_the_same_oauth_errors_over_http() {
+    let broker = TestBroker::start().await;
+    let token_url = format!("{}/oauth2/token", http_face(&broker).await);
+    let valid = k8s_assertion(600);
+    let mut cases = 0;
+    for (what, edit, _, reason) in crate::bad_input::bad_request_cases() {
+        let mut r = request(&valid, CRM, "crm:read");
+        edit(&mut r);
+        let form = form_of(&r);
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (status, _, body) = post(&token_url, &pairs, None).await;
+        // A missing parameter is `invalid_request` in RFC 6749; gRPC sees an empty grant_type as an unknown one.
+        let expected = if what == "no grant_type" { "invalid_request" } else { reason };
+        assert_eq!((status, body["error"].as_str()), (400, Some(expected)), "{what}: {body}");
+        assert!(body["access_token"].is_null() && !body.to_string().contains(&valid), "{what}: {body}");
+        cases += 1;
+    }
+    for (what, token) in crate::bad_input::bad_subject_tokens() {
+        let (status, _, body) = post(&token_url, &exchange_form(&token, CRM, "crm:read"), None).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{what}: {body}");
+        assert!(body["access_token"].is_null(), "{what}");
+        if token.len() > 16 {
+            assert!(!body.to_string().contains(&token), "{what}: the error echoes the token");
+        }
+        cases += 1;
+    }
+    assert!(cases >= 50, "the whole matrix ran ({cases} cases)");
+}
