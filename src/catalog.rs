@@ -92,6 +92,11 @@ impl Catalog {
         self
     }
 
+    /// Every scope any catalogued audience offers, sorted (RFC 8414 `scopes_supported`).
+    pub(crate) fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.all_scopes.iter().map(String::as_str)
+    }
+
     /// The route a gateway path falls under: the longest matching prefix.
     pub fn route(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| path.starts_with(&r.path_prefix))

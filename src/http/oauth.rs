@@ -395,6 +395,8 @@ async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
         "token_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
+        "introspection_signing_alg_values_supported": [broker.keyring().signing_alg()],
+        "scopes_supported": broker.catalog().scopes().collect::<Vec<_>>(),
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }

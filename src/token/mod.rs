@@ -203,6 +203,11 @@ impl Keyring {
         &self.verifying
     }
 
+    /// The algorithm the active key signs with (JWA name), for the authorization server metadata.
+    pub(crate) fn signing_alg(&self) -> &'static str {
+        self.active().alg().as_str()
+    }
+
     pub(crate) fn jwks(&self) -> &JwkSet {
         &self.jwks
     }

@@ -291,6 +291,9 @@ async fn jwks_and_authorization_server_metadata() {
         json!([TOKEN_EXCHANGE, "urn:ietf:params:oauth:grant-type:jwt-bearer"])
     );
     assert_eq!(metadata["token_endpoint_auth_methods_supported"], json!(["client_secret_basic", "client_secret_post"]));
+    assert_eq!(metadata["introspection_signing_alg_values_supported"], json!(["EdDSA"]), "RFC 9701 answers");
+    assert_eq!(metadata["scopes_supported"], json!(["crm:export", "crm:read", "crm:write", "other:read"]));
+    assert!(metadata.get("authorization_endpoint").is_none(), "only what tessera does");
 }
 
 #[tokio::test]
