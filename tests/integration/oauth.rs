@@ -199,6 +199,12 @@ async fn bad_requests_get_their_oauth_error_and_nothing_is_issued() {
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
     let (status, body) = raw("application/x-www-form-urlencoded", b"grant_type=%ff".to_vec()).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
+    // Headers past the server's limit are refused by the HTTP layer itself (431), and the face keeps serving.
+    let huge = "x".repeat(512 * 1024);
+    let r = reqwest::Client::new().post(&token_url).header("x-padding", huge).body("").send().await;
+    assert!(r.is_err() || r.as_ref().is_ok_and(|r| r.status() == 431), "{r:?}");
+    let (status, _, _) = post(&token_url, &ok, None).await;
+    assert_eq!(status, 200, "the face still serves");
 }
 
 #[tokio::test]
