@@ -15,7 +15,7 @@ use crate::introspect::{Introspect, Introspection};
 use crate::issuer::Issuers;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::revocation::{Revocations, Revoke, RevokeRequest, Revoked, Store};
+use crate::revocation::{Revocations, Revoke, RevokeRequest, Revoked, Store, SuspendRequest, Suspendable, Suspended};
 use crate::secret::Token;
 use crate::token::Keyring;
 
@@ -90,7 +90,34 @@ impl Broker {
 
     /// Records a revocation, as of `now`: [`Revoke::run`].
     pub async fn revoke(&self, client: &Client, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
-        let revoke = Revoke {
+        self.revoke_op().run(client, request, reason, now).await
+    }
+
+    /// The kill switch: suspends a principal or a client and revokes what it has: [`Revoke::suspend`].
+    pub async fn suspend(
+        &self,
+        client: &Client,
+        request: SuspendRequest,
+        duration: u64,
+        reason: &str,
+        now: u64,
+    ) -> Result<Suspended> {
+        self.revoke_op().suspend(client, request, duration, reason, now).await
+    }
+
+    /// Lifts a suspension: [`Revoke::resume`].
+    pub async fn resume(
+        &self,
+        client: &Client,
+        request: SuspendRequest,
+        reason: &str,
+        now: u64,
+    ) -> Result<Suspendable> {
+        self.revoke_op().resume(client, request, reason, now).await
+    }
+
+    fn revoke_op(&self) -> Revoke<'_> {
+        Revoke {
             issuers: &self.parts.issuers,
             catalog: &self.parts.catalog,
             leeway: self.parts.leeway,
@@ -98,8 +125,7 @@ impl Broker {
             revocations: self.revocations(),
             audit: self.parts.audit.as_ref(),
             metrics: &self.parts.metrics,
-        };
-        revoke.run(client, request, reason, now).await
+        }
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

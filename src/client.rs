@@ -23,6 +23,8 @@ pub enum Rpc {
     Introspect,
     /// `Revoke`: revoking tokens, tasks, subjects or clients.
     Revoke,
+    /// `Suspend` and `Resume`: the kill switch (operators).
+    Suspend,
 }
 
 /// One configured client: its id, the hash of its secret, and what it may call.

@@ -114,7 +114,12 @@ pub fn config(
     }];
     builder.clients = vec![ClientBuilder {
         id: "demo".into(),
-        rpcs: vec![crate::client::Rpc::Exchange, crate::client::Rpc::Introspect, crate::client::Rpc::Revoke],
+        rpcs: vec![
+            crate::client::Rpc::Exchange,
+            crate::client::Rpc::Introspect,
+            crate::client::Rpc::Revoke,
+            crate::client::Rpc::Suspend,
+        ],
         loopback_anonymous: true,
         ..ClientBuilder::default()
     }];

@@ -163,7 +163,7 @@ impl Exchange<'_> {
         trail.task(&task_id);
         let delegation = self.delegate(&subject, actor.as_ref(), &task_id, &client.id)?;
         trail.actors(delegation.act.as_ref());
-        self.check_revocations(&subject, actor.as_ref(), &task_id, now).await?;
+        self.check_revocations(&subject, actor.as_ref(), &task_id, &client.id, now).await?;
         let question = Question {
             principal: &subject.principal,
             actor: actor.as_ref().map(|a| &a.holder),
@@ -211,6 +211,7 @@ impl Exchange<'_> {
         subject: &Verified,
         actor: Option<&Verified>,
         task_id: &str,
+        client_id: &str,
         now: u64,
     ) -> Result<()> {
         let mut probe = Probe::default();
@@ -228,7 +229,23 @@ impl Exchange<'_> {
             .filter_map(|t| t.spend.as_ref())
             .map(|once| (crate::revocation::spent_key(&once.issuer, &once.jti), once.until))
             .collect();
-        let (found, fresh) = self.revocations.lookup_and_spend(probe.keys(), &spends, now).await?;
+        // The kill switch, in the same lookup: the subject, the actor (who holds the actor token) and the
+        // calling client must not be suspended.
+        let parties: Vec<(&str, &str)> = std::iter::once(&subject.principal)
+            .chain(actor.map(|a| &a.holder))
+            .map(|p| (p.iss.as_str(), p.sub.as_str()))
+            .collect();
+        let suspensions = crate::revocation::suspension_keys(&parties, client_id);
+        let keys: Vec<String> = probe.keys().iter().chain(&suspensions).cloned().collect();
+        let (mut found, fresh) = self.revocations.lookup_and_spend(&keys, &spends, now).await?;
+        let suspended = found.split_off(probe.keys().len());
+        if let Some(i) = suspended.iter().position(Option::is_some) {
+            return Err(if i == parties.len() {
+                Error::new(ErrorCode::UnauthorizedClient, "this client is suspended")
+            } else {
+                Error::invalid_grant("a principal in this request is suspended")
+            });
+        }
         if probe.revoked(&found) {
             return Err(Error::invalid_grant("a token in this request, or its task, has been revoked"));
         }

@@ -18,7 +18,7 @@ use crate::clock::now;
 use crate::error::Error;
 use crate::exchange::{ExchangeRequest, Issued, TOKEN_TYPE_ACCESS_TOKEN};
 use crate::introspect::Introspection;
-use crate::revocation::RevokeRequest;
+use crate::revocation::{RevokeRequest, SuspendRequest};
 use crate::secret::Token;
 use crate::token::Actor;
 
@@ -193,6 +193,29 @@ impl TokenBroker for TokenBrokerService {
         .await
     }
 
+    async fn suspend(&self, request: Request<pb::SuspendRequest>) -> Result<Response<pb::SuspendResponse>, Status> {
+        self.rpc("Suspend", "tessera.v1.TokenBroker/Suspend", request, async |request| {
+            let client = self.caller(&request, Rpc::Suspend)?;
+            let pb::SuspendRequest { target, duration_seconds, reason } = request.into_inner();
+            let target = suspension_target(target.map(Into::into))?;
+            let suspended =
+                self.broker.suspend(client, target, duration_seconds, &reason, now()).await.map_err(status)?;
+            Ok(pb::SuspendResponse { kind: suspended.target.kind().into(), suspended_until: suspended.until })
+        })
+        .await
+    }
+
+    async fn resume(&self, request: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
+        self.rpc("Resume", "tessera.v1.TokenBroker/Resume", request, async |request| {
+            let client = self.caller(&request, Rpc::Suspend)?;
+            let pb::ResumeRequest { target, reason } = request.into_inner();
+            let target = suspension_target(target.map(Into::into))?;
+            let resumed = self.broker.resume(client, target, &reason, now()).await.map_err(status)?;
+            Ok(pb::ResumeResponse { kind: resumed.kind().into() })
+        })
+        .await
+    }
+
     async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
         let _slot = self.slot().await?;
         let keyring = self.broker.keyring();
@@ -345,6 +368,28 @@ impl fmt::Debug for pb::revoke_request::Target {
             T::TaskId(task) => f.debug_tuple("TaskId").field(task).finish(),
             T::Subject(s) => f.debug_tuple("Subject").field(s).finish(),
             T::ClientId(id) => f.debug_tuple("ClientId").field(id).finish(),
+        }
+    }
+}
+
+fn suspension_target(target: Option<SuspendRequest>) -> Result<SuspendRequest, Status> {
+    target.ok_or_else(|| status(Error::invalid_request("a suspension target is required")))
+}
+
+impl From<pb::suspend_request::Target> for SuspendRequest {
+    fn from(t: pb::suspend_request::Target) -> Self {
+        match t {
+            pb::suspend_request::Target::Subject(s) => SuspendRequest::Subject { issuer: s.issuer, sub: s.sub },
+            pb::suspend_request::Target::ClientId(id) => SuspendRequest::Client(id),
+        }
+    }
+}
+
+impl From<pb::resume_request::Target> for SuspendRequest {
+    fn from(t: pb::resume_request::Target) -> Self {
+        match t {
+            pb::resume_request::Target::Subject(s) => SuspendRequest::Subject { issuer: s.issuer, sub: s.sub },
+            pb::resume_request::Target::ClientId(id) => SuspendRequest::Client(id),
         }
     }
 }

@@ -212,3 +212,71 @@ pub(super) async fn revoke(
         Err(status) => print_status(&status),
     }
 }
+
+/// Who `suspend` and `resume` name: a principal (with its issuer) or a client.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub(super) struct SuspendTarget {
+    /// An upstream principal's `sub` (with --issuer).
+    #[arg(long)]
+    subject: Option<String>,
+    /// A configured client's id.
+    #[arg(long)]
+    client_id: Option<String>,
+}
+
+impl SuspendTarget {
+    fn subject_or_client(self, issuer: Option<String>) -> Result<(Option<pb::Subject>, Option<String>), String> {
+        match self {
+            SuspendTarget { subject: Some(sub), .. } => {
+                Ok((Some(pb::Subject { issuer: issuer.ok_or("--subject needs --issuer")?, sub }), None))
+            }
+            SuspendTarget { client_id: Some(id), .. } => Ok((None, Some(id))),
+            _ => Err("name one target: --subject (with --issuer) or --client-id".into()),
+        }
+    }
+}
+
+/// The kill switch: suspends a principal or a client, and revokes what it has.
+pub(super) async fn suspend(
+    target: SuspendTarget,
+    issuer: Option<String>,
+    duration_seconds: u64,
+    reason: String,
+    client: ClientArgs,
+) -> Result<ExitCode, String> {
+    use pb::suspend_request::Target as T;
+    let target = match target.subject_or_client(issuer)? {
+        (Some(subject), _) => T::Subject(subject),
+        (None, Some(id)) => T::ClientId(id),
+        (None, None) => return Err("name one target".into()),
+    };
+    let request = client.request(pb::SuspendRequest { target: Some(target), duration_seconds, reason })?;
+    match client.connect().await?.suspend(request).await {
+        Ok(response) => {
+            let r = response.into_inner();
+            print_json(&serde_json::json!({ "suspended": r.kind, "suspended_until": r.suspended_until }))
+        }
+        Err(status) => print_status(&status),
+    }
+}
+
+/// Lifts a suspension.
+pub(super) async fn resume(
+    target: SuspendTarget,
+    issuer: Option<String>,
+    reason: String,
+    client: ClientArgs,
+) -> Result<ExitCode, String> {
+    use pb::resume_request::Target as T;
+    let target = match target.subject_or_client(issuer)? {
+        (Some(subject), _) => T::Subject(subject),
+        (None, Some(id)) => T::ClientId(id),
+        (None, None) => return Err("name one target".into()),
+    };
+    let request = client.request(pb::ResumeRequest { target: Some(target), reason })?;
+    match client.connect().await?.resume(request).await {
+        Ok(response) => print_json(&serde_json::json!({ "resumed": response.into_inner().kind })),
+        Err(status) => print_status(&status),
+    }
+}

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use client::{ClientArgs, ExchangeArgs, RevokeTarget};
+use client::{ClientArgs, ExchangeArgs, RevokeTarget, SuspendTarget};
 use tessera::dev;
 
 #[derive(Parser)]
@@ -50,6 +50,34 @@ enum Command {
     Revoke {
         #[command(flatten)]
         target: RevokeTarget,
+        /// The issuer of --subject (its `iss` or its name in the config).
+        #[arg(long, requires = "subject")]
+        issuer: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The kill switch: suspend a principal or a client (every new exchange by it is refused) and revoke every
+    /// token it has; prints JSON.
+    Suspend {
+        #[command(flatten)]
+        target: SuspendTarget,
+        /// The issuer of --subject (its `iss` or its name in the config).
+        #[arg(long, requires = "subject")]
+        issuer: Option<String>,
+        /// How long the suspension lasts, in seconds [default: a day; at most 30 days].
+        #[arg(long = "for", default_value_t = 0)]
+        duration: u64,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lift a suspension (what it revoked stays revoked); prints JSON.
+    Resume {
+        #[command(flatten)]
+        target: SuspendTarget,
         /// The issuer of --subject (its `iss` or its name in the config).
         #[arg(long, requires = "subject")]
         issuer: Option<String>,
@@ -155,6 +183,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Introspect { token, client } => runtime()?.block_on(client::introspect(token, client)),
         Command::Revoke { target, issuer, reason, client } => {
             runtime()?.block_on(client::revoke(target, issuer, reason, client))
+        }
+        Command::Suspend { target, issuer, duration, reason, client } => {
+            runtime()?.block_on(client::suspend(target, issuer, duration, reason, client))
+        }
+        Command::Resume { target, issuer, reason, client } => {
+            runtime()?.block_on(client::resume(target, issuer, reason, client))
         }
         Command::Audit { redis_url, task, sub, jti } => {
             runtime()?.block_on(tools::audit(&redis_url, tessera::audit::Filter { task_id: task, sub, jti }))

@@ -56,7 +56,7 @@ pub(super) fn build(builders: Vec<ClientBuilder>, audiences: &[Audience], proble
             problems.push(format!("{at}: needs `secret_sha256` (or `loopback_anonymous = true`)"));
         }
         if c.rpcs.is_empty() {
-            problems.push(format!("{at}: `rpcs` must name at least one of exchange, introspect, revoke"));
+            problems.push(format!("{at}: `rpcs` must name at least one of exchange, introspect, revoke, suspend"));
         }
         clients.push(Client::new(c.id, secret, c.rpcs.into_iter().collect(), c.loopback_anonymous));
     }

@@ -7,6 +7,7 @@
 //!   signed JWT response;
 //! - `POST /oauth2/revoke`: RFC 7009 (`token`), plus tessera's targets (`jti`, `task_id`, `subject` with
 //!   `issuer`, `client_id`);
+//! - `POST /oauth2/suspend` and `/oauth2/resume`: the kill switch for a principal or a client (operators);
 //! - `GET /.well-known/jwks.json` (RFC 7517) and `GET /.well-known/oauth-authorization-server` (RFC 8414).
 //!
 //! Clients authenticate with `client_secret_basic` or `client_secret_post` (RFC 6749 §2.3.1), never both; the
@@ -32,7 +33,7 @@ use crate::clock::now;
 use crate::error::{Error, ErrorCode};
 use crate::exchange::{ExchangeRequest, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::introspect::Introspection;
-use crate::revocation::RevokeRequest;
+use crate::revocation::{RevokeRequest, SuspendRequest};
 use crate::secret::{ClientSecret, Token};
 use crate::token::Actor;
 
@@ -55,6 +56,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/oauth2/token", post(token))
         .route("/oauth2/introspect", post(introspect))
         .route("/oauth2/revoke", post(revoke))
+        .route("/oauth2/suspend", post(suspend))
+        .route("/oauth2/resume", post(resume))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         // A body past the limit is refused before it is read in full.
@@ -362,6 +365,53 @@ async fn revoke(
             Err(e) if rfc7009 && e.code == ErrorCode::InvalidRequest => Ok(json!({})),
             Err(e) => Err(e),
         }
+    }
+    .await;
+    answer(result)
+}
+
+/// The principal (`subject` with `issuer`) or client (`target_client_id`: `client_id` is the caller's own in
+/// `client_secret_post`) a suspend or resume form names.
+fn suspension_target(form: &Form) -> Result<SuspendRequest, Error> {
+    match (form.one("subject")?, form.one("issuer")?, form.one("target_client_id")?) {
+        (Some(sub), Some(issuer), None) => Ok(SuspendRequest::Subject { issuer: issuer.into(), sub: sub.into() }),
+        (None, None, Some(id)) => Ok(SuspendRequest::Client(id.into())),
+        _ => Err(Error::invalid_request("name a subject with its issuer, or a target_client_id")),
+    }
+}
+
+async fn suspend(
+    State(broker): State<Arc<Broker>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let form = Form::parse(&headers, &read(body)?)?;
+        let client = caller(&broker, &headers, &form, peer, Rpc::Suspend)?;
+        let duration = match form.one("duration_seconds")? {
+            None => 0,
+            Some(d) => d.parse().map_err(|_| Error::invalid_request("duration_seconds is a number of seconds"))?,
+        };
+        let suspended =
+            broker.suspend(client, suspension_target(&form)?, duration, &form.text("reason")?, now()).await?;
+        Ok(json!({ "suspended": suspended.target.kind(), "suspended_until": suspended.until }))
+    }
+    .await;
+    answer(result)
+}
+
+async fn resume(
+    State(broker): State<Arc<Broker>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let form = Form::parse(&headers, &read(body)?)?;
+        let client = caller(&broker, &headers, &form, peer, Rpc::Suspend)?;
+        let resumed = broker.resume(client, suspension_target(&form)?, &form.text("reason")?, now()).await?;
+        Ok(json!({ "resumed": resumed.kind() }))
     }
     .await;
     answer(result)

@@ -125,10 +125,92 @@ pub trait Store: Send + Sync + fmt::Debug {
         spends: &'a [(String, u64)],
         now: u64,
     ) -> StoreFuture<'a, (Vec<Option<u64>>, Vec<bool>)>;
+    /// Forgets the entries (a lifted suspension); returns once the store has acknowledged it.
+    fn lift<'a>(&'a self, keys: &'a [String], now: u64) -> StoreFuture<'a, ()>;
     /// Mirror mode: whether lookups are served from the replica's own copy right now (`None`: no mirror).
     fn mirror_trusted(&self) -> Option<bool> {
         None
     }
+}
+
+/// What can be suspended (the kill switch): a principal or a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Suspendable {
+    /// An upstream principal: refused as subject and as actor.
+    Subject {
+        /// The principal's issuer identifier.
+        iss: String,
+        /// The principal's `sub`.
+        sub: String,
+    },
+    /// A client: refused as the caller of an exchange.
+    Client(String),
+}
+
+impl Suspendable {
+    /// The store key that marks it suspended.
+    pub fn key(&self) -> String {
+        match self {
+            Suspendable::Subject { iss, sub } => suspended_subject_key(iss, sub),
+            Suspendable::Client(id) => format!("{{tessera}}:susp:client:{id}"),
+        }
+    }
+
+    /// A bounded label for metrics, audit and answers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Suspendable::Subject { .. } => "subject",
+            Suspendable::Client(_) => "client",
+        }
+    }
+
+    /// The revocation that ends every token it already has.
+    fn revocation(&self) -> Target {
+        match self {
+            Suspendable::Subject { iss, sub } => Target::Subject { iss: iss.clone(), sub: sub.clone() },
+            Suspendable::Client(id) => Target::Client(id.clone()),
+        }
+    }
+}
+
+fn suspended_subject_key(iss: &str, sub: &str) -> String {
+    format!("{{tessera}}:susp:sub:{}:{iss}{sub}", iss.len())
+}
+
+/// The suspension keys that would refuse an exchange with this subject, actor and calling client; a present
+/// one refuses, whatever its value.
+pub fn suspension_keys(parties: &[(&str, &str)], client_id: &str) -> Vec<String> {
+    let mut keys: Vec<String> = parties.iter().map(|(iss, sub)| suspended_subject_key(iss, sub)).collect();
+    keys.push(Suspendable::Client(client_id.to_string()).key());
+    keys
+}
+
+/// How long a suspension lasts when the request names no duration: a day.
+pub const DEFAULT_SUSPENSION: u64 = 86_400;
+/// The longest suspension: 30 days (then suspend again, or revoke the client from the config).
+pub const MAX_SUSPENSION: u64 = 30 * 86_400;
+
+/// What `Suspend` and `Resume` were asked about, as received.
+#[derive(Debug)]
+pub enum SuspendRequest {
+    /// An upstream principal, by its issuer (as for `Revoke`) and `sub`.
+    Subject {
+        /// The configured issuer, by its `iss`, its SPIFFE ID prefix or its name in the config.
+        issuer: String,
+        /// The principal's `sub`.
+        sub: String,
+    },
+    /// A client id.
+    Client(String),
+}
+
+/// A recorded suspension.
+#[derive(Debug)]
+pub struct Suspended {
+    /// What is suspended.
+    pub target: Suspendable,
+    /// When it ends unless resumed first (Unix seconds).
+    pub until: u64,
 }
 
 /// The spend marker of a single-use assertion of `issuer`: present once it has been exchanged.
@@ -400,6 +482,113 @@ impl Revoke<'_> {
         self.revocations.revoke(std::slice::from_ref(&entry), now).await?;
         Ok(Revoked { target, expires_at, task_id })
     }
+
+    /// What a suspend or resume request names, checked as `Revoke` checks its targets.
+    fn suspendable(&self, request: SuspendRequest, reason: &str) -> Result<Suspendable> {
+        if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
+            return Err(Error::invalid_request(format!("reason must be at most {MAX_REASON_BYTES} bytes of text")));
+        }
+        let name_ok = |s: &str| !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.chars().any(char::is_control);
+        match request {
+            SuspendRequest::Subject { issuer, sub } if name_ok(&sub) => {
+                let iss = self
+                    .issuers
+                    .upstream_id(&issuer)
+                    .ok_or_else(|| Error::invalid_request("subject issuer is not a configured issuer"))?;
+                Ok(Suspendable::Subject { iss, sub })
+            }
+            SuspendRequest::Client(id) if name_ok(&id) => Ok(Suspendable::Client(id)),
+            _ => Err(Error::invalid_request("the suspension target is empty or malformed")),
+        }
+    }
+
+    /// The kill switch: marks `request`'s principal or client suspended for `duration` seconds (0: a day) and, in
+    /// the same store call, revokes every token it has up to now (and so everything derived from them).
+    pub async fn suspend(
+        &self,
+        client: &Client,
+        request: SuspendRequest,
+        duration: u64,
+        reason: &str,
+        now: u64,
+    ) -> Result<Suspended> {
+        let outcome = async {
+            let target = self.suspendable(request, reason)?;
+            let duration = if duration == 0 { DEFAULT_SUSPENSION } else { duration };
+            if duration > MAX_SUSPENSION {
+                return Err(Error::invalid_request(format!("a suspension lasts at most {MAX_SUSPENSION} seconds")));
+            }
+            let until = now.saturating_add(duration);
+            let revocation = target.revocation();
+            let revoked_until = now.saturating_add(self.retention(&revocation));
+            let entries = [
+                Entry { key: target.key(), revoked_at: now, expires_at: until, reason: reason.to_string() },
+                Entry { key: revocation.key(), revoked_at: now, expires_at: revoked_until, reason: reason.to_string() },
+            ];
+            self.revocations.revoke(&entries, now).await?;
+            Ok(Suspended { target, until })
+        }
+        .await;
+        self.audit.record(suspension_event(
+            "suspend",
+            &client.id,
+            reason,
+            outcome.as_ref().map(|s| (&s.target, s.until)),
+        ));
+        outcome
+    }
+
+    /// Lifts a suspension (if any): new exchanges work again; what it revoked stays revoked.
+    pub async fn resume(
+        &self,
+        client: &Client,
+        request: SuspendRequest,
+        reason: &str,
+        now: u64,
+    ) -> Result<Suspendable> {
+        let outcome = async {
+            let target = self.suspendable(request, reason)?;
+            let start = std::time::Instant::now();
+            let lifted = self.revocations.store.lift(std::slice::from_ref(&target.key()), now).await;
+            self.metrics.store_op("revoke", start, lifted.is_err());
+            lifted?;
+            Ok(target)
+        }
+        .await;
+        self.audit.record(suspension_event("resume", &client.id, reason, outcome.as_ref().map(|t| (t, 0))));
+        outcome
+    }
+}
+
+/// The audit event of a suspension or its lifting.
+fn suspension_event(
+    event: &str,
+    client_id: &str,
+    reason: &str,
+    outcome: Result<(&Suspendable, u64), &Error>,
+) -> AuditEvent {
+    let mut e = AuditEvent::new(event, "", client_id);
+    e.detail = crate::audit::truncate(reason, 256);
+    match outcome {
+        Ok((target, until)) => {
+            e.decision = if event == "suspend" { "suspended" } else { "resumed" }.into();
+            e.reason = target.kind().into();
+            match target {
+                Suspendable::Subject { iss, sub } => {
+                    e.sub_iss = iss.clone();
+                    e.sub = sub.clone();
+                }
+                Suspendable::Client(id) => e.audience = format!("client:{id}"),
+            }
+            e.exp = until;
+        }
+        Err(error) => {
+            e.decision = "denied".into();
+            e.reason = error.code.as_str().into();
+            e.detail = error.description.clone();
+        }
+    }
+    e
 }
 
 fn audit_event(client_id: &str, reason: &str, outcome: &Result<Revoked>) -> AuditEvent {

@@ -35,6 +35,11 @@ impl RevocationList {
         }
     }
 
+    /// Forgets `key` (a lifted suspension).
+    pub(crate) fn remove(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+
     /// `revoked_at` of each key still in force at `now`.
     pub fn lookup(&self, keys: &[String], now: u64) -> Vec<Option<u64>> {
         keys.iter().map(|k| self.entries.get(k).filter(|(_, exp)| *exp > now).map(|(at, _)| *at)).collect()
@@ -117,6 +122,14 @@ impl MemoryStore {
         Ok(())
     }
 
+    fn lift_now(&self, keys: &[String]) -> Result<(), StoreError> {
+        let mut list = self.list.write().map_err(poisoned)?;
+        for key in keys {
+            list.remove(key);
+        }
+        Ok(())
+    }
+
     fn lookup_now(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {
         Ok(self.list.read().map_err(poisoned)?.lookup(keys, now))
     }
@@ -142,6 +155,10 @@ impl Store for MemoryStore {
 
     fn lookup<'a>(&'a self, keys: &'a [String], now: u64) -> StoreFuture<'a, Vec<Option<u64>>> {
         Box::pin(std::future::ready(self.lookup_now(keys, now)))
+    }
+
+    fn lift<'a>(&'a self, keys: &'a [String], _now: u64) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(self.lift_now(keys)))
     }
 
     fn lookup_and_spend<'a>(

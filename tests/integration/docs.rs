@@ -130,7 +130,7 @@ fn start_dev_server(dir: &Path) -> Serving {
 
 /// JSON values whose content changes at every run (fresh keys and their public parts, token ids, clocks):
 /// compared by type only.
-const PER_RUN: [&str; 8] = ["access_token", "kid", "jti", "exp", "iat", "nbf", "expires_at", "x"];
+const PER_RUN: [&str; 9] = ["access_token", "kid", "jti", "exp", "iat", "nbf", "expires_at", "x", "suspended_until"];
 
 fn json_values(text: &str) -> Option<Vec<Value>> {
     if text.trim().is_empty() {

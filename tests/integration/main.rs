@@ -17,4 +17,5 @@ mod properties;
 mod revocation;
 mod store;
 mod support;
+mod suspension;
 mod telemetry;

@@ -47,6 +47,12 @@ async fn suite(store: &impl Store) {
     // An empty lookup is fine.
     assert!(store.lookup(&[], now).await.unwrap().is_empty());
 
+    // A lifted entry (a suspension) is forgotten; the others stay.
+    let suspension = Target::Task("suspension|with a bar".into());
+    store.revoke(&[entry(&suspension, now, now + 600)], now).await.unwrap();
+    store.lift(&[suspension.key()], now).await.unwrap();
+    assert_eq!(store.lookup(&[suspension.key(), keys[1].clone()], now).await.unwrap(), vec![None, Some(now - 1)]);
+
     // A single-use assertion is spent once; the lookup rides along in the same call.
     let spend = vec![(spent_key("https://i", "jti-1"), now + 600)];
     let (found, fresh) = store.lookup_and_spend(&keys, &spend, now).await.unwrap();

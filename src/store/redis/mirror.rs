@@ -39,6 +39,13 @@ impl Mirror {
         }
     }
 
+    /// Forgets a lifted entry.
+    pub(super) fn remove(&self, key: &str) {
+        if let Ok(mut list) = self.list.write() {
+            list.remove(key);
+        }
+    }
+
     pub(super) fn trusted(&self, now_ms: u64) -> bool {
         self.synced.load(Ordering::Acquire)
             && now_ms.saturating_sub(self.last_heard_ms.load(Ordering::Acquire)) <= self.max_staleness_ms
@@ -112,6 +119,18 @@ async fn follow_once(
     while let Some(msg) = messages.next().await {
         let received = now_ms();
         let Ok(payload) = msg.get_payload::<String>() else { continue };
+        // A lifted entry: `l|<published ms>|<key>` (the key may hold `|`).
+        if let Some((ms, key)) = payload.strip_prefix("l|").and_then(|rest| rest.split_once('|')) {
+            mirror.remove(key);
+            if let Ok(published) = ms.parse::<u64>() {
+                let delay = received.saturating_sub(published);
+                if let Some(lag) = lag {
+                    lag.record(delay, &[]);
+                }
+            }
+            mirror.last_heard_ms.store(received, Ordering::Release);
+            continue;
+        }
         let mut parts = payload.splitn(5, '|');
         let published = match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("r"), Some(at), Some(exp), Some(ms), Some(key)) => {

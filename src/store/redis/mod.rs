@@ -26,6 +26,14 @@ pub const CHANNEL: &str = "{tessera}:revocations";
 /// A sorted set of live revocation keys scored by expiry, from which a mirror resyncs.
 pub const INDEX: &str = "{tessera}:rev-index";
 
+/// Forgets an entry (a lifted suspension), unindexes it, and announces it.
+const LIFT_SCRIPT: &str = r"
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+redis.call('PUBLISH', ARGV[1], 'l|' .. ARGV[2] .. '|' .. KEYS[1])
+return 1
+";
+
 /// Records a revocation without ever shortening an existing one, indexes it, and announces it.
 const REVOKE_SCRIPT: &str = r"
 local expires_at = tonumber(ARGV[2])
@@ -52,6 +60,7 @@ pub struct RedisStore {
     background: Conn,
     timeout: Duration,
     script: redis::Script,
+    lift_script: redis::Script,
     mirror: Option<Arc<Mirror>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -99,6 +108,7 @@ impl RedisStore {
             background,
             timeout: settings.timeout,
             script: redis::Script::new(REVOKE_SCRIPT),
+            lift_script: redis::Script::new(LIFT_SCRIPT),
             mirror: None,
             tasks: Vec::new(),
         };
@@ -150,6 +160,21 @@ impl RedisStore {
         if let Some(mirror) = &self.mirror {
             for e in entries {
                 mirror.apply(e.key.clone(), e.revoked_at, e.expires_at, now);
+            }
+        }
+        Ok(())
+    }
+
+    async fn lift_entries(&self, keys: &[String]) -> Result<(), StoreError> {
+        let mut handle = self.with_timeout(self.conn.handle()).await?;
+        for key in keys {
+            let mut inv = self.lift_script.prepare_invoke();
+            inv.key(key).key(INDEX).arg(CHANNEL).arg(now_ms());
+            self.with_timeout(inv.invoke_async::<u64>(&mut handle)).await?;
+        }
+        if let Some(mirror) = &self.mirror {
+            for key in keys {
+                mirror.remove(key);
             }
         }
         Ok(())
@@ -221,6 +246,10 @@ impl Store for RedisStore {
         now: u64,
     ) -> StoreFuture<'a, (Vec<Option<u64>>, Vec<bool>)> {
         Box::pin(self.lookup_and_spend_strict(keys, spends, now))
+    }
+
+    fn lift<'a>(&'a self, keys: &'a [String], _now: u64) -> StoreFuture<'a, ()> {
+        Box::pin(self.lift_entries(keys))
     }
 
     fn mirror_trusted(&self) -> Option<bool> {

@@ -373,7 +373,7 @@ rpcs = ["exchange"]
 [[clients]]
 id = "local"
 loopback_anonymous = true
-rpcs = ["exchange", "introspect", "revoke"]
+rpcs = ["exchange", "introspect", "revoke", "suspend"]
 
 [[clients]]
 id = "gateway"
