@@ -15,7 +15,8 @@
 //! - [`introspect`]: RFC 7662 introspection ([`introspect::Introspect`]): signature, time and every
 //!   applicable revocation, in one lookup.
 //! - [`revocation`]: what can be revoked, the cascade over delegation lineages ([`revocation::Probe`]),
-//!   `Revoke` ([`revocation::Revoke`]), and the [`revocation::Store`] port.
+//!   `Revoke` and the kill switch (`Suspend`/`Resume`, in [`revocation::Revoke`]), and the
+//!   [`revocation::Store`] port.
 //! - [`issuer`]: trusted upstream issuers and the verification of assertions (and of tessera's own tokens)
 //!   into a [`policy::Principal`]; keys come through the [`issuer::KeySource`] port.
 //! - [`token`]: tessera's access tokens (RFC 9068), their claims and lineage, signing keys and the JWK Set
