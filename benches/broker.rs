@@ -125,6 +125,7 @@ async fn grpc_throughput(broker: Arc<Broker>, token: &str, concurrency: usize, s
         max_request_bytes: 64 * 1024,
         request_timeout: Duration::from_secs(5),
         max_concurrent_requests: 4096,
+        max_queue_wait: Duration::from_millis(250),
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tessera::serve::run(listener, broker, settings, async {

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::exchange::{Exchange, ExchangeRequest, Issued, Limits};
 use crate::introspect::{Introspect, Introspection};
 use crate::issuer::Issuers;
+use crate::load::Slots;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::revocation::{Revocations, Revoke, RevokeRequest, Revoked, Store, SuspendRequest, Suspendable, Suspended};
@@ -37,6 +38,8 @@ pub(crate) struct Parts {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) audit: Arc<dyn AuditSink>,
     pub(crate) metrics: Metrics,
+    /// The slots broker operations run in, on every face (load protection).
+    pub(crate) slots: Slots,
 }
 
 /// The broker: its parts (built by the composition root, [`crate::serve`]), shared by every operation.
@@ -126,6 +129,11 @@ impl Broker {
             audit: self.parts.audit.as_ref(),
             metrics: &self.parts.metrics,
         }
+    }
+
+    /// The slots broker operations run in, shared by the gRPC and HTTP faces.
+    pub(crate) fn slots(&self) -> &Slots {
+        &self.parts.slots
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

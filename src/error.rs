@@ -34,6 +34,8 @@ pub enum ErrorCode {
     InvalidTarget,
     /// The caller exceeded its rate limit.
     RateLimited,
+    /// The broker is at its concurrency limit and shed the call: retry shortly.
+    Overloaded,
     /// The revocation store cannot be reached: the broker fails closed.
     Unavailable,
     /// A fault of the broker itself (a signing failure, a broken invariant). Never caused by input alone.
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::InvalidTarget => "invalid_target",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Overloaded => "temporarily_unavailable",
             ErrorCode::Unavailable => "temporarily_unavailable",
             ErrorCode::Internal => "server_error",
         }
@@ -71,7 +74,7 @@ mod grpc_code {
 impl ErrorCode {
     /// Every code, for tables and tests.
     #[cfg(test)]
-    const ALL: [ErrorCode; 10] = [
+    const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidClient,
         ErrorCode::InvalidGrant,
@@ -80,6 +83,7 @@ impl ErrorCode {
         ErrorCode::InvalidScope,
         ErrorCode::InvalidTarget,
         ErrorCode::RateLimited,
+        ErrorCode::Overloaded,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -91,7 +95,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest | ErrorCode::UnsupportedGrantType => INVALID_ARGUMENT,
             ErrorCode::InvalidClient | ErrorCode::InvalidGrant => UNAUTHENTICATED,
             ErrorCode::UnauthorizedClient | ErrorCode::InvalidScope | ErrorCode::InvalidTarget => PERMISSION_DENIED,
-            ErrorCode::RateLimited => RESOURCE_EXHAUSTED,
+            ErrorCode::RateLimited | ErrorCode::Overloaded => RESOURCE_EXHAUSTED,
             ErrorCode::Unavailable => UNAVAILABLE,
             ErrorCode::Internal => INTERNAL,
         }
@@ -104,6 +108,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidClient => 401,
             ErrorCode::RateLimited => 429,
+            ErrorCode::Overloaded => 503,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
             ErrorCode::InvalidRequest
@@ -172,6 +177,7 @@ mod tests {
             (ErrorCode::InvalidScope, "invalid_scope", PERMISSION_DENIED, 400),
             (ErrorCode::InvalidTarget, "invalid_target", PERMISSION_DENIED, 400),
             (ErrorCode::RateLimited, "rate_limited", RESOURCE_EXHAUSTED, 429),
+            (ErrorCode::Overloaded, "temporarily_unavailable", RESOURCE_EXHAUSTED, 503),
             (ErrorCode::Unavailable, "temporarily_unavailable", UNAVAILABLE, 503),
             (ErrorCode::Internal, "server_error", INTERNAL, 500),
         ];

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use std::future::Future;
 
+use crate::load::Slots;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -53,7 +53,7 @@ fn status(error: Error) -> Status {
 #[derive(Clone, Debug)]
 pub(crate) struct TokenBrokerService {
     broker: Arc<Broker>,
-    in_flight: Arc<Semaphore>,
+    slots: Slots,
 }
 
 /// Reads W3C `traceparent`/`tracestate` from gRPC request metadata.
@@ -89,15 +89,14 @@ fn is_server_error(code: Code) -> bool {
 }
 
 impl TokenBrokerService {
-    /// The service, running at most `max_concurrent` of its RPCs at once (at least one).
-    pub(crate) fn new(broker: Arc<Broker>, max_concurrent: usize) -> TokenBrokerService {
-        let permits = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
-        TokenBrokerService { broker, in_flight: Arc::new(Semaphore::new(permits)) }
+    /// The service, running its RPCs in `slots` (shared with the HTTP face).
+    pub(crate) fn new(broker: Arc<Broker>, slots: Slots) -> TokenBrokerService {
+        TokenBrokerService { broker, slots }
     }
 
-    /// A slot among the RPCs in flight, waiting for one if all are taken (the semaphore is never closed).
-    async fn slot(&self) -> Result<SemaphorePermit<'_>, Status> {
-        self.in_flight.acquire().await.map_err(|_| Status::unavailable("the broker is shutting down"))
+    /// A slot among the broker operations in flight, or RESOURCE_EXHAUSTED when none frees up in time.
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.slots.acquire().await.map_err(status)
     }
 
     /// Runs one RPC inside its server span — named and attributed per the OpenTelemetry RPC conventions,

@@ -20,10 +20,13 @@ pub async fn serve(
     registry: Option<prometheus::Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Broker operations run in the shared slots, within the request timeout; health and metrics never wait.
+    let limit = axum::middleware::from_fn_with_state(std::sync::Arc::clone(&broker), oauth::within_limits);
     let mut router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
         .merge(oauth::router(std::sync::Arc::clone(&broker)))
-        .merge(gateway::router(broker));
+        .merge(gateway::router(broker))
+        .layer(limit)
+        .route("/healthz", get(|| async { "ok\n" }));
     if let Some(registry) = registry {
         router = router.route("/metrics", get(move || metrics(registry.clone())));
     }

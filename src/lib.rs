@@ -56,6 +56,7 @@ pub mod grpc;
 pub mod http;
 pub mod introspect;
 pub mod issuer;
+pub mod load;
 pub mod metrics;
 pub mod net;
 pub mod policy;

@@ -62,6 +62,11 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         store,
         audit: Arc::new(audit),
         metrics,
+        slots: crate::load::Slots::new(
+            config.server.max_concurrent_requests,
+            config.server.max_queue_wait,
+            config.server.request_timeout,
+        ),
     }))
 }
 
@@ -90,7 +95,7 @@ pub async fn run(
         .build_v1alpha()?;
 
     // The broker's RPCs, and only they, are limited in number: health checks and reflection always answer.
-    let service = TokenBrokerServer::new(TokenBrokerService::new(broker, settings.max_concurrent_requests))
+    let service = TokenBrokerServer::new(TokenBrokerService::new(Arc::clone(&broker), broker.slots().clone()))
         // Requests are small (tokens are bounded by issuer config); a large body is refused before decoding.
         .max_decoding_message_size(settings.max_request_bytes);
 

@@ -15,8 +15,10 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Every RPC ends within this, by default.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
-/// Broker RPCs in flight at once, by default; past it, callers wait.
+/// Broker RPCs in flight at once, by default; past it, callers wait for a slot.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// How long a call may wait for a slot, by default, before it is shed (RESOURCE_EXHAUSTED / 503).
+pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 250;
 /// The smallest `max_request_bytes` accepted.
 const MIN_REQUEST_BYTES: usize = 4096;
 
@@ -34,6 +36,8 @@ pub struct ServerBuilder {
     pub request_timeout_ms: Option<u64>,
     /// Broker RPCs in flight at once across all connections (default 1024); past it, callers wait.
     pub max_concurrent_requests: Option<usize>,
+    /// Milliseconds a broker call may wait for a slot before it is shed (default 250).
+    pub max_queue_wait_ms: Option<u64>,
 }
 
 /// The validated `[server]` section: what the faces bind and the bounds on every request.
@@ -49,6 +53,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// The most broker RPCs in flight at once; past it, new ones wait for a slot.
     pub max_concurrent_requests: usize,
+    /// How long a broker call may wait for a slot before it is shed.
+    pub max_queue_wait: Duration,
 }
 
 impl ServerBuilder {
@@ -71,6 +77,7 @@ impl ServerBuilder {
             max_request_bytes: self.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
             request_timeout: Duration::from_millis(self.request_timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS)),
             max_concurrent_requests: self.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+            max_queue_wait: Duration::from_millis(self.max_queue_wait_ms.unwrap_or(DEFAULT_MAX_QUEUE_WAIT_MS)),
         };
         if server.max_request_bytes < MIN_REQUEST_BYTES
             || server.max_concurrent_requests == 0

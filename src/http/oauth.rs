@@ -159,6 +159,23 @@ fn read(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Error> {
     body.map_err(|_| Error::invalid_request(format!("the body could not be read (at most {MAX_FORM_BYTES} bytes)")))
 }
 
+/// Runs a request of the HTTP face's broker endpoints in one of the broker's slots (shed with 503 when none
+/// frees up in time) and within the request timeout (503 past it).
+pub(super) async fn within_limits(
+    State(broker): State<Arc<Broker>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _slot = match broker.slots().acquire().await {
+        Ok(slot) => slot,
+        Err(error) => return error_response(error),
+    };
+    match tokio::time::timeout(broker.slots().request_timeout(), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error_response(Error::new(ErrorCode::Unavailable, "the request did not complete in time")),
+    }
+}
+
 /// An RFC 6749 §5.2 error response, with the status its code names.
 fn error_response(error: Error) -> Response {
     let Error { code, description } = error;
@@ -171,7 +188,7 @@ fn error_response(error: Error) -> Response {
         ErrorCode::InvalidClient => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tessera\""));
         }
-        ErrorCode::Unavailable | ErrorCode::RateLimited => {
+        ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Overloaded => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}

@@ -220,7 +220,7 @@ async fn health_and_reflection_answer_while_the_broker_is_at_its_limit() {
     );
     let broker = TestBroker::builder()
         .issuers_toml(&issuer)
-        .extra_toml("\n[server]\nmax_concurrent_requests = 1\nrequest_timeout_ms = 60000\n")
+        .extra_toml("\n[server]\nmax_concurrent_requests = 1\nrequest_timeout_ms = 60000\nmax_queue_wait_ms = 60000\n")
         .start()
         .await;
     let connect =
@@ -267,4 +267,55 @@ async fn health_and_reflection_answer_while_the_broker_is_at_its_limit() {
     assert_refused(refused, tonic::Code::Unauthenticated, "invalid_grant", &unknown_kid);
     let keys = second.await.unwrap().expect("the waiting RPC runs once the slot is free").into_inner();
     assert!(!keys.keys.is_empty());
+}
+
+#[tokio::test]
+async fn past_the_limit_broker_calls_are_shed_fast_on_both_faces() {
+    let kubernetes_jwks = std::fs::read_to_string(fixtures().join("kubernetes.jwks.json")).unwrap();
+    let mut jwks = StallingJwks::start(kubernetes_jwks).await;
+    let issuer = format!(
+        "\n[[issuers]]\nname = \"kubernetes\"\nissuer = \"{K8S_ISS}\"\njwks_url = \"{}\"\nalgorithms = [\"RS256\"]\nmin_refresh_interval = 0\n",
+        jwks.url
+    );
+    let broker = TestBroker::builder()
+        .issuers_toml(&issuer)
+        .extra_toml("\n[server]\nmax_concurrent_requests = 1\nrequest_timeout_ms = 60000\nmax_queue_wait_ms = 50\n")
+        .start()
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tessera::http::serve(listener, Arc::clone(&broker.broker), None, std::future::pending()));
+    let connect =
+        || async { Channel::from_shared(format!("http://{}", broker.addr)).unwrap().connect().await.unwrap() };
+
+    // One broker call holds the only slot (its subject names a key whose JWKS endpoint never answers).
+    let unknown_kid = Signer::rs256("kubernetes.key.pem").token("rotated-away", &claims("kubernetes", 600));
+    let mut held_client = pb::token_broker_client::TokenBrokerClient::new(connect().await);
+    let held = tokio::spawn({
+        let r = request(&unknown_kid, CRM, "crm:read");
+        async move { held_client.exchange_token(r).await }
+    });
+    jwks.wait_stalled().await;
+
+    // Another gRPC call is refused while the first is still in flight, not queued behind it.
+    let mut second = pb::token_broker_client::TokenBrokerClient::new(connect().await);
+    let shed = second.get_jwks(pb::GetJwksRequest::default()).await.expect_err("shed");
+    assert_eq!((shed.code(), oauth_error(&shed).as_str()), (tonic::Code::ResourceExhausted, "temporarily_unavailable"));
+    // So is an HTTP call to the broker, with 503 and Retry-After; health still answers.
+    let r = reqwest::Client::new()
+        .post(format!("{http}/oauth2/introspect"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["retry-after"].to_str().unwrap()), (503, "1"));
+    assert_eq!(reqwest::get(format!("{http}/healthz")).await.unwrap().status(), 200);
+    assert!(!held.is_finished(), "the held call ended early; the refusals above would prove nothing");
+    assert!(health_check(connect().await).await.is_ok());
+
+    // Once the slot is free, calls run again.
+    jwks.release();
+    let _ = held.await.unwrap();
+    assert!(second.get_jwks(pb::GetJwksRequest::default()).await.is_ok());
 }
