@@ -368,3 +368,44 @@ async fn the_grpc_bad_input_matrix_gets_the_same_oauth_errors_over_http() {
     }
     assert!(cases >= 50, "the whole matrix ran ({cases} cases)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_or_token_reaches_the_logs_through_the_http_face() {
+    use crate::support::process::Serving;
+    let dir = TestBroker::builder().write_config();
+    let config = dir.path().join("tessera.toml");
+    let server = tokio::task::spawn_blocking(move || {
+        Serving::start(&["--config", config.to_str().unwrap()], |c| {
+            c.env("RUST_LOG", "debug").env_remove("TESSERA__LOG__LEVEL");
+        })
+    })
+    .await
+    .unwrap();
+    let token_url = format!("http://{}/oauth2/token", server.http);
+    let assertion = k8s_assertion(600);
+    let wrong_secret = "not-the-secret-but-still-a-secret-0123";
+    let mut form = exchange_form(&assertion, CRM, "crm:read");
+    form.extend([("client_id", "orchestrator"), ("client_secret", CLIENT_SECRET)]);
+    let (status, _, body) = post(&token_url, &form, None).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let mut wrong = exchange_form(&assertion, CRM, "crm:read");
+    wrong.extend([("client_id", "orchestrator"), ("client_secret", wrong_secret)]);
+    assert_eq!(post(&token_url, &wrong, None).await.0, 401);
+    let introspect = format!("http://{}/oauth2/introspect", server.http);
+    assert_eq!(post(&introspect, &[("token", token.as_str())], Some(&basic("gateway", CLIENT_SECRET))).await.0, 200);
+
+    let (_, logs) = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+    assert!(logs.contains("event=exchange"), "the debug log is not empty: {logs}");
+    for (what, secret) in [
+        ("the client secret", CLIENT_SECRET),
+        ("a wrong client secret", wrong_secret),
+        ("the assertion", assertion.as_str()),
+        ("the access token", token.as_str()),
+    ] {
+        assert!(!logs.contains(secret), "{what} appears in the logs");
+        if let Some(signature) = secret.rsplit('.').next().filter(|s| s.len() > 20 && secret.contains('.')) {
+            assert!(!logs.contains(signature), "{what}'s signature appears in the logs");
+        }
+    }
+}
