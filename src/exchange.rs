@@ -235,10 +235,9 @@ impl Exchange<'_> {
             .chain(actor.map(|a| &a.holder))
             .map(|p| (p.iss.as_str(), p.sub.as_str()))
             .collect();
-        let suspensions = crate::revocation::suspension_keys(&parties, client_id);
-        let keys: Vec<String> = probe.keys().iter().chain(&suspensions).cloned().collect();
-        let (mut found, fresh) = self.revocations.lookup_and_spend(&keys, &spends, now).await?;
-        let suspended = found.split_off(probe.keys().len());
+        let suspensions = probe.suspensions(&parties, client_id);
+        let (found, fresh) = self.revocations.lookup_and_spend(probe.keys(), &spends, now).await?;
+        let (found, suspended) = found.split_at(suspensions.min(found.len()));
         if let Some(i) = suspended.iter().position(Option::is_some) {
             return Err(if i == parties.len() {
                 Error::new(ErrorCode::UnauthorizedClient, "this client is suspended")
@@ -246,7 +245,7 @@ impl Exchange<'_> {
                 Error::invalid_grant("a principal in this request is suspended")
             });
         }
-        if probe.revoked(&found) {
+        if probe.revoked(found) {
             return Err(Error::invalid_grant("a token in this request, or its task, has been revoked"));
         }
         if fresh.contains(&false) {

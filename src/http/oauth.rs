@@ -369,7 +369,7 @@ async fn revoke(
                 _ => return Err(Error::invalid_request("subject and issuer go together")),
             },
             // `client_id` is the caller's own (client_secret_post): the client to revoke has its own name.
-            form.one("revoke_client_id")?.map(|c| RevokeRequest::Client(c.into())),
+            form.one("target_client_id")?.map(|c| RevokeRequest::Client(c.into())),
         ];
         let mut targets = targets.into_iter().flatten();
         let (Some(target), None) = (targets.next(), targets.next()) else {

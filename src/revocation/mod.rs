@@ -177,14 +177,6 @@ fn suspended_subject_key(iss: &str, sub: &str) -> String {
     format!("{{tessera}}:susp:sub:{}:{iss}{sub}", iss.len())
 }
 
-/// The suspension keys that would refuse an exchange with this subject, actor and calling client; a present
-/// one refuses, whatever its value.
-pub fn suspension_keys(parties: &[(&str, &str)], client_id: &str) -> Vec<String> {
-    let mut keys: Vec<String> = parties.iter().map(|(iss, sub)| suspended_subject_key(iss, sub)).collect();
-    keys.push(Suspendable::Client(client_id.to_string()).key());
-    keys
-}
-
 /// How long a suspension lasts when the request names no duration: a day.
 pub const DEFAULT_SUSPENSION: u64 = 86_400;
 /// The longest suspension: 30 days (then suspend again, or revoke the client from the config).
@@ -295,6 +287,17 @@ impl Probe {
     /// tessera subject token's [`Probe::token`].
     pub fn task(&mut self, task_id: &str) {
         self.push(task_key(task_id), None);
+    }
+
+    /// Adds the keys that mark these principals (`(iss, sub)`) and this calling client suspended, after every
+    /// revocation key already added: they go to the store in the same lookup. Returns where they start in it.
+    pub fn suspensions(&mut self, parties: &[(&str, &str)], client_id: &str) -> usize {
+        let start = self.keys.len();
+        for (iss, sub) in parties {
+            self.push(suspended_subject_key(iss, sub), None);
+        }
+        self.push(Suspendable::Client(client_id.to_string()).key(), None);
+        start
     }
 
     /// The keys to look up, in the order [`Probe::revoked`] expects the answers in.
@@ -446,10 +449,7 @@ impl Revoke<'_> {
     }
 
     async fn decide(&self, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
-        if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
-            return Err(Error::invalid_request(format!("reason must be at most {MAX_REASON_BYTES} bytes of text")));
-        }
-        let name_ok = |s: &str| !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.chars().any(char::is_control);
+        check_reason(reason)?;
         let mut task_id = None;
         let (target, expires_at) = match request {
             RevokeRequest::Token(token) => {
@@ -469,11 +469,7 @@ impl Revoke<'_> {
             RevokeRequest::Jti(jti) if name_ok(&jti) => self.until(Target::Jti(jti), now),
             RevokeRequest::Task(task) if name_ok(&task) => self.until(Target::Task(task), now),
             RevokeRequest::Subject { issuer, sub } if name_ok(&sub) => {
-                let iss = self
-                    .issuers
-                    .upstream_id(&issuer)
-                    .ok_or_else(|| Error::invalid_request("subject issuer is not a configured issuer"))?;
-                self.until(Target::Subject { iss, sub }, now)
+                self.until(Target::Subject { iss: self.issuer_id(&issuer)?, sub }, now)
             }
             RevokeRequest::Client(id) if name_ok(&id) => self.until(Target::Client(id), now),
             _ => return Err(Error::invalid_request("the revocation target is empty or malformed")),
@@ -483,19 +479,19 @@ impl Revoke<'_> {
         Ok(Revoked { target, expires_at, task_id })
     }
 
+    /// The identifier of the configured issuer a request names (by `iss`, SPIFFE prefix or name).
+    fn issuer_id(&self, issuer: &str) -> Result<String> {
+        self.issuers
+            .upstream_id(issuer)
+            .ok_or_else(|| Error::invalid_request("subject issuer is not a configured issuer"))
+    }
+
     /// What a suspend or resume request names, checked as `Revoke` checks its targets.
     fn suspendable(&self, request: SuspendRequest, reason: &str) -> Result<Suspendable> {
-        if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
-            return Err(Error::invalid_request(format!("reason must be at most {MAX_REASON_BYTES} bytes of text")));
-        }
-        let name_ok = |s: &str| !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.chars().any(char::is_control);
+        check_reason(reason)?;
         match request {
             SuspendRequest::Subject { issuer, sub } if name_ok(&sub) => {
-                let iss = self
-                    .issuers
-                    .upstream_id(&issuer)
-                    .ok_or_else(|| Error::invalid_request("subject issuer is not a configured issuer"))?;
-                Ok(Suspendable::Subject { iss, sub })
+                Ok(Suspendable::Subject { iss: self.issuer_id(&issuer)?, sub })
             }
             SuspendRequest::Client(id) if name_ok(&id) => Ok(Suspendable::Client(id)),
             _ => Err(Error::invalid_request("the suspension target is empty or malformed")),
@@ -558,6 +554,19 @@ impl Revoke<'_> {
         self.audit.record(suspension_event("resume", &client.id, reason, outcome.as_ref().map(|t| (t, 0))));
         outcome
     }
+}
+
+/// A reason is short text: it goes into the store and the audit trail.
+fn check_reason(reason: &str) -> Result<()> {
+    if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
+        return Err(Error::invalid_request(format!("reason must be at most {MAX_REASON_BYTES} bytes of text")));
+    }
+    Ok(())
+}
+
+/// Whether `s` can name a revocation or suspension target.
+fn name_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.chars().any(char::is_control)
 }
 
 /// The audit event of a suspension or its lifting.

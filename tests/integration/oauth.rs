@@ -259,7 +259,7 @@ async fn introspection_and_revocation_over_http() {
     assert_eq!((status, body["revoked"].as_str()), (200, Some("task")));
     let (status, _, body) = post(&revoke_url, &[("subject", ORCHESTRATOR), ("issuer", "kubernetes")], None).await;
     assert_eq!((status, body["revoked"].as_str()), (200, Some("subject")));
-    let (status, _, body) = post(&revoke_url, &[("revoke_client_id", "orchestrator")], None).await;
+    let (status, _, body) = post(&revoke_url, &[("target_client_id", "orchestrator")], None).await;
     assert_eq!((status, body["revoked"].as_str()), (200, Some("client")));
     let (status, _, body) = post(&revoke_url, &[("jti", "a"), ("task_id", "b")], None).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
