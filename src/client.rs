@@ -3,7 +3,8 @@
 //! A client authenticates with a secret (HTTP Basic in the `authorization` metadata, RFC 6749 §2.3.1) whose
 //! SHA-256 is all the config holds, compared in constant time. A client marked `loopback_anonymous` is the
 //! one a caller on the loopback interface becomes when it presents no credentials (dev mode's demo client).
-//! mTLS identities slot in here as another kind of [`Credentials`].
+//! Over mTLS, a client is also known by its certificate: a URI SAN (a SPIFFE ID) or DNS SAN of the leaf the
+//! CA bundle accepted, mapped to the client by its `tls_identities`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -36,6 +37,8 @@ pub struct Client {
     rpcs: BTreeSet<Rpc>,
     /// A loopback caller without credentials becomes this client (dev mode; at most one client).
     pub loopback_anonymous: bool,
+    /// The certificate identities (URI or DNS SANs) that are this client over mTLS.
+    pub tls_identities: Vec<String>,
 }
 
 impl fmt::Debug for Client {
@@ -45,6 +48,7 @@ impl fmt::Debug for Client {
             .field("has_secret", &self.secret_sha256.is_some())
             .field("rpcs", &self.rpcs)
             .field("loopback_anonymous", &self.loopback_anonymous)
+            .field("tls_identities", &self.tls_identities)
             .finish()
     }
 }
@@ -52,8 +56,24 @@ impl fmt::Debug for Client {
 impl Client {
     /// A client; `secret_sha256` is the SHA-256 of its secret (`None`: it cannot authenticate with one).
     pub fn new(id: String, secret_sha256: Option<[u8; 32]>, rpcs: BTreeSet<Rpc>, loopback_anonymous: bool) -> Self {
-        Client { id, secret_sha256, rpcs, loopback_anonymous }
+        Client { id, secret_sha256, rpcs, loopback_anonymous, tls_identities: Vec::new() }
     }
+
+    /// The client, also known by these certificate identities over mTLS.
+    pub fn with_tls_identities(mut self, identities: Vec<String>) -> Self {
+        self.tls_identities = identities;
+        self
+    }
+}
+
+/// The leaf of a client certificate chain the TLS handshake verified against the CA bundle: what the faces
+/// hand the core of it (the core never parses certificates).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// Its URI SANs (SPIFFE IDs), then its DNS SANs.
+    pub identities: Vec<String>,
+    /// SHA-256 of its DER: the `x5t#S256` a certificate-bound token is bound to (RFC 8705 §3.1).
+    pub sha256: [u8; 32],
 }
 
 /// What a caller presented, taken from request metadata by an adapter.
@@ -64,6 +84,8 @@ pub struct Credentials {
     /// The peer connected from a loopback address: without credentials it may be the `loopback_anonymous`
     /// client.
     pub peer_is_loopback: bool,
+    /// The client certificate the connection presented (mTLS), verified by the TLS handshake.
+    pub certificate: Option<std::sync::Arc<PeerCertificate>>,
 }
 
 impl Credentials {
@@ -85,7 +107,13 @@ impl Credentials {
                 Some((form_decode(id).ok_or_else(bad)?, ClientSecret::new(form_decode(secret).ok_or_else(bad)?)))
             }
         };
-        Ok(Credentials { basic, peer_is_loopback })
+        Ok(Credentials { basic, peer_is_loopback, certificate: None })
+    }
+
+    /// The same credentials, presented over a connection with this verified client certificate.
+    pub fn over(mut self, certificate: Option<std::sync::Arc<PeerCertificate>>) -> Credentials {
+        self.certificate = certificate;
+        self
     }
 }
 
@@ -93,18 +121,37 @@ impl Credentials {
 #[derive(Clone, Debug, Default)]
 pub struct Clients {
     by_id: HashMap<String, Client>,
+    /// Certificate identity → client id (identities are unique across clients once the config is validated).
+    by_tls_identity: HashMap<String, String>,
 }
 
 impl Clients {
     /// The clients, keyed by id (ids are unique once the config is validated).
     pub fn new(clients: Vec<Client>) -> Clients {
-        Clients { by_id: clients.into_iter().map(|c| (c.id.clone(), c)).collect() }
+        let by_tls_identity =
+            clients.iter().flat_map(|c| c.tls_identities.iter().map(|i| (i.clone(), c.id.clone()))).collect();
+        Clients { by_id: clients.into_iter().map(|c| (c.id.clone(), c)).collect(), by_tls_identity }
+    }
+
+    /// The client a verified certificate is, through its identities: `Ok(None)` when none is mapped, an
+    /// error when they name two different clients.
+    fn by_certificate(&self, certificate: &PeerCertificate) -> Result<Option<&Client>> {
+        let mut ids = certificate.identities.iter().filter_map(|i| self.by_tls_identity.get(i));
+        let Some(first) = ids.next() else { return Ok(None) };
+        if ids.any(|other| other != first) {
+            return Err(Error::new(ErrorCode::InvalidClient, "the client certificate names two clients"));
+        }
+        Ok(self.by_id.get(first))
     }
 
     /// Identifies the caller and checks it may call `rpc`.
     pub fn authenticate(&self, credentials: &Credentials, rpc: Rpc) -> Result<&Client> {
         let failed = || Error::new(ErrorCode::InvalidClient, "client authentication failed");
+        let certified = credentials.certificate.as_deref().map(|c| self.by_certificate(c)).transpose()?.flatten();
         let client = match &credentials.basic {
+            // A certificate mapped to one client and credentials naming another: refused, whichever is right.
+            Some((id, _)) if certified.is_some_and(|c| &c.id != id) => return Err(failed()),
+            None if certified.is_some() => certified.ok_or_else(failed)?,
             Some((id, secret)) => {
                 // An empty secret never authenticates, whatever hash a client was given.
                 if secret.expose().is_empty() {
@@ -202,7 +249,7 @@ mod tests {
     #[test]
     fn anonymous_callers_are_the_loopback_client_only_on_loopback() {
         let c = clients();
-        let anon = |loopback| Credentials { basic: None, peer_is_loopback: loopback };
+        let anon = |loopback| Credentials { basic: None, peer_is_loopback: loopback, certificate: None };
         assert_eq!(c.authenticate(&anon(true), Rpc::Exchange).unwrap().id, "demo");
         assert_eq!(c.authenticate(&anon(false), Rpc::Exchange).unwrap_err().code, ErrorCode::InvalidClient);
     }

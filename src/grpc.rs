@@ -150,8 +150,9 @@ impl TokenBrokerService {
     fn caller<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<&Client, Status> {
         let authorization = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("\u{0}"));
         let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
+        let certificate = crate::net::tls::peer_certificate(request.peer_certs().as_deref().map(Vec::as_slice));
         let credentials = Credentials::from_authorization(authorization, loopback).map_err(status)?;
-        self.broker.clients().authenticate(&credentials, rpc).map_err(status)
+        self.broker.clients().authenticate(&credentials.over(certificate.map(Arc::new)), rpc).map_err(status)
     }
 }
 

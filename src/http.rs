@@ -12,14 +12,30 @@ use tokio::net::TcpListener;
 pub mod gateway;
 pub mod oauth;
 
-/// Serves the HTTP face on `listener` until `shutdown` completes. Connections are accepted by [`crate::net`],
-/// which sets `TCP_NODELAY` on each.
+/// Serves the HTTP face in plaintext on `listener` until `shutdown` completes. Connections are accepted by
+/// [`crate::net`], which sets `TCP_NODELAY` on each.
 pub async fn serve(
     listener: TcpListener,
     broker: std::sync::Arc<crate::broker::Broker>,
     registry: Option<prometheus::Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, broker, registry, None, shutdown).await
+}
+
+/// As [`serve`]; with `tls`, connections are TLS (HTTP/2 or HTTP/1.1 by ALPN), and a client certificate the
+/// CA bundle accepts identifies its client.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    broker: std::sync::Arc<crate::broker::Broker>,
+    registry: Option<prometheus::Registry>,
+    tls: Option<crate::net::tls::TlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = tls
+        .map(|tls| crate::net::tls::Acceptor::new(tls, crate::net::tls::ALPN_HTTP))
+        .transpose()
+        .map_err(std::io::Error::other)?;
     // Broker operations run in the shared slots, within the request timeout; health and metrics never wait.
     let limit = axum::middleware::from_fn_with_state(std::sync::Arc::clone(&broker), oauth::within_limits);
     let mut router = Router::new()
@@ -30,10 +46,19 @@ pub async fn serve(
     if let Some(registry) = registry {
         router = router.route("/metrics", get(move || metrics(registry.clone())));
     }
-    tracing::info!(addr = %listener.local_addr()?, "tessera serving HTTP");
-    // The peer's address tells the loopback client apart (dev mode).
+    tracing::info!(addr = %listener.local_addr()?, tls = acceptor.is_some(), "tessera serving HTTP");
+    // The peer's address tells the loopback client apart (dev mode); its certificate, an mTLS client.
     let service = router.into_make_service_with_connect_info::<oauth::Peer>();
-    axum::serve(crate::net::Listener(listener), service).with_graceful_shutdown(shutdown).await
+    match acceptor {
+        None => axum::serve(crate::net::Listener(listener), service).with_graceful_shutdown(shutdown).await,
+        Some(acceptor) => {
+            let reload = acceptor.spawn_reload();
+            let listener = crate::net::tls::Listener::new(listener, acceptor)?;
+            let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
+            reload.abort();
+            served
+        }
+    }
 }
 
 async fn metrics(registry: prometheus::Registry) -> impl IntoResponse {

@@ -37,7 +37,8 @@
 //! **Faces** — thin adapters: [`grpc`] (`tessera.v1.TokenBroker`); [`http`]: the plain-OAuth endpoints
 //! ([`http::oauth`]: token exchange and jwt-bearer, introspection, revocation, JWKS, RFC 8414 metadata), the
 //! gateway's forward-auth and RFC 9728 resource metadata ([`http::gateway`]), metrics and health; [`net`] (how
-//! both faces accept connections: `TCP_NODELAY` on each); the CLI lives in the binary.
+//! both faces accept connections: `TCP_NODELAY` on each; [`net::tls`]: TLS and mTLS client certificates, with
+//! the files re-read as they rotate); the CLI lives in the binary.
 //!
 //! **Composition root** — [`serve`]: builds the infrastructure from a validated [`config::Config`], hands
 //! it to the core, and serves the gRPC face on a listener the caller binds. [`config`] reads and validates

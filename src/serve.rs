@@ -21,6 +21,7 @@ use crate::grpc::pb::{self, token_broker_server::TokenBrokerServer};
 use crate::issuer::Issuers;
 use crate::issuer::jwks::JwksFetcher;
 use crate::metrics::Metrics;
+use crate::net::tls::{Acceptor, TlsConfig};
 use crate::revocation::Store;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -70,14 +71,27 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
     }))
 }
 
-/// Serves the broker on `listener` until `shutdown` completes, then stops accepting, reports NOT_SERVING
-/// and lets in-flight RPCs finish.
+/// Serves the broker on `listener` in plaintext until `shutdown` completes, then stops accepting, reports
+/// NOT_SERVING and lets in-flight RPCs finish.
 pub async fn run(
     listener: TcpListener,
     broker: Arc<Broker>,
     settings: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), BoxError> {
+    run_with_tls(listener, broker, settings, None, shutdown).await
+}
+
+/// As [`run`]; with `tls`, connections are TLS (and mTLS, with a client CA bundle), with the certificate
+/// re-read as it changes.
+pub async fn run_with_tls(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    settings: ServerConfig,
+    tls: Option<TlsConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BoxError> {
+    let acceptor = tls.map(|tls| Acceptor::new(tls, crate::net::tls::ALPN_GRPC)).transpose()?;
     crate::install_crypto_provider();
     crate::issuer::jwks::warm_up(broker.issuers()).await;
     let refresh = crate::issuer::jwks::spawn_refresh(broker.issuers());
@@ -99,13 +113,13 @@ pub async fn run(
         // Requests are small (tokens are bounded by issuer config); a large body is refused before decoding.
         .max_decoding_message_size(settings.max_request_bytes);
 
-    tracing::info!(addr = %listener.local_addr()?, "tessera serving gRPC");
+    tracing::info!(addr = %listener.local_addr()?, tls = acceptor.is_some(), "tessera serving gRPC");
     let draining = async {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight RPCs");
         health.set_not_serving::<TokenBrokerServer<TokenBrokerService>>().await;
     };
-    let served = Server::builder()
+    let router = Server::builder()
         // Every RPC ends within the request timeout, whatever a peer or an upstream JWKS endpoint does.
         .timeout(settings.request_timeout)
         // Dead peers are noticed and their connections closed.
@@ -113,9 +127,17 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(crate::net::incoming(listener), draining)
-        .await;
+        .add_service(service);
+    let served = match acceptor {
+        None => router.serve_with_incoming_shutdown(crate::net::incoming(listener), draining).await,
+        Some(acceptor) => {
+            let reload = acceptor.spawn_reload();
+            let served =
+                router.serve_with_incoming_shutdown(crate::net::tls::incoming(listener, acceptor), draining).await;
+            reload.abort();
+            served
+        }
+    };
     refresh.iter().for_each(tokio::task::JoinHandle::abort);
     served.map_err(Into::into)
 }

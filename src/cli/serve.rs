@@ -48,6 +48,7 @@ pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path)
         }
     };
     let settings = config.server;
+    let tls = config.tls.clone();
     runtime()?.block_on(async move {
         let telemetry = telemetry::init(&config.log, &config.telemetry)?;
         if dev_mode {
@@ -63,13 +64,18 @@ pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path)
         let http_stopped = async move {
             let _ = stopped.changed().await;
         };
-        let http =
-            tokio::spawn(tessera::http::serve(http, Arc::clone(&broker), telemetry.registry.clone(), http_stopped));
+        let http = tokio::spawn(tessera::http::serve_with_tls(
+            http,
+            Arc::clone(&broker),
+            telemetry.registry.clone(),
+            tls.clone(),
+            http_stopped,
+        ));
         let grpc_stopped = async move {
             serve::shutdown_signal().await;
             let _ = stop.send(true);
         };
-        let served = serve::run(grpc, broker, settings, grpc_stopped).await.map_err(|e| e.to_string());
+        let served = serve::run_with_tls(grpc, broker, settings, tls, grpc_stopped).await.map_err(|e| e.to_string());
         let _ = http.await;
         telemetry.shutdown();
         served

@@ -20,6 +20,9 @@ pub struct ClientBuilder {
     pub rpcs: Vec<Rpc>,
     /// Calls from a loopback peer without credentials are this client (default false; at most one client).
     pub loopback_anonymous: bool,
+    /// Over mTLS, a client certificate with one of these URI SANs (a SPIFFE ID, `spiffe://…`) or DNS SANs
+    /// is this client, without a secret (needs `[tls] client_ca_file`); unique across clients.
+    pub tls_identities: Vec<String>,
 }
 
 /// The clients; every audience's `introspect_clients` must name configured ones.
@@ -52,13 +55,25 @@ pub(super) fn build(builders: Vec<ClientBuilder>, audiences: &[Audience], proble
                 parsed
             }
         };
-        if secret.is_none() && !c.loopback_anonymous {
-            problems.push(format!("{at}: needs `secret_sha256` (or `loopback_anonymous = true`)"));
+        if secret.is_none() && !c.loopback_anonymous && c.tls_identities.is_empty() {
+            problems.push(format!("{at}: needs `secret_sha256`, `tls_identities` (or `loopback_anonymous = true`)"));
+        }
+        for identity in &c.tls_identities {
+            if identity.is_empty() || identity.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                problems.push(format!("{at}: tls_identities: `{}` is not a URI or DNS name", identity.escape_debug()));
+            } else if clients.iter().any(|x: &Client| x.tls_identities.contains(identity))
+                || c.tls_identities.iter().filter(|i| *i == identity).count() > 1
+            {
+                problems.push(format!("{at}: tls_identities: `{identity}` is listed more than once"));
+            }
         }
         if c.rpcs.is_empty() {
             problems.push(format!("{at}: `rpcs` must name at least one of exchange, introspect, revoke, suspend"));
         }
-        clients.push(Client::new(c.id, secret, c.rpcs.into_iter().collect(), c.loopback_anonymous));
+        clients.push(
+            Client::new(c.id, secret, c.rpcs.into_iter().collect(), c.loopback_anonymous)
+                .with_tls_identities(c.tls_identities),
+        );
     }
     if clients.iter().filter(|c| c.loopback_anonymous).count() > 1 {
         problems.push("clients: at most one client may be `loopback_anonymous`".into());

@@ -5,7 +5,7 @@
 //!
 //! One module a section, each with its builder, its validated form and its defaults, named and documented
 //! (every key in docs/config.md): [`server`], [`broker`], [`keys`] (`[signing]`, `[policy]`), [`issuers`],
-//! [`audiences`], [`clients`], [`routes`], [`store`], [`telemetry`], [`log`].
+//! [`audiences`], [`clients`], [`routes`], [`store`], [`tls`], [`telemetry`], [`log`].
 
 pub mod audiences;
 pub mod broker;
@@ -17,6 +17,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,7 @@ pub use routes::RouteBuilder;
 pub use server::{DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerBuilder, ServerConfig};
 pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode};
 pub use telemetry::{TelemetryBuilder, TelemetryConfig};
+pub use tls::{DEFAULT_TLS_RELOAD_INTERVAL, TlsBuilder};
 
 use crate::catalog::Audience;
 use crate::client::Client;
@@ -68,6 +70,8 @@ pub struct ConfigBuilder {
     pub routes: Vec<RouteBuilder>,
     /// `[store]`: where the revocation list lives (default: in memory).
     pub store: StoreBuilder,
+    /// `[tls]`: TLS on both listeners and mTLS client certificates (default: plaintext).
+    pub tls: TlsBuilder,
     /// `[telemetry]`: OTLP export and the Prometheus endpoint.
     pub telemetry: TelemetryBuilder,
     /// `[log]`: log format and level.
@@ -104,6 +108,8 @@ pub struct Config {
     pub policy: Policy,
     /// `None`: the embedded in-memory store.
     pub store: Option<RedisSettings>,
+    /// TLS on both listeners (`None`: plaintext).
+    pub tls: Option<crate::net::tls::TlsConfig>,
     /// Tracing and metrics export.
     pub telemetry: TelemetryConfig,
     /// Log format and level.
@@ -155,6 +161,10 @@ impl ConfigBuilder {
         let clients = clients::build(self.clients, &audiences, &mut problems);
         let routes = routes::build(self.routes, &audiences, &mut problems);
         let store = self.store.build(&mut problems);
+        let tls = self.tls.build(&cx, &mut problems);
+        if tls.is_none() && clients.iter().any(|c| !c.tls_identities.is_empty()) {
+            problems.push("clients: tls_identities need [tls] with client_ca_file".into());
+        }
         let log = self.log.build(&mut problems);
         let telemetry = self.telemetry.build(&cx, &mut problems);
         match policy {
@@ -172,6 +182,7 @@ impl ConfigBuilder {
                 routes,
                 policy,
                 store,
+                tls,
                 telemetry,
                 log,
             }),

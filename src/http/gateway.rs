@@ -88,7 +88,7 @@ fn gateway_error(status: StatusCode, code: &str, description: &str) -> Response 
 
 async fn forward_auth(
     State(broker): State<Arc<Broker>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer(peer, certificate)): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Response {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
@@ -114,8 +114,10 @@ async fn forward_auth(
     };
     let audience = audience.as_str();
     // The gateway itself.
-    let gateway = Credentials::from_authorization(text(CLIENT_AUTHORIZATION), peer.ip().is_loopback())
-        .and_then(|credentials| broker.clients().authenticate(&credentials, Rpc::Introspect).cloned());
+    let gateway =
+        Credentials::from_authorization(text(CLIENT_AUTHORIZATION), peer.ip().is_loopback()).and_then(|credentials| {
+            broker.clients().authenticate(&credentials.over(certificate), Rpc::Introspect).cloned()
+        });
     let gateway = match gateway {
         Ok(client) => client,
         Err(_) => {

@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::broker::Broker;
-use crate::client::{Client, Credentials, Rpc};
+use crate::client::{Client, Credentials, PeerCertificate, Rpc};
 use crate::clock::now;
 use crate::error::{Error, ErrorCode};
 use crate::exchange::{ExchangeRequest, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
@@ -65,13 +65,21 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
-/// The peer of an HTTP connection, as the face's listener accepted it (to tell the loopback client apart).
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
+/// The peer of an HTTP connection, as the face's listener accepted it: its address (to tell the loopback
+/// client apart) and, over mTLS, its verified client certificate.
+#[derive(Clone, Debug)]
+pub struct Peer(pub SocketAddr, pub Option<Arc<PeerCertificate>>);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::net::Listener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, crate::net::Listener>) -> Peer {
-        Peer(*stream.remote_addr())
+        Peer(*stream.remote_addr(), None)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::net::tls::Listener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::net::tls::Listener>) -> Peer {
+        let peer = stream.remote_addr();
+        Peer(peer.addr, peer.certificate.clone())
     }
 }
 
@@ -130,7 +138,7 @@ fn caller<'b>(
     broker: &'b Broker,
     headers: &HeaderMap,
     form: &Form,
-    peer: SocketAddr,
+    Peer(peer, certificate): &Peer,
     rpc: Rpc,
 ) -> Result<&'b Client, Error> {
     let loopback = peer.ip().is_loopback();
@@ -144,14 +152,16 @@ fn caller<'b>(
             return Err(Error::invalid_request("use one client authentication method, not two"));
         }
         (Some(_), _) => Credentials::from_authorization(authorization, loopback)?,
-        (None, (Some(id), Some(secret))) => {
-            Credentials { basic: Some((id.to_string(), ClientSecret::new(secret))), peer_is_loopback: loopback }
-        }
+        (None, (Some(id), Some(secret))) => Credentials {
+            basic: Some((id.to_string(), ClientSecret::new(secret))),
+            peer_is_loopback: loopback,
+            certificate: None,
+        },
         (None, (Some(_), None)) => return Err(Error::new(ErrorCode::InvalidClient, "client authentication failed")),
         (None, (None, Some(_))) => return Err(Error::invalid_request("client_secret without client_id")),
-        (None, (None, None)) => Credentials { basic: None, peer_is_loopback: loopback },
+        (None, (None, None)) => Credentials { basic: None, peer_is_loopback: loopback, certificate: None },
     };
-    broker.clients().authenticate(&credentials, rpc)
+    broker.clients().authenticate(&credentials.over(certificate.clone()), rpc)
 }
 
 /// The body, or `invalid_request` when it could not be read (larger than the limit, or cut short).
@@ -213,14 +223,14 @@ fn answer(result: Result<Value, Error>) -> Response {
 
 async fn token(
     State(broker): State<Arc<Broker>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    answer(async { exchange(&broker, &headers, &read(body)?, peer).await }.await)
+    answer(async { exchange(&broker, &headers, &read(body)?, &peer).await }.await)
 }
 
-async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: SocketAddr) -> Result<Value, Error> {
+async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: &Peer) -> Result<Value, Error> {
     let form = Form::parse(headers, body)?;
     let client = caller(broker, headers, &form, peer, Rpc::Exchange)?;
     let request = match form.one("grant_type")? {
@@ -269,7 +279,7 @@ async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: Socke
 
 async fn introspect(
     State(broker): State<Arc<Broker>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -280,7 +290,7 @@ async fn introspect(
     let mut audience = String::new();
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, peer, Rpc::Introspect)?;
+        let client = caller(&broker, &headers, &form, &peer, Rpc::Introspect)?;
         audience.clone_from(&client.id);
         form.one("token_type_hint")?;
         let token = Token::new(form.one("token")?.ok_or_else(|| Error::invalid_request("token is required"))?);
@@ -350,13 +360,13 @@ fn actor_json(a: &Actor) -> Value {
 
 async fn revoke(
     State(broker): State<Arc<Broker>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, peer, Rpc::Revoke)?;
+        let client = caller(&broker, &headers, &form, &peer, Rpc::Revoke)?;
         form.one("token_type_hint")?;
         let reason = form.text("reason")?;
         let targets = [
@@ -399,13 +409,13 @@ fn suspension_target(form: &Form) -> Result<SuspendRequest, Error> {
 
 async fn suspend(
     State(broker): State<Arc<Broker>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, peer, Rpc::Suspend)?;
+        let client = caller(&broker, &headers, &form, &peer, Rpc::Suspend)?;
         let duration = match form.one("duration_seconds")? {
             None => 0,
             Some(d) => d.parse().map_err(|_| Error::invalid_request("duration_seconds is a number of seconds"))?,
@@ -420,13 +430,13 @@ async fn suspend(
 
 async fn resume(
     State(broker): State<Arc<Broker>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, peer, Rpc::Suspend)?;
+        let client = caller(&broker, &headers, &form, &peer, Rpc::Suspend)?;
         let resumed = broker.resume(client, suspension_target(&form)?, &form.text("reason")?, now()).await?;
         Ok(json!({ "resumed": resumed.kind() }))
     }

@@ -19,3 +19,4 @@ mod store;
 mod support;
 mod suspension;
 mod telemetry;
+mod tls;

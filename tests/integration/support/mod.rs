@@ -183,6 +183,8 @@ pub struct TestBrokerBuilder {
     extra_toml: String,
     policy: String,
     issuers_toml: Option<String>,
+    /// Whether the `local` client is the loopback caller without credentials (true unless turned off).
+    loopback_client: bool,
 }
 
 pub struct TestBroker {
@@ -202,6 +204,7 @@ impl TestBroker {
             extra_toml: String::new(),
             policy: std::fs::read_to_string(fixtures().join("policy.cedar")).unwrap(),
             issuers_toml: None,
+            loopback_client: true,
         }
     }
 
@@ -245,7 +248,7 @@ pub fn shared_signing_key() -> String {
 
 /// The anonymous loopback client of `broker`.
 pub fn local_client(broker: &Broker) -> Client {
-    let credentials = Credentials { basic: None, peer_is_loopback: true };
+    let credentials = Credentials { basic: None, peer_is_loopback: true, ..Credentials::default() };
     broker.clients().authenticate(&credentials, Rpc::Exchange).expect("loopback client").clone()
 }
 
@@ -290,6 +293,13 @@ impl TestBrokerBuilder {
     /// Records metrics into these instruments (the global meter's otherwise).
     pub fn metrics(mut self, metrics: tessera::metrics::Metrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// No loopback client: a caller without credentials is refused even on loopback (the `local` client then
+    /// needs the shared secret).
+    pub fn without_loopback_client(mut self) -> Self {
+        self.loopback_client = false;
         self
     }
 
@@ -372,7 +382,7 @@ rpcs = ["exchange"]
 
 [[clients]]
 id = "local"
-loopback_anonymous = true
+{local_auth}
 rpcs = ["exchange", "introspect", "revoke", "suspend"]
 
 [[clients]]
@@ -385,6 +395,11 @@ rpcs = ["introspect"]
             broker = self.broker_toml,
             issuers = self.issuers_toml.clone().unwrap_or_else(default_issuers_toml),
             extra = self.extra_toml,
+            local_auth = if self.loopback_client {
+                "loopback_anonymous = true".to_string()
+            } else {
+                format!("secret_sha256 = \"{secret_sha256}\"")
+            },
         );
         std::fs::write(dir.path().join("tessera.toml"), config).unwrap();
         dir

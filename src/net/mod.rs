@@ -5,6 +5,10 @@
 //! (HTTP/2 writes headers, data and trailers) waits for the client's delayed ACK under Nagle's algorithm:
 //! about 40 ms per RPC for a client making one call at a time. Neither tonic's `serve_with_incoming*` nor a
 //! plain `tokio::net::TcpListener` handed to `axum::serve` sets it.
+//!
+//! [`tls`] adds TLS (and mTLS client certificates) on top, for both faces.
+
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
