@@ -72,6 +72,14 @@ pub mod token;
 pub use broker::Broker;
 pub use error::{Error, ErrorCode};
 
+/// Cases per property test: `default` (bounded, for CI), or `TESSERA_FUZZ_CASES` for a longer fuzzing run
+/// (`TESSERA_FUZZ_CASES=100000 cargo test --lib -- never_panics`).
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("TESSERA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    proptest::test_runner::Config { cases, ..proptest::test_runner::Config::default() }
+}
+
 /// Installs aws-lc-rs as the process's rustls crypto provider, once; a second call is a no-op. Without it a
 /// build that links two providers panics at its first TLS handshake.
 pub fn install_crypto_provider() {

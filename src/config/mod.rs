@@ -241,4 +241,52 @@ mod tests {
             Figment::new().merge(Toml::string("[broker]\nissuer_typo = 1")).extract();
         assert!(result.is_err());
     }
+
+    /// A TOML value of a random type: what a typo or a hostile config puts where a key's value goes.
+    fn toml_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            ".{0,24}".prop_map(|s| format!("{s:?}")),
+            Just("\"https://tessera.example\"".to_string()),
+            Just("[\"exchange\", \"introspect\"]".to_string()),
+            Just("[]".to_string()),
+            Just("{ a = 1 }".to_string()),
+            Just("18446744073709551615".to_string()),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz_cases(128))]
+
+        /// Known sections and keys with values of any type: reading and validating answers with a config or
+        /// a list of problems, each a non-empty line; it never panics.
+        #[test]
+        fn config_parsing_never_panics(entries in proptest::collection::vec((0..9usize, 0..8usize, toml_value()), 0..24)) {
+            const SECTIONS: [&str; 9] = ["server", "broker", "tls", "store", "log", "telemetry", "[clients]", "[audiences]", "[issuers]"];
+            const KEYS: [&str; 8] = ["issuer", "id", "max_ttl", "rpcs", "cert_file", "redis_url", "grpc_addr", "max_delegation_depth"];
+            // Each section once and each key once in it, so the TOML itself is well formed and validation runs.
+            let mut sections = std::collections::BTreeMap::<usize, std::collections::BTreeMap<usize, &String>>::new();
+            for (section, key, value) in &entries {
+                sections.entry(*section).or_default().insert(*key, value);
+            }
+            let mut toml = String::new();
+            for (section, keys) in sections {
+                toml.push_str(&format!("[{}]\n", SECTIONS[section]));
+                for (key, value) in keys {
+                    toml.push_str(&format!("{} = {}\n", KEYS[key], value));
+                }
+            }
+            let read: Result<ConfigBuilder, _> = Figment::new().merge(Toml::string(&toml)).extract();
+            match read {
+                Ok(builder) => {
+                    if let Err(errors) = builder.build(Path::new("/nonexistent")) {
+                        proptest::prop_assert!(!errors.0.is_empty() && errors.0.iter().all(|e| !e.is_empty()));
+                    }
+                }
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
 }

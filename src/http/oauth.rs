@@ -477,3 +477,57 @@ async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn form_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+        headers
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_cases(256))]
+
+        /// Any body, under any content type: parsing answers (a form or `invalid_request`), never panics.
+        #[test]
+        fn form_parsing_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512), content_type in ".{0,60}") {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&content_type) {
+                headers.insert(header::CONTENT_TYPE, v);
+            }
+            if let Err(e) = Form::parse(&headers, &body) {
+                prop_assert_eq!(e.code, ErrorCode::InvalidRequest);
+            }
+            let _ = Form::parse(&form_headers(), &body);
+        }
+
+        /// What a client encodes is what the face reads back, field by field, up to the field limit; past it
+        /// the form is refused whole.
+        #[test]
+        fn forms_round_trip(fields in proptest::collection::vec(("[^\u{FFFD}]{0,16}", "[^\u{FFFD}]{0,64}"), 0..40)) {
+            let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(&fields).finish();
+            match Form::parse(&form_headers(), body.as_bytes()) {
+                Ok(form) => {
+                    prop_assert!(fields.len() <= MAX_FORM_FIELDS);
+                    prop_assert_eq!(form.0, fields);
+                }
+                Err(e) => {
+                    prop_assert!(fields.len() > MAX_FORM_FIELDS, "{:?} refused: {}", fields, e.description);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeated_parameter_is_refused_and_an_empty_one_is_absent() {
+        let form = Form::parse(&form_headers(), b"scope=a&scope=b&task_id=").unwrap();
+        assert_eq!(form.one("scope").unwrap_err().code, ErrorCode::InvalidRequest);
+        assert_eq!(form.one("task_id").unwrap(), None);
+        assert_eq!(form.all("scope"), ["a", "b"]);
+    }
+}

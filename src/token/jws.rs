@@ -239,7 +239,66 @@ mod tests {
         }
     }
 
+    /// A JOSE header as an attacker shapes it: a known or odd `alg`, any `kid`, and maybe a header that
+    /// fetches or embeds keys.
+    fn hostile_header() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let alg = prop_oneof![
+            Just("none".to_string()),
+            Just("HS256".to_string()),
+            Just("RS256".to_string()),
+            Just("ES256".to_string()),
+            Just("EdDSA".to_string()),
+            Just("PS256".to_string()),
+            ".{0,12}",
+        ];
+        let extra = prop_oneof![
+            Just(None),
+            Just(Some("jku")),
+            Just(Some("x5u")),
+            Just(Some("x5c")),
+            Just(Some("jwk")),
+            Just(Some("crit")),
+            Just(Some("b64")),
+            Just(Some("zip")),
+        ];
+        (alg, proptest::option::of(".{0,40}"), extra, proptest::option::of("[a-z+]{0,10}")).prop_map(
+            |(alg, kid, extra, typ)| {
+                let mut h = serde_json::json!({ "alg": alg });
+                if let Some(kid) = kid {
+                    h["kid"] = kid.into();
+                }
+                if let Some(typ) = typ {
+                    h["typ"] = typ.into();
+                }
+                if let Some(name) = extra {
+                    h[name] = serde_json::json!(["https://evil.example/keys"]);
+                }
+                h
+            },
+        )
+    }
+
     proptest::proptest! {
+        #![proptest_config(crate::fuzz_cases(256))]
+
+        /// Structured hostile tokens: parsing never panics, and what it accepts has an allowed algorithm,
+        /// no key-fetching or embedded-key header, and exactly the bytes it was given as its signature.
+        #[test]
+        fn hostile_headers_never_panic_and_never_pass_a_forbidden_header(header in hostile_header(), payload in ".{0,200}", signature in proptest::collection::vec(proptest::num::u8::ANY, 0..96)) {
+            let token = format!("{}.{}.{}", b64(header.to_string().as_bytes()), b64(payload.as_bytes()), b64(&signature));
+            if let Ok(parsed) = parse(&token, 4096) {
+                let forbidden = ["jku", "x5u", "x5c", "jwk", "crit"];
+                proptest::prop_assert!(forbidden.iter().all(|f| header.get(*f).is_none()), "{header}");
+                proptest::prop_assert!(["RS256", "ES256", "EdDSA", "PS256"].contains(&header["alg"].as_str().unwrap_or_default()), "{header}");
+                proptest::prop_assert_eq!(&parsed.signature, &signature);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz_cases(256))]
+
         /// Nothing an attacker sends makes parsing panic: arbitrary text, and arbitrary headers and payloads
         /// wrapped in valid base64url.
         #[test]
