@@ -5,7 +5,7 @@
 //!
 //! One module a section, each with its builder, its validated form and its defaults, named and documented
 //! (every key in docs/config.md): [`server`], [`broker`], [`keys`] (`[signing]`, `[policy]`), [`issuers`],
-//! [`audiences`], [`clients`], [`routes`], [`store`], [`telemetry`], [`log`].
+//! [`audiences`], [`clients`], [`routes`], [`store`], [`rate_limits`], [`telemetry`], [`log`].
 
 pub mod audiences;
 pub mod broker;
@@ -13,6 +13,7 @@ pub mod clients;
 pub mod issuers;
 pub mod keys;
 pub mod log;
+pub mod rate_limits;
 pub mod routes;
 pub mod server;
 pub mod store;
@@ -30,6 +31,7 @@ pub use clients::ClientBuilder;
 pub use issuers::{DEFAULT_ISSUER_LEEWAY, DEFAULT_MAX_ASSERTION_LIFETIME, IssuerBuilder};
 pub use keys::{PolicyBuilder, SigningBuilder};
 pub use log::{LogBuilder, LogConfig, LogFormat};
+pub use rate_limits::RateLimitsBuilder;
 pub use routes::RouteBuilder;
 pub use server::{DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerBuilder, ServerConfig};
 pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode};
@@ -40,6 +42,7 @@ use crate::client::Client;
 pub use crate::exchange::Limits;
 use crate::issuer::IssuerSpec;
 use crate::policy::Policy;
+use crate::ratelimit::RateLimits;
 use crate::token::keys::{KeySet, SigningKey};
 
 /// The longest `max_assertion_lifetime` (and task revocation retention) accepted: 30 days.
@@ -68,6 +71,8 @@ pub struct ConfigBuilder {
     pub routes: Vec<RouteBuilder>,
     /// `[store]`: where the revocation list lives (default: in memory).
     pub store: StoreBuilder,
+    /// `[rate_limits]`: exchanges per client, principal and task (default: off).
+    pub rate_limits: RateLimitsBuilder,
     /// `[telemetry]`: OTLP export and the Prometheus endpoint.
     pub telemetry: TelemetryBuilder,
     /// `[log]`: log format and level.
@@ -104,6 +109,8 @@ pub struct Config {
     pub policy: Policy,
     /// `None`: the embedded in-memory store.
     pub store: Option<RedisSettings>,
+    /// The rate limits on `ExchangeToken` (each off unless configured).
+    pub rate_limits: RateLimits,
     /// Tracing and metrics export.
     pub telemetry: TelemetryConfig,
     /// Log format and level.
@@ -155,6 +162,7 @@ impl ConfigBuilder {
         let clients = clients::build(self.clients, &audiences, &mut problems);
         let routes = routes::build(self.routes, &audiences, &mut problems);
         let store = self.store.build(&mut problems);
+        let rate_limits = self.rate_limits.build(&mut problems);
         let log = self.log.build(&mut problems);
         let telemetry = self.telemetry.build(&cx, &mut problems);
         match policy {
@@ -172,6 +180,7 @@ impl ConfigBuilder {
                 routes,
                 policy,
                 store,
+                rate_limits,
                 telemetry,
                 log,
             }),
