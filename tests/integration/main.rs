@@ -14,6 +14,7 @@ mod interop;
 mod jwks;
 mod oauth;
 mod properties;
+mod rate_limits;
 mod revocation;
 mod store;
 mod support;
