@@ -318,3 +318,40 @@ async fn a_throttled_exchange_issues_nothing_and_does_not_burn_a_single_use_asse
     assert_eq!((refused.code(), oauth_error(&refused).as_str()), (Code::Unauthenticated, "invalid_grant"));
     assert!(refused.message().contains("suspended"), "{}", refused.message());
 }
+
+#[tokio::test]
+async fn with_limits_on_an_exchange_is_still_one_redis_round_trip() {
+    let redis = RedisServer::start();
+    let key = shared_signing_key();
+    let limits = limits_toml("client_per_minute = 6000\nprincipal_per_minute = 6000\ntask_per_minute = 6000");
+    for mode in ["strict", "mirror"] {
+        let broker =
+            TestBroker::builder().signing_key(&key).redis(&redis.url(), mode).extra_toml(&limits).start().await;
+        // A re-exchange with an actor: the longest probe (ancestors, lineage, suspensions) and all three limits.
+        let parent = exchange(&broker, request(&k8s_assertion(600), BROKER, "crm:read")).await.expect("task token");
+        let mut child = request(&parent, CRM, "crm:read");
+        child.task_id.clear();
+        child.actor_token = spiffe_assertion(600);
+        child.actor_token_type = JWT.into();
+        // A mirror resyncs (ZRANGE, MGET) when it subscribes: let it finish first.
+        if mode == "mirror" {
+            assert!(eventually(|| broker.broker.store().mirror_trusted() == Some(true)).await, "the mirror syncs");
+        }
+        redis.cmd(&["CONFIG", "RESETSTAT"]);
+        exchange(&broker, child).await.expect("delegated");
+        // (The audit event is appended to the audit stream by a background writer, off the request path; the
+        // mirror's heartbeats are background too.)
+        // Redis counts the commands a script runs too: exactly the script's own (one MGET, the clock, a GET
+        // and a SET per limit), so nothing was sent besides the one EVALSHA.
+        let mut calls: Vec<_> = redis
+            .command_calls()
+            .into_iter()
+            .filter(|(name, _)| !["xadd", "publish", "info"].contains(&name.as_str()) && !name.starts_with("config"))
+            .collect();
+        calls.sort();
+        let expected = [("evalsha", 1), ("get", 3), ("mget", 1), ("set", 3), ("time", 1)];
+        let expected: Vec<_> = expected.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+        assert_eq!(calls, expected, "{mode}: one script, nothing else");
+        broker.stop().await;
+    }
+}
