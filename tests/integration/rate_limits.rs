@@ -355,3 +355,65 @@ async fn with_limits_on_an_exchange_is_still_one_redis_round_trip() {
         broker.stop().await;
     }
 }
+
+/// `tessera exchange` for `assertion` through the broker at `url`: the JSON it printed, and whether it
+/// succeeded.
+fn cli_exchange(url: &str, assertion: &str) -> (bool, serde_json::Value) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = crate::support::process::tessera()
+        .args(["exchange", "--addr", url, "--subject-token", "-", "--audience", CRM, "--scope", "crm:read"])
+        .args(["--task-id", "cli-flood"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(assertion.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let printed = if out.status.success() { &out.stdout } else { &out.stderr };
+    let json = serde_json::from_slice(printed)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(printed)));
+    (out.status.success(), json)
+}
+
+/// The acceptance check with real processes: two `tessera serve` replicas of one broker (one config folder,
+/// one Redis), the limits set through `TESSERA__RATE_LIMITS__*` overrides, flooded through the CLI.
+#[test]
+fn two_serve_processes_on_one_redis_share_the_limit() {
+    use crate::support::process::Serving;
+    let redis = RedisServer::start();
+    let dir = TestBroker::builder().redis(&redis.url(), "strict").write_config();
+    let config = dir.path().join("tessera.toml");
+    let serve = || {
+        Serving::start(&["--config", config.to_str().unwrap()], |c| {
+            c.env("TESSERA__LOG__LEVEL", "info")
+                .env("TESSERA__RATE_LIMITS__PRINCIPAL_PER_MINUTE", "1")
+                .env("TESSERA__RATE_LIMITS__PRINCIPAL_BURST", "3")
+                .env_remove("RUST_LOG");
+        })
+    };
+    let replicas = [serve(), serve()];
+    let mut granted = 0;
+    for i in 0..8 {
+        let (ok, json) = cli_exchange(&replicas[i % 2].url(), &k8s_assertion(600));
+        if ok {
+            assert!(json["access_token"].is_string(), "{json}");
+            granted += 1;
+        } else {
+            assert_eq!(
+                (json["error"].as_str(), json["grpc_status"].as_i64()),
+                (Some("rate_limited"), Some(8)),
+                "{json}"
+            );
+            let wait = json["retry_after_ms"].as_u64().expect("the CLI shows the retry hint");
+            assert!((1..=60_000).contains(&wait), "{json}");
+        }
+    }
+    assert_eq!(granted, 3, "the burst, across both processes");
+    // Another agent is unaffected, on either process.
+    for replica in &replicas {
+        let (ok, json) = cli_exchange(&replica.url(), &spiffe_assertion(600));
+        assert!(ok, "{json}");
+    }
+}
