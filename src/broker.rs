@@ -16,6 +16,7 @@ use crate::issuer::Issuers;
 use crate::load::Slots;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::ratelimit::RateLimits;
 use crate::revocation::{Revocations, Revoke, RevokeRequest, Revoked, Store, SuspendRequest, Suspendable, Suspended};
 use crate::secret::Token;
 use crate::token::Keyring;
@@ -36,6 +37,8 @@ pub(crate) struct Parts {
     /// Seconds a revoked task id stays refused for new exchanges.
     pub(crate) task_revocation_retention: u64,
     pub(crate) store: Arc<dyn Store>,
+    /// The rate limits on `ExchangeToken`, applied in the store's round trip.
+    pub(crate) rate_limits: RateLimits,
     pub(crate) audit: Arc<dyn AuditSink>,
     pub(crate) metrics: Metrics,
     /// The slots broker operations run in, on every face (load protection).
@@ -65,7 +68,17 @@ impl Broker {
 
     /// RFC 8693 token exchange, as of `now` (Unix seconds): [`Exchange::run`].
     pub async fn exchange(&self, client: &Client, request: ExchangeRequest, now: u64) -> Result<Issued> {
-        let exchange = Exchange {
+        self.exchange_op().run(client, request, now).await
+    }
+
+    /// RFC 8693 token exchange, as of `now_ms` (Unix milliseconds, the faces' clock: rate limits count in
+    /// sub-second time): [`Exchange::run_ms`].
+    pub async fn exchange_ms(&self, client: &Client, request: ExchangeRequest, now_ms: u64) -> Result<Issued> {
+        self.exchange_op().run_ms(client, request, now_ms).await
+    }
+
+    fn exchange_op(&self) -> Exchange<'_> {
+        Exchange {
             broker_issuer: &self.parts.broker_issuer,
             issuers: &self.parts.issuers,
             catalog: &self.parts.catalog,
@@ -73,10 +86,10 @@ impl Broker {
             keyring: &self.parts.keyring,
             limits: self.parts.limits,
             revocations: self.revocations(),
+            rate_limits: &self.parts.rate_limits,
             audit: self.parts.audit.as_ref(),
             metrics: &self.parts.metrics,
-        };
-        exchange.run(client, request, now).await
+        }
     }
 
     /// RFC 7662 introspection, as of `now`: [`Introspect::run`].

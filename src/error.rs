@@ -134,12 +134,32 @@ pub struct Error {
     /// What the caller may do about it; it also names the gRPC and HTTP status.
     pub code: ErrorCode,
     pub(crate) description: String,
+    /// When retrying can succeed, if the broker knows (a rate limit): each face hands it on (HTTP
+    /// `Retry-After`, gRPC `RetryInfo`), so well-behaved callers back off exactly as long as needed.
+    pub(crate) retry_after: Option<std::time::Duration>,
 }
 
 impl Error {
     pub(crate) fn new(code: ErrorCode, description: impl Into<String>) -> Self {
-        Error { code, description: description.into() }
+        Error { code, description: description.into(), retry_after: None }
     }
+    /// `rate_limited`, with how long until a retry can be admitted.
+    pub(crate) fn rate_limited(description: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Error { retry_after: Some(retry_after), ..Error::new(ErrorCode::RateLimited, description) }
+    }
+    /// How long until a retry can succeed, when the broker knows (a rate limit).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
+    }
+}
+
+/// A retry delay in whole seconds (HTTP `Retry-After`, gRPC `retry-after` metadata), rounded up and at least
+/// 1: a caller that waits that long is never early.
+pub(crate) fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    u64::try_from(wait.as_millis().div_ceil(1000)).unwrap_or(u64::MAX).max(1)
+}
+
+impl Error {
     pub(crate) fn invalid_request(description: impl Into<String>) -> Self {
         Error::new(ErrorCode::InvalidRequest, description)
     }

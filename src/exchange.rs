@@ -6,7 +6,8 @@
 //! 3. audience: `Exchange::destination` — exactly one, catalogued, and no hopping away from a downstream token;
 //! 4. delegation: `Exchange::delegate` — `act` names the actor token's holder over the subject's chain,
 //!    `may_act` travels and narrows, the lineage is carried, depth and ancestry are bounded;
-//! 5. revocation: `Exchange::check_revocations` — nothing is derived from anything revoked, in one lookup;
+//! 5. revocation: `Exchange::check_revocations` — nothing is derived from anything revoked, in one lookup
+//!    (which also applies the rate limits, [`crate::ratelimit`], in the same store round trip);
 //! 6. the subject (and actor) token is verified by [`crate::issuer`] before anything else is looked at.
 //!
 //! Claims are built in one place, `Exchange::decide`.
@@ -18,6 +19,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Issuers, Origin, Verified};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, Principal, Question};
+use crate::ratelimit::{RateLimits, ceil_ms};
 use crate::revocation::{Probe, Revocations};
 use crate::scopes::Scopes;
 use crate::secret::Token;
@@ -112,9 +114,11 @@ pub struct Exchange<'a> {
     pub keyring: &'a Keyring,
     /// Delegation depth and chain length bounds (invariant 4).
     pub limits: Limits,
-    /// Checked for every revocation that applies, spending single-use assertions in the same lookup
-    /// (invariant 5).
+    /// Checked for every revocation that applies, spending single-use assertions and applying the rate
+    /// limits in the same lookup (invariant 5).
     pub revocations: Revocations<'a>,
+    /// The rate limits per client, principal and task (all off unless configured).
+    pub rate_limits: &'a RateLimits,
     /// Receives one event per exchange, granted or refused.
     pub audit: &'a dyn AuditSink,
     /// Counts exchanges by outcome.
@@ -125,14 +129,21 @@ impl Exchange<'_> {
     /// Exchanges the request's subject (and actor) token for a narrower token, as of `now` (Unix seconds).
     /// Every outcome, granted or refused, is an audit event.
     pub async fn run(&self, client: &Client, request: ExchangeRequest, now: u64) -> Result<Issued> {
+        self.run_ms(client, request, now.saturating_mul(1000)).await
+    }
+
+    /// As [`Exchange::run`], as of `now_ms` (Unix milliseconds): the rate limits of the embedded store
+    /// count in sub-second time (tokens' times are whole seconds, `now_ms / 1000`).
+    pub async fn run_ms(&self, client: &Client, request: ExchangeRequest, now_ms: u64) -> Result<Issued> {
         let mut trail = Trail::new(&client.id, &request);
-        let outcome = self.decide(client, &request, now, &mut trail).await;
+        let outcome = self.decide(client, &request, now_ms, &mut trail).await;
         self.audit.record(trail.finish(&outcome));
         self.metrics.exchange(outcome.as_ref().err().map(|e| e.code.as_str()));
         outcome
     }
 
-    async fn decide(&self, client: &Client, req: &ExchangeRequest, now: u64, trail: &mut Trail) -> Result<Issued> {
+    async fn decide(&self, client: &Client, req: &ExchangeRequest, now_ms: u64, trail: &mut Trail) -> Result<Issued> {
+        let now = now_ms / 1000;
         let requested = check_shape(req)?;
         let target_id = single_target(req)?;
         let subject = self
@@ -163,7 +174,7 @@ impl Exchange<'_> {
         trail.task(&task_id);
         let delegation = self.delegate(&subject, actor.as_ref(), &task_id, &client.id)?;
         trail.actors(delegation.act.as_ref());
-        self.check_revocations(&subject, actor.as_ref(), &task_id, &client.id, now).await?;
+        self.check_revocations(&subject, actor.as_ref(), &task_id, &client.id, now_ms).await?;
         let question = Question {
             principal: &subject.principal,
             actor: actor.as_ref().map(|a| &a.holder),
@@ -205,15 +216,23 @@ impl Exchange<'_> {
     }
 
     /// Invariants 5–6: nothing is derived from a revoked token (or one of its ancestors, its task, its
-    /// subject, an actor, its client), nor for a revoked task. One store lookup for all of it.
+    /// subject, an actor, its client), nor for a revoked task. One store lookup for all of it, which also
+    /// spends single-use assertions and applies the rate limits.
+    ///
+    /// The refusals come in this order: a suspension, a revocation, a rate limit, a spent assertion. A
+    /// revoked or suspended request is refused as such even when it is also over a limit (it still counts
+    /// against the limits: they count attempts that reach the store, not grants). A throttled request
+    /// changes nothing else: the store moved no limit and set no spend marker, so the caller may retry the
+    /// same single-use assertion once the limit allows.
     async fn check_revocations(
         &self,
         subject: &Verified,
         actor: Option<&Verified>,
         task_id: &str,
         client_id: &str,
-        now: u64,
+        now_ms: u64,
     ) -> Result<()> {
+        let now = now_ms / 1000;
         let mut probe = Probe::default();
         for token in std::iter::once(subject).chain(actor) {
             match &token.origin {
@@ -236,8 +255,11 @@ impl Exchange<'_> {
             .map(|p| (p.iss.as_str(), p.sub.as_str()))
             .collect();
         let suspensions = probe.suspensions(&parties, client_id);
-        let (found, fresh) = self.revocations.lookup_and_spend(probe.keys(), &spends, now).await?;
-        let (found, suspended) = found.split_at(suspensions.min(found.len()));
+        // Per principal: the subject's upstream principal, also when the subject is a tessera token.
+        let principal = (subject.principal.iss.as_str(), subject.principal.sub.as_str());
+        let limits = self.rate_limits.limits(client_id, principal, task_id);
+        let admission = self.revocations.admit(probe.keys(), &spends, &limits, now, now_ms).await?;
+        let (found, suspended) = admission.found.split_at(suspensions.min(admission.found.len()));
         if let Some(i) = suspended.iter().position(Option::is_some) {
             return Err(if i == parties.len() {
                 Error::new(ErrorCode::UnauthorizedClient, "this client is suspended")
@@ -248,7 +270,16 @@ impl Exchange<'_> {
         if probe.revoked(found) {
             return Err(Error::invalid_grant("a token in this request, or its task, has been revoked"));
         }
-        if fresh.contains(&false) {
+        if let Some(throttled) = admission.throttled {
+            let dimension = limits.get(throttled.index).map_or("unknown", |l| l.dimension.as_str());
+            self.metrics.throttled(dimension);
+            let wait_ms = ceil_ms(throttled.retry_after_us);
+            return Err(Error::rate_limited(
+                format!("the {dimension} rate limit is exceeded; retry in {wait_ms} ms"),
+                std::time::Duration::from_millis(wait_ms),
+            ));
+        }
+        if admission.fresh.contains(&false) {
             return Err(Error::invalid_grant("a single-use assertion in this request has already been used"));
         }
         Ok(())

@@ -14,7 +14,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::broker::Broker;
 use crate::client::{Client, Credentials, Rpc};
-use crate::clock::now;
+use crate::clock::{now, now_ms};
 use crate::error::Error;
 use crate::exchange::{ExchangeRequest, Issued, TOKEN_TYPE_ACCESS_TOKEN};
 use crate::introspect::Introspection;
@@ -39,10 +39,22 @@ const ERROR_DOMAIN: &str = "tessera";
 
 /// OAuth error code → gRPC status, with the code as the `reason` of an `ErrorInfo` detail (the design's
 /// API contract). The message is the error's description, which never holds a token or a secret.
+///
+/// A refusal that knows when a retry can succeed (a rate limit) also carries a `google.rpc.RetryInfo`
+/// detail with that delay, which gRPC clients' retry helpers read, and a `retry-after` metadata entry in
+/// whole seconds rounded up (as HTTP's `Retry-After`), for clients that do not decode status details.
 fn status(error: Error) -> Status {
-    let Error { code, description } = error;
-    let details = ErrorDetails::with_error_info(code.as_str(), ERROR_DOMAIN, HashMap::new());
-    Status::with_error_details(Code::from_i32(code.grpc_code()), format!("{code}: {description}"), details)
+    let Error { code, description, retry_after } = error;
+    let mut details = ErrorDetails::with_error_info(code.as_str(), ERROR_DOMAIN, HashMap::new());
+    if retry_after.is_some() {
+        details.set_retry_info(retry_after);
+    }
+    let mut status =
+        Status::with_error_details(Code::from_i32(code.grpc_code()), format!("{code}: {description}"), details);
+    if let Some(wait) = retry_after {
+        status.metadata_mut().insert("retry-after", crate::error::retry_after_seconds(wait).into());
+    }
+    status
 }
 
 /// The `TokenBroker` service over a shared broker.
@@ -164,7 +176,8 @@ impl TokenBroker for TokenBrokerService {
     ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
         self.rpc("ExchangeToken", "tessera.v1.TokenBroker/ExchangeToken", request, async |request| {
             let client = self.caller(&request, Rpc::Exchange)?;
-            let issued = self.broker.exchange(client, request.into_inner().into(), now()).await.map_err(status)?;
+            let issued =
+                self.broker.exchange_ms(client, request.into_inner().into(), now_ms()).await.map_err(status)?;
             Ok(issued.into())
         })
         .await
@@ -417,6 +430,18 @@ mod tests {
             let info = s.get_details_error_info().expect("ErrorInfo detail");
             assert_eq!((info.reason.as_str(), info.domain.as_str()), (code.as_str(), ERROR_DOMAIN));
         }
+    }
+
+    #[test]
+    fn a_rate_limit_carries_its_retry_hint() {
+        let s = status(Error::rate_limited("slow down", std::time::Duration::from_millis(1_250)));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.get_details_error_info().expect("ErrorInfo").reason, "rate_limited");
+        let retry = s.get_details_retry_info().expect("RetryInfo detail");
+        assert_eq!(retry.retry_delay, Some(std::time::Duration::from_millis(1_250)));
+        assert_eq!(s.metadata().get("retry-after").and_then(|v| v.to_str().ok()), Some("2"), "rounded up");
+        let plain = status(Error::new(ErrorCode::Unavailable, "down"));
+        assert!(plain.get_details_retry_info().is_none() && plain.metadata().get("retry-after").is_none());
     }
 
     #[test]

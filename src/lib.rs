@@ -21,6 +21,8 @@
 //!   into a [`policy::Principal`]; keys come through the [`issuer::KeySource`] port.
 //! - [`token`]: tessera's access tokens (RFC 9068), their claims and lineage, signing keys and the JWK Set
 //!   ([`token::jws`], [`token::keys`]).
+//! - [`ratelimit`]: the rate limits on `ExchangeToken` per client, principal and task (GCRA), applied by the
+//!   store in the exchange's one round trip.
 //! - [`scopes`]: scope sets (RFC 6749 §3.3), parsed once by one rule wherever they come from.
 //! - [`policy`]: the Cedar policy engine, consulted per scope.
 //! - [`catalog`]: the audiences tokens are issued for, their scopes and maximum lifetimes.
@@ -61,6 +63,7 @@ pub mod load;
 pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod ratelimit;
 pub mod revocation;
 pub mod scopes;
 pub mod secret;

@@ -11,6 +11,9 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 pub struct Metrics {
     /// `tessera.exchanges` {outcome = granted|denied, error = OAuth code or ""}
     pub exchanges: Counter<u64>,
+    /// `tessera.exchanges.throttled` {dimension = client|principal|task}: exchanges refused by a rate limit,
+    /// by the limit that tripped (they are also `tessera.exchanges` denied with `rate_limited`).
+    pub exchanges_throttled: Counter<u64>,
     /// `tessera.introspections` {result = active|inactive|error}
     pub introspections: Counter<u64>,
     /// `tessera.revocations` {kind = jti|task|subject|client, outcome = revoked|denied|error}
@@ -36,6 +39,10 @@ impl Metrics {
         let seconds = vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
         Metrics {
             exchanges: meter.u64_counter("tessera.exchanges").with_description("Token exchanges by outcome").build(),
+            exchanges_throttled: meter
+                .u64_counter("tessera.exchanges.throttled")
+                .with_description("Token exchanges refused by a rate limit, by the limit that tripped")
+                .build(),
             introspections: meter
                 .u64_counter("tessera.introspections")
                 .with_description("Introspections by result")
@@ -89,6 +96,11 @@ impl Metrics {
         if failed {
             self.store_errors.add(1, &attrs);
         }
+    }
+
+    /// One exchange refused by the rate limit of `dimension` (`client`, `principal` or `task`).
+    pub fn throttled(&self, dimension: &'static str) {
+        self.exchanges_throttled.add(1, &[KeyValue::new("dimension", dimension)]);
     }
 
     /// One token exchange: granted, or denied with its OAuth error code.

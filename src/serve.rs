@@ -61,6 +61,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         leeway: config.leeway,
         task_revocation_retention: config.task_revocation_retention,
         store,
+        rate_limits: config.rate_limits,
         audit: Arc::new(audit),
         metrics,
         slots: crate::load::Slots::new(

@@ -66,11 +66,15 @@ pub(super) fn form_encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-/// Prints a refusal as an OAuth error document on stderr.
+/// Prints a refusal as an OAuth error document on stderr, with `retry_after_ms` when the broker said when a
+/// retry can succeed (a rate limit's `RetryInfo`), so scripts can back off exactly that long.
 fn print_status(status: &tonic::Status) -> Result<ExitCode, String> {
     use tonic_types::StatusExt as _;
     let error = status.get_details_error_info().map(|i| i.reason).unwrap_or_else(|| status.code().to_string());
-    let json = serde_json::json!({ "error": error, "error_description": status.message(), "grpc_status": status.code() as i32 });
+    let mut json = serde_json::json!({ "error": error, "error_description": status.message(), "grpc_status": status.code() as i32 });
+    if let Some(wait) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
+        json["retry_after_ms"] = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).into();
+    }
     eprintln!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
     Ok(ExitCode::FAILURE)
 }

@@ -5,7 +5,7 @@
 //!
 //! One module a section, each with its builder, its validated form and its defaults, named and documented
 //! (every key in docs/config.md): [`server`], [`broker`], [`keys`] (`[signing]`, `[policy]`), [`issuers`],
-//! [`audiences`], [`clients`], [`routes`], [`store`], [`tls`], [`telemetry`], [`log`].
+//! [`audiences`], [`clients`], [`routes`], [`store`], [`tls`], [`rate_limits`], [`telemetry`], [`log`].
 
 pub mod audiences;
 pub mod broker;
@@ -13,6 +13,7 @@ pub mod clients;
 pub mod issuers;
 pub mod keys;
 pub mod log;
+pub mod rate_limits;
 pub mod routes;
 pub mod server;
 pub mod store;
@@ -31,6 +32,7 @@ pub use clients::ClientBuilder;
 pub use issuers::{DEFAULT_ISSUER_LEEWAY, DEFAULT_MAX_ASSERTION_LIFETIME, IssuerBuilder};
 pub use keys::{PolicyBuilder, SigningBuilder};
 pub use log::{LogBuilder, LogConfig, LogFormat};
+pub use rate_limits::RateLimitsBuilder;
 pub use routes::RouteBuilder;
 pub use server::{DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerBuilder, ServerConfig};
 pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode};
@@ -42,6 +44,7 @@ use crate::client::Client;
 pub use crate::exchange::Limits;
 use crate::issuer::IssuerSpec;
 use crate::policy::Policy;
+use crate::ratelimit::RateLimits;
 use crate::token::keys::{KeySet, SigningKey};
 
 /// The longest `max_assertion_lifetime` (and task revocation retention) accepted: 30 days.
@@ -72,6 +75,8 @@ pub struct ConfigBuilder {
     pub store: StoreBuilder,
     /// `[tls]`: TLS on both listeners and mTLS client certificates (default: plaintext).
     pub tls: TlsBuilder,
+    /// `[rate_limits]`: exchanges per client, principal and task (default: off).
+    pub rate_limits: RateLimitsBuilder,
     /// `[telemetry]`: OTLP export and the Prometheus endpoint.
     pub telemetry: TelemetryBuilder,
     /// `[log]`: log format and level.
@@ -110,6 +115,8 @@ pub struct Config {
     pub store: Option<RedisSettings>,
     /// TLS on both listeners (`None`: plaintext).
     pub tls: Option<crate::net::tls::TlsConfig>,
+    /// The rate limits on `ExchangeToken` (each off unless configured).
+    pub rate_limits: RateLimits,
     /// Tracing and metrics export.
     pub telemetry: TelemetryConfig,
     /// Log format and level.
@@ -165,6 +172,7 @@ impl ConfigBuilder {
         if tls.is_none() && clients.iter().any(|c| !c.tls_identities.is_empty()) {
             problems.push("clients: tls_identities need [tls] with client_ca_file".into());
         }
+        let rate_limits = self.rate_limits.build(&mut problems);
         let log = self.log.build(&mut problems);
         let telemetry = self.telemetry.build(&cx, &mut problems);
         match policy {
@@ -183,6 +191,7 @@ impl ConfigBuilder {
                 policy,
                 store,
                 tls,
+                rate_limits,
                 telemetry,
                 log,
             }),

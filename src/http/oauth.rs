@@ -12,8 +12,9 @@
 //!
 //! Clients authenticate with `client_secret_basic` or `client_secret_post` (RFC 6749 §2.3.1), never both; the
 //! loopback client of dev mode needs neither. Errors are RFC 6749 §5.2 JSON with the status their code names
-//! ([`ErrorCode::http_status`]): 401 with `WWW-Authenticate` for a client that failed to authenticate, 503
-//! with `Retry-After` when the revocation store is down.
+//! ([`ErrorCode::http_status`]): 401 with `WWW-Authenticate` for a client that failed to authenticate, 429
+//! with `Retry-After` (when the limit admits again) for an exchange over a rate limit, 503 with `Retry-After`
+//! when the revocation store is down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use serde_json::{Value, json};
 
 use crate::broker::Broker;
 use crate::client::{Client, Credentials, PeerCertificate, Rpc};
-use crate::clock::now;
+use crate::clock::{now, now_ms};
 use crate::error::{Error, ErrorCode};
 use crate::exchange::{ExchangeRequest, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::introspect::Introspection;
@@ -186,9 +187,11 @@ pub(super) async fn within_limits(
     }
 }
 
-/// An RFC 6749 §5.2 error response, with the status its code names.
+/// An RFC 6749 §5.2 error response, with the status its code names. A rate limit says in `Retry-After`
+/// (RFC 9110 §10.2.3, whole seconds, rounded up) when a retry can be admitted; a shed or unavailable broker
+/// says 1.
 fn error_response(error: Error) -> Response {
-    let Error { code, description } = error;
+    let Error { code, description, retry_after } = error;
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response =
         (status, no_store(), axum::Json(json!({ "error": code.as_str(), "error_description": description })))
@@ -199,7 +202,8 @@ fn error_response(error: Error) -> Response {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tessera\""));
         }
         ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Overloaded => {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            let seconds = retry_after.map_or(1, crate::error::retry_after_seconds);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         _ => {}
     }
@@ -267,7 +271,7 @@ async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: &Peer
         Some(_) => return Err(Error::new(ErrorCode::UnsupportedGrantType, "grant_type is not supported")),
         None => return Err(Error::invalid_request("grant_type is required")),
     };
-    let issued = broker.exchange(client, request, now()).await?;
+    let issued = broker.exchange_ms(client, request, now_ms()).await?;
     Ok(json!({
         "access_token": issued.access_token.expose(),
         "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,

@@ -21,6 +21,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Issuers, Origin};
 use crate::metrics::Metrics;
 use crate::policy::Principal;
+use crate::ratelimit::{Limit, Throttled};
 use crate::secret::Token;
 use crate::token::AccessClaims;
 
@@ -125,12 +126,37 @@ pub trait Store: Send + Sync + fmt::Debug {
         spends: &'a [(String, u64)],
         now: u64,
     ) -> StoreFuture<'a, (Vec<Option<u64>>, Vec<bool>)>;
+    /// An exchange's one store call: [`Store::lookup_and_spend`] and, in the same round trip and atomically,
+    /// the GCRA rate limits ([`crate::ratelimit`]) at the store's clock (`now_ms` for the embedded store;
+    /// Redis reads its own). When a limit trips, nothing else changes: no limit moves on and no spend marker
+    /// is set (`fresh` is empty), so a throttled request never burns a single-use assertion. The lookup is
+    /// answered either way, so a revoked or suspended request is still refused as such. With no limits it is
+    /// exactly [`Store::lookup_and_spend`].
+    fn admit<'a>(
+        &'a self,
+        keys: &'a [String],
+        spends: &'a [(String, u64)],
+        limits: &'a [Limit],
+        now: u64,
+        now_ms: u64,
+    ) -> StoreFuture<'a, Admission>;
     /// Forgets the entries (a lifted suspension); returns once the store has acknowledged it.
     fn lift<'a>(&'a self, keys: &'a [String], now: u64) -> StoreFuture<'a, ()>;
     /// Mirror mode: whether lookups are served from the replica's own copy right now (`None`: no mirror).
     fn mirror_trusted(&self) -> Option<bool> {
         None
     }
+}
+
+/// What [`Store::admit`] answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// `revoked_at` of each key looked up, as [`Store::lookup`] answers.
+    pub found: Vec<Option<u64>>,
+    /// For each spend marker, whether it was new; empty when throttled (nothing was spent).
+    pub fresh: Vec<bool>,
+    /// The first limit that tripped, if any.
+    pub throttled: Option<Throttled>,
 }
 
 /// What can be suspended (the kill switch): a principal or a client.
@@ -377,6 +403,22 @@ impl Revocations<'_> {
     ) -> Result<(Vec<Option<u64>>, Vec<bool>)> {
         let start = std::time::Instant::now();
         let result = self.store.lookup_and_spend(keys, spends, now).await;
+        self.metrics.store_op("lookup", start, result.is_err());
+        Ok(result?)
+    }
+
+    /// An exchange's one store call: the lookup, the spends and the rate limits in one round trip.
+    #[tracing::instrument(name = "store.lookup", skip_all, fields(keys = keys.len(), spends = spends.len(), limits = limits.len()))]
+    pub async fn admit(
+        &self,
+        keys: &[String],
+        spends: &[(String, u64)],
+        limits: &[Limit],
+        now: u64,
+        now_ms: u64,
+    ) -> Result<Admission> {
+        let start = std::time::Instant::now();
+        let result = self.store.admit(keys, spends, limits, now, now_ms).await;
         self.metrics.store_op("lookup", start, result.is_err());
         Ok(result?)
     }

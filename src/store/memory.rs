@@ -5,9 +5,10 @@
 //! Its [`RevocationList`] is also what a Redis mirror keeps in each replica.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
-use crate::revocation::{Entry, Store, StoreError, StoreFuture};
+use crate::ratelimit::{Decision, Limit, Throttled, gcra};
+use crate::revocation::{Admission, Entry, Store, StoreError, StoreFuture};
 
 /// A revocation list in memory: key → (revoked_at, expires_at), with an index by expiry so every write
 /// forgets what has expired in time proportional to what expired, and the list stays as small as the live
@@ -90,10 +91,54 @@ impl RevocationList {
     }
 }
 
+/// The rate-limit buckets of one process: key → TAT (µs). A key whose TAT has passed is a full bucket, the
+/// same as no key, so it may be forgotten: a sweep drops them all whenever the map has doubled since the
+/// last one, which keeps it as small as the buckets in use at amortised O(1) per request.
+#[derive(Debug, Default)]
+struct Buckets {
+    tats: HashMap<String, u64>,
+    sweep_above: usize,
+}
+
+/// Buckets held before the first sweep.
+const MIN_SWEEP: usize = 1024;
+
+impl Buckets {
+    /// GCRA over every limit at `now_us`, all or nothing: the first that trips is answered and no bucket
+    /// moves on; otherwise every bucket moves on.
+    fn admit(&mut self, limits: &[Limit], now_us: u64) -> Option<Throttled> {
+        // First every limit is judged, changing nothing; then, all admitted, each moves on (the same GCRA
+        // step on the same TAT, so the same answer).
+        for (index, limit) in limits.iter().enumerate() {
+            if let Decision::Throttle { retry_after_us } = gcra(self.tats.get(&limit.key).copied(), limit.rate, now_us)
+            {
+                return Some(Throttled { index, retry_after_us });
+            }
+        }
+        for limit in limits {
+            let slot = self.tats.get_mut(&limit.key);
+            let stored = slot.as_deref().copied();
+            let Decision::Admit { tat_us } = gcra(stored, limit.rate, now_us) else { continue };
+            match slot {
+                Some(tat) => *tat = tat_us,
+                None => {
+                    self.tats.insert(limit.key.clone(), tat_us);
+                }
+            }
+        }
+        if self.tats.len() > self.sweep_above.max(MIN_SWEEP) {
+            self.tats.retain(|_, tat| *tat > now_us);
+            self.sweep_above = self.tats.len() * 2;
+        }
+        None
+    }
+}
+
 /// The embedded [`Store`]: one [`RevocationList`] behind a lock, for a single replica.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     list: RwLock<RevocationList>,
+    buckets: Mutex<Buckets>,
 }
 
 impl MemoryStore {
@@ -145,6 +190,30 @@ impl MemoryStore {
         let fresh = spends.iter().map(|(key, expires_at)| list.spend(key, now, *expires_at)).collect();
         Ok((found, fresh))
     }
+
+    /// Under the list's write lock (and then the buckets'), so a lookup, its limits and its spends are one
+    /// step, as in Redis' script: a throttled request spends nothing.
+    fn admit_now(
+        &self,
+        keys: &[String],
+        spends: &[(String, u64)],
+        limits: &[Limit],
+        now: u64,
+        now_ms: u64,
+    ) -> Result<Admission, StoreError> {
+        if limits.is_empty() {
+            let (found, fresh) = self.lookup_and_spend_now(keys, spends, now)?;
+            return Ok(Admission { found, fresh, throttled: None });
+        }
+        let mut list = self.list.write().map_err(poisoned)?;
+        let found = list.lookup(keys, now);
+        let throttled = self.buckets.lock().map_err(poisoned)?.admit(limits, now_ms.saturating_mul(1000));
+        let fresh = match throttled {
+            Some(_) => Vec::new(),
+            None => spends.iter().map(|(key, expires_at)| list.spend(key, now, *expires_at)).collect(),
+        };
+        Ok(Admission { found, fresh, throttled })
+    }
 }
 
 /// Every operation completes at once; the lock is released before the future is returned.
@@ -168,6 +237,17 @@ impl Store for MemoryStore {
         now: u64,
     ) -> StoreFuture<'a, (Vec<Option<u64>>, Vec<bool>)> {
         Box::pin(std::future::ready(self.lookup_and_spend_now(keys, spends, now)))
+    }
+
+    fn admit<'a>(
+        &'a self,
+        keys: &'a [String],
+        spends: &'a [(String, u64)],
+        limits: &'a [Limit],
+        now: u64,
+        now_ms: u64,
+    ) -> StoreFuture<'a, Admission> {
+        Box::pin(std::future::ready(self.admit_now(keys, spends, limits, now, now_ms)))
     }
 }
 
@@ -204,6 +284,52 @@ mod tests {
         assert_eq!(list.len(), 1);
         list.prune(500);
         assert!(list.is_empty() && list.index_len() == 0);
+    }
+
+    fn limit(dimension: crate::ratelimit::Dimension, key: &str, per_minute: u64, burst: u64) -> Limit {
+        Limit { dimension, key: key.into(), rate: crate::ratelimit::Rate::new(per_minute, burst).unwrap() }
+    }
+
+    #[test]
+    fn a_throttled_admission_spends_nothing_and_moves_no_other_limit() {
+        use crate::ratelimit::Dimension::{Client, Task};
+        let store = MemoryStore::new();
+        let (now, now_ms) = (1_800_000_000, 1_800_000_000_000);
+        let client = limit(Client, "rl:client", 60, 3);
+        let task = limit(Task, "rl:task", 60, 1);
+        let spend = |jti: &str| vec![(format!("used:{jti}"), now + 60)];
+        let admit = |limits: &[Limit], spends: &[(String, u64)], ms: u64| {
+            futures_executor(store.admit(&["rev".to_string()], spends, limits, now, ms)).unwrap()
+        };
+        let both = [client.clone(), task.clone()];
+        let first = admit(&both, &spend("a"), now_ms);
+        assert_eq!((first.found, first.fresh, first.throttled), (vec![None], vec![true], None));
+        // The task's burst of one is used up: refused by the task (index 1), and the assertion is not spent.
+        let second = admit(&both, &spend("b"), now_ms);
+        assert_eq!(second.throttled, Some(Throttled { index: 1, retry_after_us: 1_000_000 }));
+        assert!(second.fresh.is_empty());
+        // Nor did the refused request move the client's bucket: two more fit in its burst of three.
+        assert_eq!(admit(std::slice::from_ref(&client), &[], now_ms).throttled, None);
+        assert_eq!(admit(std::slice::from_ref(&client), &[], now_ms).throttled, None);
+        assert!(admit(std::slice::from_ref(&client), &[], now_ms).throttled.is_some());
+        // A second later the task admits again, and the assertion refused for rate is still fresh.
+        let later = admit(std::slice::from_ref(&task), &spend("b"), now_ms + 1000);
+        assert_eq!((later.fresh, later.throttled), (vec![true], None));
+    }
+
+    #[test]
+    fn idle_buckets_are_forgotten() {
+        let store = MemoryStore::new();
+        let start_ms = 1_800_000_000_000u64;
+        let mut most = 0;
+        // One new principal a millisecond, each bucket full again a second later: the map stays bounded.
+        for i in 0..20_000u64 {
+            let l = [limit(crate::ratelimit::Dimension::Principal, &format!("rl:sub:{i}"), 60, 1)];
+            let now_ms = start_ms + i;
+            futures_executor(store.admit(&[], &[], &l, now_ms / 1000, now_ms)).unwrap();
+            most = most.max(store.buckets.lock().unwrap().tats.len());
+        }
+        assert!(most <= 2 * 1000 + MIN_SWEEP, "the buckets grew to {most}");
     }
 
     /// Runs a store future that never waits (the embedded store's never do).

@@ -205,6 +205,7 @@ def test_rendered_toml_mirrors_the_values(rendered, keys):
     assert toml["server"] == {"grpc_addr": "0.0.0.0:50051", **values["server"]}
     assert toml["broker"] == values["broker"]
     assert toml["log"] == {"format": "json", "level": values["log"]["level"]}
+    assert toml["rate_limits"] == values["rate_limits"]
     assert toml["policy"] == {"file": "policy.cedar"}
     assert toml["signing"] == {"keys": ["../keys/current.pem"]}
     assert toml["issuers"] == values["issuers"]
@@ -213,6 +214,8 @@ def test_rendered_toml_mirrors_the_values(rendered, keys):
     assert "store" not in toml
     data = r.one("ConfigMap")["data"]
     assert data["policy.cedar"] == full(keys)["policy"]["cedar"]
+    # Without rate limits in the values, the config has no [rate_limits] table (every limit off).
+    assert "rate_limits" not in tomllib.loads(rendered["minimal"].one("ConfigMap")["data"]["tessera.toml"])
     assert json.loads(data["kubernetes-jwks.json"]) == json.loads(values["files"]["kubernetes-jwks.json"])
 
 

@@ -99,6 +99,7 @@ def full(keys) -> dict[str, Any]:
                 "max_chain_length": 6,
                 "task_token_max_ttl": 1800,
             },
+            "rate_limits": {"client_per_minute": 6000, "principal_per_minute": 600, "principal_burst": 100},
             "log": {"level": "warn,tessera::audit=info"},
             "issuers": [
                 {
@@ -256,6 +257,10 @@ REFUSED: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
 INVALID: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "unknown-top-level-key": (lambda keys: {**minimal(keys), "replicas": 2}, "replicas"),
     "config-key-typo": (lambda keys: {**minimal(keys), "config": {"broker": {"isuer": "https://x.example"}}}, "isuer"),
+    "rate-limit-key-typo": (
+        lambda keys: {**minimal(keys), "config": {"rate_limits": {"client_per_second": 10}}},
+        "client_per_second",
+    ),
     "zero-replicas": (lambda keys: {**minimal(keys), "replicaCount": 0}, "/replicaCount"),
     "replicas-as-text": (lambda keys: {**minimal(keys), "replicaCount": "two"}, "/replicaCount"),
     "bad-pull-policy": (lambda keys: {**minimal(keys), "image": {"repository": "tessera", "pullPolicy": "Sometimes"}}, "/image/pullPolicy"),

@@ -15,6 +15,7 @@ mod interop;
 mod jwks;
 mod oauth;
 mod properties;
+mod rate_limits;
 mod revocation;
 mod store;
 mod support;

@@ -200,6 +200,11 @@ file = "policy.cedar"
 [log]
 format = "json"
 {{- include "tessera.tomlPairs" (omit .Values.config.log "format") }}
+{{- with .Values.config.rate_limits }}
+
+[rate_limits]
+{{- include "tessera.tomlPairs" . }}
+{{- end }}
 {{- range .Values.config.issuers }}
 
 [[issuers]]

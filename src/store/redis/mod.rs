@@ -19,7 +19,8 @@ use mirror::Mirror;
 
 use crate::clock::now_ms;
 pub use crate::config::{Backend, MirrorSettings, RedisSettings};
-use crate::revocation::{Entry, Store, StoreError, StoreFuture, revoked_at};
+use crate::ratelimit::{Limit, Throttled};
+use crate::revocation::{Admission, Entry, Store, StoreError, StoreFuture, revoked_at};
 
 /// Revocations are announced here (and heartbeats, so a mirror can measure its own freshness).
 pub const CHANNEL: &str = "{tessera}:revocations";
@@ -52,6 +53,48 @@ redis.call('PUBLISH', ARGV[5], 'r|' .. revoked_at .. '|' .. expires_at .. '|' ..
 return expires_at
 ";
 
+/// An exchange's one round trip when rate limits are on: the revocation `MGET`, GCRA over each limit (see
+/// [`crate::ratelimit`]), and the spend markers, atomically.
+///
+/// `KEYS`: the revocation keys, then the limit keys, then the spend markers. `ARGV`: their three counts, the
+/// broker's `now` (seconds: the spend markers' value), each limit's emission interval and tolerance (µs), and
+/// each spend marker's expiry (Unix seconds).
+///
+/// The clock is Redis' own (`TIME`, µs), not the broker's: every replica's requests meet in one bucket, and
+/// with one clock a replica whose clock runs ahead or behind can neither refill a bucket early nor hold it
+/// shut. (Scripts replicate their effects, so `TIME` is allowed.)
+///
+/// Every limit is judged before any is moved on: when one trips, the script returns its 1-based index and
+/// how long to wait (µs), and has written nothing, so a throttled request spends no single-use assertion.
+/// Each TAT expires when its bucket is full again, so idle buckets take no memory.
+const ADMIT_SCRIPT: &str = r"
+local nr, nl, ns = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local found = {}
+if nr > 0 then found = redis.call('MGET', unpack(KEYS, 1, nr)) end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tats = {}
+for i = 1, nl do
+  local emission, tolerance = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[nr + i]) or 0) or 0
+  if tat < now then tat = now end
+  if tat - now > tolerance then
+    return {found, {}, i, tat - tolerance - now}
+  end
+  tats[i] = tat + emission
+end
+for i = 1, nl do
+  local tat = string.format('%.0f', tats[i])
+  redis.call('SET', KEYS[nr + i], tat, 'PXAT', string.format('%.0f', math.ceil(tats[i] / 1000)))
+end
+local fresh = {}
+for i = 1, ns do
+  local set = redis.call('SET', KEYS[nr + nl + i], ARGV[4], 'NX', 'EXAT', ARGV[4 + 2 * nl + i])
+  if set then fresh[i] = 1 else fresh[i] = 0 end
+end
+return {found, fresh, 0, 0}
+";
+
 /// The Redis [`Store`], shared by every replica: strict, or mirrored by pub/sub ([`MirrorSettings`]).
 pub struct RedisStore {
     /// The request path's connection: lookups, spends and revocations only.
@@ -61,6 +104,7 @@ pub struct RedisStore {
     timeout: Duration,
     script: redis::Script,
     lift_script: redis::Script,
+    admit_script: redis::Script,
     mirror: Option<Arc<Mirror>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -109,6 +153,7 @@ impl RedisStore {
             timeout: settings.timeout,
             script: redis::Script::new(REVOKE_SCRIPT),
             lift_script: redis::Script::new(LIFT_SCRIPT),
+            admit_script: redis::Script::new(ADMIT_SCRIPT),
             mirror: None,
             tasks: Vec::new(),
         };
@@ -213,6 +258,56 @@ impl RedisStore {
         Ok((found, fresh))
     }
 
+    /// With rate limits: one `EVALSHA` of [`ADMIT_SCRIPT`], in mirror mode too (a bucket is shared state every
+    /// replica must agree on at once). Without: exactly [`RedisStore::lookup_and_spend_strict`].
+    async fn admit_strict(
+        &self,
+        keys: &[String],
+        spends: &[(String, u64)],
+        limits: &[Limit],
+        now: u64,
+    ) -> Result<Admission, StoreError> {
+        if limits.is_empty() {
+            let (found, fresh) = self.lookup_and_spend_strict(keys, spends, now).await?;
+            return Ok(Admission { found, fresh, throttled: None });
+        }
+        let mut inv = self.admit_script.prepare_invoke();
+        for key in keys {
+            inv.key(key);
+        }
+        for limit in limits {
+            inv.key(&limit.key);
+        }
+        for (key, _) in spends {
+            inv.key(key);
+        }
+        inv.arg(keys.len()).arg(limits.len()).arg(spends.len()).arg(now);
+        for limit in limits {
+            inv.arg(limit.rate.emission_us).arg(limit.rate.tolerance_us);
+        }
+        for (_, expires_at) in spends {
+            inv.arg((*expires_at).max(now + 1));
+        }
+        let mut handle = self.with_timeout(self.conn.handle()).await?;
+        let (values, fresh, tripped, retry_after_us): (Vec<Option<String>>, Vec<i64>, i64, i64) =
+            self.with_timeout(inv.invoke_async(&mut handle)).await?;
+        if values.len() != keys.len() {
+            return Err(StoreError(format!("the admission script answered {} of {} keys", values.len(), keys.len())));
+        }
+        let throttled = match usize::try_from(tripped) {
+            Ok(0) => None,
+            Ok(i) if i <= limits.len() => {
+                Some(Throttled { index: i - 1, retry_after_us: u64::try_from(retry_after_us).unwrap_or(0).max(1) })
+            }
+            _ => return Err(StoreError(format!("the admission script named limit {tripped}"))),
+        };
+        if throttled.is_none() && fresh.len() != spends.len() {
+            return Err(StoreError("the admission script answered the wrong number of spends".into()));
+        }
+        let found = values.iter().map(|v| v.as_deref().map(revoked_at)).collect();
+        Ok(Admission { found, fresh: fresh.iter().map(|f| *f == 1).collect(), throttled })
+    }
+
     async fn lookup_keys(&self, keys: &[String], now: u64) -> Result<Vec<Option<u64>>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -246,6 +341,17 @@ impl Store for RedisStore {
         now: u64,
     ) -> StoreFuture<'a, (Vec<Option<u64>>, Vec<bool>)> {
         Box::pin(self.lookup_and_spend_strict(keys, spends, now))
+    }
+
+    fn admit<'a>(
+        &'a self,
+        keys: &'a [String],
+        spends: &'a [(String, u64)],
+        limits: &'a [Limit],
+        now: u64,
+        _now_ms: u64,
+    ) -> StoreFuture<'a, Admission> {
+        Box::pin(self.admit_strict(keys, spends, limits, now))
     }
 
     fn lift<'a>(&'a self, keys: &'a [String], _now: u64) -> StoreFuture<'a, ()> {
