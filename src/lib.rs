@@ -21,6 +21,8 @@
 //!   into a [`policy::Principal`]; keys come through the [`issuer::KeySource`] port.
 //! - [`token`]: tessera's access tokens (RFC 9068), their claims and lineage, signing keys and the JWK Set
 //!   ([`token::jws`], [`token::keys`]).
+//! - [`dpop`]: DPoP proofs (RFC 9449) — parsed and verified against the request they came with — and the
+//!   key thumbprints sender-constrained tokens carry in `cnf`.
 //! - [`scopes`]: scope sets (RFC 6749 §3.3), parsed once by one rule wherever they come from.
 //! - [`policy`]: the Cedar policy engine, consulted per scope.
 //! - [`catalog`]: the audiences tokens are issued for, their scopes and maximum lifetimes.
@@ -50,6 +52,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod dev;
+pub mod dpop;
 pub mod error;
 pub mod exchange;
 pub mod grpc;

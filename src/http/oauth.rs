@@ -31,6 +31,7 @@ use crate::broker::Broker;
 use crate::client::{Client, Credentials, Rpc};
 use crate::clock::now;
 use crate::error::{Error, ErrorCode};
+use crate::dpop;
 use crate::exchange::{ExchangeRequest, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::introspect::Introspection;
 use crate::revocation::{RevokeRequest, SuspendRequest};
@@ -220,10 +221,25 @@ async fn token(
     answer(async { exchange(&broker, &headers, &read(body)?, peer).await }.await)
 }
 
+/// The `DPoP` header of a request (RFC 9449 §4.1), with the method and URL its proof must name: at most one
+/// (RFC 9449 §4.3, check 1); more is `invalid_dpop_proof`.
+pub(super) fn dpop_header(headers: &HeaderMap, htm: &str, htu: String) -> Result<Option<dpop::Presented>, Error> {
+    let mut values = headers.get_all("dpop").iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Ok(None),
+        (Some(_), Some(_)) => return Err(Error::new(ErrorCode::InvalidDpopProof, "more than one DPoP header")),
+        (Some(value), None) => value,
+    };
+    let proof = value.to_str().map_err(|_| Error::new(ErrorCode::InvalidDpopProof, "the DPoP header is not text"))?;
+    Ok(Some(dpop::Presented { proof: Token::new(proof.trim()), htm: htm.to_string(), htu }))
+}
+
 async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: SocketAddr) -> Result<Value, Error> {
     let form = Form::parse(headers, body)?;
     let client = caller(broker, headers, &form, peer, Rpc::Exchange)?;
-    let request = match form.one("grant_type")? {
+    // RFC 9449 §5: the proof names the token endpoint as the broker publishes it (RFC 8414 `token_endpoint`).
+    let proof = dpop_header(headers, "POST", dpop::token_endpoint(broker.broker_issuer()))?;
+    let mut request = match form.one("grant_type")? {
         Some(GRANT_TYPE_TOKEN_EXCHANGE) => ExchangeRequest {
             grant_type: GRANT_TYPE_TOKEN_EXCHANGE.into(),
             resource: form.all("resource"),
@@ -237,7 +253,7 @@ async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: Socke
             task_id: form.text("task_id")?,
             session_id: form.text("session_id")?,
             purpose: form.text("purpose")?,
-            requested_expires_in: 0,
+            ..ExchangeRequest::default()
         },
         // RFC 7523 §2.1: the workload's own assertion is the subject; there is no actor.
         Some(GRANT_TYPE_JWT_BEARER) => ExchangeRequest {
@@ -257,11 +273,12 @@ async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: Socke
         Some(_) => return Err(Error::new(ErrorCode::UnsupportedGrantType, "grant_type is not supported")),
         None => return Err(Error::invalid_request("grant_type is required")),
     };
+    request.dpop = proof;
     let issued = broker.exchange(client, request, now()).await?;
     Ok(json!({
         "access_token": issued.access_token.expose(),
         "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,
-        "token_type": "Bearer",
+        "token_type": issued.token_type,
         "expires_in": issued.expires_in,
         "scope": issued.scope.as_str(),
     }))
@@ -292,7 +309,7 @@ async fn introspect(
                     "active": true,
                     "scope": c.scope.as_str(),
                     "client_id": c.client_id,
-                    "token_type": "Bearer",
+                    "token_type": c.token_type(),
                     "exp": c.exp,
                     "iat": c.iat,
                     "nbf": c.nbf,
@@ -307,6 +324,13 @@ async fn introspect(
                 }
                 if let Some(session) = &c.session_id {
                     answer["session_id"] = session.as_str().into();
+                }
+                // RFC 9449 §6.2, RFC 8705 §3.2: the key the token is bound to.
+                if let Some(cnf) = &c.cnf {
+                    answer["cnf"] = json!({ "jkt": cnf.jkt, "x5t#S256": cnf.x5t_s256 });
+                    if let Some(cnf) = answer["cnf"].as_object_mut() {
+                        cnf.retain(|_, v| !v.is_null());
+                    }
                 }
                 answer
             }
@@ -464,6 +488,8 @@ async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_signing_alg_values_supported": [broker.keyring().signing_alg()],
         "scopes_supported": broker.catalog().scopes().collect::<Vec<_>>(),
+        // RFC 9449 §5.1.
+        "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }

@@ -88,6 +88,26 @@ impl Lineage {
     }
 }
 
+/// RFC 7800 `cnf`: the key a sender-constrained token is bound to. A token with `jkt` is useless without a
+/// DPoP proof signed by that key (RFC 9449 §6); one with `x5t#S256` without a TLS client certificate of that
+/// thumbprint (RFC 8705 §3). Every token derived from a bound token keeps its `cnf`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// RFC 9449 §6.1: the RFC 7638 SHA-256 thumbprint of the DPoP key, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+    /// RFC 8705 §3.1: the SHA-256 thumbprint of the client certificate (DER), base64url.
+    #[serde(default, rename = "x5t#S256", skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+}
+
+impl Confirmation {
+    /// Whether it binds to nothing (and is then left out of a token).
+    pub fn is_empty(&self) -> bool {
+        self.jkt.is_none() && self.x5t_s256.is_none()
+    }
+}
+
 /// The claims of a tessera access token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -136,6 +156,10 @@ pub struct AccessClaims {
     /// The rest of the token's history, for cascade revocation and the depth bound.
     #[serde(default, skip_serializing_if = "Lineage::is_empty")]
     pub lin: Lineage,
+    /// RFC 7800 confirmation: the key the token is bound to (DPoP `jkt`, mTLS `x5t#S256`); absent for a bearer
+    /// token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
 }
 
 impl AccessClaims {
@@ -148,6 +172,17 @@ impl AccessClaims {
     /// chain of its own.
     pub fn depth(&self) -> usize {
         self.act.as_ref().map_or(0, Actor::depth).max(self.lin.depth)
+    }
+
+    /// The DPoP key thumbprint the token is bound to, if any.
+    pub fn jkt(&self) -> Option<&str> {
+        self.cnf.as_ref().and_then(|c| c.jkt.as_deref())
+    }
+
+    /// The RFC 6750/9449 `token_type` a client presents it with: `DPoP` when it is DPoP-bound, else `Bearer`
+    /// (an mTLS-bound token is still presented as a bearer token, RFC 8705 §3).
+    pub fn token_type(&self) -> &'static str {
+        if self.jkt().is_some() { "DPoP" } else { "Bearer" }
     }
 
     /// The subject principal.
@@ -258,6 +293,7 @@ mod tests {
                 parties: vec![Party { iss: "https://k8s".into(), sub: "x".into() }],
                 clients: vec!["c0".into()],
             },
+            cnf: Some(Confirmation { jkt: Some("k".into()), x5t_s256: Some("c".into()) }),
         }
     }
 
