@@ -51,7 +51,6 @@ pub struct Settings {
     pub leeway: u64,
 }
 
-
 /// A proof as a face received it, with the request it came with: the method and the URL the proof must name.
 #[derive(Debug)]
 pub struct Presented {
@@ -217,7 +216,10 @@ pub fn verify(proof: &str, expected: Expected<'_>, settings: Settings, now: u64)
 
 /// The verifying key a proof's `jwk` stands for, pinned to `alg`, and its RFC 7638 thumbprint. Only public
 /// keys of the types the broker verifies, with well-formed members, are accepted.
-fn public_key(jwk: &serde_json::Map<String, serde_json::Value>, alg: Algorithm) -> Result<(VerifyingKey, String), DpopError> {
+fn public_key(
+    jwk: &serde_json::Map<String, serde_json::Value>,
+    alg: Algorithm,
+) -> Result<(VerifyingKey, String), DpopError> {
     if PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
         return Err(DpopError::BadKey("it holds private key material"));
     }
@@ -346,7 +348,8 @@ mod tests {
             Key::Ed(Ed25519KeyPair::from_pkcs8(der.as_ref()).unwrap())
         }
         fn ec() -> Key {
-            let der = EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+            let der =
+                EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
             Key::Ec(EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref()).unwrap())
         }
         fn alg(&self) -> &'static str {
@@ -519,7 +522,7 @@ mod tests {
         parts[1] = b64(other.to_string().as_bytes());
         assert_eq!(check(&parts.join(".")), Err(DpopError::BadSignature));
         assert_eq!(check(&format!("{}.{}.", parts[0], parts[1])), Err(DpopError::BadSignature));
-        assert!(matches!(check(&proof[..proof.len() / 2]), Err(_)));
+        assert!(check(&proof[..proof.len() / 2]).is_err());
         assert_eq!(check(&"a".repeat(MAX_PROOF_BYTES + 1)), Err(DpopError::Oversized));
     }
 

@@ -228,7 +228,13 @@ impl Exchange<'_> {
         if access_token.expose().len() > crate::issuer::MAX_OWN_TOKEN_BYTES {
             return Err(Error::invalid_grant("the delegation history is too large for one more token"));
         }
-        Ok(Issued { access_token, token_type: claims.token_type(), expires_in: exp - now, scope: claims.scope.clone(), claims })
+        Ok(Issued {
+            access_token,
+            token_type: claims.token_type(),
+            expires_in: exp - now,
+            scope: claims.scope.clone(),
+            claims,
+        })
     }
 
     /// Invariants 5–6: nothing is derived from a revoked token (or one of its ancestors, its task, its

@@ -151,7 +151,9 @@ impl Introspect<'_> {
         if let Some(x5t) = claims.cnf.as_ref().and_then(|c| c.x5t_s256.as_deref())
             && presentation.client_certificate_sha256.as_ref().map(dpop::certificate_thumbprint).as_deref() != Some(x5t)
         {
-            return Err(Error::invalid_grant("the token is bound to a client certificate the request does not present"));
+            return Err(Error::invalid_grant(
+                "the token is bound to a client certificate the request does not present",
+            ));
         }
         match (claims.jkt(), presentation.dpop_scheme, &presentation.proof) {
             (None, false, _) => Ok(None),

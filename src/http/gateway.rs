@@ -39,10 +39,10 @@ use serde_json::json;
 
 use super::oauth::Peer;
 use crate::broker::Broker;
+use crate::catalog::SenderConstraint;
 use crate::client::{Credentials, Rpc};
 use crate::clock::now;
 use crate::error::ErrorCode;
-use crate::catalog::SenderConstraint;
 use crate::introspect::{Introspection, Presentation};
 use crate::scopes::Scopes;
 use crate::secret::Token;
@@ -174,7 +174,18 @@ async fn forward_auth(
     };
     let presentation = match presentation(&headers, scheme) {
         Ok(p) => p,
-        Err(response) => return response,
+        Err(Unreadable::Gateway) => {
+            return gateway_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "invalid_request",
+                "for DPoP the gateway must forward X-Original-Method (or X-Forwarded-Method), X-Forwarded-Proto, \
+                 X-Forwarded-Host and X-Original-URI (or X-Forwarded-Uri)",
+            );
+        }
+        Err(Unreadable::Proof(why)) => {
+            let error = ("invalid_dpop_proof", why.as_str());
+            return challenge(StatusCode::UNAUTHORIZED, &broker, audience, Scheme::Dpop, Some(error), None);
+        }
     };
     let claims = match broker.introspect_presented(&gateway, &token, &presentation, now()).await {
         Ok(Introspection::Active(claims)) => claims,
@@ -231,9 +242,17 @@ async fn forward_auth(
     response
 }
 
+/// Why a presentation could not even be put to the broker.
+enum Unreadable {
+    /// The gateway did not forward the original request's method and URL: its misconfiguration.
+    Gateway,
+    /// The `DPoP` header is repeated or not text (the caller's fault): `invalid_dpop_proof`, with why.
+    Proof(String),
+}
+
 /// How the caller presented its token: the scheme, and the `DPoP` proof with the original request's method and
-/// URL as the (authenticated) gateway forwards them. A proof without them is the gateway's misconfiguration.
-fn presentation(headers: &HeaderMap, scheme: Scheme) -> Result<Presentation, Response> {
+/// URL as the (authenticated) gateway forwards them.
+fn presentation(headers: &HeaderMap, scheme: Scheme) -> Result<Presentation, Unreadable> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     let mut presentation = Presentation { dpop_scheme: scheme == Scheme::Dpop, ..Presentation::default() };
     if headers.get("dpop").is_none() {
@@ -245,27 +264,10 @@ fn presentation(headers: &HeaderMap, scheme: Scheme) -> Result<Presentation, Res
         _ => None,
     };
     let (Some(method), Some(url)) = (method, url) else {
-        return Err(gateway_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "invalid_request",
-            "for DPoP the gateway must forward X-Original-Method (or X-Forwarded-Method), X-Forwarded-Proto, \
-             X-Forwarded-Host and X-Original-URI (or X-Forwarded-Uri)",
-        ));
+        return Err(Unreadable::Gateway);
     };
-    match super::oauth::dpop_header(headers, method, url) {
-        Ok(proof) => presentation.proof = proof,
-        Err(e) => {
-            let value = format!(
-                "DPoP realm=\"tessera\", algs=\"{DPOP_ALGS}\", error=\"invalid_dpop_proof\", error_description=\"{}\"",
-                e.description
-            );
-            let mut response = StatusCode::UNAUTHORIZED.into_response();
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-            }
-            return Err(response);
-        }
-    }
+    presentation.proof =
+        super::oauth::dpop_header(headers, method, url).map_err(|e| Unreadable::Proof(e.description))?;
     Ok(presentation)
 }
 
