@@ -28,7 +28,7 @@ const MTLS_ONLY: &str = "https://mtls.example";
 const ANY_BINDING: &str = "https://bound.example";
 
 /// A client's DPoP key pair.
-enum DpopKey {
+pub enum DpopKey {
     Ec(EcdsaKeyPair),
     Ed(Ed25519KeyPair),
 }
@@ -38,12 +38,12 @@ fn sha256_b64(text: &str) -> String {
 }
 
 impl DpopKey {
-    fn ec() -> DpopKey {
+    pub fn ec() -> DpopKey {
         let der = EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
         DpopKey::Ec(EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref()).unwrap())
     }
 
-    fn ed() -> DpopKey {
+    pub fn ed() -> DpopKey {
         let der = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         DpopKey::Ed(Ed25519KeyPair::from_pkcs8(der.as_ref()).unwrap())
     }
@@ -82,7 +82,7 @@ impl DpopKey {
     }
 
     /// A proof for `htm` `htu`, made now, with a fresh `jti`; `ath` for the token it goes with.
-    fn proof(&self, htm: &str, htu: &str, token: Option<&str>) -> String {
+    pub fn proof(&self, htm: &str, htu: &str, token: Option<&str>) -> String {
         self.proof_with(
             json!({ "htm": htm, "htu": htu, "iat": now(), "jti": fresh_jti(), "ath": token.map(sha256_b64) }),
         )
@@ -143,6 +143,12 @@ sender_constraint = "any"
         ))
         .start()
         .await
+}
+
+/// A CRM token (`crm:read`) bound to `key`, exchanged over gRPC.
+pub async fn bound_token(broker: &TestBroker, key: &DpopKey) -> String {
+    let proof = key.proof("POST", GRPC_HTU, None);
+    grpc_exchange(broker, request(&k8s_assertion(600), CRM, "crm:read"), &[&proof]).await.unwrap().access_token
 }
 
 /// ExchangeToken over gRPC with the given `dpop` metadata entries.
