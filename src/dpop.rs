@@ -145,7 +145,8 @@ struct Claims {
     jti: String,
     htm: String,
     htu: String,
-    iat: u64,
+    /// A NumericDate (RFC 7519 §2): seconds, possibly with a fraction, which is dropped.
+    iat: serde_json::Number,
     #[serde(default)]
     ath: Option<String>,
 }
@@ -175,7 +176,9 @@ pub fn verify(proof: &str, expected: Expected<'_>, settings: Settings, now: u64)
     let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| DpopError::Malformed("not base64url"));
     let header: Header =
         serde_json::from_slice(&decode(h)?).map_err(|_| DpopError::Malformed("the header is not a DPoP header"))?;
-    if header.typ.as_deref() != Some(PROOF_TYP) {
+    // A media type, compared without case; RFC 7515 §4.1.9 lets the `application/` prefix go.
+    let typ = header.typ.as_deref().map(str::to_ascii_lowercase);
+    if !matches!(typ.as_deref(), Some(t) if t == PROOF_TYP || t.strip_prefix("application/") == Some(PROOF_TYP)) {
         return Err(DpopError::WrongType);
     }
     if header.crit.is_some() {
@@ -200,8 +203,14 @@ pub fn verify(proof: &str, expected: Expected<'_>, settings: Settings, now: u64)
         (Some(claimed), Some(actual)) if claimed == actual => {}
         _ => return Err(DpopError::WrongUrl),
     }
+    let iat = match (claims.iat.as_u64(), claims.iat.as_f64()) {
+        (Some(iat), _) => iat,
+        // A fraction of a second is dropped; what does not fit is refused as stale below.
+        (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => f as u64,
+        _ => return Err(DpopError::Stale),
+    };
     let earliest = now.saturating_sub(settings.max_age.saturating_add(settings.leeway));
-    if claims.iat < earliest || claims.iat > now.saturating_add(settings.leeway) {
+    if iat < earliest || iat > now.saturating_add(settings.leeway) {
         return Err(DpopError::Stale);
     }
     if let Some(token) = expected.access_token {
@@ -210,7 +219,7 @@ pub fn verify(proof: &str, expected: Expected<'_>, settings: Settings, now: u64)
             return Err(DpopError::WrongTokenHash);
         }
     }
-    let until = claims.iat.saturating_add(settings.max_age).saturating_add(settings.leeway).saturating_add(1);
+    let until = iat.saturating_add(settings.max_age).saturating_add(settings.leeway).saturating_add(1);
     Ok(Proof { jkt, jti: claims.jti, until })
 }
 
@@ -442,6 +451,9 @@ mod tests {
         assert!(with("iat", (NOW - 65).into()).is_ok(), "max_age plus leeway");
         assert!(with("iat", (NOW + 5).into()).is_ok(), "leeway ahead");
         assert!(matches!(with("iat", "now".into()), Err(DpopError::Malformed(_))));
+        assert!(with("iat", json!(NOW as f64 + 0.25)).is_ok(), "a NumericDate may have a fraction");
+        assert_eq!(with("iat", json!(-1)), Err(DpopError::Stale));
+        assert_eq!(with("iat", json!(1e300)), Err(DpopError::Stale));
         assert_eq!(with("ath", ath("another").into()), Err(DpopError::WrongTokenHash));
         assert!(matches!(with("jti", "".into()), Err(DpopError::Malformed(_))));
         assert!(matches!(with("jti", "x".repeat(129).into()), Err(DpopError::Malformed(_))));
@@ -487,6 +499,8 @@ mod tests {
         let header = |typ: Value, alg: &str, jwk: Value| json!({ "typ": typ, "alg": alg, "jwk": jwk });
         let sign = |h: Value| check(&key.sign_raw(&h, &claims()));
         assert_eq!(sign(header("JWT".into(), "ES256", key.jwk())), Err(DpopError::WrongType));
+        assert_eq!(sign(header("at+jwt".into(), "ES256", key.jwk())), Err(DpopError::WrongType));
+        assert!(sign(header("application/DPoP+JWT".into(), "ES256", key.jwk())).is_ok(), "a media type");
         assert_eq!(sign(header(Value::Null, "ES256", key.jwk())), Err(DpopError::WrongType));
         for alg in ["none", "HS256", "ES384", "EdDSA", "RS256"] {
             assert_eq!(sign(header("dpop+jwt".into(), alg, key.jwk())), Err(DpopError::AlgorithmNotAllowed), "{alg}");
@@ -561,5 +575,31 @@ mod tests {
             let structured = format!("{}.{}.{}", b64(h.to_string().as_bytes()), b64(c.to_string().as_bytes()), b64(member.as_bytes()));
             proptest::prop_assert!(check(&structured).is_err());
         }
+
+        /// A correctly signed proof whose claims are drawn at random is accepted exactly when every claim is
+        /// what the request needs: the verifier against an oracle written from RFC 9449 §4.3.
+        #[test]
+        fn a_signed_proof_is_accepted_only_when_every_claim_fits(
+            htm in "(GET|POST|get|DELETE)",
+            htu in "(https://rs\\.example/api/items|HTTPS://RS\\.EXAMPLE/api/items|https://rs\\.example:443/api/items\\?q=1|https://rs\\.example/api/Items|http://rs\\.example/api/items|https://rs\\.example/api|[a-z:/.]{0,30})",
+            age in -20i64..100,
+            right_ath in proptest::bool::ANY,
+            jti in "[A-Za-z0-9]{0,3}",
+        ) {
+            let key = KEY.with(|k| k.jwk());
+            let iat = NOW.saturating_add_signed(-age);
+            let token = if right_ath { "tok" } else { "other" };
+            let claims = json!({ "jti": jti, "htm": htm, "htu": htu, "iat": iat, "ath": ath(token) });
+            let proof = KEY.with(|k| k.proof(&claims));
+            let accepted = check(&proof);
+            let same_url = ["https://rs.example/api/items", "HTTPS://RS.EXAMPLE/api/items", "https://rs.example:443/api/items?q=1"].contains(&htu.as_str());
+            let expected = htm == "GET" && same_url && (-5..=65).contains(&age) && right_ath && !jti.is_empty();
+            proptest::prop_assert_eq!(accepted.is_ok(), expected, "{:?} for {} {} age {} jwk {}", accepted, htm, htu, age, key);
+        }
+    }
+
+    thread_local! {
+        /// One key for the oracle property (generating a key per case would dominate its run time).
+        static KEY: Key = Key::ed();
     }
 }

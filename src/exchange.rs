@@ -10,6 +10,12 @@
 //! 6. the subject (and actor) token is verified by [`crate::issuer`] before anything else is looked at.
 //!
 //! Claims are built in one place, `Exchange::decide`.
+//!
+//! Sender constraint (RFC 9449 DPoP, RFC 8705 mTLS): `confirmation` decides the issued token's `cnf` — a
+//! bound subject or actor token passes its binding on, and only to a request that proves the same key; a
+//! request with a DPoP proof binds the token to the proof's key; the audience's `sender_constraint` is then
+//! checked on the result. The proof itself is verified by [`crate::dpop`] once the subject and actor tokens
+//! are, and its replay marker is spent in the same single store lookup as every revocation.
 
 use crate::audit::{AuditEvent, AuditSink, truncate};
 use crate::catalog::{Catalog, Destination, SenderConstraint};

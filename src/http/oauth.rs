@@ -2,7 +2,8 @@
 //! operations of the same core as the gRPC face, only spelled as RFC 6749 forms and JSON:
 //!
 //! - `POST /oauth2/token`: RFC 8693 token exchange, and the RFC 7523 §2.1 jwt-bearer grant (a workload's own
-//!   assertion, exchanged as a subject token with no actor);
+//!   assertion, exchanged as a subject token with no actor); with a `DPoP` header (RFC 9449 §5: `htm` `POST`,
+//!   `htu` the `token_endpoint` of the metadata) the token is bound to the proof's key (`token_type: DPoP`);
 //! - `POST /oauth2/introspect`: RFC 7662, or with `Accept: application/token-introspection+jwt` the RFC 9701
 //!   signed JWT response;
 //! - `POST /oauth2/revoke`: RFC 7009 (`token`), plus tessera's targets (`jti`, `task_id`, `subject` with
