@@ -255,7 +255,9 @@ enum Unreadable {
 fn presentation(headers: &HeaderMap, scheme: Scheme) -> Result<Presentation, Unreadable> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     let mut presentation = Presentation { dpop_scheme: scheme == Scheme::Dpop, ..Presentation::default() };
-    if headers.get("dpop").is_none() {
+    // Only the DPoP scheme takes a proof: a Bearer token with a stray `DPoP` header is judged as a bearer token
+    // (and refused when it is DPoP-bound), so it needs nothing more from the gateway.
+    if scheme != Scheme::Dpop || headers.get("dpop").is_none() {
         return Ok(presentation);
     }
     let method = ORIGINAL_METHOD.iter().find_map(|h| text(h));

@@ -518,6 +518,16 @@ async fn forward_auth_accepts_a_dpop_bound_token_only_with_a_proof_for_that_requ
         .await
         .unwrap();
     assert_eq!(r.status(), 500);
+    // A bearer token with a stray DPoP header needs nothing more from the gateway.
+    let r = reqwest::Client::new()
+        .get(format!("{base}/forward-auth"))
+        .header("x-tessera-audience", CRM)
+        .bearer_auth(&bearer)
+        .header("dpop", key.proof("GET", API_HTU, Some(&bearer)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
@@ -563,4 +573,29 @@ async fn sender_constraint_and_dpop_max_age_are_validated() {
             .expect_err("the config is refused");
         assert!(errors.to_string().contains(problem), "{errors}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_a_bound_tokens_cnf() {
+    use std::io::Write as _;
+    let broker = TestBroker::start().await;
+    let key = DpopKey::ec();
+    let token = bound_token(&broker, &key).await;
+    let addr = format!("http://{}", broker.addr);
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = crate::support::process::tessera()
+            .args(["introspect", "-", "--addr", &addr])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let shown: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!((shown["token_type"].as_str(), &shown["cnf"]), (Some("DPoP"), &json!({ "jkt": key.jkt() })));
 }
