@@ -87,6 +87,14 @@ impl Proof {
     }
 }
 
+#[cfg(test)]
+impl Proof {
+    /// A proof by the key of thumbprint `jkt`, for unit tests elsewhere in the crate.
+    pub(crate) fn by_key(jkt: &str) -> Proof {
+        Proof { jkt: jkt.into(), jti: "test".into(), until: 0 }
+    }
+}
+
 /// Why a proof was refused. The texts are safe to return: none quotes the proof, the token or the key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DpopError {

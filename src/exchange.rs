@@ -705,6 +705,79 @@ mod tests {
         assert_eq!(v, vec![1, 2, 4]);
     }
 
+    fn audience(sender_constraint: SenderConstraint) -> crate::catalog::Audience {
+        crate::catalog::Audience {
+            id: "https://crm.example".into(),
+            scopes: Scopes::default(),
+            max_ttl: 300,
+            introspect_clients: Default::default(),
+            resource_url: None,
+            sender_constraint,
+        }
+    }
+
+    fn bound(jkt: Option<&str>, x5t: Option<&str>) -> AccessClaims {
+        let mut c = AccessClaims::example();
+        c.cnf = Some(Confirmation { jkt: jkt.map(Into::into), x5t_s256: x5t.map(Into::into) });
+        c
+    }
+
+    #[test]
+    fn a_binding_is_made_from_the_proof_and_kept_only_with_the_same_key() {
+        let none = audience(SenderConstraint::None);
+        let to = Destination::Downstream(&none);
+        let (k1, k2) = (Proof::by_key("k1"), Proof::by_key("k2"));
+        let cnf = |jkt: Option<&str>, x5t: Option<&str>| {
+            Some(Confirmation { jkt: jkt.map(Into::into), x5t_s256: x5t.map(Into::into) })
+        };
+        let code = |r: Result<Option<Confirmation>>| r.unwrap_err().code;
+        assert_eq!(confirmation([("s", None), ("a", None)], None, None, to).unwrap(), None, "a bearer token");
+        assert_eq!(confirmation([("s", None), ("a", None)], Some(&k1), None, to).unwrap(), cnf(Some("k1"), None));
+        // A DPoP-bound subject or actor: the same key, or nothing.
+        let parent = bound(Some("k1"), None);
+        for slots in [[("s", Some(&parent)), ("a", None)], [("s", None), ("a", Some(&parent))]] {
+            assert_eq!(code(confirmation(slots, None, None, to)), ErrorCode::InvalidDpopProof);
+            assert_eq!(code(confirmation(slots, Some(&k2), None, to)), ErrorCode::InvalidDpopProof);
+            assert_eq!(confirmation(slots, Some(&k1), None, to).unwrap(), cnf(Some("k1"), None));
+        }
+        // A certificate-bound subject: the same certificate, or nothing; the binding travels whatever the audience.
+        let cert = [7u8; 32];
+        let x5t = dpop::certificate_thumbprint(&cert);
+        let parent = bound(None, Some(&x5t));
+        let slots = [("s", Some(&parent)), ("a", None)];
+        assert_eq!(code(confirmation(slots, None, None, to)), ErrorCode::InvalidGrant);
+        assert_eq!(code(confirmation(slots, None, Some(&[8u8; 32]), to)), ErrorCode::InvalidGrant);
+        assert_eq!(confirmation(slots, None, Some(&cert), to).unwrap(), cnf(None, Some(&x5t)));
+        assert_eq!(confirmation(slots, Some(&k1), Some(&cert), to).unwrap(), cnf(Some("k1"), Some(&x5t)));
+        // A certificate alone binds nothing for an audience that does not ask for it.
+        assert_eq!(confirmation([("s", None), ("a", None)], None, Some(&cert), to).unwrap(), None);
+    }
+
+    #[test]
+    fn an_audience_gets_the_binding_it_requires() {
+        let cert = [7u8; 32];
+        let x5t = dpop::certificate_thumbprint(&cert);
+        let k1 = Proof::by_key("k1");
+        let free: [(&str, Option<&AccessClaims>); 2] = [("s", None), ("a", None)];
+        let run = |c: SenderConstraint, proof: Option<&Proof>, cert: Option<&[u8; 32]>| {
+            let a = audience(c);
+            confirmation(free, proof, cert, Destination::Downstream(&a))
+                .map(|c| c.map(|c| (c.jkt.is_some(), c.x5t_s256)))
+                .map_err(|e| e.code)
+        };
+        use SenderConstraint::{Any, Dpop, Mtls};
+        assert_eq!(run(Dpop, None, None), Err(ErrorCode::InvalidDpopProof));
+        assert_eq!(run(Dpop, None, Some(&cert)), Err(ErrorCode::InvalidDpopProof));
+        assert_eq!(run(Dpop, Some(&k1), None), Ok(Some((true, None))));
+        assert_eq!(run(Mtls, None, None), Err(ErrorCode::InvalidRequest));
+        assert_eq!(run(Mtls, Some(&k1), None), Err(ErrorCode::InvalidRequest));
+        assert_eq!(run(Mtls, None, Some(&cert)), Ok(Some((false, Some(x5t.clone())))));
+        assert_eq!(run(Mtls, Some(&k1), Some(&cert)), Ok(Some((true, Some(x5t.clone())))));
+        assert_eq!(run(Any, None, None), Err(ErrorCode::InvalidRequest));
+        assert_eq!(run(Any, Some(&k1), Some(&cert)), Ok(Some((true, None))), "DPoP suffices");
+        assert_eq!(run(Any, None, Some(&cert)), Ok(Some((false, Some(x5t)))));
+    }
+
     #[test]
     fn one_target_from_resource_and_audience() {
         let mut r = ExchangeRequest { audience: vec!["https://a".into()], ..Default::default() };

@@ -117,7 +117,7 @@ impl Introspect<'_> {
             return Ok((Introspection::Inactive, "client may not introspect this audience"));
         }
         let proof = match presentation {
-            Some(p) => self.check_sender(&claims, token, p, now)?,
+            Some(p) => check_sender(&claims, token, p, self.dpop, now)?,
             None => None,
         };
         let mut probe = Probe::default();
@@ -137,39 +137,37 @@ impl Introspect<'_> {
         }
         Ok((Introspection::Active(claims), "active"))
     }
+}
 
-    /// RFC 9449 §7 and RFC 8705 §3: a bound token is presented with proof of its key. Returns the verified DPoP
-    /// proof, whose replay marker the lookup then spends.
-    fn check_sender(
-        &self,
-        claims: &AccessClaims,
-        token: &Token,
-        presentation: &Presentation,
-        now: u64,
-    ) -> Result<Option<Proof>> {
-        let refused = |why: &str| Error::new(ErrorCode::InvalidDpopProof, why);
-        if let Some(x5t) = claims.cnf.as_ref().and_then(|c| c.x5t_s256.as_deref())
-            && presentation.client_certificate_sha256.as_ref().map(dpop::certificate_thumbprint).as_deref() != Some(x5t)
-        {
-            return Err(Error::invalid_grant(
-                "the token is bound to a client certificate the request does not present",
-            ));
+/// RFC 9449 §7 and RFC 8705 §3: a bound token is presented with proof of its key. Returns the verified DPoP
+/// proof, whose replay marker the lookup then spends.
+fn check_sender(
+    claims: &AccessClaims,
+    token: &Token,
+    presentation: &Presentation,
+    settings: dpop::Settings,
+    now: u64,
+) -> Result<Option<Proof>> {
+    let refused = |why: &str| Error::new(ErrorCode::InvalidDpopProof, why);
+    if let Some(x5t) = claims.cnf.as_ref().and_then(|c| c.x5t_s256.as_deref())
+        && presentation.client_certificate_sha256.as_ref().map(dpop::certificate_thumbprint).as_deref() != Some(x5t)
+    {
+        return Err(Error::invalid_grant("the token is bound to a client certificate the request does not present"));
+    }
+    match (claims.jkt(), presentation.dpop_scheme, &presentation.proof) {
+        (None, false, _) => Ok(None),
+        (None, true, _) => Err(refused("the token is not DPoP-bound: present it as a Bearer token")),
+        (Some(_), false, _) => {
+            Err(refused("the token is DPoP-bound: present it as Authorization: DPoP, with a DPoP proof"))
         }
-        match (claims.jkt(), presentation.dpop_scheme, &presentation.proof) {
-            (None, false, _) => Ok(None),
-            (None, true, _) => Err(refused("the token is not DPoP-bound: present it as a Bearer token")),
-            (Some(_), false, _) => {
-                Err(refused("the token is DPoP-bound: present it as Authorization: DPoP, with a DPoP proof"))
+        (Some(_), true, None) => Err(refused("a DPoP proof is required with a DPoP-bound token")),
+        (Some(jkt), true, Some(p)) => {
+            let expected = dpop::Expected { htm: &p.htm, htu: &p.htu, access_token: Some(token.expose()) };
+            let proof = dpop::verify(p.proof.expose(), expected, settings, now)?;
+            if proof.jkt != jkt {
+                return Err(DpopError::WrongKey.into());
             }
-            (Some(_), true, None) => Err(refused("a DPoP proof is required with a DPoP-bound token")),
-            (Some(jkt), true, Some(p)) => {
-                let expected = dpop::Expected { htm: &p.htm, htu: &p.htu, access_token: Some(token.expose()) };
-                let proof = dpop::verify(p.proof.expose(), expected, self.dpop, now)?;
-                if proof.jkt != jkt {
-                    return Err(DpopError::WrongKey.into());
-                }
-                Ok(Some(proof))
-            }
+            Ok(Some(proof))
         }
     }
 }
@@ -202,4 +200,67 @@ fn audit_event(client_id: &str, outcome: &Result<(Introspection, &'static str)>)
         }
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Confirmation;
+
+    const SETTINGS: dpop::Settings = dpop::Settings { max_age: 60, leeway: 5 };
+
+    fn presented(dpop_scheme: bool, proof: Option<&str>, cert: Option<[u8; 32]>) -> Presentation {
+        Presentation {
+            dpop_scheme,
+            proof: proof.map(|p| dpop::Presented {
+                proof: Token::new(p),
+                htm: "GET".into(),
+                htu: "https://a/x".into(),
+            }),
+            client_certificate_sha256: cert,
+        }
+    }
+
+    fn code(r: Result<Option<Proof>>) -> ErrorCode {
+        r.unwrap_err().code
+    }
+
+    #[test]
+    fn a_bound_token_is_presented_with_proof_of_its_key() {
+        let token = Token::new("t");
+        let bearer = AccessClaims::example();
+        assert_eq!(check_sender(&bearer, &token, &presented(false, None, None), SETTINGS, 0).unwrap(), None);
+        assert_eq!(
+            check_sender(&bearer, &token, &presented(false, Some("ignored"), None), SETTINGS, 0).unwrap(),
+            None,
+            "a stray proof with a bearer token is not looked at"
+        );
+        assert_eq!(
+            code(check_sender(&bearer, &token, &presented(true, None, None), SETTINGS, 0)),
+            ErrorCode::InvalidDpopProof
+        );
+        let mut dpop_bound = AccessClaims::example();
+        dpop_bound.cnf = Some(Confirmation { jkt: Some("k".into()), x5t_s256: None });
+        for p in [
+            presented(false, None, None),
+            presented(false, Some("p"), None),
+            presented(true, None, None),
+            presented(true, Some("not-a-proof"), None),
+        ] {
+            assert_eq!(code(check_sender(&dpop_bound, &token, &p, SETTINGS, 0)), ErrorCode::InvalidDpopProof);
+        }
+        // RFC 8705: a certificate-bound token needs the certificate it is bound to.
+        let cert = [3u8; 32];
+        let mut mtls_bound = AccessClaims::example();
+        mtls_bound.cnf = Some(Confirmation { jkt: None, x5t_s256: Some(dpop::certificate_thumbprint(&cert)) });
+        assert_eq!(
+            code(check_sender(&mtls_bound, &token, &presented(false, None, None), SETTINGS, 0)),
+            ErrorCode::InvalidGrant
+        );
+        assert_eq!(
+            code(check_sender(&mtls_bound, &token, &presented(false, None, Some([4u8; 32])), SETTINGS, 0)),
+            ErrorCode::InvalidGrant
+        );
+        assert_eq!(check_sender(&mtls_bound, &token, &presented(false, None, Some(cert)), SETTINGS, 0).unwrap(), None);
+    }
 }

@@ -191,6 +191,34 @@ impl AccessClaims {
     }
 }
 
+#[cfg(test)]
+impl AccessClaims {
+    /// A plain bearer token's claims, for unit tests elsewhere in the crate.
+    pub(crate) fn example() -> AccessClaims {
+        AccessClaims {
+            iss: "https://tessera.test".into(),
+            sub: "s".into(),
+            aud: "https://crm.example".into(),
+            exp: 2_000,
+            iat: 1_000,
+            nbf: 1_000,
+            jti: "j".into(),
+            client_id: "c".into(),
+            scope: Scopes::default(),
+            act: None,
+            task_id: "t".into(),
+            session_id: None,
+            purpose: None,
+            sub_iss: "https://k8s".into(),
+            sub_attrs: Default::default(),
+            anc: vec![],
+            may_act: None,
+            lin: Lineage::default(),
+            cnf: None,
+        }
+    }
+}
+
 /// The broker's signing keys. The first signs; all are published, so tokens signed by a retiring key keep
 /// verifying until they expire.
 #[derive(Debug)]
