@@ -599,3 +599,41 @@ async fn the_cli_shows_a_bound_tokens_cnf() {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
     assert_eq!((shown["token_type"].as_str(), &shown["cnf"]), (Some("DPoP"), &json!({ "jkt": key.jkt() })));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_proof_or_bound_token_reaches_the_logs() {
+    use crate::support::process::Serving;
+    let dir = TestBroker::builder().write_config();
+    let config = dir.path().join("tessera.toml");
+    let server = tokio::task::spawn_blocking(move || {
+        Serving::start(&["--config", config.to_str().unwrap()], |c| {
+            c.env("RUST_LOG", "debug").env_remove("TESSERA__LOG__LEVEL");
+        })
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", server.http);
+    let key = DpopKey::ec();
+    let good = key.proof("POST", TOKEN_HTU, None);
+    let (status, body) = http_exchange(&base, &http_form(&k8s_assertion(600), CRM, "crm:read"), &[&good]).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    // Refused: a replay, and a proof for another URL.
+    let bad = key.proof("POST", GRPC_HTU, None);
+    for proof in [&good, &bad] {
+        let (status, _) = http_exchange(&base, &http_form(&k8s_assertion(600), CRM, "crm:read"), &[proof]).await;
+        assert_eq!(status, 400);
+    }
+    let at_gateway = key.proof("GET", API_HTU, Some(&token));
+    assert_eq!(gateway_check(&base, &format!("DPoP {token}"), &[&at_gateway]).await.status(), 200);
+    assert_eq!(gateway_check(&base, &format!("DPoP {token}"), &[&at_gateway]).await.status(), 401);
+
+    let (_, logs) = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+    assert!(logs.contains("event=exchange"), "the debug log is not empty: {logs}");
+    for (what, secret) in
+        [("a proof", &good), ("a refused proof", &bad), ("a gateway proof", &at_gateway), ("the bound token", &token)]
+    {
+        let signature = secret.rsplit('.').next().unwrap();
+        assert!(!logs.contains(secret.as_str()) && !logs.contains(signature), "{what} appears in the logs");
+    }
+}
