@@ -11,7 +11,7 @@ use crate::catalog::Catalog;
 use crate::client::{Client, Clients};
 use crate::error::Result;
 use crate::exchange::{Exchange, ExchangeRequest, Issued, Limits};
-use crate::introspect::{Introspect, Introspection};
+use crate::introspect::{Introspect, Introspection, Presentation};
 use crate::issuer::Issuers;
 use crate::load::Slots;
 use crate::metrics::Metrics;
@@ -36,6 +36,8 @@ pub(crate) struct Parts {
     pub(crate) leeway: u64,
     /// Seconds a revoked task id stays refused for new exchanges.
     pub(crate) task_revocation_retention: u64,
+    /// How DPoP proofs are judged (their freshness window).
+    pub(crate) dpop: crate::dpop::Settings,
     pub(crate) store: Arc<dyn Store>,
     /// The rate limits on `ExchangeToken`, applied in the store's round trip.
     pub(crate) rate_limits: RateLimits,
@@ -85,6 +87,7 @@ impl Broker {
             policy: &self.parts.policy,
             keyring: &self.parts.keyring,
             limits: self.parts.limits,
+            dpop: self.parts.dpop,
             revocations: self.revocations(),
             rate_limits: &self.parts.rate_limits,
             audit: self.parts.audit.as_ref(),
@@ -94,14 +97,30 @@ impl Broker {
 
     /// RFC 7662 introspection, as of `now`: [`Introspect::run`].
     pub async fn introspect(&self, client: &Client, token: &Token, now: u64) -> Result<Introspection> {
-        let introspect = Introspect {
+        self.introspect_op().run(client, token, now).await
+    }
+
+    /// Introspection of a token as a resource received it (forward-auth), as of `now`, proof of possession
+    /// included: [`Introspect::run_presented`].
+    pub async fn introspect_presented(
+        &self,
+        client: &Client,
+        token: &Token,
+        presentation: &Presentation,
+        now: u64,
+    ) -> Result<Introspection> {
+        self.introspect_op().run_presented(client, token, presentation, now).await
+    }
+
+    fn introspect_op(&self) -> Introspect<'_> {
+        Introspect {
             issuers: &self.parts.issuers,
             catalog: &self.parts.catalog,
             revocations: self.revocations(),
             audit: self.parts.audit.as_ref(),
             metrics: &self.parts.metrics,
-        };
-        introspect.run(client, token, now).await
+            dpop: self.parts.dpop,
+        }
     }
 
     /// Records a revocation, as of `now`: [`Revoke::run`].

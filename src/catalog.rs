@@ -19,6 +19,43 @@ pub struct Audience {
     pub introspect_clients: BTreeSet<String>,
     /// The resource's public URL (RFC 9728 `resource`), when it is not the audience id itself.
     pub resource_url: Option<String>,
+    /// Whether tokens for it must be sender-constrained, and how.
+    pub sender_constraint: SenderConstraint,
+}
+
+/// What an audience requires of the tokens issued for it (`sender_constraint` in the config): whether they must
+/// be bound to a key the caller proves it holds, so that a stolen token is useless.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SenderConstraint {
+    /// Bearer tokens are fine; a token is still bound when the exchange carries a DPoP proof.
+    #[default]
+    None,
+    /// Only DPoP-bound tokens (RFC 9449, `cnf.jkt`): an exchange without a proof is refused.
+    Dpop,
+    /// Only certificate-bound tokens (RFC 8705, `cnf["x5t#S256"]`): an exchange over a connection without a
+    /// client certificate is refused.
+    Mtls,
+    /// Either binding.
+    Any,
+}
+
+impl SenderConstraint {
+    /// The config's spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SenderConstraint::None => "none",
+            SenderConstraint::Dpop => "dpop",
+            SenderConstraint::Mtls => "mtls",
+            SenderConstraint::Any => "any",
+        }
+    }
+
+    /// The constraint the config spells `name`.
+    pub fn parse(name: &str) -> Option<SenderConstraint> {
+        [SenderConstraint::None, SenderConstraint::Dpop, SenderConstraint::Mtls, SenderConstraint::Any]
+            .into_iter()
+            .find(|c| c.as_str() == name)
+    }
 }
 
 /// What forward-auth requires of a gateway path: a token for `audience` holding every one of `scopes`.
@@ -53,6 +90,14 @@ impl Destination<'_> {
         match self {
             Destination::Downstream(a) => &a.id,
             Destination::Broker { id, .. } => id,
+        }
+    }
+
+    /// What it requires of a token's binding (task tokens: nothing; a bound one stays bound all the same).
+    pub fn sender_constraint(&self) -> SenderConstraint {
+        match self {
+            Destination::Downstream(a) => a.sender_constraint,
+            Destination::Broker { .. } => SenderConstraint::None,
         }
     }
 
@@ -149,6 +194,7 @@ mod tests {
             max_ttl: 300,
             introspect_clients: ["gateway".into()].into(),
             resource_url: None,
+            sender_constraint: SenderConstraint::None,
         };
         let mail = Audience {
             id: "https://mail.example".into(),
@@ -156,6 +202,7 @@ mod tests {
             max_ttl: 60,
             introspect_clients: Default::default(),
             resource_url: None,
+            sender_constraint: SenderConstraint::None,
         };
         Catalog::new(vec![crm, mail], "https://tessera.test".into(), 3600)
     }

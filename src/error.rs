@@ -32,6 +32,11 @@ pub enum ErrorCode {
     /// [RFC 8693 §2.2.2](https://www.rfc-editor.org/rfc/rfc8693#section-2.2.2): the audience is not one the
     /// broker issues for, or not one this subject token may be exchanged for.
     InvalidTarget,
+    /// [RFC 9449 §5](https://www.rfc-editor.org/rfc/rfc9449#section-5) /
+    /// [§12.2](https://www.rfc-editor.org/rfc/rfc9449#section-12.2): the DPoP proof is missing where the token
+    /// it goes with is bound to a key, malformed, stale, replayed, for another request, or signed by another
+    /// key than the token is bound to.
+    InvalidDpopProof,
     /// The caller exceeded its rate limit.
     RateLimited,
     /// The broker is at its concurrency limit and shed the call: retry shortly.
@@ -53,6 +58,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::InvalidTarget => "invalid_target",
+            ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "temporarily_unavailable",
             ErrorCode::Unavailable => "temporarily_unavailable",
@@ -74,7 +80,7 @@ mod grpc_code {
 impl ErrorCode {
     /// Every code, for tables and tests.
     #[cfg(test)]
-    const ALL: [ErrorCode; 11] = [
+    const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidClient,
         ErrorCode::InvalidGrant,
@@ -82,6 +88,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedGrantType,
         ErrorCode::InvalidScope,
         ErrorCode::InvalidTarget,
+        ErrorCode::InvalidDpopProof,
         ErrorCode::RateLimited,
         ErrorCode::Overloaded,
         ErrorCode::Unavailable,
@@ -93,7 +100,8 @@ impl ErrorCode {
         use grpc_code::*;
         match self {
             ErrorCode::InvalidRequest | ErrorCode::UnsupportedGrantType => INVALID_ARGUMENT,
-            ErrorCode::InvalidClient | ErrorCode::InvalidGrant => UNAUTHENTICATED,
+            // A failed proof of possession is a credential that does not hold, like a bad subject token.
+            ErrorCode::InvalidClient | ErrorCode::InvalidGrant | ErrorCode::InvalidDpopProof => UNAUTHENTICATED,
             ErrorCode::UnauthorizedClient | ErrorCode::InvalidScope | ErrorCode::InvalidTarget => PERMISSION_DENIED,
             ErrorCode::RateLimited | ErrorCode::Overloaded => RESOURCE_EXHAUSTED,
             ErrorCode::Unavailable => UNAVAILABLE,
@@ -102,8 +110,8 @@ impl ErrorCode {
     }
 
     /// The HTTP status of the error response on the plain-OAuth face:
-    /// [RFC 6749 §5.2](https://www.rfc-editor.org/rfc/rfc6749#section-5.2) answers 400, and 401 for a client
-    /// that failed to authenticate; a rate limit is 429 (RFC 6585), a store outage 503, a fault 500.
+    /// [RFC 6749 §5.2](https://www.rfc-editor.org/rfc/rfc6749#section-5.2) answers 400 (RFC 9449 §5 too, for a
+    /// bad DPoP proof at the token endpoint), and 401 for a client that failed to authenticate; a rate limit is 429 (RFC 6585), a store outage 503, a fault 500.
     pub const fn http_status(self) -> u16 {
         match self {
             ErrorCode::InvalidClient => 401,
@@ -116,7 +124,8 @@ impl ErrorCode {
             | ErrorCode::UnauthorizedClient
             | ErrorCode::UnsupportedGrantType
             | ErrorCode::InvalidScope
-            | ErrorCode::InvalidTarget => 400,
+            | ErrorCode::InvalidTarget
+            | ErrorCode::InvalidDpopProof => 400,
         }
     }
 }
@@ -196,6 +205,7 @@ mod tests {
             (ErrorCode::UnsupportedGrantType, "unsupported_grant_type", INVALID_ARGUMENT, 400),
             (ErrorCode::InvalidScope, "invalid_scope", PERMISSION_DENIED, 400),
             (ErrorCode::InvalidTarget, "invalid_target", PERMISSION_DENIED, 400),
+            (ErrorCode::InvalidDpopProof, "invalid_dpop_proof", UNAUTHENTICATED, 400),
             (ErrorCode::RateLimited, "rate_limited", RESOURCE_EXHAUSTED, 429),
             (ErrorCode::Overloaded, "temporarily_unavailable", RESOURCE_EXHAUSTED, 503),
             (ErrorCode::Unavailable, "temporarily_unavailable", UNAVAILABLE, 503),

@@ -11,10 +11,17 @@
 //! 6. the subject (and actor) token is verified by [`crate::issuer`] before anything else is looked at.
 //!
 //! Claims are built in one place, `Exchange::decide`.
+//!
+//! Sender constraint (RFC 9449 DPoP, RFC 8705 mTLS): `confirmation` decides the issued token's `cnf` — a
+//! bound subject or actor token passes its binding on, and only to a request that proves the same key; a
+//! request with a DPoP proof binds the token to the proof's key; the audience's `sender_constraint` is then
+//! checked on the result. The proof itself is verified by [`crate::dpop`] once the subject and actor tokens
+//! are, and its replay marker is spent in the same single store lookup as every revocation.
 
 use crate::audit::{AuditEvent, AuditSink, truncate};
-use crate::catalog::{Catalog, Destination};
+use crate::catalog::{Catalog, Destination, SenderConstraint};
 use crate::client::Client;
+use crate::dpop::{self, DpopError, Proof};
 use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Issuers, Origin, Verified};
 use crate::metrics::Metrics;
@@ -23,7 +30,7 @@ use crate::ratelimit::{RateLimits, ceil_ms};
 use crate::revocation::{Probe, Revocations};
 use crate::scopes::Scopes;
 use crate::secret::Token;
-use crate::token::{AccessClaims, Actor, Keyring, Lineage, Party, new_jti};
+use crate::token::{AccessClaims, Actor, Confirmation, Keyring, Lineage, Party, new_jti};
 
 /// The `grant_type` of a token exchange (RFC 8693 §2.1): the only grant the broker accepts.
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -79,6 +86,14 @@ pub struct ExchangeRequest {
     pub purpose: String,
     /// Upper bound on the issued token's lifetime, in seconds; 0 asks for as long as allowed.
     pub requested_expires_in: u32,
+    /// The DPoP proof (RFC 9449 §5) the request came with, and the method and URL it must name: the issued
+    /// token is bound to its key (`cnf.jkt`). Required when the subject or actor token is DPoP-bound (signed by
+    /// that same key) or the audience requires DPoP.
+    pub dpop: Option<dpop::Presented>,
+    /// SHA-256 of the TLS client certificate (DER) the caller presented over mutual TLS, if any: what an RFC
+    /// 8705 binding (`cnf["x5t#S256"]`) is made from and checked against. `None` on a connection without a
+    /// client certificate.
+    pub client_certificate_sha256: Option<[u8; 32]>,
 }
 
 /// A granted exchange.
@@ -86,6 +101,8 @@ pub struct ExchangeRequest {
 pub struct Issued {
     /// The signed RFC 9068 JWT access token (a compact JWS).
     pub access_token: Token,
+    /// RFC 6749 §5.1 / RFC 9449 §5: `DPoP` for a DPoP-bound token, else `Bearer`.
+    pub token_type: &'static str,
     pub(crate) expires_in: u64,
     pub(crate) scope: Scopes,
     /// The claims signed into `access_token`, so the caller need not decode it.
@@ -114,8 +131,10 @@ pub struct Exchange<'a> {
     pub keyring: &'a Keyring,
     /// Delegation depth and chain length bounds (invariant 4).
     pub limits: Limits,
-    /// Checked for every revocation that applies, spending single-use assertions and applying the rate
-    /// limits in the same lookup (invariant 5).
+    /// How DPoP proofs are judged (their freshness window).
+    pub dpop: dpop::Settings,
+    /// Checked for every revocation that applies, spending single-use assertions and the DPoP proof and
+    /// applying the rate limits in the same lookup (invariant 5).
     pub revocations: Revocations<'a>,
     /// The rate limits per client, principal and task (all off unless configured).
     pub rate_limits: &'a RateLimits,
@@ -161,6 +180,13 @@ impl Exchange<'_> {
                     .map_err(|e| Error::invalid_grant(format!("actor_token {e}")))?,
             ),
         };
+        let proof = match &req.dpop {
+            None => None,
+            Some(p) => {
+                let expected = dpop::Expected { htm: &p.htm, htu: &p.htu, access_token: None };
+                Some(dpop::verify(p.proof.expose(), expected, self.dpop, now)?)
+            }
+        };
         let parent = broker_claims(&subject);
         if let Some(a) = actor.as_ref().and_then(broker_claims)
             && a.aud != self.broker_issuer
@@ -170,11 +196,17 @@ impl Exchange<'_> {
             ));
         }
         let target = self.destination(target_id, parent)?;
+        let cnf = confirmation(
+            [("subject_token", parent), ("actor_token", actor.as_ref().and_then(broker_claims))],
+            proof.as_ref(),
+            req.client_certificate_sha256.as_ref(),
+            target,
+        )?;
         let (task_id, session_id) = task_binding(req, parent)?;
         trail.task(&task_id);
         let delegation = self.delegate(&subject, actor.as_ref(), &task_id, &client.id)?;
         trail.actors(delegation.act.as_ref());
-        self.check_revocations(&subject, actor.as_ref(), &task_id, &client.id, now_ms).await?;
+        self.check_revocations(&subject, actor.as_ref(), proof.as_ref(), &task_id, &client.id, now_ms).await?;
         let question = Question {
             principal: &subject.principal,
             actor: actor.as_ref().map(|a| &a.holder),
@@ -207,19 +239,27 @@ impl Exchange<'_> {
             anc: delegation.anc,
             may_act: delegation.may_act,
             lin: delegation.lin,
+            cnf,
         };
         let access_token = Token::new(self.keyring.mint(&claims)?);
         if access_token.expose().len() > crate::issuer::MAX_OWN_TOKEN_BYTES {
             return Err(Error::invalid_grant("the delegation history is too large for one more token"));
         }
-        Ok(Issued { access_token, expires_in: exp - now, scope: claims.scope.clone(), claims })
+        Ok(Issued {
+            access_token,
+            token_type: claims.token_type(),
+            expires_in: exp - now,
+            scope: claims.scope.clone(),
+            claims,
+        })
     }
 
     /// Invariants 5–6: nothing is derived from a revoked token (or one of its ancestors, its task, its
     /// subject, an actor, its client), nor for a revoked task. One store lookup for all of it, which also
-    /// spends single-use assertions and applies the rate limits.
+    /// spends single-use assertions and the DPoP proof (so neither is accepted twice by any replica) and
+    /// applies the rate limits.
     ///
-    /// The refusals come in this order: a suspension, a revocation, a rate limit, a spent assertion. A
+    /// The refusals come in this order: a suspension, a revocation, a rate limit, a spent assertion or proof. A
     /// revoked or suspended request is refused as such even when it is also over a limit (it still counts
     /// against the limits: they count attempts that reach the store, not grants). A throttled request
     /// changes nothing else: the store moved no limit and set no spend marker, so the caller may retry the
@@ -228,6 +268,7 @@ impl Exchange<'_> {
         &self,
         subject: &Verified,
         actor: Option<&Verified>,
+        proof: Option<&Proof>,
         task_id: &str,
         client_id: &str,
         now_ms: u64,
@@ -243,11 +284,13 @@ impl Exchange<'_> {
         if !matches!(subject.origin, Origin::Broker(_)) {
             probe.task(task_id);
         }
-        let spends: Vec<(String, u64)> = std::iter::once(subject)
+        let mut spends: Vec<(String, u64)> = std::iter::once(subject)
             .chain(actor)
             .filter_map(|t| t.spend.as_ref())
             .map(|once| (crate::revocation::spent_key(&once.issuer, &once.jti), once.until))
             .collect();
+        // The proof's marker goes last.
+        spends.extend(proof.map(|p| (p.replay_key(), p.until)));
         // The kill switch, in the same lookup: the subject, the actor (who holds the actor token) and the
         // calling client must not be suspended.
         let parties: Vec<(&str, &str)> = std::iter::once(&subject.principal)
@@ -279,8 +322,16 @@ impl Exchange<'_> {
                 std::time::Duration::from_millis(wait_ms),
             ));
         }
-        if admission.fresh.contains(&false) {
+        let fresh = &admission.fresh[..];
+        let (assertions, proof_fresh) = match proof {
+            Some(_) => fresh.split_at(fresh.len().saturating_sub(1)),
+            None => (fresh, &[][..]),
+        };
+        if assertions.contains(&false) {
             return Err(Error::invalid_grant("a single-use assertion in this request has already been used"));
+        }
+        if proof.is_some() && proof_fresh != [true] {
+            return Err(Error::new(ErrorCode::InvalidDpopProof, "the DPoP proof has already been used (its jti)"));
         }
         Ok(())
     }
@@ -401,6 +452,66 @@ impl Exchange<'_> {
             return Err(Error::invalid_scope("policy grants none of the requested scopes"));
         }
         Ok(granted)
+    }
+}
+
+/// The issued token's `cnf`: a bound subject or actor token passes its binding on, and only to a request that
+/// proves the same key (its DPoP key signed the proof; its certificate is the caller's); otherwise the token is
+/// bound to the proof's key, and to the caller's certificate when the audience asks for mTLS. The audience's
+/// requirement is then checked on the result: `dpop` without a proof is `invalid_dpop_proof`, `mtls` or `any`
+/// unmet is `invalid_request`.
+fn confirmation(
+    bound: [(&str, Option<&AccessClaims>); 2],
+    proof: Option<&Proof>,
+    certificate_sha256: Option<&[u8; 32]>,
+    target: Destination<'_>,
+) -> Result<Option<Confirmation>> {
+    let certificate = certificate_sha256.map(dpop::certificate_thumbprint);
+    let mut cnf = Confirmation { jkt: proof.map(|p| p.jkt.clone()), x5t_s256: None };
+    for (name, claims) in bound {
+        let Some(held) = claims.and_then(|c| c.cnf.as_ref()) else { continue };
+        if let Some(jkt) = &held.jkt {
+            match proof {
+                None => {
+                    return Err(Error::new(
+                        ErrorCode::InvalidDpopProof,
+                        format!("the {name} is DPoP-bound: the request needs a DPoP proof signed by its key"),
+                    ));
+                }
+                Some(p) if p.jkt != *jkt => return Err(DpopError::WrongKey.into()),
+                Some(_) => {}
+            }
+        }
+        if let Some(x5t) = &held.x5t_s256 {
+            if certificate.as_deref() != Some(x5t.as_str()) {
+                return Err(Error::invalid_grant(format!(
+                    "the {name} is bound to a client certificate this request does not present"
+                )));
+            }
+            cnf.x5t_s256 = Some(x5t.clone());
+        }
+    }
+    let constraint = target.sender_constraint();
+    let wants_certificate = match constraint {
+        SenderConstraint::Mtls => true,
+        SenderConstraint::Any => cnf.jkt.is_none(),
+        SenderConstraint::None | SenderConstraint::Dpop => false,
+    };
+    if wants_certificate && cnf.x5t_s256.is_none() {
+        cnf.x5t_s256 = certificate;
+    }
+    match constraint {
+        SenderConstraint::Dpop if cnf.jkt.is_none() => Err(Error::new(
+            ErrorCode::InvalidDpopProof,
+            "this audience requires DPoP-bound tokens: send a DPoP proof with the request",
+        )),
+        SenderConstraint::Mtls if cnf.x5t_s256.is_none() => Err(Error::invalid_request(
+            "this audience requires certificate-bound tokens (RFC 8705): call over mutual TLS",
+        )),
+        SenderConstraint::Any if cnf.is_empty() => Err(Error::invalid_request(
+            "this audience requires sender-constrained tokens: send a DPoP proof or call over mutual TLS",
+        )),
+        _ => Ok((!cnf.is_empty()).then_some(cnf)),
     }
 }
 
@@ -624,6 +735,79 @@ mod tests {
         let mut v = vec![1, 2, 1, 3, 2, 4];
         dedupe(&mut v, |x| *x == 3);
         assert_eq!(v, vec![1, 2, 4]);
+    }
+
+    fn audience(sender_constraint: SenderConstraint) -> crate::catalog::Audience {
+        crate::catalog::Audience {
+            id: "https://crm.example".into(),
+            scopes: Scopes::default(),
+            max_ttl: 300,
+            introspect_clients: Default::default(),
+            resource_url: None,
+            sender_constraint,
+        }
+    }
+
+    fn bound(jkt: Option<&str>, x5t: Option<&str>) -> AccessClaims {
+        let mut c = AccessClaims::example();
+        c.cnf = Some(Confirmation { jkt: jkt.map(Into::into), x5t_s256: x5t.map(Into::into) });
+        c
+    }
+
+    #[test]
+    fn a_binding_is_made_from_the_proof_and_kept_only_with_the_same_key() {
+        let none = audience(SenderConstraint::None);
+        let to = Destination::Downstream(&none);
+        let (k1, k2) = (Proof::by_key("k1"), Proof::by_key("k2"));
+        let cnf = |jkt: Option<&str>, x5t: Option<&str>| {
+            Some(Confirmation { jkt: jkt.map(Into::into), x5t_s256: x5t.map(Into::into) })
+        };
+        let code = |r: Result<Option<Confirmation>>| r.unwrap_err().code;
+        assert_eq!(confirmation([("s", None), ("a", None)], None, None, to).unwrap(), None, "a bearer token");
+        assert_eq!(confirmation([("s", None), ("a", None)], Some(&k1), None, to).unwrap(), cnf(Some("k1"), None));
+        // A DPoP-bound subject or actor: the same key, or nothing.
+        let parent = bound(Some("k1"), None);
+        for slots in [[("s", Some(&parent)), ("a", None)], [("s", None), ("a", Some(&parent))]] {
+            assert_eq!(code(confirmation(slots, None, None, to)), ErrorCode::InvalidDpopProof);
+            assert_eq!(code(confirmation(slots, Some(&k2), None, to)), ErrorCode::InvalidDpopProof);
+            assert_eq!(confirmation(slots, Some(&k1), None, to).unwrap(), cnf(Some("k1"), None));
+        }
+        // A certificate-bound subject: the same certificate, or nothing; the binding travels whatever the audience.
+        let cert = [7u8; 32];
+        let x5t = dpop::certificate_thumbprint(&cert);
+        let parent = bound(None, Some(&x5t));
+        let slots = [("s", Some(&parent)), ("a", None)];
+        assert_eq!(code(confirmation(slots, None, None, to)), ErrorCode::InvalidGrant);
+        assert_eq!(code(confirmation(slots, None, Some(&[8u8; 32]), to)), ErrorCode::InvalidGrant);
+        assert_eq!(confirmation(slots, None, Some(&cert), to).unwrap(), cnf(None, Some(&x5t)));
+        assert_eq!(confirmation(slots, Some(&k1), Some(&cert), to).unwrap(), cnf(Some("k1"), Some(&x5t)));
+        // A certificate alone binds nothing for an audience that does not ask for it.
+        assert_eq!(confirmation([("s", None), ("a", None)], None, Some(&cert), to).unwrap(), None);
+    }
+
+    #[test]
+    fn an_audience_gets_the_binding_it_requires() {
+        let cert = [7u8; 32];
+        let x5t = dpop::certificate_thumbprint(&cert);
+        let k1 = Proof::by_key("k1");
+        let free: [(&str, Option<&AccessClaims>); 2] = [("s", None), ("a", None)];
+        let run = |c: SenderConstraint, proof: Option<&Proof>, cert: Option<&[u8; 32]>| {
+            let a = audience(c);
+            confirmation(free, proof, cert, Destination::Downstream(&a))
+                .map(|c| c.map(|c| (c.jkt.is_some(), c.x5t_s256)))
+                .map_err(|e| e.code)
+        };
+        use SenderConstraint::{Any, Dpop, Mtls};
+        assert_eq!(run(Dpop, None, None), Err(ErrorCode::InvalidDpopProof));
+        assert_eq!(run(Dpop, None, Some(&cert)), Err(ErrorCode::InvalidDpopProof));
+        assert_eq!(run(Dpop, Some(&k1), None), Ok(Some((true, None))));
+        assert_eq!(run(Mtls, None, None), Err(ErrorCode::InvalidRequest));
+        assert_eq!(run(Mtls, Some(&k1), None), Err(ErrorCode::InvalidRequest));
+        assert_eq!(run(Mtls, None, Some(&cert)), Ok(Some((false, Some(x5t.clone())))));
+        assert_eq!(run(Mtls, Some(&k1), Some(&cert)), Ok(Some((true, Some(x5t.clone())))));
+        assert_eq!(run(Any, None, None), Err(ErrorCode::InvalidRequest));
+        assert_eq!(run(Any, Some(&k1), Some(&cert)), Ok(Some((true, None))), "DPoP suffices");
+        assert_eq!(run(Any, None, Some(&cert)), Ok(Some((false, Some(x5t)))));
     }
 
     #[test]

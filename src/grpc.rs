@@ -15,7 +15,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::broker::Broker;
 use crate::client::{Client, Credentials, Rpc};
 use crate::clock::{now, now_ms};
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::exchange::{ExchangeRequest, Issued, TOKEN_TYPE_ACCESS_TOKEN};
 use crate::introspect::Introspection;
 use crate::revocation::{RevokeRequest, SuspendRequest};
@@ -159,13 +159,38 @@ impl TokenBrokerService {
         result.map(Response::new)
     }
 
+    /// The `dpop` metadata entry of an `ExchangeToken` call: a DPoP proof (RFC 9449) with `htm` `POST` and `htu`
+    /// the RPC's URL under the broker's issuer ([`crate::dpop::grpc_exchange_htu`]). At most one.
+    fn dpop(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Option<crate::dpop::Presented>, Error> {
+        let refused = |why: &str| Error::new(ErrorCode::InvalidDpopProof, why);
+        let mut values = metadata.get_all("dpop").iter();
+        let value = match (values.next(), values.next()) {
+            (None, _) => return Ok(None),
+            (Some(_), Some(_)) => return Err(refused("more than one dpop metadata entry")),
+            (Some(value), None) => value,
+        };
+        let proof = value.to_str().map_err(|_| refused("the dpop metadata entry is not text"))?;
+        Ok(Some(crate::dpop::Presented {
+            proof: Token::new(proof.trim()),
+            htm: "POST".into(),
+            htu: crate::dpop::grpc_exchange_htu(self.broker.broker_issuer()),
+        }))
+    }
+
     fn caller<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<&Client, Status> {
         let authorization = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("\u{0}"));
         let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
-        let certificate = crate::net::tls::peer_certificate(request.peer_certs().as_deref().map(Vec::as_slice));
         let credentials = Credentials::from_authorization(authorization, loopback).map_err(status)?;
-        self.broker.clients().authenticate(&credentials.over(certificate.map(Arc::new)), rpc).map_err(status)
+        self.broker
+            .clients()
+            .authenticate(&credentials.over(peer_certificate(request).map(Arc::new)), rpc)
+            .map_err(status)
     }
+}
+
+/// The client certificate the TLS handshake verified, if the connection is mTLS.
+fn peer_certificate<T>(request: &Request<T>) -> Option<crate::client::PeerCertificate> {
+    crate::net::tls::peer_certificate(request.peer_certs().as_deref().map(Vec::as_slice))
 }
 
 #[tonic::async_trait]
@@ -176,8 +201,13 @@ impl TokenBroker for TokenBrokerService {
     ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
         self.rpc("ExchangeToken", "tessera.v1.TokenBroker/ExchangeToken", request, async |request| {
             let client = self.caller(&request, Rpc::Exchange)?;
-            let issued =
-                self.broker.exchange_ms(client, request.into_inner().into(), now_ms()).await.map_err(status)?;
+            let proof = self.dpop(request.metadata()).map_err(status)?;
+            let certificate = peer_certificate(&request);
+            let mut exchange: ExchangeRequest = request.into_inner().into();
+            exchange.dpop = proof;
+            // RFC 8705 §3: over mTLS, a token for an audience that wants it is bound to this certificate.
+            exchange.client_certificate_sha256 = certificate.map(|c| c.sha256);
+            let issued = self.broker.exchange_ms(client, exchange, now_ms()).await.map_err(status)?;
             Ok(issued.into())
         })
         .await
@@ -266,6 +296,7 @@ impl From<pb::ExchangeTokenRequest> for ExchangeRequest {
             session_id: r.session_id,
             purpose: r.purpose,
             requested_expires_in: r.requested_expires_in,
+            ..ExchangeRequest::default()
         }
     }
 }
@@ -299,7 +330,11 @@ impl From<Introspection> for pb::IntrospectResponse {
             Introspection::Inactive => pb::IntrospectResponse::default(),
             Introspection::Active(c) => pb::IntrospectResponse {
                 active: true,
-                token_type: "Bearer".into(),
+                token_type: c.token_type().into(),
+                cnf: c.cnf.as_ref().map(|cnf| pb::Confirmation {
+                    jkt: cnf.jkt.clone().unwrap_or_default(),
+                    x5t_s256: cnf.x5t_s256.clone().unwrap_or_default(),
+                }),
                 act: c.act.as_ref().map(Into::into),
                 scope: c.scope.to_string(),
                 client_id: c.client_id,
@@ -323,7 +358,7 @@ impl From<Issued> for pb::ExchangeTokenResponse {
         pb::ExchangeTokenResponse {
             access_token: issued.access_token.expose().to_string(),
             issued_token_type: TOKEN_TYPE_ACCESS_TOKEN.to_string(),
-            token_type: "Bearer".to_string(),
+            token_type: issued.token_type.to_string(),
             expires_in: issued.expires_in,
             scope: issued.scope.to_string(),
         }
@@ -410,7 +445,6 @@ impl From<pb::resume_request::Target> for SuspendRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorCode;
 
     #[test]
     fn every_oauth_code_maps_to_the_contracted_status() {
@@ -422,6 +456,7 @@ mod tests {
             (ErrorCode::UnauthorizedClient, Code::PermissionDenied),
             (ErrorCode::InvalidScope, Code::PermissionDenied),
             (ErrorCode::InvalidTarget, Code::PermissionDenied),
+            (ErrorCode::InvalidDpopProof, Code::Unauthenticated),
             (ErrorCode::RateLimited, Code::ResourceExhausted),
             (ErrorCode::Unavailable, Code::Unavailable),
         ] {

@@ -5,11 +5,17 @@
 //! checked in one store lookup whatever the chain depth. An inactive token gets `active: false` and nothing
 //! else; why it is inactive goes to the audit trail only. A store that cannot answer is an error
 //! (UNAVAILABLE), never `active: true`.
+//!
+//! A resource (forward-auth) also says how the token was presented ([`Presentation`]): a DPoP-bound token
+//! (`cnf.jkt`) counts only as `Authorization: DPoP` with a proof for that very request, signed by the key it is
+//! bound to, never seen before — its replay marker is spent in the same store round trip as the revocation
+//! lookup, so no replica accepts it twice.
 
 use crate::audit::{AuditEvent, AuditSink};
 use crate::catalog::Catalog;
 use crate::client::Client;
-use crate::error::Result;
+use crate::dpop::{self, DpopError, Proof};
+use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Issuers, Origin};
 use crate::metrics::Metrics;
 use crate::revocation::{Probe, Revocations};
@@ -25,6 +31,19 @@ pub enum Introspection {
     Inactive,
 }
 
+/// How a caller presented a token to a resource: the `Authorization` scheme, its DPoP proof and its TLS
+/// client certificate.
+#[derive(Debug, Default)]
+pub struct Presentation {
+    /// Whether the token came as `Authorization: DPoP …` (RFC 9449 §7.1) rather than `Bearer`.
+    pub dpop_scheme: bool,
+    /// The `DPoP` header's proof, with the original request's method and URL.
+    pub proof: Option<dpop::Presented>,
+    /// SHA-256 of the caller's TLS client certificate (DER), when the gateway vouches for one: what an RFC 8705
+    /// certificate-bound token is checked against.
+    pub client_certificate_sha256: Option<[u8; 32]>,
+}
+
 /// Introspection, over what it reads: the issuers that verify the token, the catalog (who may introspect
 /// which audience), the revocation store, the audit sink and the metrics.
 pub struct Introspect<'a> {
@@ -38,12 +57,38 @@ pub struct Introspect<'a> {
     pub audit: &'a dyn AuditSink,
     /// Counts introspections by result.
     pub metrics: &'a Metrics,
+    /// How DPoP proofs are judged (their freshness window).
+    pub dpop: dpop::Settings,
 }
 
 impl Introspect<'_> {
     /// Whether `token` is active as of `now`, for `client`. Every answer is an audit event.
     pub async fn run(&self, client: &Client, token: &Token, now: u64) -> Result<Introspection> {
-        let outcome = self.decide(client, token, now).await;
+        self.answer(client, token, None, now).await
+    }
+
+    /// Whether `token`, presented to a resource as `presentation` says, is active as of `now`, for `client`
+    /// (the resource's gateway): as [`Introspect::run`], and a sender-constrained token must be presented with
+    /// proof of its key. A presentation that does not prove it is `invalid_dpop_proof` (DPoP) or
+    /// `invalid_grant` (a certificate-bound token without its certificate).
+    pub async fn run_presented(
+        &self,
+        client: &Client,
+        token: &Token,
+        presentation: &Presentation,
+        now: u64,
+    ) -> Result<Introspection> {
+        self.answer(client, token, Some(presentation), now).await
+    }
+
+    async fn answer(
+        &self,
+        client: &Client,
+        token: &Token,
+        presentation: Option<&Presentation>,
+        now: u64,
+    ) -> Result<Introspection> {
+        let outcome = self.decide(client, token, presentation, now).await;
         self.audit.record(audit_event(&client.id, &outcome));
         let result = match &outcome {
             Ok((Introspection::Active(_), _)) => "active",
@@ -54,7 +99,13 @@ impl Introspect<'_> {
         outcome.map(|(answer, _)| answer)
     }
 
-    async fn decide(&self, client: &Client, token: &Token, now: u64) -> Result<(Introspection, &'static str)> {
+    async fn decide(
+        &self,
+        client: &Client,
+        token: &Token,
+        presentation: Option<&Presentation>,
+        now: u64,
+    ) -> Result<(Introspection, &'static str)> {
         let claims = match self.issuers.verify(token.expose(), now).await {
             Ok(v) => match v.origin {
                 Origin::Broker(claims) => claims,
@@ -65,13 +116,59 @@ impl Introspect<'_> {
         if !self.catalog.may_introspect(&claims.aud, &client.id) {
             return Ok((Introspection::Inactive, "client may not introspect this audience"));
         }
+        let proof = match presentation {
+            Some(p) => check_sender(&claims, token, p, self.dpop, now)?,
+            None => None,
+        };
         let mut probe = Probe::default();
         probe.token(&claims);
-        let found = self.revocations.lookup(probe.keys(), now).await?;
+        let (found, fresh) = match &proof {
+            None => (self.revocations.lookup(probe.keys(), now).await?, Vec::new()),
+            Some(proof) => {
+                let spend = [(proof.replay_key(), proof.until)];
+                self.revocations.lookup_and_spend(probe.keys(), &spend, now).await?
+            }
+        };
         if probe.revoked(&found) {
             return Ok((Introspection::Inactive, "revoked"));
         }
+        if fresh.contains(&false) {
+            return Err(Error::new(ErrorCode::InvalidDpopProof, "the DPoP proof has already been used (its jti)"));
+        }
         Ok((Introspection::Active(claims), "active"))
+    }
+}
+
+/// RFC 9449 §7 and RFC 8705 §3: a bound token is presented with proof of its key. Returns the verified DPoP
+/// proof, whose replay marker the lookup then spends.
+fn check_sender(
+    claims: &AccessClaims,
+    token: &Token,
+    presentation: &Presentation,
+    settings: dpop::Settings,
+    now: u64,
+) -> Result<Option<Proof>> {
+    let refused = |why: &str| Error::new(ErrorCode::InvalidDpopProof, why);
+    if let Some(x5t) = claims.cnf.as_ref().and_then(|c| c.x5t_s256.as_deref())
+        && presentation.client_certificate_sha256.as_ref().map(dpop::certificate_thumbprint).as_deref() != Some(x5t)
+    {
+        return Err(Error::invalid_grant("the token is bound to a client certificate the request does not present"));
+    }
+    match (claims.jkt(), presentation.dpop_scheme, &presentation.proof) {
+        (None, false, _) => Ok(None),
+        (None, true, _) => Err(refused("the token is not DPoP-bound: present it as a Bearer token")),
+        (Some(_), false, _) => {
+            Err(refused("the token is DPoP-bound: present it as Authorization: DPoP, with a DPoP proof"))
+        }
+        (Some(_), true, None) => Err(refused("a DPoP proof is required with a DPoP-bound token")),
+        (Some(jkt), true, Some(p)) => {
+            let expected = dpop::Expected { htm: &p.htm, htu: &p.htu, access_token: Some(token.expose()) };
+            let proof = dpop::verify(p.proof.expose(), expected, settings, now)?;
+            if proof.jkt != jkt {
+                return Err(DpopError::WrongKey.into());
+            }
+            Ok(Some(proof))
+        }
     }
 }
 
@@ -103,4 +200,67 @@ fn audit_event(client_id: &str, outcome: &Result<(Introspection, &'static str)>)
         }
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Confirmation;
+
+    const SETTINGS: dpop::Settings = dpop::Settings { max_age: 60, leeway: 5 };
+
+    fn presented(dpop_scheme: bool, proof: Option<&str>, cert: Option<[u8; 32]>) -> Presentation {
+        Presentation {
+            dpop_scheme,
+            proof: proof.map(|p| dpop::Presented {
+                proof: Token::new(p),
+                htm: "GET".into(),
+                htu: "https://a/x".into(),
+            }),
+            client_certificate_sha256: cert,
+        }
+    }
+
+    fn code(r: Result<Option<Proof>>) -> ErrorCode {
+        r.unwrap_err().code
+    }
+
+    #[test]
+    fn a_bound_token_is_presented_with_proof_of_its_key() {
+        let token = Token::new("t");
+        let bearer = AccessClaims::example();
+        assert_eq!(check_sender(&bearer, &token, &presented(false, None, None), SETTINGS, 0).unwrap(), None);
+        assert_eq!(
+            check_sender(&bearer, &token, &presented(false, Some("ignored"), None), SETTINGS, 0).unwrap(),
+            None,
+            "a stray proof with a bearer token is not looked at"
+        );
+        assert_eq!(
+            code(check_sender(&bearer, &token, &presented(true, None, None), SETTINGS, 0)),
+            ErrorCode::InvalidDpopProof
+        );
+        let mut dpop_bound = AccessClaims::example();
+        dpop_bound.cnf = Some(Confirmation { jkt: Some("k".into()), x5t_s256: None });
+        for p in [
+            presented(false, None, None),
+            presented(false, Some("p"), None),
+            presented(true, None, None),
+            presented(true, Some("not-a-proof"), None),
+        ] {
+            assert_eq!(code(check_sender(&dpop_bound, &token, &p, SETTINGS, 0)), ErrorCode::InvalidDpopProof);
+        }
+        // RFC 8705: a certificate-bound token needs the certificate it is bound to.
+        let cert = [3u8; 32];
+        let mut mtls_bound = AccessClaims::example();
+        mtls_bound.cnf = Some(Confirmation { jkt: None, x5t_s256: Some(dpop::certificate_thumbprint(&cert)) });
+        assert_eq!(
+            code(check_sender(&mtls_bound, &token, &presented(false, None, None), SETTINGS, 0)),
+            ErrorCode::InvalidGrant
+        );
+        assert_eq!(
+            code(check_sender(&mtls_bound, &token, &presented(false, None, Some([4u8; 32])), SETTINGS, 0)),
+            ErrorCode::InvalidGrant
+        );
+        assert_eq!(check_sender(&mtls_bound, &token, &presented(false, None, Some(cert)), SETTINGS, 0).unwrap(), None);
+    }
 }

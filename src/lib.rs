@@ -23,6 +23,8 @@
 //!   ([`token::jws`], [`token::keys`]).
 //! - [`ratelimit`]: the rate limits on `ExchangeToken` per client, principal and task (GCRA), applied by the
 //!   store in the exchange's one round trip.
+//! - [`dpop`]: DPoP proofs (RFC 9449) — parsed and verified against the request they came with — and the
+//!   key thumbprints sender-constrained tokens carry in `cnf`.
 //! - [`scopes`]: scope sets (RFC 6749 §3.3), parsed once by one rule wherever they come from.
 //! - [`policy`]: the Cedar policy engine, consulted per scope.
 //! - [`catalog`]: the audiences tokens are issued for, their scopes and maximum lifetimes.
@@ -53,6 +55,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod dev;
+pub mod dpop;
 pub mod error;
 pub mod exchange;
 pub mod grpc;

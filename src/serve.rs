@@ -60,6 +60,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         limits: config.limits,
         leeway: config.leeway,
         task_revocation_retention: config.task_revocation_retention,
+        dpop: config.dpop,
         store,
         rate_limits: config.rate_limits,
         audit: Arc::new(audit),

@@ -184,6 +184,16 @@ pub(super) async fn introspect(token: String, client: ClientArgs) -> Result<Exit
             if !r.session_id.is_empty() {
                 json["session_id"] = r.session_id.into();
             }
+            // RFC 9449 §6.2 / RFC 8705 §3.2, as the HTTP face answers it.
+            if let Some(cnf) = &r.cnf {
+                let mut c = serde_json::Map::new();
+                for (name, value) in [("jkt", &cnf.jkt), ("x5t#S256", &cnf.x5t_s256)] {
+                    if !value.is_empty() {
+                        c.insert(name.into(), value.as_str().into());
+                    }
+                }
+                json["cnf"] = c.into();
+            }
             print_json(&json)
         }
         Err(status) => print_status(&status),

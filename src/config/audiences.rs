@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::{Context, Problems};
-use crate::catalog::Audience;
+use crate::catalog::{Audience, SenderConstraint};
 use crate::scopes::Scopes;
 
 /// A token's longest life for an audience that says nothing, in seconds.
@@ -25,6 +25,8 @@ pub struct AudienceBuilder {
     pub introspect_clients: Vec<String>,
     /// The resource's public URL for RFC 9728 metadata, when it differs from `id`.
     pub resource_url: Option<String>,
+    /// `none` (default), `dpop`, `mtls` or `any`: whether its tokens must be sender-constrained, and how.
+    pub sender_constraint: Option<String>,
 }
 
 pub(super) fn build(builders: Vec<AudienceBuilder>, cx: &Context<'_>, problems: &mut Problems) -> Vec<Audience> {
@@ -57,12 +59,20 @@ pub(super) fn build(builders: Vec<AudienceBuilder>, cx: &Context<'_>, problems: 
         if a.resource_url.as_deref().is_some_and(|u| !super::is_https_like(u) || u.contains('#')) {
             problems.push(format!("{at}: `resource_url` must be an http(s) URL without a fragment"));
         }
+        let sender_constraint = match a.sender_constraint.as_deref() {
+            None => SenderConstraint::None,
+            Some(name) => SenderConstraint::parse(name).unwrap_or_else(|| {
+                problems.push(format!("{at}: `sender_constraint` must be one of none, dpop, mtls, any"));
+                SenderConstraint::None
+            }),
+        };
         audiences.push(Audience {
             id: a.id,
             scopes,
             max_ttl,
             introspect_clients: a.introspect_clients.into_iter().collect(),
             resource_url: a.resource_url,
+            sender_constraint,
         });
     }
     audiences

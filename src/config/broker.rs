@@ -40,6 +40,8 @@ pub struct BrokerBuilder {
     pub task_token_max_ttl: Option<u64>,
     /// Seconds a revoked task id stays refused for new exchanges (default 24 h).
     pub task_revocation_retention: Option<u64>,
+    /// Seconds after its `iat` a DPoP proof is still accepted (default 60, 1 to 600), plus `leeway`.
+    pub dpop_max_age: Option<u64>,
 }
 
 /// The validated `[broker]` section.
@@ -50,6 +52,7 @@ pub(super) struct BrokerSection {
     pub(super) limits: Limits,
     pub(super) task_token_max_ttl: u64,
     pub(super) task_revocation_retention: u64,
+    pub(super) dpop_max_age: u64,
 }
 
 impl BrokerBuilder {
@@ -80,8 +83,13 @@ impl BrokerBuilder {
                 "broker.task_revocation_retention: must be between 1 and {MAX_ASSERTION_LIFETIME} seconds"
             ));
         }
+        let dpop_max_age = self.dpop_max_age.unwrap_or(crate::dpop::DEFAULT_MAX_AGE);
+        if !(1..=crate::dpop::MAX_MAX_AGE).contains(&dpop_max_age) {
+            problems.push(format!("broker.dpop_max_age: must be between 1 and {} seconds", crate::dpop::MAX_MAX_AGE));
+        }
         BrokerSection {
             issuer,
+            dpop_max_age,
             leeway,
             limits: Limits { max_delegation_depth, max_chain_length },
             task_token_max_ttl,

@@ -98,6 +98,8 @@ pub struct Config {
     pub task_token_max_ttl: u64,
     /// Seconds a revoked task id stays refused.
     pub task_revocation_retention: u64,
+    /// How DPoP proofs are judged: `broker.dpop_max_age`, with `broker.leeway`.
+    pub dpop: crate::dpop::Settings,
     /// The signing keys, loaded; the first signs, all verify and are published.
     pub signing_keys: Vec<SigningKey>,
     /// Each upstream issuer with the keys loaded now (inline and file JWKS; empty for `jwks_url`, fetched at
@@ -183,6 +185,7 @@ impl ConfigBuilder {
                 limits: broker.limits,
                 task_token_max_ttl: broker.task_token_max_ttl,
                 task_revocation_retention: broker.task_revocation_retention,
+                dpop: crate::dpop::Settings { max_age: broker.dpop_max_age, leeway: broker.leeway },
                 signing_keys,
                 issuers,
                 audiences,

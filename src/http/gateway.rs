@@ -12,6 +12,17 @@
 //!   introspecting client with `X-Tessera-Client-Authorization: Basic …` (or is the loopback client); anything
 //!   that is not the caller's fault (the gateway's credentials or configuration, a store outage) is a 5xx,
 //!   which gateways treat as an error: closed.
+//!
+//!   **DPoP** (RFC 9449 §7): a DPoP-bound token (`cnf.jkt`) must come as `Authorization: DPoP <token>` with
+//!   exactly one `DPoP` proof header, signed by the token's key, whose `htm` is the original request's method
+//!   (`X-Original-Method`, or `X-Forwarded-Method` as Traefik sends it), whose `htu` is the original URL
+//!   (`X-Forwarded-Proto` `://` `X-Forwarded-Host` followed by `X-Original-URI` or `X-Forwarded-Uri`; query and
+//!   fragment are ignored), whose `ath` is the token's hash, fresh (`broker.dpop_max_age`), and never seen before
+//!   by any replica (its replay marker is spent in the same store round trip as the revocation lookup). A
+//!   failure is 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`; a DPoP-bound token presented as
+//!   `Bearer` fails too. These headers are believed because the gateway that sends them authenticated: it must
+//!   set each one itself from the request it received, never pass on a caller's own; a DPoP presentation
+//!   without them is the gateway's fault (500), never a pass.
 //! - **Protected resource metadata** (`GET /oauth2/resource-metadata?resource=…`, RFC 9728 §3.2) for each
 //!   catalogued audience: `resource`, `authorization_servers` (tessera), `scopes_supported` from the catalog,
 //!   `bearer_methods_supported` — for the resource (or its gateway) to serve at its own
@@ -24,14 +35,16 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use base64::Engine as _;
 use serde_json::json;
 
 use super::oauth::Peer;
 use crate::broker::Broker;
+use crate::catalog::SenderConstraint;
 use crate::client::{Credentials, Rpc};
 use crate::clock::now;
 use crate::error::ErrorCode;
-use crate::introspect::Introspection;
+use crate::introspect::{Introspection, Presentation};
 use crate::scopes::Scopes;
 use crate::secret::Token;
 
@@ -42,6 +55,18 @@ const SCOPE: &str = "x-tessera-scope";
 /// Where gateways put the original request's URI: nginx (`proxy_set_header X-Original-URI $request_uri`),
 /// Traefik ForwardAuth (`X-Forwarded-Uri`).
 const ORIGINAL_URI: [&str; 2] = ["x-original-uri", "x-forwarded-uri"];
+/// Where gateways put the original request's method, for a DPoP proof's `htm`: nginx
+/// (`proxy_set_header X-Original-Method $request_method`), Traefik ForwardAuth (`X-Forwarded-Method`).
+const ORIGINAL_METHOD: [&str; 2] = ["x-original-method", "x-forwarded-method"];
+/// The original request's scheme and host, for a DPoP proof's `htu`.
+const ORIGINAL_PROTO: &str = "x-forwarded-proto";
+const ORIGINAL_HOST: &str = "x-forwarded-host";
+/// The caller's client certificate as the gateway's TLS saw it (RFC 9440: `Client-Cert: :<base64 DER>:`), for
+/// certificate-bound tokens (RFC 8705): the gateway terminates the caller's mTLS and vouches for the
+/// certificate it verified. It is the PEM body of the leaf on one line, between colons.
+const CLIENT_CERT: &str = "client-cert";
+/// The DPoP algorithms a challenge offers (RFC 9449 §7.1 `algs`).
+const DPOP_ALGS: &str = "ES256 EdDSA RS256 PS256";
 /// The gateway's own client credentials (`Authorization` carries the caller's token).
 const CLIENT_AUTHORIZATION: &str = "x-tessera-client-authorization";
 
@@ -58,15 +83,26 @@ fn metadata_url(broker: &Broker, resource: &str) -> String {
     format!("{}/oauth2/resource-metadata?resource={encoded}", broker.broker_issuer().trim_end_matches('/'))
 }
 
-/// An RFC 6750 §3 challenge (401 or 403).
+/// How the caller presented its token, which names the scheme of the challenge it gets back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    Dpop,
+}
+
+/// An RFC 6750 §3 challenge (401 or 403), or its RFC 9449 §7.1 DPoP counterpart.
 fn challenge(
     status: StatusCode,
     broker: &Broker,
     audience: &str,
+    scheme: Scheme,
     error: Option<(&str, &str)>,
     scope: Option<&str>,
 ) -> Response {
-    let mut value = String::from("Bearer realm=\"tessera\"");
+    let mut value = match scheme {
+        Scheme::Bearer => String::from("Bearer realm=\"tessera\""),
+        Scheme::Dpop => format!("DPoP realm=\"tessera\", algs=\"{DPOP_ALGS}\""),
+    };
     if let Some((code, description)) = error {
         value.push_str(&format!(", error=\"{code}\", error_description=\"{description}\""));
     }
@@ -124,24 +160,60 @@ async fn forward_auth(
             return gateway_error(StatusCode::BAD_GATEWAY, "invalid_client", "the gateway could not be authenticated");
         }
     };
-    // The caller's token (RFC 6750 §2.1).
-    let token = match text(header::AUTHORIZATION.as_str()) {
-        None => return challenge(StatusCode::UNAUTHORIZED, &broker, audience, None, None),
+    // An audience that takes only DPoP-bound tokens says so in a bare challenge.
+    let wants_dpop = broker.catalog().audience(audience).is_some_and(|a| a.sender_constraint == SenderConstraint::Dpop);
+    let bare = if wants_dpop { Scheme::Dpop } else { Scheme::Bearer };
+    // The caller's token (RFC 6750 §2.1, RFC 9449 §7.1).
+    let (scheme, token) = match text(header::AUTHORIZATION.as_str()) {
+        None => return challenge(StatusCode::UNAUTHORIZED, &broker, audience, bare, None, None),
         Some(value) => match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
-                Token::new(token.trim())
+                (Scheme::Bearer, Token::new(token.trim()))
+            }
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("dpop") && !token.trim().is_empty() => {
+                (Scheme::Dpop, Token::new(token.trim()))
             }
             _ => {
-                let error = ("invalid_request", "the Authorization header is not a Bearer token");
-                return challenge(StatusCode::UNAUTHORIZED, &broker, audience, Some(error), None);
+                let error = ("invalid_request", "the Authorization header is not a Bearer or DPoP token");
+                return challenge(StatusCode::UNAUTHORIZED, &broker, audience, bare, Some(error), None);
             }
         },
     };
-    let claims = match broker.introspect(&gateway, &token, now()).await {
+    let presentation = match presentation(&headers, scheme) {
+        Ok(p) => p,
+        Err(Unreadable::Gateway) => {
+            return gateway_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "invalid_request",
+                "for DPoP the gateway must forward X-Original-Method (or X-Forwarded-Method), X-Forwarded-Proto, \
+                 X-Forwarded-Host and X-Original-URI (or X-Forwarded-Uri)",
+            );
+        }
+        Err(Unreadable::ClientCert) => {
+            return gateway_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "invalid_request",
+                "the gateway's Client-Cert header is not `:base64 DER:` (RFC 9440)",
+            );
+        }
+        Err(Unreadable::Proof(why)) => {
+            let error = ("invalid_dpop_proof", why.as_str());
+            return challenge(StatusCode::UNAUTHORIZED, &broker, audience, Scheme::Dpop, Some(error), None);
+        }
+    };
+    let claims = match broker.introspect_presented(&gateway, &token, &presentation, now()).await {
         Ok(Introspection::Active(claims)) => claims,
         Ok(Introspection::Inactive) => {
             let error = ("invalid_token", "the token is not active");
-            return challenge(StatusCode::UNAUTHORIZED, &broker, audience, Some(error), None);
+            return challenge(StatusCode::UNAUTHORIZED, &broker, audience, scheme, Some(error), None);
+        }
+        Err(e) if e.code == ErrorCode::InvalidDpopProof => {
+            let error = ("invalid_dpop_proof", e.description.as_str());
+            return challenge(StatusCode::UNAUTHORIZED, &broker, audience, Scheme::Dpop, Some(error), None);
+        }
+        Err(e) if e.code == ErrorCode::InvalidGrant => {
+            let error = ("invalid_token", e.description.as_str());
+            return challenge(StatusCode::UNAUTHORIZED, &broker, audience, scheme, Some(error), None);
         }
         Err(e) if e.code == ErrorCode::Unavailable => {
             return gateway_error(
@@ -156,11 +228,11 @@ async fn forward_auth(
     };
     if claims.aud != audience {
         let error = ("invalid_token", "the token is for another audience");
-        return challenge(StatusCode::UNAUTHORIZED, &broker, audience, Some(error), None);
+        return challenge(StatusCode::UNAUTHORIZED, &broker, audience, scheme, Some(error), None);
     }
     if !required.iter().all(|s| claims.scope.contains(s)) {
         let error = ("insufficient_scope", "the token lacks a scope this route needs");
-        return challenge(StatusCode::FORBIDDEN, &broker, audience, Some(error), Some(required.as_str()));
+        return challenge(StatusCode::FORBIDDEN, &broker, audience, scheme, Some(error), Some(required.as_str()));
     }
     // Who is calling, for the upstream. Values come from a verified token; a header value that cannot be sent
     // (it would need a control character) is left out rather than altered.
@@ -184,6 +256,53 @@ async fn forward_auth(
     response
 }
 
+/// Why a presentation could not even be put to the broker.
+enum Unreadable {
+    /// The gateway did not forward the original request's method and URL: its misconfiguration.
+    Gateway,
+    /// The gateway's `Client-Cert` is not an RFC 9440 byte sequence: its misconfiguration too.
+    ClientCert,
+    /// The `DPoP` header is repeated or not text (the caller's fault): `invalid_dpop_proof`, with why.
+    Proof(String),
+}
+
+/// How the caller presented its token: the scheme, and the `DPoP` proof with the original request's method and
+/// URL as the (authenticated) gateway forwards them.
+fn presentation(headers: &HeaderMap, scheme: Scheme) -> Result<Presentation, Unreadable> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+    let mut presentation = Presentation { dpop_scheme: scheme == Scheme::Dpop, ..Presentation::default() };
+    // RFC 9440 §2: a structured-field byte sequence, `:` base64 DER `:`. Only an authenticated gateway's word
+    // is taken (the route is only reached after the gateway authenticated).
+    if let Some(value) = text(CLIENT_CERT) {
+        let der = value
+            .strip_prefix(':')
+            .and_then(|v| v.strip_suffix(':'))
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .filter(|der| !der.is_empty())
+            .ok_or(Unreadable::ClientCert)?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(digest.as_ref());
+        presentation.client_certificate_sha256 = Some(sha256);
+    }
+    // Only the DPoP scheme takes a proof: a Bearer token with a stray `DPoP` header is judged as a bearer token
+    // (and refused when it is DPoP-bound), so it needs nothing more from the gateway.
+    if scheme != Scheme::Dpop || headers.get("dpop").is_none() {
+        return Ok(presentation);
+    }
+    let method = ORIGINAL_METHOD.iter().find_map(|h| text(h));
+    let url = match (text(ORIGINAL_PROTO), text(ORIGINAL_HOST), ORIGINAL_URI.iter().find_map(|h| text(h))) {
+        (Some(proto), Some(host), Some(uri)) if uri.starts_with('/') => Some(format!("{proto}://{host}{uri}")),
+        _ => None,
+    };
+    let (Some(method), Some(url)) = (method, url) else {
+        return Err(Unreadable::Gateway);
+    };
+    presentation.proof =
+        super::oauth::dpop_header(headers, method, url).map_err(|e| Unreadable::Proof(e.description))?;
+    Ok(presentation)
+}
+
 async fn resource_metadata(State(broker): State<Arc<Broker>>, uri: Uri) -> Response {
     let resource = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
         .find(|(name, _)| name == "resource")
@@ -197,6 +316,9 @@ async fn resource_metadata(State(broker): State<Arc<Broker>>, uri: Uri) -> Respo
                 "authorization_servers": [broker.broker_issuer()],
                 "scopes_supported": audience.scopes.iter().collect::<Vec<_>>(),
                 "bearer_methods_supported": ["header"],
+                // RFC 9728 §2 / RFC 9449 §5.1: proofs the gateway's forward-auth verifies.
+                "dpop_signing_alg_values_supported": DPOP_ALGS.split(' ').collect::<Vec<_>>(),
+                "dpop_bound_access_tokens_required": audience.sender_constraint == SenderConstraint::Dpop,
             })),
         )
             .into_response(),

@@ -2,7 +2,8 @@
 //! operations of the same core as the gRPC face, only spelled as RFC 6749 forms and JSON:
 //!
 //! - `POST /oauth2/token`: RFC 8693 token exchange, and the RFC 7523 §2.1 jwt-bearer grant (a workload's own
-//!   assertion, exchanged as a subject token with no actor);
+//!   assertion, exchanged as a subject token with no actor); with a `DPoP` header (RFC 9449 §5: `htm` `POST`,
+//!   `htu` the `token_endpoint` of the metadata) the token is bound to the proof's key (`token_type: DPoP`);
 //! - `POST /oauth2/introspect`: RFC 7662, or with `Accept: application/token-introspection+jwt` the RFC 9701
 //!   signed JWT response;
 //! - `POST /oauth2/revoke`: RFC 7009 (`token`), plus tessera's targets (`jti`, `task_id`, `subject` with
@@ -31,6 +32,7 @@ use serde_json::{Value, json};
 use crate::broker::Broker;
 use crate::client::{Client, Credentials, PeerCertificate, Rpc};
 use crate::clock::{now, now_ms};
+use crate::dpop;
 use crate::error::{Error, ErrorCode};
 use crate::exchange::{ExchangeRequest, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::introspect::Introspection;
@@ -234,10 +236,25 @@ async fn token(
     answer(async { exchange(&broker, &headers, &read(body)?, &peer).await }.await)
 }
 
+/// The `DPoP` header of a request (RFC 9449 §4.1), with the method and URL its proof must name: at most one
+/// (RFC 9449 §4.3, check 1); more is `invalid_dpop_proof`.
+pub(super) fn dpop_header(headers: &HeaderMap, htm: &str, htu: String) -> Result<Option<dpop::Presented>, Error> {
+    let mut values = headers.get_all("dpop").iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Ok(None),
+        (Some(_), Some(_)) => return Err(Error::new(ErrorCode::InvalidDpopProof, "more than one DPoP header")),
+        (Some(value), None) => value,
+    };
+    let proof = value.to_str().map_err(|_| Error::new(ErrorCode::InvalidDpopProof, "the DPoP header is not text"))?;
+    Ok(Some(dpop::Presented { proof: Token::new(proof.trim()), htm: htm.to_string(), htu }))
+}
+
 async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: &Peer) -> Result<Value, Error> {
     let form = Form::parse(headers, body)?;
     let client = caller(broker, headers, &form, peer, Rpc::Exchange)?;
-    let request = match form.one("grant_type")? {
+    // RFC 9449 §5: the proof names the token endpoint as the broker publishes it (RFC 8414 `token_endpoint`).
+    let proof = dpop_header(headers, "POST", dpop::token_endpoint(broker.broker_issuer()))?;
+    let mut request = match form.one("grant_type")? {
         Some(GRANT_TYPE_TOKEN_EXCHANGE) => ExchangeRequest {
             grant_type: GRANT_TYPE_TOKEN_EXCHANGE.into(),
             resource: form.all("resource"),
@@ -251,7 +268,7 @@ async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: &Peer
             task_id: form.text("task_id")?,
             session_id: form.text("session_id")?,
             purpose: form.text("purpose")?,
-            requested_expires_in: 0,
+            ..ExchangeRequest::default()
         },
         // RFC 7523 §2.1: the workload's own assertion is the subject; there is no actor.
         Some(GRANT_TYPE_JWT_BEARER) => ExchangeRequest {
@@ -271,11 +288,14 @@ async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: &Peer
         Some(_) => return Err(Error::new(ErrorCode::UnsupportedGrantType, "grant_type is not supported")),
         None => return Err(Error::invalid_request("grant_type is required")),
     };
+    request.dpop = proof;
+    // RFC 8705 §3: over mTLS, a token for an audience that wants it is bound to this certificate.
+    request.client_certificate_sha256 = peer.1.as_ref().map(|c| c.sha256);
     let issued = broker.exchange_ms(client, request, now_ms()).await?;
     Ok(json!({
         "access_token": issued.access_token.expose(),
         "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,
-        "token_type": "Bearer",
+        "token_type": issued.token_type,
         "expires_in": issued.expires_in,
         "scope": issued.scope.as_str(),
     }))
@@ -306,7 +326,7 @@ async fn introspect(
                     "active": true,
                     "scope": c.scope.as_str(),
                     "client_id": c.client_id,
-                    "token_type": "Bearer",
+                    "token_type": c.token_type(),
                     "exp": c.exp,
                     "iat": c.iat,
                     "nbf": c.nbf,
@@ -321,6 +341,13 @@ async fn introspect(
                 }
                 if let Some(session) = &c.session_id {
                     answer["session_id"] = session.as_str().into();
+                }
+                // RFC 9449 §6.2, RFC 8705 §3.2: the key the token is bound to.
+                if let Some(cnf) = &c.cnf {
+                    answer["cnf"] = json!({ "jkt": cnf.jkt, "x5t#S256": cnf.x5t_s256 });
+                    if let Some(cnf) = answer["cnf"].as_object_mut() {
+                        cnf.retain(|_, v| !v.is_null());
+                    }
                 }
                 answer
             }
@@ -478,6 +505,8 @@ async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_signing_alg_values_supported": [broker.keyring().signing_alg()],
         "scopes_supported": broker.catalog().scopes().collect::<Vec<_>>(),
+        // RFC 9449 §5.1.
+        "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }

@@ -88,6 +88,26 @@ impl Lineage {
     }
 }
 
+/// RFC 7800 `cnf`: the key a sender-constrained token is bound to. A token with `jkt` is useless without a
+/// DPoP proof signed by that key (RFC 9449 §6); one with `x5t#S256` without a TLS client certificate of that
+/// thumbprint (RFC 8705 §3). Every token derived from a bound token keeps its `cnf`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// RFC 9449 §6.1: the RFC 7638 SHA-256 thumbprint of the DPoP key, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+    /// RFC 8705 §3.1: the SHA-256 thumbprint of the client certificate (DER), base64url.
+    #[serde(default, rename = "x5t#S256", skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+}
+
+impl Confirmation {
+    /// Whether it binds to nothing (and is then left out of a token).
+    pub fn is_empty(&self) -> bool {
+        self.jkt.is_none() && self.x5t_s256.is_none()
+    }
+}
+
 /// The claims of a tessera access token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -136,6 +156,10 @@ pub struct AccessClaims {
     /// The rest of the token's history, for cascade revocation and the depth bound.
     #[serde(default, skip_serializing_if = "Lineage::is_empty")]
     pub lin: Lineage,
+    /// RFC 7800 confirmation: the key the token is bound to (DPoP `jkt`, mTLS `x5t#S256`); absent for a bearer
+    /// token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
 }
 
 impl AccessClaims {
@@ -150,9 +174,48 @@ impl AccessClaims {
         self.act.as_ref().map_or(0, Actor::depth).max(self.lin.depth)
     }
 
+    /// The DPoP key thumbprint the token is bound to, if any.
+    pub fn jkt(&self) -> Option<&str> {
+        self.cnf.as_ref().and_then(|c| c.jkt.as_deref())
+    }
+
+    /// The RFC 6750/9449 `token_type` a client presents it with: `DPoP` when it is DPoP-bound, else `Bearer`
+    /// (an mTLS-bound token is still presented as a bearer token, RFC 8705 §3).
+    pub fn token_type(&self) -> &'static str {
+        if self.jkt().is_some() { "DPoP" } else { "Bearer" }
+    }
+
     /// The subject principal.
     pub(crate) fn subject(&self) -> Party {
         Party { iss: self.sub_iss.clone(), sub: self.sub.clone() }
+    }
+}
+
+#[cfg(test)]
+impl AccessClaims {
+    /// A plain bearer token's claims, for unit tests elsewhere in the crate.
+    pub(crate) fn example() -> AccessClaims {
+        AccessClaims {
+            iss: "https://tessera.test".into(),
+            sub: "s".into(),
+            aud: "https://crm.example".into(),
+            exp: 2_000,
+            iat: 1_000,
+            nbf: 1_000,
+            jti: "j".into(),
+            client_id: "c".into(),
+            scope: Scopes::default(),
+            act: None,
+            task_id: "t".into(),
+            session_id: None,
+            purpose: None,
+            sub_iss: "https://k8s".into(),
+            sub_attrs: Default::default(),
+            anc: vec![],
+            may_act: None,
+            lin: Lineage::default(),
+            cnf: None,
+        }
     }
 }
 
@@ -258,6 +321,7 @@ mod tests {
                 parties: vec![Party { iss: "https://k8s".into(), sub: "x".into() }],
                 clients: vec!["c0".into()],
             },
+            cnf: Some(Confirmation { jkt: Some("k".into()), x5t_s256: Some("c".into()) }),
         }
     }
 

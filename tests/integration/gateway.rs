@@ -1,8 +1,8 @@
 //! Gateways in front of resources: forward-auth answered directly, and a real nginx from the distribution's
 //! packages using `auth_request` in front of a small upstream — a valid token passes, the same request after
 //! the token (or its task, or an ancestor) is revoked gets 401 with the RFC 6750 challenge and
-//! `resource_metadata`, a token without the route's scope gets 403; and the RFC 9728 metadata the challenge
-//! points at.
+//! `resource_metadata`, a token without the route's scope gets 403, a DPoP-bound token passes only with a
+//! fresh proof for that request; and the RFC 9728 metadata the challenge points at.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -280,6 +280,11 @@ http {{
       proxy_set_header Content-Length "";
       proxy_set_header X-Tessera-Audience "{CRM}";
       proxy_set_header X-Tessera-Scope "crm:read";
+      # For DPoP: the original request, as nginx received it (set here, never taken from the caller).
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
     }}
   }}
 }}
@@ -351,5 +356,49 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
     assert_eq!(get(&token).await.status(), 200);
     revoke(&broker, Target::TaskId("nginx-task".into())).await;
     assert_eq!(get(&token).await.status(), 401);
+    drop(nginx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_auth_request_verifies_dpop_proofs() {
+    use crate::dpop::DpopKey;
+    let broker = TestBroker::start().await;
+    let base = http_face(&broker).await;
+    let upstream = upstream().await;
+    let nginx = tokio::task::spawn_blocking(move || Nginx::start(&base, upstream)).await.unwrap();
+    let htu = format!("http://127.0.0.1:{}/crm/accounts", nginx.port);
+    let url = format!("{htu}?page=2");
+    let key = DpopKey::ec();
+    let token = crate::dpop::bound_token(&broker, &key).await;
+    let send = async |method: reqwest::Method, authorization: String, proof: &str| {
+        reqwest::Client::new()
+            .request(method, &url)
+            .header("authorization", authorization)
+            .header("dpop", proof)
+            .send()
+            .await
+            .unwrap()
+    };
+
+    let proof = key.proof("GET", &htu, Some(&token));
+    let ok = send(reqwest::Method::GET, format!("DPoP {token}"), &proof).await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), format!("hello {ORCHESTRATOR}"));
+    // The same proof again, a proof for another method, a proof by another key, a Bearer presentation: 401.
+    let refusals = [
+        ("a replayed proof", reqwest::Method::GET, format!("DPoP {token}"), proof.clone()),
+        ("another method", reqwest::Method::DELETE, format!("DPoP {token}"), key.proof("GET", &htu, Some(&token))),
+        ("another key", reqwest::Method::GET, format!("DPoP {token}"), DpopKey::ed().proof("GET", &htu, Some(&token))),
+        ("as Bearer", reqwest::Method::GET, format!("Bearer {token}"), key.proof("GET", &htu, Some(&token))),
+    ];
+    for (what, method, authorization, proof) in refusals {
+        let r = send(method, authorization, &proof).await;
+        assert_eq!(r.status(), 401, "{what}");
+        assert!(
+            challenge(&r).contains("DPoP ") && challenge(&r).contains("invalid_dpop_proof"),
+            "{what}: {}",
+            challenge(&r)
+        );
+    }
     drop(nginx);
 }

@@ -1,7 +1,8 @@
 //! Interop with clients nobody here wrote: Python `grpcio` stubs generated from `proto/`, and `PyJWT`
 //! verifying the issued token against `GetJwks` (tests/interop/exchange_interop.py); and `authlib`, an OAuth
 //! client library, against the HTTP face (tests/interop/oauth_interop.py); and node `jose` verifying a token
-//! against the `jwks_uri` of the RFC 8414 metadata (tests/interop/node/verify.mjs); and an MCP server built with
+//! against the `jwks_uri` of the RFC 8414 metadata (tests/interop/node/verify.mjs), and making DPoP proofs the
+//! broker binds tokens to and forward-auth checks (tests/interop/node/dpop.mjs); and an MCP server built with
 //! the official MCP Python SDK, validating tokens through tessera's introspection (tests/interop/mcp_interop.py).
 
 use crate::support::*;
@@ -158,4 +159,32 @@ async fn an_mcp_server_validates_tokens_through_tessera() {
     assert!(output.status.success(), "MCP interop failed:\n{stdout}\n{stderr}");
     let last = stdout.lines().last().unwrap_or_default();
     assert!(last == "mcp interop: 7 passed, 0 failed", "every check ran: {stdout}");
+}
+
+#[tokio::test]
+async fn node_jose_dpop_proofs_bind_tokens_and_pass_forward_auth() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/node");
+    assert!(
+        root.join("node_modules/jose").is_dir(),
+        "node's `jose` is not installed: run the suite with `bash scripts/test`, which runs `npm ci` in {}",
+        root.display()
+    );
+    let broker = TestBroker::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tessera::http::serve(listener, std::sync::Arc::clone(&broker.broker), None, std::future::pending()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("assertion.jwt");
+    std::fs::write(&file, k8s_assertion(600)).unwrap();
+    let args: Vec<String> = vec!["dpop.mjs".into(), base, BROKER.into(), CRM.into(), file.display().to_string()];
+    let output =
+        tokio::task::spawn_blocking(move || std::process::Command::new("node").args(args).current_dir(root).output())
+            .await
+            .unwrap()
+            .expect("node (`bash scripts/test` installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "node jose DPoP interop failed:\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert_eq!(last, "node jose dpop interop: 21 passed, 0 failed", "every check ran: {stdout}");
 }

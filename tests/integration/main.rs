@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod delegation;
 mod docs;
+mod dpop;
 mod exchange;
 mod faces;
 mod gateway;

@@ -1,5 +1,5 @@
 //! Property tests: random chains of exchanges never widen scope, audience or lifetime, never lose an actor
-//! or an ancestor, and refuse exactly the requests that would.
+//! or an ancestor, and refuse exactly the requests that would; and no DPoP proof an attacker makes passes.
 
 use std::collections::BTreeSet;
 
@@ -241,4 +241,53 @@ proptest! {
             ),
         }
     }
+}
+
+/// Whatever an attacker sends as a DPoP proof with an otherwise good exchange — arbitrary text, arbitrary
+/// bytes in a JWS's parts, a JWS with a well-formed DPoP header and claims but no valid signature — the broker
+/// refuses it with `invalid_dpop_proof` and issues nothing; it never panics or answers anything else.
+#[test]
+fn arbitrary_dpop_proofs_at_the_token_endpoint_are_refused() {
+    use proptest::test_runner::TestRunner;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (broker, _, _dir) = runtime.block_on(TestBroker::builder().build());
+    let client = local_client(&broker);
+    let htu = format!("{BROKER}/oauth2/token");
+    let strategy = (
+        ".{0,300}",
+        proptest::collection::vec(any::<u8>(), 0..300),
+        proptest::collection::vec(any::<u8>(), 0..300),
+        "(ES256|EdDSA|RS256|none|HS256)",
+        "[A-Za-z0-9_-]{0,90}",
+        any::<i64>(),
+        0..3usize,
+    );
+    let mut runner = TestRunner::new(fuzz_cases(64));
+    runner
+        .run(&strategy, |(text, header, payload, alg, member, iat, shape)| {
+            let proof = match shape {
+                0 => text,
+                1 => format!("{}.{}.{}", b64(&header), b64(&payload), b64(member.as_bytes())),
+                _ => {
+                    let h = serde_json::json!({ "typ": "dpop+jwt", "alg": alg, "jwk": { "kty": "EC", "crv": "P-256", "x": member, "y": member } });
+                    let c = serde_json::json!({ "htm": "POST", "htu": htu, "iat": iat, "jti": member });
+                    format!("{}.{}.{}", b64(h.to_string().as_bytes()), b64(c.to_string().as_bytes()), b64(&payload))
+                }
+            };
+            let mut request = ExchangeRequest {
+                grant_type: TOKEN_EXCHANGE.into(),
+                audience: vec![CRM.into()],
+                scope: "crm:read".into(),
+                subject_token: Secret::new(k8s_assertion(600)),
+                subject_token_type: JWT.into(),
+                task_id: "task-dpop-p".into(),
+                ..Default::default()
+            };
+            request.dpop =
+                Some(tessera::dpop::Presented { proof: Secret::new(proof), htm: "POST".into(), htu: htu.clone() });
+            let outcome = runtime.block_on(broker.exchange(&client, request, now()));
+            prop_assert_eq!(outcome.map(|_| ()).map_err(|e| e.code), Err(ErrorCode::InvalidDpopProof));
+            Ok(())
+        })
+        .unwrap();
 }

@@ -408,3 +408,130 @@ fn tessera_serve_reads_tls_from_its_config() {
     let stderr = String::from_utf8_lossy(&check.stderr);
     assert!(stderr.contains("server.key") && !stderr.contains("not a key"), "{stderr}");
 }
+
+/// RFC 8705: a token for an audience that requires mTLS binding carries `cnf["x5t#S256"]` of the certificate
+/// it was issued over; introspection shows it; forward-auth lets it through only when the gateway vouches for
+/// that same certificate (RFC 9440 `Client-Cert`); a re-exchange needs the same certificate.
+#[tokio::test]
+async fn certificate_bound_tokens_are_useless_over_another_certificate() {
+    use base64::Engine as _;
+    const LEDGER: &str = "https://ledger.example";
+    let pki = Pki::new("tessera binding CA");
+    let files = tempfile::tempdir().unwrap();
+    let tls = tls_config(files.path(), &pki, Some(ClientAuth::Optional));
+    let other_agent = "spiffe://tessera.test/ns/agents/sa/other";
+    let extra = format!(
+        r#"{clients}
+[[clients]]
+id = "other-mtls"
+tls_identities = ["{other_agent}"]
+rpcs = ["exchange"]
+
+[[audiences]]
+id = "{LEDGER}"
+scopes = ["ledger:read"]
+max_ttl = 120
+sender_constraint = "mtls"
+"#,
+        clients = mtls_clients()
+    );
+    let policy = std::fs::read_to_string(fixtures().join("policy.cedar")).unwrap()
+        + "\npermit (principal, action == Tessera::Action::\"exchange\", resource == Tessera::Audience::\"https://ledger.example\")\nwhen { context.scope == \"ledger:read\" };\n";
+    let builder = TestBroker::builder().extra_toml(&extra).policy(&policy).without_loopback_client();
+    let (_grpc, http, _dir) = tls_faces(tls, builder).await;
+    let port = http.rsplit(':').next().unwrap().to_string();
+    let agent = pki.client_uri(AGENT_SPIFFE);
+    let other = pki.client_uri(other_agent);
+    let secret = |id: &str| {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{CLIENT_SECRET}")))
+    };
+
+    let post = |client: reqwest::Client, form: Vec<(&'static str, String)>, auth: Option<String>| {
+        let url = format!("https://localhost:{port}/oauth2/token");
+        async move {
+            let body = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+                .finish();
+            let mut request = client.post(url).header("content-type", "application/x-www-form-urlencoded").body(body);
+            if let Some(a) = auth {
+                request = request.header("authorization", a);
+            }
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let ledger_form = |subject: String, task: &str| {
+        let subject_type = if task.is_empty() { ACCESS_TOKEN } else { JWT };
+        let mut form = vec![
+            ("grant_type", TOKEN_EXCHANGE.to_string()),
+            ("subject_token", subject),
+            ("subject_token_type", subject_type.to_string()),
+            ("audience", LEDGER.to_string()),
+            ("scope", "ledger:read".to_string()),
+        ];
+        if !task.is_empty() {
+            form.push(("task_id", task.to_string()));
+        }
+        form
+    };
+
+    // Over mTLS: bound to the agent's certificate.
+    let (status, body) = post(https(&pki.ca_pem, Some(&agent)), ledger_form(k8s_assertion(600), "bound-1"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let bound = body["access_token"].as_str().unwrap().to_string();
+    let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der_of(&agent.cert)));
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(bound.split('.').nth(1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["cnf"]["x5t#S256"], expected.as_str(), "{claims}");
+
+    // Without a certificate (a secret over TLS): this audience refuses, nothing issued.
+    let (status, body) =
+        post(https(&pki.ca_pem, None), ledger_form(k8s_assertion(600), "bound-2"), Some(secret("orchestrator"))).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{body}");
+    assert!(body.get("access_token").is_none());
+
+    // Re-exchanged over another certificate: refused; over the same one: still bound to it.
+    let (status, body) = post(https(&pki.ca_pem, Some(&other)), ledger_form(bound.clone(), ""), None).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    let (status, body) = post(https(&pki.ca_pem, Some(&agent)), ledger_form(bound.clone(), ""), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(decode(body["access_token"].as_str().unwrap()).cnf.and_then(|c| c.x5t_s256), Some(expected.clone()));
+
+    // Introspection shows the binding.
+    let introspection = https(&pki.ca_pem, None)
+        .post(format!("https://localhost:{port}/oauth2/introspect"))
+        .header("authorization", secret("gateway"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={bound}"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(introspection["cnf"]["x5t#S256"], expected.as_str(), "{introspection}");
+
+    // Forward-auth: the gateway vouches for the caller's certificate (RFC 9440 Client-Cert).
+    let forward = |cert: Option<String>| {
+        let request = https(&pki.ca_pem, None)
+            .get(format!("https://localhost:{port}/forward-auth"))
+            .header("x-tessera-client-authorization", secret("gateway"))
+            .header("x-tessera-audience", LEDGER)
+            .header("x-tessera-scope", "ledger:read")
+            .header("authorization", format!("Bearer {bound}"));
+        let request = match cert {
+            Some(c) => request.header("client-cert", c),
+            None => request,
+        };
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let client_cert =
+        |leaf: &Leaf| format!(":{}:", base64::engine::general_purpose::STANDARD.encode(der_of(&leaf.cert)));
+    assert_eq!(forward(Some(client_cert(&agent))).await, 200, "the certificate the token is bound to");
+    assert_eq!(forward(Some(client_cert(&other))).await, 401, "an mTLS-bound token over another certificate");
+    assert_eq!(forward(None).await, 401, "an mTLS-bound token without a certificate");
+    assert_eq!(forward(Some("not base64".into())).await, 500, "a gateway that sends a malformed Client-Cert");
+}

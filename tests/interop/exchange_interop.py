@@ -3,7 +3,8 @@
 
 It uses only what a third-party client would: grpcio with stubs generated from proto/tessera/v1/broker.proto,
 grpcio-status for the google.rpc error details, and PyJWT (with cryptography) both to mint the upstream workload
-assertions and to verify the issued tokens against GetJwks. It shares no code with the Rust implementation.
+assertions and to verify the issued tokens against GetJwks, and to sign DPoP proofs (RFC 9449) whose key's RFC 7638
+thumbprint joserfc (authlib's JOSE library) computes. It shares no code with the Rust implementation.
 
 Exit status: 0 if every check passed, 1 if any failed, 2 on a usage or environment problem.
 The last line printed is "interop: N passed, M failed".
@@ -393,6 +394,37 @@ def run(args):
         check("8k audience hopping with the issued token", False, "cannot run: no issued token from step 4")
     for label, build, code, reason in cases:
         guarded(label, lambda: expect_rejected(stub, label, build(), code, reason))
+
+    # 9: DPoP (RFC 9449) over gRPC: a proof signed by PyJWT with a key from `cryptography`, in the `dpop`
+    # metadata entry, binds the issued token to the key's RFC 7638 thumbprint as joserfc computes it.
+    def step9():
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from joserfc.jwk import ECKey
+        key = ec.generate_private_key(ec.SECP256R1())
+        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+        htu = args.broker_issuer.rstrip("/") + "/tessera.v1.TokenBroker/ExchangeToken"
+
+        def proof():
+            claims = {"htm": "POST", "htu": htu, "iat": int(time.time()), "jti": str(uuid.uuid4())}
+            return jwt.encode(claims, key, algorithm="ES256", headers={"typ": "dpop+jwt", "jwk": jwk})
+
+        first = proof()
+        resp = stub.ExchangeToken(exchange_request(args, fresh(), actor=fresh_actor()), metadata=(("dpop", first),),
+                                  timeout=RPC_TIMEOUT)
+        check("9 dpop: token_type is DPoP", resp.token_type == "DPoP", f"got {resp.token_type!r}")
+        claims = jwt.decode(resp.access_token, options={"verify_signature": False})
+        thumbprint = ECKey.import_key(jwk).thumbprint()
+        check("9 dpop: cnf.jkt is the key's thumbprint", claims.get("cnf") == {"jkt": thumbprint},
+              f"cnf {claims.get('cnf')!r}, thumbprint {thumbprint!r}")
+        try:
+            stub.ExchangeToken(exchange_request(args, fresh(), actor=fresh_actor()), metadata=(("dpop", first),),
+                               timeout=RPC_TIMEOUT)
+            check("9 dpop: a replayed proof is refused", False, "the broker issued a token")
+        except grpc.RpcError as err:
+            got = {(i.domain, i.reason) for i in error_infos(err)[0]}
+            check("9 dpop: a replayed proof is refused", err.code() == UNAUTHENTICATED
+                  and ("tessera", "invalid_dpop_proof") in got, f"{err.code().name} {got}")
+    guarded("9 dpop", step9)
     channel.close()
 
 
