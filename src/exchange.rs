@@ -13,12 +13,12 @@
 
 use crate::audit::{AuditEvent, AuditSink, truncate};
 use crate::catalog::{Catalog, Destination};
-use crate::client::Client;
+use crate::client::Caller;
 use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Issuers, Origin, Verified};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, Principal, Question};
-use crate::revocation::{Probe, Revocations};
+use crate::revocation::{Probe, Revocations, replayed_client_assertion, spent_client_assertion_key};
 use crate::scopes::Scopes;
 use crate::secret::Token;
 use crate::token::{AccessClaims, Actor, Keyring, Lineage, Party, new_jti};
@@ -124,15 +124,35 @@ pub struct Exchange<'a> {
 impl Exchange<'_> {
     /// Exchanges the request's subject (and actor) token for a narrower token, as of `now` (Unix seconds).
     /// Every outcome, granted or refused, is an audit event.
-    pub async fn run(&self, client: &Client, request: ExchangeRequest, now: u64) -> Result<Issued> {
-        let mut trail = Trail::new(&client.id, &request);
-        let outcome = self.decide(client, &request, now, &mut trail).await;
+    ///
+    /// The caller's client assertion, when it authenticated with one, is spent in the exchange's one store
+    /// round trip, next to the revocation check and the subject's own spend; an exchange refused before that
+    /// round trip spends it in one of its own, so an assertion is good for one request whatever its outcome,
+    /// and a replay is `invalid_client` with nothing issued.
+    pub async fn run(&self, caller: &Caller<'_>, request: ExchangeRequest, now: u64) -> Result<Issued> {
+        let mut trail = Trail::new(&caller.client.id, &request);
+        let mut spent = false;
+        let mut outcome = self.decide(caller, &request, now, &mut trail, &mut spent).await;
+        if !spent
+            && outcome.is_err()
+            && let Err(e) = self.revocations.spend_client_assertion(caller, now).await
+        {
+            outcome = Err(e);
+        }
         self.audit.record(trail.finish(&outcome));
         self.metrics.exchange(outcome.as_ref().err().map(|e| e.code.as_str()));
         outcome
     }
 
-    async fn decide(&self, client: &Client, req: &ExchangeRequest, now: u64, trail: &mut Trail) -> Result<Issued> {
+    async fn decide(
+        &self,
+        caller: &Caller<'_>,
+        req: &ExchangeRequest,
+        now: u64,
+        trail: &mut Trail,
+        spent: &mut bool,
+    ) -> Result<Issued> {
+        let client = caller.client;
         let requested = check_shape(req)?;
         let target_id = single_target(req)?;
         let subject = self
@@ -163,7 +183,8 @@ impl Exchange<'_> {
         trail.task(&task_id);
         let delegation = self.delegate(&subject, actor.as_ref(), &task_id, &client.id)?;
         trail.actors(delegation.act.as_ref());
-        self.check_revocations(&subject, actor.as_ref(), &task_id, &client.id, now).await?;
+        *spent = true;
+        self.check_revocations(&subject, actor.as_ref(), &task_id, caller, now).await?;
         let question = Question {
             principal: &subject.principal,
             actor: actor.as_ref().map(|a| &a.holder),
@@ -205,15 +226,17 @@ impl Exchange<'_> {
     }
 
     /// Invariants 5–6: nothing is derived from a revoked token (or one of its ancestors, its task, its
-    /// subject, an actor, its client), nor for a revoked task. One store lookup for all of it.
+    /// subject, an actor, its client), nor for a revoked task. One store lookup for all of it, which also
+    /// spends the single-use assertions: the subject's and actor's, and the caller's client assertion.
     async fn check_revocations(
         &self,
         subject: &Verified,
         actor: Option<&Verified>,
         task_id: &str,
-        client_id: &str,
+        caller: &Caller<'_>,
         now: u64,
     ) -> Result<()> {
+        let client_id = caller.client.id.as_str();
         let mut probe = Probe::default();
         for token in std::iter::once(subject).chain(actor) {
             match &token.origin {
@@ -228,6 +251,7 @@ impl Exchange<'_> {
             .chain(actor)
             .filter_map(|t| t.spend.as_ref())
             .map(|once| (crate::revocation::spent_key(&once.issuer, &once.jti), once.until))
+            .chain(caller.assertion.iter().map(|once| (spent_client_assertion_key(once), once.until)))
             .collect();
         // The kill switch, in the same lookup: the subject, the actor (who holds the actor token) and the
         // calling client must not be suspended.
@@ -237,6 +261,10 @@ impl Exchange<'_> {
             .collect();
         let suspensions = probe.suspensions(&parties, client_id);
         let (found, fresh) = self.revocations.lookup_and_spend(probe.keys(), &spends, now).await?;
+        // A replayed client assertion first: the caller is not authenticated, whatever else is wrong.
+        if caller.assertion.is_some() && fresh.last() != Some(&true) {
+            return Err(replayed_client_assertion());
+        }
         let (found, suspended) = found.split_at(suspensions.min(found.len()));
         if let Some(i) = suspended.iter().position(Option::is_some) {
             return Err(if i == parties.len() {

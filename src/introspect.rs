@@ -8,11 +8,11 @@
 
 use crate::audit::{AuditEvent, AuditSink};
 use crate::catalog::Catalog;
-use crate::client::Client;
+use crate::client::Caller;
 use crate::error::Result;
 use crate::issuer::{Issuers, Origin};
 use crate::metrics::Metrics;
-use crate::revocation::{Probe, Revocations};
+use crate::revocation::{Probe, Revocations, replayed_client_assertion, spent_client_assertion_key};
 use crate::secret::Token;
 use crate::token::AccessClaims;
 
@@ -41,10 +41,20 @@ pub struct Introspect<'a> {
 }
 
 impl Introspect<'_> {
-    /// Whether `token` is active as of `now`, for `client`. Every answer is an audit event.
-    pub async fn run(&self, client: &Client, token: &Token, now: u64) -> Result<Introspection> {
-        let outcome = self.decide(client, token, now).await;
-        self.audit.record(audit_event(&client.id, &outcome));
+    /// Whether `token` is active as of `now`, for `caller`. Every answer is an audit event.
+    ///
+    /// A caller's client assertion is spent in the revocation lookup's round trip; when the answer is known
+    /// without a lookup (the token does not verify, or is not the caller's to introspect), in a round trip of
+    /// its own. A replay is `invalid_client`, whatever the token.
+    pub async fn run(&self, caller: &Caller<'_>, token: &Token, now: u64) -> Result<Introspection> {
+        let mut spent = false;
+        let mut outcome = self.decide(caller, token, now, &mut spent).await;
+        if !spent && !matches!(&outcome, Err(e) if e.code == crate::error::ErrorCode::Unavailable) {
+            if let Err(e) = self.revocations.spend_client_assertion(caller, now).await {
+                outcome = Err(e);
+            }
+        }
+        self.audit.record(audit_event(&caller.client.id, &outcome));
         let result = match &outcome {
             Ok((Introspection::Active(_), _)) => "active",
             Ok((Introspection::Inactive, _)) => "inactive",
@@ -54,7 +64,14 @@ impl Introspect<'_> {
         outcome.map(|(answer, _)| answer)
     }
 
-    async fn decide(&self, client: &Client, token: &Token, now: u64) -> Result<(Introspection, &'static str)> {
+    async fn decide(
+        &self,
+        caller: &Caller<'_>,
+        token: &Token,
+        now: u64,
+        spent: &mut bool,
+    ) -> Result<(Introspection, &'static str)> {
+        let client = caller.client;
         let claims = match self.issuers.verify(token.expose(), now).await {
             Ok(v) => match v.origin {
                 Origin::Broker(claims) => claims,
@@ -67,7 +84,13 @@ impl Introspect<'_> {
         }
         let mut probe = Probe::default();
         probe.token(&claims);
-        let found = self.revocations.lookup(probe.keys(), now).await?;
+        let spends: Vec<(String, u64)> =
+            caller.assertion.iter().map(|once| (spent_client_assertion_key(once), once.until)).collect();
+        let (found, fresh) = self.revocations.lookup_and_spend(probe.keys(), &spends, now).await?;
+        *spent = true;
+        if fresh.contains(&false) {
+            return Err(replayed_client_assertion());
+        }
         if probe.revoked(&found) {
             return Ok((Introspection::Inactive, "revoked"));
         }

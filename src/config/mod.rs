@@ -36,7 +36,7 @@ pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode}
 pub use telemetry::{TelemetryBuilder, TelemetryConfig};
 
 use crate::catalog::Audience;
-use crate::client::Client;
+use crate::client::{Client, ClientAuth};
 pub use crate::exchange::Limits;
 use crate::issuer::IssuerSpec;
 use crate::policy::Policy;
@@ -98,6 +98,8 @@ pub struct Config {
     pub audiences: Vec<Audience>,
     /// The clients allowed to call the broker.
     pub clients: Vec<Client>,
+    /// How clients may authenticate: secrets allowed or not, and what client assertions are held to.
+    pub client_auth: ClientAuth,
     /// Forward-auth's routes.
     pub routes: Vec<crate::catalog::Route>,
     /// The Cedar policy, parsed and validated against the schema.
@@ -152,7 +154,8 @@ impl ConfigBuilder {
         let policy = self.policy.build(&cx, &mut problems);
         let issuers = issuers::build(self.issuers, &cx, &mut problems);
         let audiences = audiences::build(self.audiences, &cx, &mut problems);
-        let clients = clients::build(self.clients, &audiences, &mut problems);
+        let client_auth = ClientAuth::new(&broker.issuer, broker.client_secrets, broker.client_assertion_max_lifetime);
+        let clients = clients::build(self.clients, &audiences, &issuers, client_auth.secrets, &mut problems);
         let routes = routes::build(self.routes, &audiences, &mut problems);
         let store = self.store.build(&mut problems);
         let log = self.log.build(&mut problems);
@@ -169,6 +172,7 @@ impl ConfigBuilder {
                 issuers,
                 audiences,
                 clients,
+                client_auth,
                 routes,
                 policy,
                 store,

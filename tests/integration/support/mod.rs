@@ -245,7 +245,7 @@ pub fn shared_signing_key() -> String {
 
 /// The anonymous loopback client of `broker`.
 pub fn local_client(broker: &Broker) -> Client {
-    let credentials = Credentials { basic: None, peer_is_loopback: true };
+    let credentials = Credentials { peer_is_loopback: true, ..Credentials::default() };
     broker.clients().authenticate(&credentials, Rpc::Exchange).expect("loopback client").clone()
 }
 
