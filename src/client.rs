@@ -557,6 +557,109 @@ mod tests {
         assert_eq!(form_decode("%4"), None);
     }
 
+    fn presented<'a>(pairs: &[(&str, &'a str)]) -> Presented<'a> {
+        let mut p = Presented::default();
+        for (name, value) in pairs {
+            match *name {
+                "authorization" => p.authorization = Some(value),
+                "client_id" => p.client_id = Some(value),
+                "client_secret" => p.client_secret = Some(value),
+                "client_assertion_type" => p.client_assertion_type = Some(value),
+                "client_assertion" => p.client_assertion = Some(value),
+                other => panic!("{other}"),
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn a_client_assertion_is_parsed_with_its_type_and_optional_client_id() {
+        let creds = Credentials::from_presented(&presented(&[
+            ("client_assertion_type", ASSERTION_TYPE_JWT_BEARER),
+            ("client_assertion", "eyJh.eyJi.c2ln"),
+        ]))
+        .unwrap();
+        let a = creds.assertion.as_ref().unwrap();
+        assert_eq!(
+            (a.kind, a.assertion.expose(), a.client_id.as_deref()),
+            (AssertionType::JwtBearer, "eyJh.eyJi.c2ln", None)
+        );
+        assert!(creds.basic.is_none());
+        let creds = Credentials::from_presented(&presented(&[
+            ("client_assertion_type", ASSERTION_TYPE_JWT_SPIFFE),
+            ("client_assertion", "eyJh.eyJi.c2ln"),
+            ("client_id", "summariser"),
+        ]))
+        .unwrap();
+        let a = creds.assertion.unwrap();
+        assert_eq!((a.kind, a.client_id.as_deref()), (AssertionType::JwtSpiffe, Some("summariser")));
+        assert!(!format!("{a:?}").contains("c2ln"), "the assertion never shows under Debug");
+    }
+
+    #[test]
+    fn two_methods_or_half_an_assertion_are_invalid_requests() {
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("orch:s3cret"));
+        let jwt = ("client_assertion", "eyJh.eyJi.c2ln");
+        let kind = ("client_assertion_type", ASSERTION_TYPE_JWT_BEARER);
+        for pairs in [
+            vec![("authorization", basic.as_str()), kind, jwt],
+            vec![("authorization", basic.as_str()), jwt],
+            vec![("client_id", "orch"), ("client_secret", "s3cret"), kind, jwt],
+            vec![("client_secret", "s3cret"), kind],
+            vec![("authorization", basic.as_str()), ("client_id", "orch")],
+            vec![kind],
+            vec![jwt],
+            vec![jwt, ("client_id", "orch")],
+        ] {
+            let err = Credentials::from_presented(&presented(&pairs)).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidRequest, "{pairs:?}");
+            assert!(!err.description.contains("c2ln") && !err.description.contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn an_unknown_assertion_type_or_a_bare_client_id_is_invalid_client() {
+        for pairs in [
+            vec![
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:saml2-bearer"),
+                ("client_assertion", "x"),
+            ],
+            vec![("client_assertion_type", "jwt-bearer"), ("client_assertion", "x")],
+            vec![("client_id", "orch")],
+        ] {
+            let err = Credentials::from_presented(&presented(&pairs)).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidClient, "{pairs:?}");
+        }
+        // Empty values count as absent.
+        let creds = Credentials::from_presented(&presented(&[("client_assertion_type", ""), ("client_assertion", "")]));
+        assert!(creds.unwrap().assertion.is_none());
+    }
+
+    #[test]
+    fn forbidden_secrets_authenticate_nobody() {
+        let auth = ClientAuth::new("https://tessera.test", ClientSecrets::Forbidden, 300);
+        assert_eq!(auth.assertion_audiences, ["https://tessera.test", "https://tessera.test/oauth2/token"]);
+        let c = clients().with_auth(auth);
+        let err = c.authenticate(&basic("orch", "s3cret", false), Rpc::Exchange).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidClient);
+        // The loopback client, which has no secret, is unaffected.
+        let anon = Credentials { peer_is_loopback: true, ..Credentials::default() };
+        assert_eq!(c.authenticate(&anon, Rpc::Exchange).unwrap().id, "demo");
+    }
+
+    #[test]
+    fn an_assertion_never_authenticates_without_verification() {
+        let creds = Credentials {
+            assertion: Some(ClientAssertion {
+                kind: AssertionType::JwtBearer,
+                assertion: Token::new("eyJh.eyJi.c2ln"),
+                client_id: Some("orch".into()),
+            }),
+            ..Credentials::default()
+        };
+        assert_eq!(clients().authenticate(&creds, Rpc::Exchange).unwrap_err().code, ErrorCode::InvalidClient);
+    }
+
     #[test]
     fn sha256_hex_parses_only_64_hex_digits() {
         assert!(parse_sha256_hex(&"ab".repeat(32)).is_some());

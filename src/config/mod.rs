@@ -228,6 +228,102 @@ mod tests {
         }
     }
 
+    fn problems(toml: &str) -> String {
+        let builder: ConfigBuilder = Figment::new().merge(Toml::string(toml)).extract().unwrap();
+        builder.build(Path::new(".")).unwrap_err().0.join("\n")
+    }
+
+    const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","alg":"EdDSA","kid":"k"}]}"#;
+
+    #[test]
+    fn client_assertions_need_an_issuer_that_accepts_them() {
+        let all = problems(&format!(
+            r#"
+            [broker]
+            issuer = "https://tessera.test"
+            client_assertion_max_lifetime = 5
+            [[issuers]]
+            name = "orch-key"
+            issuer = "orch"
+            jwks_inline = '{JWKS}'
+            [[issuers]]
+            name = "wrong-iss"
+            issuer = "someone-else"
+            jwks_inline = '{JWKS}'
+            used_for = "client_assertions"
+            [[issuers]]
+            name = "spiffe"
+            spiffe_trust_domain = "td.example"
+            jwks_inline = '{JWKS}'
+            [[clients]]
+            id = "orch"
+            assertion_issuer = "orch-key"
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "other"
+            assertion_issuer = "wrong-iss"
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "ghost"
+            assertion_issuer = "nobody"
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "svid"
+            spiffe_ids = ["spiffe://td.example/a", "spiffe://elsewhere.example/b", "not-a-spiffe-id", "spiffe://td.example"]
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "svid2"
+            spiffe_ids = ["spiffe://td.example/a"]
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "nothing"
+            rpcs = ["exchange"]
+            "#
+        ));
+        for expected in [
+            "broker.client_assertion_max_lifetime",
+            "clients[0] (orch): `assertion_issuer` `orch-key` does not accept client assertions",
+            "clients[1] (other): `assertion_issuer` `wrong-iss` must have `issuer` = the client id",
+            "clients[2] (ghost): `assertion_issuer` names `nobody`, which is not an issuer",
+            "clients[3] (svid): `spiffe_ids`: the issuer of `spiffe://td.example/a` (`spiffe`) does not accept",
+            "clients[3] (svid): `spiffe_ids`: no issuer holds the trust domain of `spiffe://elsewhere.example/b`",
+            "clients[3] (svid): `spiffe_ids`: `not-a-spiffe-id` is not a SPIFFE ID",
+            "clients[3] (svid): `spiffe_ids`: `spiffe://td.example` is not a SPIFFE ID",
+            "clients[4] (svid2): `spiffe_ids`: `spiffe://td.example/a` names more than one client",
+            "clients[5] (nothing): needs a way to authenticate",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn forbidden_secrets_refuse_every_client_secret_at_load() {
+        let all = problems(
+            r#"
+            [broker]
+            issuer = "https://tessera.test"
+            client_secrets = "forbidden"
+            [[clients]]
+            id = "a"
+            secret_sha256 = "0000000000000000000000000000000000000000000000000000000000000001"
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "b"
+            secret_sha256 = "0000000000000000000000000000000000000000000000000000000000000002"
+            rpcs = ["introspect"]
+            "#,
+        );
+        for at in ["clients[0] (a)", "clients[1] (b)"] {
+            assert!(
+                all.contains(&format!("{at}: has `secret_sha256`, but broker.client_secrets = \"forbidden\"")),
+                "{all}"
+            );
+        }
+        let typo: Result<ConfigBuilder, _> =
+            Figment::new().merge(Toml::string("[broker]\nclient_secrets = \"maybe\"")).extract();
+        assert!(typo.is_err(), "only allowed or forbidden");
+    }
+
     #[test]
     fn unknown_keys_are_refused() {
         let result: Result<ConfigBuilder, _> =
