@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod cli;
+mod client_auth;
 mod delegation;
 mod docs;
 mod exchange;

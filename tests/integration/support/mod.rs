@@ -183,6 +183,7 @@ pub struct TestBrokerBuilder {
     extra_toml: String,
     policy: String,
     issuers_toml: Option<String>,
+    clients_toml: Option<String>,
 }
 
 pub struct TestBroker {
@@ -202,6 +203,7 @@ impl TestBroker {
             extra_toml: String::new(),
             policy: std::fs::read_to_string(fixtures().join("policy.cedar")).unwrap(),
             issuers_toml: None,
+            clients_toml: None,
         }
     }
 
@@ -247,6 +249,29 @@ pub fn shared_signing_key() -> String {
 pub fn local_client(broker: &Broker) -> Client {
     let credentials = Credentials { peer_is_loopback: true, ..Credentials::default() };
     broker.clients().authenticate(&credentials, Rpc::Exchange).expect("loopback client").clone()
+}
+
+/// The default clients: `orchestrator` (exchange) and `gateway` (introspect) with the test secret, and the
+/// loopback client `local` (every RPC).
+pub fn default_clients_toml(secret_sha256: &str) -> String {
+    format!(
+        r#"
+[[clients]]
+id = "orchestrator"
+secret_sha256 = "{secret_sha256}"
+rpcs = ["exchange"]
+
+[[clients]]
+id = "local"
+loopback_anonymous = true
+rpcs = ["exchange", "introspect", "revoke", "suspend"]
+
+[[clients]]
+id = "gateway"
+secret_sha256 = "{secret_sha256}"
+rpcs = ["introspect"]
+"#
+    )
 }
 
 pub fn default_issuers_toml() -> String {
@@ -332,6 +357,12 @@ impl TestBrokerBuilder {
         self
     }
 
+    /// Replaces the default clients (orchestrator and gateway with the test secret, the loopback `local`).
+    pub fn clients_toml(mut self, toml: &str) -> Self {
+        self.clients_toml = Some(toml.to_string());
+        self
+    }
+
     /// Writes the config file (with a fresh signing key) into a new folder, without starting anything.
     pub fn write_config(&self) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -365,25 +396,13 @@ id = "{OTHER}"
 scopes = ["other:read"]
 max_ttl = 120
 
-[[clients]]
-id = "orchestrator"
-secret_sha256 = "{secret_sha256}"
-rpcs = ["exchange"]
-
-[[clients]]
-id = "local"
-loopback_anonymous = true
-rpcs = ["exchange", "introspect", "revoke", "suspend"]
-
-[[clients]]
-id = "gateway"
-secret_sha256 = "{secret_sha256}"
-rpcs = ["introspect"]
+{clients}
 {issuers}
 {extra}
 "#,
             broker = self.broker_toml,
             issuers = self.issuers_toml.clone().unwrap_or_else(default_issuers_toml),
+            clients = self.clients_toml.clone().unwrap_or_else(|| default_clients_toml(&secret_sha256)),
             extra = self.extra_toml,
         );
         std::fs::write(dir.path().join("tessera.toml"), config).unwrap();
