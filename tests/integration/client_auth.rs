@@ -668,3 +668,45 @@ async fn the_metadata_lists_every_method_the_config_accepts() {
     assert_eq!(metadata["token_endpoint_auth_signing_alg_values_supported"], json!(["ES256"]));
     assert_eq!(metadata["token_endpoint"], json!(token_endpoint()), "the aud a client assertion may name");
 }
+
+#[tokio::test]
+async fn authlib_private_key_jwt_interoperates_with_the_http_face() {
+    let python = std::env::var("TESSERA_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "TESSERA_TEST_PYTHON is not set: run the suite with `bash scripts/test`, which installs authlib in a venv"
+        )
+    });
+    // authlib signs assertions valid for an hour (its `expires_in` default): more than the 300 s default bound.
+    let s = setup_with("client_assertion_max_lifetime = 3600", true, None, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, subject) = (dir.path().join("client.key.pem"), dir.path().join("subject.jwt"));
+    std::fs::write(&key, &s.orchestrator.pem).unwrap();
+    std::fs::write(&subject, k8s_assertion(600)).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/client_assertion_interop.py");
+    let args: Vec<String> = vec![
+        script.display().to_string(),
+        "--base".into(),
+        s.base.clone(),
+        "--issuer".into(),
+        BROKER.into(),
+        "--client-id".into(),
+        ORCH.into(),
+        "--key-file".into(),
+        key.display().to_string(),
+        "--kid".into(),
+        s.orchestrator.kid.clone(),
+        "--assertion-file".into(),
+        subject.display().to_string(),
+        "--audience".into(),
+        CRM.into(),
+    ];
+    let output = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output())
+        .await
+        .unwrap()
+        .expect("run the authlib client assertion interop");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "authlib client assertion interop failed:\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert_eq!(last, "client assertion interop: 9 passed, 0 failed", "every check ran: {stdout}");
+}
