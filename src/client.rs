@@ -660,6 +660,71 @@ mod tests {
         assert_eq!(clients().authenticate(&creds, Rpc::Exchange).unwrap_err().code, ErrorCode::InvalidClient);
     }
 
+    /// Cases per property: bounded for CI, more with `TESSERA_PROPTEST_CASES`.
+    fn cases() -> u32 {
+        std::env::var("TESSERA_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    }
+
+    fn field() -> impl proptest::strategy::Strategy<Value = Option<String>> {
+        use proptest::prelude::*;
+        proptest::option::of(prop_oneof![
+            Just(ASSERTION_TYPE_JWT_BEARER.to_string()),
+            Just(ASSERTION_TYPE_JWT_SPIFFE.to_string()),
+            Just(String::new()),
+            ".{0,80}",
+            "[A-Za-z0-9+/=:% ]{0,40}".prop_map(|s| format!("Basic {s}")),
+        ])
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: cases(), ..Default::default() })]
+
+        /// Whatever a request carries in its five credential fields, parsing never panics, refuses with
+        /// `invalid_request` or `invalid_client` only, never echoes a secret or an assertion, and yields at
+        /// most one method.
+        #[test]
+        fn credential_parsing_never_panics(
+            authorization in field(),
+            client_id in field(),
+            client_secret in field(),
+            kind in field(),
+            assertion in field(),
+            loopback in proptest::bool::ANY,
+        ) {
+            let p = Presented {
+                authorization: authorization.as_deref(),
+                client_id: client_id.as_deref(),
+                client_secret: client_secret.as_deref(),
+                client_assertion_type: kind.as_deref(),
+                client_assertion: assertion.as_deref(),
+                peer_is_loopback: loopback,
+            };
+            // Values that are shown by design (a client id, an assertion type) are not secrets, whatever they hold.
+            let public = [&client_id, &kind];
+            let secrets: Vec<&String> = [&client_secret, &assertion]
+                .into_iter()
+                .flatten()
+                .filter(|v| v.len() >= 8 && !public.iter().any(|p| p.as_deref().is_some_and(|p| p.contains(v.as_str()))))
+                .collect();
+            match Credentials::from_presented(&p) {
+                Ok(c) => {
+                    proptest::prop_assert!(!(c.basic.is_some() && c.assertion.is_some()), "two methods");
+                    proptest::prop_assert_eq!(c.peer_is_loopback, loopback);
+                    let shown = format!("{c:?}");
+                    for secret in &secrets {
+                        proptest::prop_assert!(!shown.contains(secret.as_str()), "Debug shows a credential");
+                    }
+                }
+                Err(e) => {
+                    proptest::prop_assert!(matches!(e.code, ErrorCode::InvalidRequest | ErrorCode::InvalidClient), "{:?}", e.code);
+                    for secret in &secrets {
+                        proptest::prop_assert!(!e.description.contains(secret.as_str()), "the error echoes a credential");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn sha256_hex_parses_only_64_hex_digits() {
         assert!(parse_sha256_hex(&"ab".repeat(32)).is_some());

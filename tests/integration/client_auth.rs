@@ -710,3 +710,79 @@ async fn authlib_private_key_jwt_interoperates_with_the_http_face() {
     let last = stdout.lines().last().unwrap_or_default();
     assert_eq!(last, "client assertion interop: 9 passed, 0 failed", "every check ran: {stdout}");
 }
+
+/// Cases for the HTTP property below: bounded for CI, more with `TESSERA_PROPTEST_CASES`.
+fn http_cases() -> u32 {
+    std::env::var("TESSERA_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)
+}
+
+/// A client assertion with arbitrary claims and header, signed by a key no issuer publishes (or not signed).
+fn arbitrary_assertion() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let name = prop_oneof![
+        Just(json!(ORCH)),
+        Just(json!(OPERATOR)),
+        Just(json!(SPIFFE_AGENT)),
+        Just(json!(null)),
+        Just(json!(7)),
+        ".{0,40}".prop_map(|s| json!(s)),
+    ];
+    let aud = prop_oneof![
+        Just(json!(BROKER)),
+        Just(json!(token_endpoint())),
+        Just(json!([BROKER, 3])),
+        ".{0,30}".prop_map(|s| json!(s))
+    ];
+    let time = prop_oneof![
+        Just(json!(now() + 60)),
+        Just(json!(-1)),
+        Just(json!("soon")),
+        (0..u64::MAX).prop_map(|t| json!(t))
+    ];
+    let alg = prop_oneof![Just("ES256"), Just("none"), Just("HS256"), Just("RS256"), Just("EdDSA"), Just("")];
+    (name.clone(), name, aud, time, proptest::option::of(".{0,20}"), alg, ".{0,12}", proptest::bool::ANY, ".{0,120}")
+        .prop_map(|(iss, sub, aud, exp, jti, alg, kid, sign, garbage)| {
+            if garbage.len() % 5 == 0 {
+                return garbage;
+            }
+            let mut claims = json!({ "iss": iss, "sub": sub, "aud": aud, "exp": exp, "iat": now() });
+            if let Some(jti) = jti {
+                claims["jti"] = json!(jti);
+            }
+            let header = json!({ "alg": alg, "kid": kid, "typ": "JWT" });
+            if sign && alg == "ES256" {
+                ClientKey::generate(&kid).signer.token_with_header(header, &claims)
+            } else {
+                unsigned(header, &claims, b"not a signature")
+            }
+        })
+}
+
+/// Whatever a token request carries as a client assertion — its type, the JWT (any claims, any header, signed
+/// by a key no issuer publishes, or garbage) and a `client_id` — the HTTP face answers `invalid_request` or
+/// `invalid_client` and issues nothing; it never panics or answers 5xx.
+#[test]
+fn arbitrary_client_assertions_never_authenticate() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let s = runtime.block_on(setup());
+    let kind = prop_oneof![Just(JWT_BEARER.to_string()), Just(JWT_SPIFFE.to_string()), Just(String::new()), ".{0,40}"];
+    let client_id = proptest::option::of(prop_oneof![Just(ORCH.to_string()), Just(SUMMARISER.to_string()), ".{0,20}"]);
+    let config = proptest::test_runner::Config { cases: http_cases(), failure_persistence: None, ..Default::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let url = format!("{}/oauth2/token", s.base);
+    runner
+        .run(&(kind, arbitrary_assertion(), client_id), |(kind, assertion, client_id)| {
+            let subject = k8s_assertion(600);
+            let mut form = exchange_form(&subject, &kind, &assertion);
+            if let Some(id) = &client_id {
+                form.push(("client_id", id));
+            }
+            let (status, body) = runtime.block_on(post(&url, &form, None));
+            prop_assert!(status == 400 || status == 401, "status {status}: {body}");
+            prop_assert!(matches!(body["error"].as_str(), Some("invalid_request" | "invalid_client")), "{body}");
+            prop_assert!(body.get("access_token").is_none());
+            Ok(())
+        })
+        .unwrap();
+}
