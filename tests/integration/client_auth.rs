@@ -87,6 +87,21 @@ pub struct Setup {
 /// A broker as [`setup`] builds it, with `broker_toml` in `[broker]`, the secret clients or not, a Redis
 /// store, and the client keys of another setup (a replica of it) or fresh ones.
 pub async fn setup_with(broker_toml: &str, secrets: bool, redis: Option<&str>, keys: Option<&Setup>) -> Setup {
+    let (builder, orchestrator, operator, servers) = configure(broker_toml, secrets, redis, keys).await;
+    let broker = builder.start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tessera::http::serve(listener, Arc::clone(&broker.broker), None, std::future::pending()));
+    Setup { broker, base, orchestrator, operator, _servers: servers }
+}
+
+/// The configuration of a [`setup_with`] broker, its client keys and the JWKS servers that publish them.
+async fn configure(
+    broker_toml: &str,
+    secrets: bool,
+    redis: Option<&str>,
+    keys: Option<&Setup>,
+) -> (TestBrokerBuilder, ClientKey, ClientKey, Vec<JwksServer>) {
     let (orchestrator, operator) = match keys {
         Some(other) => (clone_key(&other.orchestrator), clone_key(&other.operator)),
         None => (ClientKey::generate("orch-1"), ClientKey::generate("op-1")),
@@ -179,11 +194,7 @@ rpcs = ["exchange"]
     if let Some(url) = redis {
         builder = builder.redis(url, "strict");
     }
-    let broker = builder.start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(tessera::http::serve(listener, Arc::clone(&broker.broker), None, std::future::pending()));
-    Setup { broker, base, orchestrator, operator, _servers: vec![orch_jwks, op_jwks, bundle] }
+    (builder, orchestrator, operator, vec![orch_jwks, op_jwks, bundle])
 }
 
 async fn setup() -> Setup {
@@ -555,6 +566,16 @@ async fn revoke_and_suspend_are_for_operators_and_a_replayed_assertion_changes_n
     };
     let result = grpc.suspend(with_assertion(suspend.clone(), JWT_SPIFFE, &svid(SPIFFE_AGENT), None)).await;
     assert_grpc_refused(result, Code::PermissionDenied, "unauthorized_client", "suspend by a non-operator");
+    for path in ["suspend", "resume"] {
+        let orch = s.orchestrator.sign(&pkjwt_claims(ORCH, BROKER));
+        let form = [
+            ("target_client_id", SUMMARISER),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", orch.as_str()),
+        ];
+        let answer = post(&format!("{}/oauth2/{path}", s.base), &form, None).await;
+        assert_http_refused(&answer, 400, "unauthorized_client", &format!("HTTP {path} by a non-operator"));
+    }
 
     // The operator revokes task t-1; the same assertion replayed for t-2 changes nothing.
     let assertion = op();
@@ -785,4 +806,43 @@ fn arbitrary_client_assertions_never_authenticate() {
             Ok(())
         })
         .unwrap();
+}
+
+/// Through both faces of a real `tessera serve`, with debug logs: no client assertion — accepted, replayed,
+/// refused — reaches the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_assertion_reaches_the_logs() {
+    use crate::support::process::Serving;
+    let (builder, orchestrator, _operator, _servers) = configure("", true, None, None).await;
+    let dir = builder.write_config();
+    let config = dir.path().join("tessera.toml");
+    let server = tokio::task::spawn_blocking(move || {
+        Serving::start(&["--config", config.to_str().unwrap()], |c| {
+            c.env("RUST_LOG", "debug").env_remove("TESSERA__LOG__LEVEL");
+        })
+    })
+    .await
+    .unwrap();
+    let token_url = format!("http://{}/oauth2/token", server.http);
+    let accepted = orchestrator.sign(&pkjwt_claims(ORCH, BROKER));
+    let refused = orchestrator.sign(&pkjwt_claims(ORCH, "https://elsewhere.example"));
+    let svid = svid(SPIFFE_AGENT);
+    let subject = k8s_assertion(600);
+    let (status, body) = post(&token_url, &exchange_form(&subject, JWT_BEARER, &accepted), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(post(&token_url, &exchange_form(&subject, JWT_BEARER, &accepted), None).await.0, 401, "replay");
+    assert_eq!(post(&token_url, &exchange_form(&subject, JWT_BEARER, &refused), None).await.0, 401);
+    let mut grpc = tessera::grpc::pb::token_broker_client::TokenBrokerClient::connect(server.url()).await.unwrap();
+    let r = with_assertion(request(&subject, CRM, "crm:read"), JWT_SPIFFE, &svid, None);
+    grpc.exchange_token(r).await.expect("the SVID authenticates");
+    let r = with_assertion(request(&subject, CRM, "crm:read"), JWT_SPIFFE, &svid, None);
+    assert!(grpc.exchange_token(r).await.is_err(), "replay");
+
+    let (_, logs) = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+    assert!(logs.contains("event=exchange"), "the debug log is not empty: {logs}");
+    for (what, assertion) in [("the accepted assertion", &accepted), ("the refused one", &refused), ("the SVID", &svid)]
+    {
+        let signature = assertion.rsplit('.').next().unwrap();
+        assert!(!logs.contains(assertion.as_str()) && !logs.contains(signature), "{what} appears in the logs");
+    }
 }
