@@ -49,10 +49,12 @@ impl Introspect<'_> {
     pub async fn run(&self, caller: &Caller<'_>, token: &Token, now: u64) -> Result<Introspection> {
         let mut spent = false;
         let mut outcome = self.decide(caller, token, now, &mut spent).await;
-        if !spent && !matches!(&outcome, Err(e) if e.code == crate::error::ErrorCode::Unavailable) {
-            if let Err(e) = self.revocations.spend_client_assertion(caller, now).await {
-                outcome = Err(e);
-            }
+        // (A store that is down cannot spend it either: the answer is UNAVAILABLE already.)
+        if !spent
+            && !matches!(&outcome, Err(e) if e.code == crate::error::ErrorCode::Unavailable)
+            && let Err(e) = self.revocations.spend_client_assertion(caller, now).await
+        {
+            outcome = Err(e);
         }
         self.audit.record(audit_event(&caller.client.id, &outcome));
         let result = match &outcome {

@@ -126,7 +126,7 @@ impl Form {
 }
 
 /// Who is calling: `client_secret_basic`, `client_secret_post`, or a client assertion (`client_assertion_type`
-/// + `client_assertion`, with an optional `client_id` that must then name the same client: `private_key_jwt`,
+/// and `client_assertion`, with an optional `client_id` that must then name the same client: `private_key_jwt`,
 /// RFC 7523 §2.2, or a SPIFFE JWT-SVID), never two at once (RFC 6749 §2.3); or the loopback client. The
 /// assertion is verified here, before any work; the operation spends it.
 async fn caller<'b>(

@@ -305,7 +305,7 @@ async fn a_jwt_svid_authenticates_its_spiffe_client_on_both_faces() {
 }
 
 /// A compact JWS with `header` and `claims` and an arbitrary signature (for algorithms tessera never accepts).
-fn unsigned(header: Value, claims: &Value, signature: &[u8]) -> String {
+fn unsigned(header: &Value, claims: &Value, signature: &[u8]) -> String {
     format!("{}.{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()), b64(signature))
 }
 
@@ -357,11 +357,11 @@ async fn bad_client_assertions_are_invalid_client_on_both_faces_and_issue_nothin
         ),
         ("signed by another key with the same kid", JWT_BEARER, attacker.sign(&claims(&|_| {}))),
         ("signed with another client's key", JWT_BEARER, s.operator.sign(&claims(&|_| {}))),
-        ("alg none", JWT_BEARER, unsigned(json!({"alg": "none", "kid": "orch-1"}), &claims(&|_| {}), b"")),
+        ("alg none", JWT_BEARER, unsigned(&json!({"alg": "none", "kid": "orch-1"}), &claims(&|_| {}), b"")),
         (
             "HS256",
             JWT_BEARER,
-            unsigned(json!({"alg": "HS256", "kid": "orch-1"}), &claims(&|_| {}), b"0123456789abcdef0123456789abcdef"),
+            unsigned(&json!({"alg": "HS256", "kid": "orch-1"}), &claims(&|_| {}), b"0123456789abcdef0123456789abcdef"),
         ),
         ("not a JWT", JWT_BEARER, "not-a-jwt".into()),
         ("unknown SPIFFE ID", JWT_SPIFFE, svid("spiffe://agents.example.org/ns/agents/sa/intruder")),
@@ -774,7 +774,7 @@ fn arbitrary_assertion() -> impl proptest::strategy::Strategy<Value = String> {
             if sign && alg == "ES256" {
                 ClientKey::generate(&kid).signer.token_with_header(header, &claims)
             } else {
-                unsigned(header, &claims, b"not a signature")
+                unsigned(&header, &claims, b"not a signature")
             }
         })
 }
