@@ -271,6 +271,9 @@ pub struct ClientAuth {
     pub assertion_max_lifetime: u64,
 }
 
+/// Why an assertion that names no client of its kind fails: one text for every such case.
+const NO_CLIENT: &str = "the client_assertion names no client that authenticates this way";
+
 /// The longest a client assertion may live, by default: 5 minutes (they are minted per request).
 pub const DEFAULT_CLIENT_ASSERTION_MAX_LIFETIME: u64 = 300;
 
@@ -353,8 +356,8 @@ impl Clients {
                 if sub.as_deref() != Some(id) {
                     return Err(failed("a private_key_jwt assertion's `iss` and `sub` must both be the client id"));
                 }
-                let client = self.by_id.get(id).ok_or_else(|| failed("no such client"))?;
-                let issuer = client.assertion_issuer.as_deref().ok_or_else(|| failed("no such client"))?;
+                let client = self.by_id.get(id).ok_or_else(|| failed(NO_CLIENT))?;
+                let issuer = client.assertion_issuer.as_deref().ok_or_else(|| failed(NO_CLIENT))?;
                 (client, issuer)
             }
             AssertionType::JwtSpiffe => {
@@ -363,9 +366,8 @@ impl Clients {
                     .by_spiffe_id
                     .get(spiffe_id)
                     .and_then(|id| self.by_id.get(id))
-                    .ok_or_else(|| failed("the SPIFFE ID is not a client's"))?;
-                let issuer =
-                    issuers.spiffe_issuer(spiffe_id).ok_or_else(|| failed("the SPIFFE ID is not a client's"))?;
+                    .ok_or_else(|| failed(NO_CLIENT))?;
+                let issuer = issuers.spiffe_issuer(spiffe_id).ok_or_else(|| failed(NO_CLIENT))?;
                 (client, issuer)
             }
         };

@@ -183,6 +183,12 @@ fn build_issuer(b: IssuerBuilder, cx: &Context<'_>, at: &str, problems: &mut Pro
             problems.push(format!("{at}: attributes.{tag}: `{pointer}` is not a JSON pointer (`/claim/field`)"));
         }
     }
+    if b.audience.is_some() && b.used_for == UsedFor::ClientAssertions {
+        problems.push(format!(
+            "{at}: `audience` has no effect with `used_for = \"client_assertions\"` (a client assertion's `aud` \
+             must name the broker)"
+        ));
+    }
     if b.audience.as_deref().is_some_and(str::is_empty) {
         problems.push(format!("{at}: `audience` is empty (leave it out to use broker.issuer)"));
     }

@@ -255,6 +255,12 @@ mod tests {
             name = "spiffe"
             spiffe_trust_domain = "td.example"
             jwks_inline = '{JWKS}'
+            [[issuers]]
+            name = "with-audience"
+            issuer = "x"
+            jwks_inline = '{JWKS}'
+            used_for = "client_assertions"
+            audience = "https://tessera.test"
             [[clients]]
             id = "orch"
             assertion_issuer = "orch-key"
@@ -291,6 +297,7 @@ mod tests {
             "clients[3] (svid): `spiffe_ids`: `spiffe://td.example` is not a SPIFFE ID",
             "clients[4] (svid2): `spiffe_ids`: `spiffe://td.example/a` names more than one client",
             "clients[5] (nothing): needs a way to authenticate",
+            "issuers[3] (with-audience): `audience` has no effect",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
