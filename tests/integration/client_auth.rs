@@ -846,3 +846,60 @@ async fn no_client_assertion_reaches_the_logs() {
         assert!(!logs.contains(assertion.as_str()) && !logs.contains(signature), "{what} appears in the logs");
     }
 }
+
+/// The client commands authenticate with a client assertion read from a file, on gRPC; the same file used
+/// twice is a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_authenticates_with_a_client_assertion_file() {
+    use crate::support::process::tessera;
+    let s = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, orchestrator) = (dir.path().join("operator.jwt"), dir.path().join("orchestrator.jwt"));
+    std::fs::write(&operator, s.operator.sign(&pkjwt_claims(OPERATOR, BROKER))).unwrap();
+    std::fs::write(&orchestrator, s.orchestrator.sign(&pkjwt_claims(ORCH, &token_endpoint()))).unwrap();
+    let addr = format!("http://{}", s.broker.addr);
+    let run = move |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let output = tessera().args(&args).env_remove("TESSERA_CLIENT_SECRET").output().expect("run tessera");
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        })
+    };
+    let revoke = |file: &std::path::Path, task: &str| {
+        let args = ["revoke", "--addr", &addr, "--task-id", task, "--client-assertion-file", file.to_str().unwrap()];
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let (ok, stdout, stderr) = run(revoke(&operator, "cli-task")).await.unwrap();
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["revoked"], json!("task"), "{stdout}");
+    let (ok, _, stderr) = run(revoke(&operator, "cli-task-2")).await.unwrap();
+    assert!(!ok && stderr.contains("invalid_client"), "a replay: {stderr}");
+    let subject = k8s_assertion(600);
+    let exchange: Vec<String> = [
+        "exchange",
+        "--addr",
+        &addr,
+        "--as-client",
+        ORCH,
+        "--client-assertion-file",
+        orchestrator.to_str().unwrap(),
+        "--subject-token",
+        &subject,
+        "--audience",
+        CRM,
+        "--scope",
+        "crm:read",
+        "--task-id",
+        "cli-exchange",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (ok, stdout, stderr) = run(exchange).await.unwrap();
+    assert!(ok, "{stdout}{stderr}");
+    let token = serde_json::from_str::<Value>(&stdout).unwrap()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(decode(&token).client_id, ORCH);
+}
