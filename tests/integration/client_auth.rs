@@ -483,6 +483,19 @@ async fn a_client_assertion_spent_on_one_replica_is_refused_by_another() {
     assert_http_refused(&http_exchange(&a, JWT_SPIFFE, &svid, &[]).await, 401, "invalid_client", "SVID, other replica");
     // A fresh assertion works on the other replica: the refusal was the replay, not the replica.
     assert!(grpc_exchange(&b, JWT_BEARER, &b.orchestrator.sign(&pkjwt_claims(ORCH, BROKER)), None).await.is_ok());
+
+    // The spend joins the exchange's one lookup: one pipeline of the revocation MGET and the spend's SET NX,
+    // nothing else on the request path (the audit stream's XADD has its own connection).
+    let fresh = a.orchestrator.sign(&pkjwt_claims(ORCH, BROKER));
+    redis.cmd(&["CONFIG", "RESETSTAT"]);
+    assert!(grpc_exchange(&a, JWT_BEARER, &fresh, None).await.is_ok());
+    let mut calls: Vec<(String, u64)> = redis
+        .command_calls()
+        .into_iter()
+        .filter(|(name, _)| !(name == "xadd" || name.starts_with("config") || name == "info"))
+        .collect();
+    calls.sort();
+    assert_eq!(calls, [("mget".to_string(), 1), ("set".to_string(), 1)]);
 }
 
 fn regenerate(key: &ClientKey) -> EcdsaKeyPair {
