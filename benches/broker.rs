@@ -66,7 +66,7 @@ async fn broker(dir: &std::path::Path, redis: Option<u16>, store: Store) -> Arc<
 }
 
 fn client(broker: &Broker) -> Client {
-    let c = Credentials { basic: None, peer_is_loopback: true, ..Credentials::default() };
+    let c = Credentials { peer_is_loopback: true, ..Credentials::default() };
     broker.clients().authenticate(&c, Rpc::Exchange).expect("demo client").clone()
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::audit::AuditSink;
 use crate::catalog::Catalog;
-use crate::client::{Client, Clients};
+use crate::client::{Caller, Clients, Credentials, Rpc};
 use crate::error::Result;
 use crate::exchange::{Exchange, ExchangeRequest, Issued, Limits};
 use crate::introspect::{Introspect, Introspection, Presentation};
@@ -68,15 +68,32 @@ impl Broker {
         Revocations { store: self.parts.store.as_ref(), metrics: &self.parts.metrics }
     }
 
+    /// Authenticates a caller for `rpc` as of `now` — its secret, its client assertion (verified by the
+    /// issuers, before any work) or the loopback client — and checks it may call `rpc`:
+    /// [`Clients::identify`]. The caller's assertion is spent by the operation it then calls.
+    pub async fn authenticate(&self, credentials: &Credentials, rpc: Rpc, now: u64) -> Result<Caller<'_>> {
+        self.parts.clients.identify(credentials, rpc, &self.parts.issuers, now).await
+    }
+
     /// RFC 8693 token exchange, as of `now` (Unix seconds): [`Exchange::run`].
-    pub async fn exchange(&self, client: &Client, request: ExchangeRequest, now: u64) -> Result<Issued> {
-        self.exchange_op().run(client, request, now).await
+    pub async fn exchange<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        request: ExchangeRequest,
+        now: u64,
+    ) -> Result<Issued> {
+        self.exchange_op().run(&caller.into(), request, now).await
     }
 
     /// RFC 8693 token exchange, as of `now_ms` (Unix milliseconds, the faces' clock: rate limits count in
     /// sub-second time): [`Exchange::run_ms`].
-    pub async fn exchange_ms(&self, client: &Client, request: ExchangeRequest, now_ms: u64) -> Result<Issued> {
-        self.exchange_op().run_ms(client, request, now_ms).await
+    pub async fn exchange_ms<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        request: ExchangeRequest,
+        now_ms: u64,
+    ) -> Result<Issued> {
+        self.exchange_op().run_ms(&caller.into(), request, now_ms).await
     }
 
     fn exchange_op(&self) -> Exchange<'_> {
@@ -96,20 +113,25 @@ impl Broker {
     }
 
     /// RFC 7662 introspection, as of `now`: [`Introspect::run`].
-    pub async fn introspect(&self, client: &Client, token: &Token, now: u64) -> Result<Introspection> {
-        self.introspect_op().run(client, token, now).await
+    pub async fn introspect<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        token: &Token,
+        now: u64,
+    ) -> Result<Introspection> {
+        self.introspect_op().run(&caller.into(), token, now).await
     }
 
     /// Introspection of a token as a resource received it (forward-auth), as of `now`, proof of possession
     /// included: [`Introspect::run_presented`].
-    pub async fn introspect_presented(
+    pub async fn introspect_presented<'c>(
         &self,
-        client: &Client,
+        caller: impl Into<Caller<'c>>,
         token: &Token,
         presentation: &Presentation,
         now: u64,
     ) -> Result<Introspection> {
-        self.introspect_op().run_presented(client, token, presentation, now).await
+        self.introspect_op().run_presented(&caller.into(), token, presentation, now).await
     }
 
     fn introspect_op(&self) -> Introspect<'_> {
@@ -124,31 +146,37 @@ impl Broker {
     }
 
     /// Records a revocation, as of `now`: [`Revoke::run`].
-    pub async fn revoke(&self, client: &Client, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
-        self.revoke_op().run(client, request, reason, now).await
+    pub async fn revoke<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        request: RevokeRequest,
+        reason: &str,
+        now: u64,
+    ) -> Result<Revoked> {
+        self.revoke_op().run(&caller.into(), request, reason, now).await
     }
 
     /// The kill switch: suspends a principal or a client and revokes what it has: [`Revoke::suspend`].
-    pub async fn suspend(
+    pub async fn suspend<'c>(
         &self,
-        client: &Client,
+        caller: impl Into<Caller<'c>>,
         request: SuspendRequest,
         duration: u64,
         reason: &str,
         now: u64,
     ) -> Result<Suspended> {
-        self.revoke_op().suspend(client, request, duration, reason, now).await
+        self.revoke_op().suspend(&caller.into(), request, duration, reason, now).await
     }
 
     /// Lifts a suspension: [`Revoke::resume`].
-    pub async fn resume(
+    pub async fn resume<'c>(
         &self,
-        client: &Client,
+        caller: impl Into<Caller<'c>>,
         request: SuspendRequest,
         reason: &str,
         now: u64,
     ) -> Result<Suspendable> {
-        self.revoke_op().resume(client, request, reason, now).await
+        self.revoke_op().resume(&caller.into(), request, reason, now).await
     }
 
     fn revoke_op(&self) -> Revoke<'_> {

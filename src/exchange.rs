@@ -20,14 +20,14 @@
 
 use crate::audit::{AuditEvent, AuditSink, truncate};
 use crate::catalog::{Catalog, Destination, SenderConstraint};
-use crate::client::Client;
+use crate::client::Caller;
 use crate::dpop::{self, DpopError, Proof};
 use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Issuers, Origin, Verified};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, Principal, Question};
 use crate::ratelimit::{RateLimits, ceil_ms};
-use crate::revocation::{Probe, Revocations};
+use crate::revocation::{Probe, Revocations, replayed_client_assertion, spent_client_assertion_key};
 use crate::scopes::Scopes;
 use crate::secret::Token;
 use crate::token::{AccessClaims, Actor, Confirmation, Keyring, Lineage, Party, new_jti};
@@ -147,22 +147,42 @@ pub struct Exchange<'a> {
 impl Exchange<'_> {
     /// Exchanges the request's subject (and actor) token for a narrower token, as of `now` (Unix seconds).
     /// Every outcome, granted or refused, is an audit event.
-    pub async fn run(&self, client: &Client, request: ExchangeRequest, now: u64) -> Result<Issued> {
-        self.run_ms(client, request, now.saturating_mul(1000)).await
+    ///
+    /// The caller's client assertion, when it authenticated with one, is spent in the exchange's one store
+    /// round trip, next to the revocation check and the subject's own spend; an exchange refused before that
+    /// round trip spends it in one of its own, so an assertion is good for one request whatever its outcome,
+    /// and a replay is `invalid_client` with nothing issued.
+    pub async fn run(&self, caller: &Caller<'_>, request: ExchangeRequest, now: u64) -> Result<Issued> {
+        self.run_ms(caller, request, now.saturating_mul(1000)).await
     }
 
     /// As [`Exchange::run`], as of `now_ms` (Unix milliseconds): the rate limits of the embedded store
     /// count in sub-second time (tokens' times are whole seconds, `now_ms / 1000`).
-    pub async fn run_ms(&self, client: &Client, request: ExchangeRequest, now_ms: u64) -> Result<Issued> {
-        let mut trail = Trail::new(&client.id, &request);
-        let outcome = self.decide(client, &request, now_ms, &mut trail).await;
+    pub async fn run_ms(&self, caller: &Caller<'_>, request: ExchangeRequest, now_ms: u64) -> Result<Issued> {
+        let mut trail = Trail::new(&caller.client.id, &request);
+        let mut spent = false;
+        let mut outcome = self.decide(caller, &request, now_ms, &mut trail, &mut spent).await;
+        if !spent
+            && outcome.is_err()
+            && let Err(e) = self.revocations.spend_client_assertion(caller, now_ms / 1000).await
+        {
+            outcome = Err(e);
+        }
         self.audit.record(trail.finish(&outcome));
         self.metrics.exchange(outcome.as_ref().err().map(|e| e.code.as_str()));
         outcome
     }
 
-    async fn decide(&self, client: &Client, req: &ExchangeRequest, now_ms: u64, trail: &mut Trail) -> Result<Issued> {
+    async fn decide(
+        &self,
+        caller: &Caller<'_>,
+        req: &ExchangeRequest,
+        now_ms: u64,
+        trail: &mut Trail,
+        spent: &mut bool,
+    ) -> Result<Issued> {
         let now = now_ms / 1000;
+        let client = caller.client;
         let requested = check_shape(req)?;
         let target_id = single_target(req)?;
         let subject = self
@@ -206,7 +226,8 @@ impl Exchange<'_> {
         trail.task(&task_id);
         let delegation = self.delegate(&subject, actor.as_ref(), &task_id, &client.id)?;
         trail.actors(delegation.act.as_ref());
-        self.check_revocations(&subject, actor.as_ref(), proof.as_ref(), &task_id, &client.id, now_ms).await?;
+        *spent = true;
+        self.check_revocations(&subject, actor.as_ref(), proof.as_ref(), &task_id, caller, now_ms).await?;
         let question = Question {
             principal: &subject.principal,
             actor: actor.as_ref().map(|a| &a.holder),
@@ -256,24 +277,25 @@ impl Exchange<'_> {
 
     /// Invariants 5–6: nothing is derived from a revoked token (or one of its ancestors, its task, its
     /// subject, an actor, its client), nor for a revoked task. One store lookup for all of it, which also
-    /// spends single-use assertions and the DPoP proof (so neither is accepted twice by any replica) and
-    /// applies the rate limits.
+    /// spends single-use assertions — the subject's and actor's, the DPoP proof, and the caller's client
+    /// assertion (so none is accepted twice by any replica) — and applies the rate limits.
     ///
-    /// The refusals come in this order: a suspension, a revocation, a rate limit, a spent assertion or proof. A
-    /// revoked or suspended request is refused as such even when it is also over a limit (it still counts
-    /// against the limits: they count attempts that reach the store, not grants). A throttled request
-    /// changes nothing else: the store moved no limit and set no spend marker, so the caller may retry the
-    /// same single-use assertion once the limit allows.
+    /// The refusals come in this order: a replayed client assertion (the caller is not authenticated), a
+    /// suspension, a revocation, a rate limit, a spent assertion or proof. A revoked or suspended request is
+    /// refused as such even when it is also over a limit (it still counts against the limits: they count
+    /// attempts that reach the store, not grants). A throttled request changes nothing else: the store moved
+    /// no limit and set no spend marker (not even the client assertion's), so the caller may retry.
     async fn check_revocations(
         &self,
         subject: &Verified,
         actor: Option<&Verified>,
         proof: Option<&Proof>,
         task_id: &str,
-        client_id: &str,
+        caller: &Caller<'_>,
         now_ms: u64,
     ) -> Result<()> {
         let now = now_ms / 1000;
+        let client_id = caller.client.id.as_str();
         let mut probe = Probe::default();
         for token in std::iter::once(subject).chain(actor) {
             match &token.origin {
@@ -289,8 +311,16 @@ impl Exchange<'_> {
             .filter_map(|t| t.spend.as_ref())
             .map(|once| (crate::revocation::spent_key(&once.issuer, &once.jti), once.until))
             .collect();
-        // The proof's marker goes last.
-        spends.extend(proof.map(|p| (p.replay_key(), p.until)));
+        let assertions = spends.len();
+        // Then the DPoP proof's marker, then the caller's client assertion's.
+        let proof_at = proof.map(|p| {
+            spends.push((p.replay_key(), p.until));
+            spends.len() - 1
+        });
+        let client_at = caller.assertion.as_ref().map(|once| {
+            spends.push((spent_client_assertion_key(once), once.until));
+            spends.len() - 1
+        });
         // The kill switch, in the same lookup: the subject, the actor (who holds the actor token) and the
         // calling client must not be suspended.
         let parties: Vec<(&str, &str)> = std::iter::once(&subject.principal)
@@ -302,6 +332,10 @@ impl Exchange<'_> {
         let principal = (subject.principal.iss.as_str(), subject.principal.sub.as_str());
         let limits = self.rate_limits.limits(client_id, principal, task_id);
         let admission = self.revocations.admit(probe.keys(), &spends, &limits, now, now_ms).await?;
+        // A replayed client assertion first: the caller is not authenticated, whatever else is wrong.
+        if admission.throttled.is_none() && client_at.is_some_and(|i| admission.fresh.get(i) != Some(&true)) {
+            return Err(replayed_client_assertion());
+        }
         let (found, suspended) = admission.found.split_at(suspensions.min(admission.found.len()));
         if let Some(i) = suspended.iter().position(Option::is_some) {
             return Err(if i == parties.len() {
@@ -322,15 +356,11 @@ impl Exchange<'_> {
                 std::time::Duration::from_millis(wait_ms),
             ));
         }
-        let fresh = &admission.fresh[..];
-        let (assertions, proof_fresh) = match proof {
-            Some(_) => fresh.split_at(fresh.len().saturating_sub(1)),
-            None => (fresh, &[][..]),
-        };
-        if assertions.contains(&false) {
+        let fresh = &admission.fresh;
+        if fresh.iter().take(assertions).any(|new| !new) {
             return Err(Error::invalid_grant("a single-use assertion in this request has already been used"));
         }
-        if proof.is_some() && proof_fresh != [true] {
+        if proof_at.is_some_and(|i| fresh.get(i) != Some(&true)) {
             return Err(Error::new(ErrorCode::InvalidDpopProof, "the DPoP proof has already been used (its jti)"));
         }
         Ok(())

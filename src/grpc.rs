@@ -13,7 +13,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::broker::Broker;
-use crate::client::{Client, Credentials, Rpc};
+use crate::client::{Caller, Credentials, Presented, Rpc};
 use crate::clock::{now, now_ms};
 use crate::error::{Error, ErrorCode};
 use crate::exchange::{ExchangeRequest, Issued, TOKEN_TYPE_ACCESS_TOKEN};
@@ -33,6 +33,13 @@ use pb::token_broker_server::TokenBroker;
 
 /// The gRPC service name, as in `rpc.service`.
 const SERVICE: &str = "tessera.v1.TokenBroker";
+
+/// The gRPC metadata of a client assertion (RFC 7521 §4.2's form parameters, spelled as metadata keys).
+pub const METADATA_CLIENT_ASSERTION_TYPE: &str = "client-assertion-type";
+/// The client assertion itself (a JWT): see [`METADATA_CLIENT_ASSERTION_TYPE`].
+pub const METADATA_CLIENT_ASSERTION: &str = "client-assertion";
+/// An optional client id sent with a client assertion: it must name the assertion's client.
+pub const METADATA_CLIENT_ID: &str = "client-id";
 
 /// The error domain of every `google.rpc.ErrorInfo` the broker returns.
 const ERROR_DOMAIN: &str = "tessera";
@@ -177,14 +184,25 @@ impl TokenBrokerService {
         }))
     }
 
-    fn caller<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<&Client, Status> {
-        let authorization = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("\u{0}"));
-        let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
-        let credentials = Credentials::from_authorization(authorization, loopback).map_err(status)?;
-        self.broker
-            .clients()
-            .authenticate(&credentials.over(peer_certificate(request).map(Arc::new)), rpc)
-            .map_err(status)
+    /// Who is calling: HTTP Basic in the `authorization` metadata, or a client assertion in the
+    /// `client-assertion-type` and `client-assertion` metadata (with an optional `client-id`, which must then
+    /// name the same client), never both; or the loopback client. The assertion is verified here, before any
+    /// work; the operation spends it.
+    async fn caller<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<Caller<'_>, Status> {
+        let metadata = request.metadata();
+        // A value that is not visible ASCII cannot be a credential: it fails as a malformed one.
+        let text = |name: &str| metadata.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
+        let presented = Presented {
+            authorization: text("authorization"),
+            client_id: text(METADATA_CLIENT_ID),
+            client_secret: None,
+            client_assertion_type: text(METADATA_CLIENT_ASSERTION_TYPE),
+            client_assertion: text(METADATA_CLIENT_ASSERTION),
+            peer_is_loopback: request.remote_addr().is_some_and(|a| a.ip().is_loopback()),
+        };
+        let credentials = Credentials::from_presented(&presented).map_err(status)?;
+        let credentials = credentials.over(peer_certificate(request).map(Arc::new));
+        self.broker.authenticate(&credentials, rpc, now()).await.map_err(status)
     }
 }
 
@@ -200,7 +218,7 @@ impl TokenBroker for TokenBrokerService {
         request: Request<pb::ExchangeTokenRequest>,
     ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
         self.rpc("ExchangeToken", "tessera.v1.TokenBroker/ExchangeToken", request, async |request| {
-            let client = self.caller(&request, Rpc::Exchange)?;
+            let client = self.caller(&request, Rpc::Exchange).await?;
             let proof = self.dpop(request.metadata()).map_err(status)?;
             let certificate = peer_certificate(&request);
             let mut exchange: ExchangeRequest = request.into_inner().into();
@@ -218,7 +236,7 @@ impl TokenBroker for TokenBrokerService {
         request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
         self.rpc("Introspect", "tessera.v1.TokenBroker/Introspect", request, async |request| {
-            let client = self.caller(&request, Rpc::Introspect)?;
+            let client = self.caller(&request, Rpc::Introspect).await?;
             let token = Token::new(request.into_inner().token);
             Ok(self.broker.introspect(client, &token, now()).await.map_err(status)?.into())
         })
@@ -227,7 +245,7 @@ impl TokenBroker for TokenBrokerService {
 
     async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
         self.rpc("Revoke", "tessera.v1.TokenBroker/Revoke", request, async |request| {
-            let client = self.caller(&request, Rpc::Revoke)?;
+            let client = self.caller(&request, Rpc::Revoke).await?;
             let pb::RevokeRequest { target, reason } = request.into_inner();
             let target = target.ok_or_else(|| status(Error::invalid_request("a revocation target is required")))?;
             let revoked = self.broker.revoke(client, target.into(), &reason, now()).await.map_err(status)?;
@@ -238,7 +256,7 @@ impl TokenBroker for TokenBrokerService {
 
     async fn suspend(&self, request: Request<pb::SuspendRequest>) -> Result<Response<pb::SuspendResponse>, Status> {
         self.rpc("Suspend", "tessera.v1.TokenBroker/Suspend", request, async |request| {
-            let client = self.caller(&request, Rpc::Suspend)?;
+            let client = self.caller(&request, Rpc::Suspend).await?;
             let pb::SuspendRequest { target, duration_seconds, reason } = request.into_inner();
             let target = suspension_target(target.map(Into::into))?;
             let suspended =
@@ -250,7 +268,7 @@ impl TokenBroker for TokenBrokerService {
 
     async fn resume(&self, request: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
         self.rpc("Resume", "tessera.v1.TokenBroker/Resume", request, async |request| {
-            let client = self.caller(&request, Rpc::Suspend)?;
+            let client = self.caller(&request, Rpc::Suspend).await?;
             let pb::ResumeRequest { target, reason } = request.into_inner();
             let target = suspension_target(target.map(Into::into))?;
             let resumed = self.broker.resume(client, target, &reason, now()).await.map_err(status)?;

@@ -13,12 +13,12 @@
 
 use crate::audit::{AuditEvent, AuditSink};
 use crate::catalog::Catalog;
-use crate::client::Client;
+use crate::client::Caller;
 use crate::dpop::{self, DpopError, Proof};
 use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Issuers, Origin};
 use crate::metrics::Metrics;
-use crate::revocation::{Probe, Revocations};
+use crate::revocation::{Probe, Revocations, replayed_client_assertion, spent_client_assertion_key};
 use crate::secret::Token;
 use crate::token::AccessClaims;
 
@@ -62,34 +62,46 @@ pub struct Introspect<'a> {
 }
 
 impl Introspect<'_> {
-    /// Whether `token` is active as of `now`, for `client`. Every answer is an audit event.
-    pub async fn run(&self, client: &Client, token: &Token, now: u64) -> Result<Introspection> {
-        self.answer(client, token, None, now).await
+    /// Whether `token` is active as of `now`, for `caller`. Every answer is an audit event.
+    ///
+    /// A caller's client assertion is spent in the revocation lookup's round trip; when the answer is known
+    /// without a lookup (the token does not verify, or is not the caller's to introspect), in a round trip of
+    /// its own. A replay is `invalid_client`, whatever the token.
+    pub async fn run(&self, caller: &Caller<'_>, token: &Token, now: u64) -> Result<Introspection> {
+        self.answer(caller, token, None, now).await
     }
 
-    /// Whether `token`, presented to a resource as `presentation` says, is active as of `now`, for `client`
+    /// Whether `token`, presented to a resource as `presentation` says, is active as of `now`, for `caller`
     /// (the resource's gateway): as [`Introspect::run`], and a sender-constrained token must be presented with
     /// proof of its key. A presentation that does not prove it is `invalid_dpop_proof` (DPoP) or
     /// `invalid_grant` (a certificate-bound token without its certificate).
     pub async fn run_presented(
         &self,
-        client: &Client,
+        caller: &Caller<'_>,
         token: &Token,
         presentation: &Presentation,
         now: u64,
     ) -> Result<Introspection> {
-        self.answer(client, token, Some(presentation), now).await
+        self.answer(caller, token, Some(presentation), now).await
     }
 
     async fn answer(
         &self,
-        client: &Client,
+        caller: &Caller<'_>,
         token: &Token,
         presentation: Option<&Presentation>,
         now: u64,
     ) -> Result<Introspection> {
-        let outcome = self.decide(client, token, presentation, now).await;
-        self.audit.record(audit_event(&client.id, &outcome));
+        let mut spent = false;
+        let mut outcome = self.decide(caller, token, presentation, now, &mut spent).await;
+        // (A store that is down cannot spend it either: the answer is UNAVAILABLE already.)
+        if !spent
+            && !matches!(&outcome, Err(e) if e.code == ErrorCode::Unavailable)
+            && let Err(e) = self.revocations.spend_client_assertion(caller, now).await
+        {
+            outcome = Err(e);
+        }
+        self.audit.record(audit_event(&caller.client.id, &outcome));
         let result = match &outcome {
             Ok((Introspection::Active(_), _)) => "active",
             Ok((Introspection::Inactive, _)) => "inactive",
@@ -101,11 +113,13 @@ impl Introspect<'_> {
 
     async fn decide(
         &self,
-        client: &Client,
+        caller: &Caller<'_>,
         token: &Token,
         presentation: Option<&Presentation>,
         now: u64,
+        spent: &mut bool,
     ) -> Result<(Introspection, &'static str)> {
+        let client = caller.client;
         let claims = match self.issuers.verify(token.expose(), now).await {
             Ok(v) => match v.origin {
                 Origin::Broker(claims) => claims,
@@ -122,17 +136,26 @@ impl Introspect<'_> {
         };
         let mut probe = Probe::default();
         probe.token(&claims);
-        let (found, fresh) = match &proof {
-            None => (self.revocations.lookup(probe.keys(), now).await?, Vec::new()),
-            Some(proof) => {
-                let spend = [(proof.replay_key(), proof.until)];
-                self.revocations.lookup_and_spend(probe.keys(), &spend, now).await?
-            }
+        // The DPoP proof's marker, then the caller's client assertion's; with neither, a plain lookup (which a
+        // mirror answers from its own copy).
+        let mut spends: Vec<(String, u64)> = proof.iter().map(|p| (p.replay_key(), p.until)).collect();
+        let client_at = caller.assertion.as_ref().map(|once| {
+            spends.push((spent_client_assertion_key(once), once.until));
+            spends.len() - 1
+        });
+        let (found, fresh) = if spends.is_empty() {
+            (self.revocations.lookup(probe.keys(), now).await?, Vec::new())
+        } else {
+            self.revocations.lookup_and_spend(probe.keys(), &spends, now).await?
         };
+        *spent = true;
+        if client_at.is_some_and(|i| fresh.get(i) != Some(&true)) {
+            return Err(replayed_client_assertion());
+        }
         if probe.revoked(&found) {
             return Ok((Introspection::Inactive, "revoked"));
         }
-        if fresh.contains(&false) {
+        if proof.is_some() && fresh.first() != Some(&true) {
             return Err(Error::new(ErrorCode::InvalidDpopProof, "the DPoP proof has already been used (its jti)"));
         }
         Ok((Introspection::Active(claims), "active"))

@@ -56,7 +56,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         keyring,
         issuers: Arc::new(issuers),
         policy: config.policy,
-        clients: Clients::new(config.clients),
+        clients: Clients::new(config.clients).with_auth(config.client_auth),
         limits: config.limits,
         leeway: config.leeway,
         task_revocation_retention: config.task_revocation_retention,

@@ -1,5 +1,6 @@
 //! The client commands: `exchange`, `introspect` and `revoke` against a running broker over gRPC, with
-//! client credentials sent as HTTP Basic (form-urlencoded halves, RFC 6749 §2.3.1). Answers are JSON on
+//! client credentials sent as HTTP Basic (form-urlencoded halves, RFC 6749 §2.3.1), or a client assertion read
+//! from a file and sent in the `client-assertion-type` / `client-assertion` metadata. Answers are JSON on
 //! stdout; a refusal is an OAuth error document on stderr.
 
 use std::io::Read as _;
@@ -35,6 +36,14 @@ pub(super) struct ClientArgs {
     as_client: Option<String>,
     #[arg(long, env = "TESSERA_CLIENT_SECRET", hide_env_values = true)]
     client_secret: Option<String>,
+    /// A file holding a client assertion (a JWT) to authenticate with instead of a secret: `private_key_jwt`
+    /// or a SPIFFE JWT-SVID (--client-assertion-type). Sent as gRPC metadata with --as-client as `client-id`
+    /// when given. An assertion is good for one call: write a fresh one for each command.
+    #[arg(long, env = "TESSERA_CLIENT_ASSERTION_FILE", conflicts_with = "client_secret")]
+    client_assertion_file: Option<std::path::PathBuf>,
+    /// The kind of --client-assertion-file: `jwt-bearer` (private_key_jwt) or `jwt-spiffe` (a JWT-SVID).
+    #[arg(long, default_value = "jwt-bearer", value_parser = ["jwt-bearer", "jwt-spiffe"])]
+    client_assertion_type: String,
 }
 
 impl ClientArgs {
@@ -46,6 +55,25 @@ impl ClientArgs {
 
     fn request<T>(&self, message: T) -> Result<tonic::Request<T>, String> {
         let mut request = tonic::Request::new(message);
+        if let Some(file) = &self.client_assertion_file {
+            // Read from a file, not the command line, so the assertion is not in the process list.
+            let assertion = tessera::secret::Token::new(
+                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?.trim(),
+            );
+            let kind = match self.client_assertion_type.as_str() {
+                "jwt-spiffe" => tessera::client::ASSERTION_TYPE_JWT_SPIFFE,
+                _ => tessera::client::ASSERTION_TYPE_JWT_BEARER,
+            };
+            let metadata = request.metadata_mut();
+            let invalid = |what: &str| format!("the client assertion's {what} is not valid metadata");
+            metadata.insert(tessera::grpc::METADATA_CLIENT_ASSERTION_TYPE, kind.parse().map_err(|_| invalid("type"))?);
+            let value = assertion.expose().parse().map_err(|_| invalid("JWT"))?;
+            metadata.insert(tessera::grpc::METADATA_CLIENT_ASSERTION, value);
+            if let Some(id) = &self.as_client {
+                metadata.insert(tessera::grpc::METADATA_CLIENT_ID, id.parse().map_err(|_| invalid("client id"))?);
+            }
+            return Ok(request);
+        }
         if let (Some(id), Some(secret)) = (&self.as_client, &self.client_secret) {
             use base64::Engine as _;
             // RFC 6749 §2.3.1: each half is form-urlencoded before they are joined.

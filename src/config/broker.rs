@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::{MAX_ASSERTION_LIFETIME, Problems, is_https_like};
+use crate::client::{ClientSecrets, DEFAULT_CLIENT_ASSERTION_MAX_LIFETIME};
 use crate::exchange::Limits;
 
 /// Clock skew tolerated on tessera's own `nbf`/`iat`, by default, in seconds.
@@ -42,7 +43,14 @@ pub struct BrokerBuilder {
     pub task_revocation_retention: Option<u64>,
     /// Seconds after its `iat` a DPoP proof is still accepted (default 60, 1 to 600), plus `leeway`.
     pub dpop_max_age: Option<u64>,
+    /// Whether client secrets authenticate callers: `allowed` (default) or `forbidden`.
+    pub client_secrets: ClientSecrets,
+    /// The most seconds a client assertion's `exp` may be ahead of now (default 300, 10 to 3600).
+    pub client_assertion_max_lifetime: Option<u64>,
 }
+
+/// The bounds of `client_assertion_max_lifetime`: assertions are minted per request.
+const CLIENT_ASSERTION_LIFETIME_RANGE: std::ops::RangeInclusive<u64> = 10..=3600;
 
 /// The validated `[broker]` section.
 #[derive(Debug)]
@@ -53,6 +61,8 @@ pub(super) struct BrokerSection {
     pub(super) task_token_max_ttl: u64,
     pub(super) task_revocation_retention: u64,
     pub(super) dpop_max_age: u64,
+    pub(super) client_secrets: ClientSecrets,
+    pub(super) client_assertion_max_lifetime: u64,
 }
 
 impl BrokerBuilder {
@@ -87,7 +97,18 @@ impl BrokerBuilder {
         if !(1..=crate::dpop::MAX_MAX_AGE).contains(&dpop_max_age) {
             problems.push(format!("broker.dpop_max_age: must be between 1 and {} seconds", crate::dpop::MAX_MAX_AGE));
         }
+        let client_assertion_max_lifetime =
+            self.client_assertion_max_lifetime.unwrap_or(DEFAULT_CLIENT_ASSERTION_MAX_LIFETIME);
+        if !CLIENT_ASSERTION_LIFETIME_RANGE.contains(&client_assertion_max_lifetime) {
+            problems.push(format!(
+                "broker.client_assertion_max_lifetime: must be between {} and {} seconds",
+                CLIENT_ASSERTION_LIFETIME_RANGE.start(),
+                CLIENT_ASSERTION_LIFETIME_RANGE.end()
+            ));
+        }
         BrokerSection {
+            client_secrets: self.client_secrets,
+            client_assertion_max_lifetime,
             issuer,
             dpop_max_age,
             leeway,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use super::broker::MAX_LEEWAY;
 use super::{Context, MAX_ASSERTION_LIFETIME, Problems};
-use crate::issuer::{IssuerSpec, JwksSource};
+use crate::issuer::{IssuerSpec, JwksSource, UsedFor};
 use crate::token::jws::Algorithm;
 use crate::token::keys::{JwkSet, KeySet};
 
@@ -67,6 +67,8 @@ pub struct IssuerBuilder {
     pub jwks_bearer_token_file: Option<PathBuf>,
     /// Extra CA certificates (PEM) trusted for `jwks_url` (Kubernetes: the cluster CA).
     pub jwks_ca_file: Option<PathBuf>,
+    /// What its assertions are accepted as: `subject_tokens` (default), `client_assertions` or `both`.
+    pub used_for: UsedFor,
 }
 
 pub(super) fn build(
@@ -181,6 +183,12 @@ fn build_issuer(b: IssuerBuilder, cx: &Context<'_>, at: &str, problems: &mut Pro
             problems.push(format!("{at}: attributes.{tag}: `{pointer}` is not a JSON pointer (`/claim/field`)"));
         }
     }
+    if b.audience.is_some() && b.used_for == UsedFor::ClientAssertions {
+        problems.push(format!(
+            "{at}: `audience` has no effect with `used_for = \"client_assertions\"` (a client assertion's `aud` \
+             must name the broker)"
+        ));
+    }
     if b.audience.as_deref().is_some_and(str::is_empty) {
         problems.push(format!("{at}: `audience` is empty (leave it out to use broker.issuer)"));
     }
@@ -234,6 +242,7 @@ fn build_issuer(b: IssuerBuilder, cx: &Context<'_>, at: &str, problems: &mut Pro
         max_assertion_lifetime,
         jwks_bearer_token_file: b.jwks_bearer_token_file.map(|f| path(&f)),
         jwks_ca_pem,
+        used_for: b.used_for,
     };
     Some((spec, keys))
 }

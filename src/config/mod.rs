@@ -40,7 +40,7 @@ pub use telemetry::{TelemetryBuilder, TelemetryConfig};
 pub use tls::{DEFAULT_TLS_RELOAD_INTERVAL, TlsBuilder};
 
 use crate::catalog::Audience;
-use crate::client::Client;
+use crate::client::{Client, ClientAuth};
 pub use crate::exchange::Limits;
 use crate::issuer::IssuerSpec;
 use crate::policy::Policy;
@@ -109,6 +109,8 @@ pub struct Config {
     pub audiences: Vec<Audience>,
     /// The clients allowed to call the broker.
     pub clients: Vec<Client>,
+    /// How clients may authenticate: secrets allowed or not, and what client assertions are held to.
+    pub client_auth: ClientAuth,
     /// Forward-auth's routes.
     pub routes: Vec<crate::catalog::Route>,
     /// The Cedar policy, parsed and validated against the schema.
@@ -167,7 +169,8 @@ impl ConfigBuilder {
         let policy = self.policy.build(&cx, &mut problems);
         let issuers = issuers::build(self.issuers, &cx, &mut problems);
         let audiences = audiences::build(self.audiences, &cx, &mut problems);
-        let clients = clients::build(self.clients, &audiences, &mut problems);
+        let client_auth = ClientAuth::new(&broker.issuer, broker.client_secrets, broker.client_assertion_max_lifetime);
+        let clients = clients::build(self.clients, &audiences, &issuers, client_auth.secrets, &mut problems);
         let routes = routes::build(self.routes, &audiences, &mut problems);
         let store = self.store.build(&mut problems);
         let tls = self.tls.build(&cx, &mut problems);
@@ -190,6 +193,7 @@ impl ConfigBuilder {
                 issuers,
                 audiences,
                 clients,
+                client_auth,
                 routes,
                 policy,
                 store,
@@ -245,6 +249,109 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+    }
+
+    fn problems(toml: &str) -> String {
+        let builder: ConfigBuilder = Figment::new().merge(Toml::string(toml)).extract().unwrap();
+        builder.build(Path::new(".")).unwrap_err().0.join("\n")
+    }
+
+    const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","alg":"EdDSA","kid":"k"}]}"#;
+
+    #[test]
+    fn client_assertions_need_an_issuer_that_accepts_them() {
+        let all = problems(&format!(
+            r#"
+            [broker]
+            issuer = "https://tessera.test"
+            client_assertion_max_lifetime = 5
+            [[issuers]]
+            name = "orch-key"
+            issuer = "orch"
+            jwks_inline = '{JWKS}'
+            [[issuers]]
+            name = "wrong-iss"
+            issuer = "someone-else"
+            jwks_inline = '{JWKS}'
+            used_for = "client_assertions"
+            [[issuers]]
+            name = "spiffe"
+            spiffe_trust_domain = "td.example"
+            jwks_inline = '{JWKS}'
+            [[issuers]]
+            name = "with-audience"
+            issuer = "x"
+            jwks_inline = '{JWKS}'
+            used_for = "client_assertions"
+            audience = "https://tessera.test"
+            [[clients]]
+            id = "orch"
+            assertion_issuer = "orch-key"
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "other"
+            assertion_issuer = "wrong-iss"
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "ghost"
+            assertion_issuer = "nobody"
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "svid"
+            spiffe_ids = ["spiffe://td.example/a", "spiffe://elsewhere.example/b", "not-a-spiffe-id", "spiffe://td.example"]
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "svid2"
+            spiffe_ids = ["spiffe://td.example/a"]
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "nothing"
+            rpcs = ["exchange"]
+            "#
+        ));
+        for expected in [
+            "broker.client_assertion_max_lifetime",
+            "clients[0] (orch): `assertion_issuer` `orch-key` does not accept client assertions",
+            "clients[1] (other): `assertion_issuer` `wrong-iss` must have `issuer` = the client id",
+            "clients[2] (ghost): `assertion_issuer` names `nobody`, which is not an issuer",
+            "clients[3] (svid): `spiffe_ids`: the issuer of `spiffe://td.example/a` (`spiffe`) does not accept",
+            "clients[3] (svid): `spiffe_ids`: no issuer holds the trust domain of `spiffe://elsewhere.example/b`",
+            "clients[3] (svid): `spiffe_ids`: `not-a-spiffe-id` is not a SPIFFE ID",
+            "clients[3] (svid): `spiffe_ids`: `spiffe://td.example` is not a SPIFFE ID",
+            "clients[4] (svid2): `spiffe_ids`: `spiffe://td.example/a` names more than one client",
+            "clients[5] (nothing): needs a way to authenticate",
+            "issuers[3] (with-audience): `audience` has no effect",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn forbidden_secrets_refuse_every_client_secret_at_load() {
+        let all = problems(
+            r#"
+            [broker]
+            issuer = "https://tessera.test"
+            client_secrets = "forbidden"
+            [[clients]]
+            id = "a"
+            secret_sha256 = "0000000000000000000000000000000000000000000000000000000000000001"
+            rpcs = ["exchange"]
+            [[clients]]
+            id = "b"
+            secret_sha256 = "0000000000000000000000000000000000000000000000000000000000000002"
+            rpcs = ["introspect"]
+            "#,
+        );
+        for at in ["clients[0] (a)", "clients[1] (b)"] {
+            assert!(
+                all.contains(&format!("{at}: has `secret_sha256`, but broker.client_secrets = \"forbidden\"")),
+                "{all}"
+            );
+        }
+        let typo: Result<ConfigBuilder, _> =
+            Figment::new().merge(Toml::string("[broker]\nclient_secrets = \"maybe\"")).extract();
+        assert!(typo.is_err(), "only allowed or forbidden");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   `X-Tessera-*` response headers for the upstream; 401 with an RFC 6750 `WWW-Authenticate` challenge that
 //!   carries `resource_metadata` (RFC 9728, what MCP clients follow) when there is no active token for the
 //!   audience; 403 `insufficient_scope` naming every scope the route needs. The gateway authenticates as an
-//!   introspecting client with `X-Tessera-Client-Authorization: Basic …` (or is the loopback client); anything
+//!   introspecting client with `X-Tessera-Client-Authorization: Basic …` (or is the loopback client: a
+//!   gateway's static configuration cannot mint a single-use client assertion per request, so with
+//!   `broker.client_secrets = "forbidden"` only the loopback client, or later mTLS, is left to it); anything
 //!   that is not the caller's fault (the gateway's credentials or configuration, a store outage) is a 5xx,
 //!   which gateways treat as an error: closed.
 //!

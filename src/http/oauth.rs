@@ -11,11 +11,13 @@
 //! - `POST /oauth2/suspend` and `/oauth2/resume`: the kill switch for a principal or a client (operators);
 //! - `GET /.well-known/jwks.json` (RFC 7517) and `GET /.well-known/oauth-authorization-server` (RFC 8414).
 //!
-//! Clients authenticate with `client_secret_basic` or `client_secret_post` (RFC 6749 §2.3.1), never both; the
-//! loopback client of dev mode needs neither. Errors are RFC 6749 §5.2 JSON with the status their code names
-//! ([`ErrorCode::http_status`]): 401 with `WWW-Authenticate` for a client that failed to authenticate, 429
-//! with `Retry-After` (when the limit admits again) for an exchange over a rate limit, 503 with `Retry-After`
-//! when the revocation store is down.
+//! Clients authenticate with `client_secret_basic` or `client_secret_post` (RFC 6749 §2.3.1, unless the config
+//! forbids secrets), a client assertion (`client_assertion_type` and `client_assertion`, RFC 7521 §4.2:
+//! `private_key_jwt` or a SPIFFE JWT-SVID) or, over mTLS, their certificate — never two methods naming
+//! different clients; the loopback client of dev mode needs none. Errors are RFC 6749 §5.2 JSON with the
+//! status their code names ([`ErrorCode::http_status`]): 401 with `WWW-Authenticate` for a client that failed
+//! to authenticate, 429 with `Retry-After` (when the limit admits again) for an exchange over a rate limit,
+//! 503 with `Retry-After` when the revocation store is down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,14 +32,14 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::broker::Broker;
-use crate::client::{Client, Credentials, PeerCertificate, Rpc};
+use crate::client::{Caller, Credentials, PeerCertificate, Presented, Rpc};
 use crate::clock::{now, now_ms};
 use crate::dpop;
 use crate::error::{Error, ErrorCode};
 use crate::exchange::{ExchangeRequest, GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::introspect::Introspection;
 use crate::revocation::{RevokeRequest, SuspendRequest};
-use crate::secret::{ClientSecret, Token};
+use crate::secret::Token;
 use crate::token::Actor;
 
 /// RFC 9701: the `typ` of a signed introspection response, and its media type.
@@ -135,36 +137,31 @@ impl Form {
     }
 }
 
-/// Who is calling: `client_secret_basic` or `client_secret_post`, never both (RFC 6749 §2.3.1), or the
-/// loopback client.
-fn caller<'b>(
+/// Who is calling: `client_secret_basic`, `client_secret_post`, or a client assertion (`client_assertion_type`
+/// and `client_assertion`, with an optional `client_id` that must then name the same client: `private_key_jwt`,
+/// RFC 7523 §2.2, or a SPIFFE JWT-SVID), never two at once (RFC 6749 §2.3); or the loopback client. The
+/// assertion is verified here, before any work; the operation spends it.
+async fn caller<'b>(
     broker: &'b Broker,
     headers: &HeaderMap,
     form: &Form,
     Peer(peer, certificate): &Peer,
     rpc: Rpc,
-) -> Result<&'b Client, Error> {
-    let loopback = peer.ip().is_loopback();
+) -> Result<Caller<'b>, Error> {
     let authorization = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| Error::new(ErrorCode::InvalidClient, "malformed client credentials"))?),
     };
-    let posted = (form.one("client_id")?, form.one("client_secret")?);
-    let credentials = match (authorization, posted) {
-        (Some(_), (Some(_), _) | (_, Some(_))) => {
-            return Err(Error::invalid_request("use one client authentication method, not two"));
-        }
-        (Some(_), _) => Credentials::from_authorization(authorization, loopback)?,
-        (None, (Some(id), Some(secret))) => Credentials {
-            basic: Some((id.to_string(), ClientSecret::new(secret))),
-            peer_is_loopback: loopback,
-            certificate: None,
-        },
-        (None, (Some(_), None)) => return Err(Error::new(ErrorCode::InvalidClient, "client authentication failed")),
-        (None, (None, Some(_))) => return Err(Error::invalid_request("client_secret without client_id")),
-        (None, (None, None)) => Credentials { basic: None, peer_is_loopback: loopback, certificate: None },
+    let presented = Presented {
+        authorization,
+        client_id: form.one("client_id")?,
+        client_secret: form.one("client_secret")?,
+        client_assertion_type: form.one("client_assertion_type")?,
+        client_assertion: form.one("client_assertion")?,
+        peer_is_loopback: peer.ip().is_loopback(),
     };
-    broker.clients().authenticate(&credentials.over(certificate.clone()), rpc)
+    let credentials = Credentials::from_presented(&presented)?.over(certificate.clone());
+    broker.authenticate(&credentials, rpc, now()).await
 }
 
 /// The body, or `invalid_request` when it could not be read (larger than the limit, or cut short).
@@ -251,7 +248,7 @@ pub(super) fn dpop_header(headers: &HeaderMap, htm: &str, htu: String) -> Result
 
 async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: &Peer) -> Result<Value, Error> {
     let form = Form::parse(headers, body)?;
-    let client = caller(broker, headers, &form, peer, Rpc::Exchange)?;
+    let client = caller(broker, headers, &form, peer, Rpc::Exchange).await?;
     // RFC 9449 §5: the proof names the token endpoint as the broker publishes it (RFC 8414 `token_endpoint`).
     let proof = dpop_header(headers, "POST", dpop::token_endpoint(broker.broker_issuer()))?;
     let mut request = match form.one("grant_type")? {
@@ -314,8 +311,8 @@ async fn introspect(
     let mut audience = String::new();
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, &peer, Rpc::Introspect)?;
-        audience.clone_from(&client.id);
+        let client = caller(&broker, &headers, &form, &peer, Rpc::Introspect).await?;
+        audience.clone_from(&client.client.id);
         form.one("token_type_hint")?;
         let token = Token::new(form.one("token")?.ok_or_else(|| Error::invalid_request("token is required"))?);
         Ok(match broker.introspect(client, &token, now()).await? {
@@ -397,7 +394,7 @@ async fn revoke(
 ) -> Response {
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, &peer, Rpc::Revoke)?;
+        let client = caller(&broker, &headers, &form, &peer, Rpc::Revoke).await?;
         form.one("token_type_hint")?;
         let reason = form.text("reason")?;
         let targets = [
@@ -446,7 +443,7 @@ async fn suspend(
 ) -> Response {
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, &peer, Rpc::Suspend)?;
+        let client = caller(&broker, &headers, &form, &peer, Rpc::Suspend).await?;
         let duration = match form.one("duration_seconds")? {
             None => 0,
             Some(d) => d.parse().map_err(|_| Error::invalid_request("duration_seconds is a number of seconds"))?,
@@ -467,7 +464,7 @@ async fn resume(
 ) -> Response {
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, &peer, Rpc::Suspend)?;
+        let client = caller(&broker, &headers, &form, &peer, Rpc::Suspend).await?;
         let resumed = broker.resume(client, suspension_target(&form)?, &form.text("reason")?, now()).await?;
         Ok(json!({ "resumed": resumed.kind() }))
     }
@@ -491,7 +488,8 @@ async fn jwks(State(broker): State<Arc<Broker>>) -> Response {
 /// RFC 8414: exactly what this broker supports, every URL under its issuer.
 async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
     let issuer = broker.broker_issuer().trim_end_matches('/');
-    let auth_methods = ["client_secret_basic", "client_secret_post"];
+    let auth_methods = auth_methods(broker.clients());
+    let signing_algs = broker.issuers().client_assertion_algorithms();
     let body = json!({
         "issuer": broker.broker_issuer(),
         "token_endpoint": format!("{issuer}/oauth2/token"),
@@ -508,7 +506,37 @@ async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
         // RFC 9449 §5.1.
         "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
     });
+    // RFC 8414 §2: the signing algorithms go with the JWT-based methods (required with `private_key_jwt`), so
+    // they are listed only when one is accepted.
+    let mut body = body;
+    if auth_methods.iter().any(|m| *m == "private_key_jwt" || *m == AUTH_METHOD_SPIFFE_JWT) && !signing_algs.is_empty()
+    {
+        for endpoint in ["token", "introspection", "revocation"] {
+            body[format!("{endpoint}_endpoint_auth_signing_alg_values_supported")] = json!(signing_algs);
+        }
+    }
     (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// The RFC 8414 name of SPIFFE JWT-SVID client authentication, as tessera lists it (the SPIFFE client-auth
+/// draft's `client_assertion_type` is [`crate::client::ASSERTION_TYPE_JWT_SPIFFE`]; no method name is registered yet).
+pub const AUTH_METHOD_SPIFFE_JWT: &str = "spiffe_jwt";
+
+/// The client authentication methods this configuration accepts, as RFC 8414 names them: the secret methods
+/// unless `broker.client_secrets` forbids them, `private_key_jwt` when a client has an `assertion_issuer`,
+/// [`AUTH_METHOD_SPIFFE_JWT`] when a client has `spiffe_ids`.
+fn auth_methods(clients: &crate::client::Clients) -> Vec<&'static str> {
+    let mut methods = Vec::new();
+    if clients.auth().secrets == crate::client::ClientSecrets::Allowed {
+        methods.extend(["client_secret_basic", "client_secret_post"]);
+    }
+    if clients.iter().any(|c| c.assertion_issuer().is_some()) {
+        methods.push("private_key_jwt");
+    }
+    if clients.iter().any(|c| !c.spiffe_ids().is_empty()) {
+        methods.push(AUTH_METHOD_SPIFFE_JWT);
+    }
+    methods
 }
 
 #[cfg(test)]

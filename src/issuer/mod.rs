@@ -41,6 +41,34 @@ pub enum JwksSource {
     Url(String),
 }
 
+/// What an issuer's assertions are accepted as (`used_for` in the config).
+///
+/// Kept apart because an issuer entry that only vouches for a client's own key (`private_key_jwt`: `iss` is
+/// the client id) must not also let that client mint subject tokens for any `sub` it likes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsedFor {
+    /// `subject_token` and `actor_token` of an exchange (the default).
+    #[default]
+    SubjectTokens,
+    /// Client assertions only (RFC 7523 §2.2 `private_key_jwt`, SPIFFE JWT-SVID client authentication).
+    ClientAssertions,
+    /// Both.
+    Both,
+}
+
+impl UsedFor {
+    /// Whether subject and actor tokens of this issuer are accepted.
+    pub fn subject_tokens(self) -> bool {
+        matches!(self, UsedFor::SubjectTokens | UsedFor::Both)
+    }
+
+    /// Whether client assertions of this issuer are accepted.
+    pub fn client_assertions(self) -> bool {
+        matches!(self, UsedFor::ClientAssertions | UsedFor::Both)
+    }
+}
+
 /// One trusted upstream issuer, as validated from the config.
 #[derive(Clone, Debug)]
 pub struct IssuerSpec {
@@ -79,6 +107,8 @@ pub struct IssuerSpec {
     pub jwks_bearer_token_file: Option<PathBuf>,
     /// Extra trusted CA certificates (PEM) for `jwks_url`, such as the cluster CA.
     pub jwks_ca_pem: Option<Vec<u8>>,
+    /// Whether its assertions are accepted as subject/actor tokens, as client assertions, or both.
+    pub used_for: UsedFor,
 }
 
 impl IssuerSpec {
@@ -192,6 +222,26 @@ pub struct SingleUse {
     pub jti: String,
     /// Unix seconds: the assertion's `exp` plus the issuer's leeway, after which it cannot be replayed anyway.
     pub until: u64,
+}
+
+/// What a client assertion is held to beyond its issuer's keys, algorithms and leeway (RFC 7523 §3).
+#[derive(Clone, Copy, Debug)]
+pub struct AssertionRules<'a> {
+    /// The values one of which its `aud` must contain: the broker's issuer and its token endpoint URL.
+    pub audiences: &'a [String],
+    /// The most seconds its `exp` may be ahead of now (and of its `iat`).
+    pub max_lifetime: u64,
+}
+
+/// A verified client assertion: whom it names, and the marker that spends it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAssertionClaims {
+    /// Its `iss`, when it has one (a JWT-SVID may not).
+    pub iss: Option<String>,
+    /// Its `sub`: the client id (`private_key_jwt`) or the SPIFFE ID (JWT-SVID).
+    pub sub: String,
+    /// Spends it: client assertions are always single use.
+    pub spend: SingleUse,
 }
 
 /// A verified assertion: its principal and the claims exchange needs.
@@ -373,22 +423,11 @@ impl Issuers {
         }
         let up = self.route(iss, &claims).ok_or(TokenError::UnknownIssuer)?;
         let spec = &up.spec;
-        if token.len() > spec.max_token_bytes {
-            return Err(JwsError::Oversized(spec.max_token_bytes).into());
+        // An issuer kept for client assertions vouches for no subject.
+        if !spec.used_for.subject_tokens() {
+            return Err(TokenError::UnknownIssuer);
         }
-        if !spec.algorithms.contains(&parsed.alg) {
-            return Err(JwsError::AlgorithmNotAllowed.into());
-        }
-        let kid = parsed.header.kid.as_deref();
-        let mut keys = up.keys();
-        if keys.find(kid, parsed.alg).is_none()
-            && let Some(kid) = kid
-        {
-            self.reload_for_unknown_kid(up, kid).await;
-            keys = up.keys();
-        }
-        let key = keys.find(kid, parsed.alg).ok_or(TokenError::UnknownKey)?;
-        parsed.verify(key)?;
+        self.check_signature(up, &parsed, token.len()).await?;
         let exp = check_times(&claims, now, spec.leeway, spec.leeway)?;
         let iat = claims.get("iat").and_then(Value::as_u64);
         if exp.saturating_sub(now) > spec.max_assertion_lifetime
@@ -451,6 +490,122 @@ impl Issuers {
             iat,
             scopes: scopes(&claims)?,
             may_act,
+        })
+    }
+
+    /// Checks an assertion against its issuer's size limit and algorithms, finds the key (reloading the set
+    /// once on an unknown `kid`) and verifies the signature: the one signature check of every upstream JWT,
+    /// subject token or client assertion.
+    async fn check_signature(&self, up: &Upstream, parsed: &jws::Unverified<'_>, len: usize) -> Result<(), TokenError> {
+        let spec = &up.spec;
+        if len > spec.max_token_bytes {
+            return Err(JwsError::Oversized(spec.max_token_bytes).into());
+        }
+        if !spec.algorithms.contains(&parsed.alg) {
+            return Err(JwsError::AlgorithmNotAllowed.into());
+        }
+        let kid = parsed.header.kid.as_deref();
+        let mut keys = up.keys();
+        if keys.find(kid, parsed.alg).is_none()
+            && let Some(kid) = kid
+        {
+            self.reload_for_unknown_kid(up, kid).await;
+            keys = up.keys();
+        }
+        let key = keys.find(kid, parsed.alg).ok_or(TokenError::UnknownKey)?;
+        parsed.verify(key)?;
+        Ok(())
+    }
+
+    /// The `iss` and `sub` a client assertion claims, read before it is verified, only to find which client
+    /// it claims to be (and so which issuer's keys must verify it). Nothing read here is trusted.
+    pub fn peek_client_assertion(&self, token: &str) -> Result<(Option<String>, Option<String>), TokenError> {
+        let parsed = jws::parse(token, self.max_token_bytes)?;
+        let claims: Map<String, Value> =
+            serde_json::from_slice(&parsed.payload).map_err(|_| JwsError::MalformedClaims)?;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
+        Ok((text("iss"), text("sub")))
+    }
+
+    /// The name of the issuer that holds the trust domain of a SPIFFE ID, when one is configured.
+    pub fn spiffe_issuer(&self, spiffe_id: &str) -> Option<&str> {
+        let domain = spiffe_id.strip_prefix("spiffe://")?.split('/').next()?;
+        let index = *self.by_trust_domain.get(domain)?;
+        self.upstream.get(index).map(|u| u.spec.name.as_str())
+    }
+
+    /// The `alg` values client assertions may be signed with: those of every issuer that accepts them.
+    pub fn client_assertion_algorithms(&self) -> Vec<&'static str> {
+        let mut algs: Vec<&'static str> = self
+            .upstream
+            .iter()
+            .filter(|u| u.spec.used_for.client_assertions())
+            .flat_map(|u| u.spec.algorithms.iter().map(|a| a.as_str()))
+            .collect();
+        algs.sort_unstable();
+        algs.dedup();
+        algs
+    }
+
+    /// Verifies a client assertion (RFC 7523 §3) with the keys of the issuer named `issuer`, as of `now`:
+    /// the signature (through the same check as every upstream JWT), `iss` (that issuer's, or none for a
+    /// JWT-SVID of its trust domain), `exp` (required, with the issuer's leeway, and at most
+    /// `rules.max_lifetime` ahead), `nbf`/`iat`, an `aud` naming the broker, `sub`, and `jti` (required: every
+    /// client assertion is single use).
+    pub async fn verify_client_assertion(
+        &self,
+        token: &str,
+        issuer: &str,
+        rules: &AssertionRules<'_>,
+        now: u64,
+    ) -> Result<ClientAssertionClaims, TokenError> {
+        let up = self.upstream.iter().find(|u| u.spec.name == issuer).ok_or(TokenError::UnknownIssuer)?;
+        let spec = &up.spec;
+        if !spec.used_for.client_assertions() {
+            return Err(TokenError::UnknownIssuer);
+        }
+        let parsed = jws::parse(token, spec.max_token_bytes)?;
+        let claims: Map<String, Value> =
+            serde_json::from_slice(&parsed.payload).map_err(|_| JwsError::MalformedClaims)?;
+        let iss = match claims.get("iss") {
+            None => None,
+            Some(v) => Some(v.as_str().ok_or(TokenError::MissingClaim("iss"))?),
+        };
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| is_revocable_name(s))
+            .ok_or(TokenError::MissingClaim("sub"))?;
+        let routed = match (iss, &spec.issuer, &spec.spiffe_trust_domain) {
+            (Some(iss), Some(expected), _) => iss == expected,
+            // A JWT-SVID without `iss`: its `sub` must be in the issuer's trust domain.
+            (None, _, Some(td)) => {
+                sub.strip_prefix("spiffe://").and_then(|rest| rest.split('/').next()) == Some(td.as_str())
+            }
+            _ => false,
+        };
+        if !routed {
+            return Err(TokenError::UnknownIssuer);
+        }
+        self.check_signature(up, &parsed, token.len()).await?;
+        let exp = check_times(&claims, now, spec.leeway, spec.leeway)?;
+        let max_lifetime = rules.max_lifetime.min(spec.max_assertion_lifetime);
+        let iat = claims.get("iat").and_then(Value::as_u64);
+        if exp.saturating_sub(now) > max_lifetime || iat.is_some_and(|iat| exp.saturating_sub(iat) > max_lifetime) {
+            return Err(TokenError::TooLongLived);
+        }
+        if !audiences(&claims).any(|a| rules.audiences.iter().any(|accepted| accepted == a)) {
+            return Err(TokenError::WrongAudience);
+        }
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or(TokenError::MissingClaim("jti"))?;
+        Ok(ClientAssertionClaims {
+            iss: iss.map(str::to_string),
+            sub: sub.to_string(),
+            spend: SingleUse { issuer: spec.id(), jti: jti.to_string(), until: exp.saturating_add(spec.leeway) },
         })
     }
 

@@ -16,9 +16,9 @@ use std::pin::Pin;
 
 use crate::audit::{AuditEvent, AuditSink};
 use crate::catalog::Catalog;
-use crate::client::Client;
+use crate::client::Caller;
 use crate::error::{Error, ErrorCode, Result};
-use crate::issuer::{Issuers, Origin};
+use crate::issuer::{Issuers, Origin, SingleUse};
 use crate::metrics::Metrics;
 use crate::policy::Principal;
 use crate::ratelimit::{Limit, Throttled};
@@ -236,6 +236,17 @@ pub fn spent_key(issuer: &str, jti: &str) -> String {
     format!("{{tessera}}:used:{}:{issuer}{jti}", issuer.len())
 }
 
+/// The spend marker of a client assertion: a namespace of its own, so a JWT-SVID can authenticate a client
+/// once and, in the same request, be that workload's subject token (whose issuer may be `single_use` too).
+pub fn spent_client_assertion_key(once: &SingleUse) -> String {
+    format!("{{tessera}}:used-client:{}:{}{}", once.issuer.len(), once.issuer, once.jti)
+}
+
+/// The error of a replayed client assertion: the caller did not authenticate.
+pub fn replayed_client_assertion() -> Error {
+    Error::new(ErrorCode::InvalidClient, "client authentication failed: the client_assertion has already been used")
+}
+
 /// The revocation keys that could apply to one or more tokens, and how each is judged: `None` applies
 /// whenever present; `Some(iat)` applies when the revocation happened at or after `iat`.
 #[derive(Debug, Default)]
@@ -423,6 +434,20 @@ impl Revocations<'_> {
         Ok(result?)
     }
 
+    /// Spends the caller's client assertion, when it has one, in a round trip of its own: for an operation
+    /// that makes no lookup it could join (revocations, suspensions), or one refused before its lookup (so
+    /// an assertion is spent by every request it authenticated, whatever the outcome). A replay is
+    /// `invalid_client`.
+    pub async fn spend_client_assertion(&self, caller: &Caller<'_>, now: u64) -> Result<()> {
+        let Some(once) = &caller.assertion else { return Ok(()) };
+        let spend = [(spent_client_assertion_key(once), once.until)];
+        let (_, fresh) = self.lookup_and_spend(&[], &spend, now).await?;
+        if fresh.first() != Some(&true) {
+            return Err(replayed_client_assertion());
+        }
+        Ok(())
+    }
+
     /// Records revocations.
     #[tracing::instrument(name = "store.revoke", skip_all)]
     pub async fn revoke(&self, entries: &[Entry], now: u64) -> Result<()> {
@@ -472,9 +497,15 @@ impl Revoke<'_> {
     }
 
     /// Records a revocation; returns once the store acknowledged it. Idempotent.
-    pub async fn run(&self, client: &Client, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
-        let outcome = self.decide(request, reason, now).await;
-        self.audit.record(audit_event(&client.id, reason, &outcome));
+    ///
+    /// A caller's client assertion is spent first, in a round trip of its own (the write is the only other one,
+    /// and a write cannot be undone for a replay), so a replayed assertion changes nothing.
+    pub async fn run(&self, caller: &Caller<'_>, request: RevokeRequest, reason: &str, now: u64) -> Result<Revoked> {
+        let outcome = match self.revocations.spend_client_assertion(caller, now).await {
+            Ok(()) => self.decide(request, reason, now).await,
+            Err(e) => Err(e),
+        };
+        self.audit.record(audit_event(&caller.client.id, reason, &outcome));
         let (kind, result) = match &outcome {
             Ok(r) => (r.target.kind(), "revoked"),
             Err(e) if e.code == ErrorCode::Unavailable => ("", "error"),
@@ -542,15 +573,17 @@ impl Revoke<'_> {
 
     /// The kill switch: marks `request`'s principal or client suspended for `duration` seconds (0: a day) and, in
     /// the same store call, revokes every token it has up to now (and so everything derived from them).
+    /// A caller's client assertion is spent first (see [`Revoke::run`]).
     pub async fn suspend(
         &self,
-        client: &Client,
+        caller: &Caller<'_>,
         request: SuspendRequest,
         duration: u64,
         reason: &str,
         now: u64,
     ) -> Result<Suspended> {
         let outcome = async {
+            self.revocations.spend_client_assertion(caller, now).await?;
             let target = self.suspendable(request, reason)?;
             let duration = if duration == 0 { DEFAULT_SUSPENSION } else { duration };
             if duration > MAX_SUSPENSION {
@@ -569,22 +602,24 @@ impl Revoke<'_> {
         .await;
         self.audit.record(suspension_event(
             "suspend",
-            &client.id,
+            &caller.client.id,
             reason,
             outcome.as_ref().map(|s| (&s.target, s.until)),
         ));
         outcome
     }
 
-    /// Lifts a suspension (if any): new exchanges work again; what it revoked stays revoked.
+    /// Lifts a suspension (if any): new exchanges work again; what it revoked stays revoked. A caller's
+    /// client assertion is spent first (see [`Revoke::run`]).
     pub async fn resume(
         &self,
-        client: &Client,
+        caller: &Caller<'_>,
         request: SuspendRequest,
         reason: &str,
         now: u64,
     ) -> Result<Suspendable> {
         let outcome = async {
+            self.revocations.spend_client_assertion(caller, now).await?;
             let target = self.suspendable(request, reason)?;
             let start = std::time::Instant::now();
             let lifted = self.revocations.store.lift(std::slice::from_ref(&target.key()), now).await;
@@ -593,7 +628,7 @@ impl Revoke<'_> {
             Ok(target)
         }
         .await;
-        self.audit.record(suspension_event("resume", &client.id, reason, outcome.as_ref().map(|t| (t, 0))));
+        self.audit.record(suspension_event("resume", &caller.client.id, reason, outcome.as_ref().map(|t| (t, 0))));
         outcome
     }
 }

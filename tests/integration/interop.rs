@@ -4,6 +4,8 @@
 //! against the `jwks_uri` of the RFC 8414 metadata (tests/interop/node/verify.mjs), and making DPoP proofs the
 //! broker binds tokens to and forward-auth checks (tests/interop/node/dpop.mjs); and an MCP server built with
 //! the official MCP Python SDK, validating tokens through tessera's introspection (tests/interop/mcp_interop.py).
+//! authlib's `private_key_jwt` client assertions (tests/interop/client_assertion_interop.py) run from
+//! `client_auth.rs`, next to the client keys and JWKS servers they need.
 
 use crate::support::*;
 

@@ -6,6 +6,7 @@
 mod attacks;
 mod bad_input;
 mod cli;
+mod client_auth;
 mod delegation;
 mod docs;
 mod dpop;

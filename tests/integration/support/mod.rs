@@ -185,6 +185,7 @@ pub struct TestBrokerBuilder {
     issuers_toml: Option<String>,
     /// Whether the `local` client is the loopback caller without credentials (true unless turned off).
     loopback_client: bool,
+    clients_toml: Option<String>,
 }
 
 pub struct TestBroker {
@@ -205,6 +206,7 @@ impl TestBroker {
             policy: std::fs::read_to_string(fixtures().join("policy.cedar")).unwrap(),
             issuers_toml: None,
             loopback_client: true,
+            clients_toml: None,
         }
     }
 
@@ -248,8 +250,31 @@ pub fn shared_signing_key() -> String {
 
 /// The anonymous loopback client of `broker`.
 pub fn local_client(broker: &Broker) -> Client {
-    let credentials = Credentials { basic: None, peer_is_loopback: true, ..Credentials::default() };
+    let credentials = Credentials { peer_is_loopback: true, ..Credentials::default() };
     broker.clients().authenticate(&credentials, Rpc::Exchange).expect("loopback client").clone()
+}
+
+/// The default clients: `orchestrator` (exchange) and `gateway` (introspect) with the test secret, and the
+/// loopback client `local` (every RPC).
+pub fn default_clients_toml(secret_sha256: &str) -> String {
+    format!(
+        r#"
+[[clients]]
+id = "orchestrator"
+secret_sha256 = "{secret_sha256}"
+rpcs = ["exchange"]
+
+[[clients]]
+id = "local"
+loopback_anonymous = true
+rpcs = ["exchange", "introspect", "revoke", "suspend"]
+
+[[clients]]
+id = "gateway"
+secret_sha256 = "{secret_sha256}"
+rpcs = ["introspect"]
+"#
+    )
 }
 
 pub fn default_issuers_toml() -> String {
@@ -342,6 +367,12 @@ impl TestBrokerBuilder {
         self
     }
 
+    /// Replaces the default clients (orchestrator and gateway with the test secret, the loopback `local`).
+    pub fn clients_toml(mut self, toml: &str) -> Self {
+        self.clients_toml = Some(toml.to_string());
+        self
+    }
+
     /// Writes the config file (with a fresh signing key) into a new folder, without starting anything.
     pub fn write_config(&self) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -375,31 +406,21 @@ id = "{OTHER}"
 scopes = ["other:read"]
 max_ttl = 120
 
-[[clients]]
-id = "orchestrator"
-secret_sha256 = "{secret_sha256}"
-rpcs = ["exchange"]
-
-[[clients]]
-id = "local"
-{local_auth}
-rpcs = ["exchange", "introspect", "revoke", "suspend"]
-
-[[clients]]
-id = "gateway"
-secret_sha256 = "{secret_sha256}"
-rpcs = ["introspect"]
+{clients}
 {issuers}
 {extra}
 "#,
             broker = self.broker_toml,
             issuers = self.issuers_toml.clone().unwrap_or_else(default_issuers_toml),
+            clients = self.clients_toml.clone().unwrap_or_else(|| {
+                let clients = default_clients_toml(&secret_sha256);
+                if self.loopback_client {
+                    clients
+                } else {
+                    clients.replace("loopback_anonymous = true", &format!("secret_sha256 = \"{secret_sha256}\""))
+                }
+            }),
             extra = self.extra_toml,
-            local_auth = if self.loopback_client {
-                "loopback_anonymous = true".to_string()
-            } else {
-                format!("secret_sha256 = \"{secret_sha256}\"")
-            },
         );
         std::fs::write(dir.path().join("tessera.toml"), config).unwrap();
         dir
