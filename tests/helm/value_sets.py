@@ -202,7 +202,7 @@ def tls_mtls_optional(keys) -> dict[str, Any]:
             "clients": [
                 {"id": "orchestrator", "rpcs": ["exchange"], "tls_identities": ["spiffe://agents.example.org/ns/agents/sa/orchestrator"]},
                 {"id": "gateway", "rpcs": ["introspect"], "tls_identities": ["gateway.ingress.svc", "spiffe://agents.example.org/ns/ingress/sa/gateway"]},
-                {"id": "secops", "secret_sha256": SECRET_SHA256, "rpcs": ["revoke"]},
+                {"id": "secops", "secret_sha256": SECRET_SHA256, "rpcs": ["revoke", "suspend"]},
             ]
         },
     }
