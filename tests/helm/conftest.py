@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "helm" / "tessera"
 HERE = Path(__file__).resolve().parent
 
+# The URI SAN of the test client certificate (pki fixture).
+CLIENT_SPIFFE_ID = "spiffe://agents.example.org/ns/agents/sa/orchestrator"
+
 # The release every test renders; with the name "tessera" the full name is "tessera" too.
 RELEASE = "tessera"
 NAMESPACE = "agents"
@@ -81,6 +84,7 @@ class Pki:
     neither certificate."""
 
     files: dict[str, str]
+    folder: Path
 
     def __getitem__(self, name: str) -> str:
         return self.files[name]
@@ -110,7 +114,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-days", "1", "-extfile", "server.ext", "-out", "tls.crt", cwd=d)
     openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", "other.key", cwd=d)
-    return Pki({name: (d / name).read_text() for name in ("tls.crt", "tls.key", "ca.crt", "client-ca.crt", "other.key")})
+    # A workload's certificate from the client CA, named by a SPIFFE ID.
+    (d / "client.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
+        f"subjectAltName=URI:{CLIENT_SPIFFE_ID}\n"
+    )
+    openssl("req", "-new", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=orchestrator", cwd=d)
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "client-ca.crt", "-CAkey", "client-ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", "client.ext", "-out", "client.crt", cwd=d)
+    names = ("tls.crt", "tls.key", "ca.crt", "client-ca.crt", "other.key", "client.crt", "client.key")
+    return Pki({name: (d / name).read_text() for name in names}, d)
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,17 @@ checked by the tessera binary itself (`tessera config check`)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import queue
 import re
+import socket
+import ssl
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,7 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 import helm_python as helm
-from conftest import CHART_DIR, HERE, NAMESPACE, RELEASE, ROOT, Rendered, render, render_error, run_tessera
+from conftest import CHART_DIR, CLIENT_SPIFFE_ID, HERE, NAMESPACE, RELEASE, ROOT, Rendered, render, render_error, run_tessera
 from value_sets import GOOD, INVALID, REFUSED, WITH_CONFIG, WITH_TLS, full, minimal, tls_mtls_optional
 
 # The Kubernetes versions every manifest is validated against: the oldest the chart is tested for and the
@@ -387,6 +394,97 @@ def test_tls_config_check_loads_the_certificate_files(rendered, keys, pki, tesse
     (tmp_path / "tls" / "tls.key").write_text(pki["other.key"])
     result = run_tessera(tessera_bin, "config", "check", str(config_file))
     assert result.returncode != 0 and "tls.key" in result.stderr, result.stderr
+
+
+@contextlib.contextmanager
+def serving(tessera_bin: str, config_file: Path):
+    """`tessera serve` on the laid-out config, on free loopback ports; yields {port name: port}."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA")}
+    env["TESSERA_HTTP_ADDR"] = "127.0.0.1:0"
+    process = subprocess.Popen(
+        [tessera_bin, "serve", "--config", str(config_file), "--grpc-addr", "127.0.0.1:0"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    ports: dict[str, int] = {}
+    seen = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(ports) < 2:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"tessera serve did not start: {''.join(seen)}")
+            seen.append(line)
+            try:
+                fields = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "serving" in fields.get("message", "") and "addr" in fields:
+                ports["http" if "HTTP" in fields["message"] else "grpc"] = int(fields["addr"].rsplit(":", 1)[1])
+        yield ports
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def https_get(port: int, path: str, context: ssl.SSLContext, server_name: str | None = None) -> str:
+    """One HTTP/1.1 GET over TLS; returns the status line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as tls:
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {server_name or 'x'}\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+    return answer.split(b"\r\n", 1)[0].decode()
+
+
+def kubelet_context() -> ssl.SSLContext:
+    """What the kubelet's HTTPS probe does: no certificate verification, no client certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@pytest.mark.parametrize("name", WITH_TLS)
+def test_probes_and_scrape_work_against_the_binary(name, rendered, keys, pki, tessera_bin, tmp_path):
+    """The rendered probes, done as the kubelet does them, pass against `tessera serve` on the rendered config
+    and PEM files; the ServiceMonitor's TLS settings (its CA, server name and, with clientAuth=required, a
+    client certificate) verify the served certificate and get /metrics."""
+    r = rendered[name]
+    config_file = lay_out(tmp_path, r, keys, pki)
+    required = GOOD[name](keys)["tls"].get("clientAuth") == "required"
+    with serving(tessera_bin, config_file) as ports:
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            spec = r.container[probe]
+            if "httpGet" in spec:
+                get = spec["httpGet"]
+                assert get["scheme"] == "HTTPS"
+                assert https_get(ports[get["port"]], get["path"], kubelet_context()) == "HTTP/1.1 200 OK", probe
+            else:
+                socket.create_connection(("127.0.0.1", ports[spec["tcpSocket"]["port"]]), timeout=5).close()
+        if required:
+            # Why the probes only connect: without a client certificate the handshake fails.
+            with pytest.raises(ssl.SSLError):
+                https_get(ports["http"], "/healthz", kubelet_context())
+        # The scrape as the ServiceMonitor configures it (or, without one, as it would).
+        if r.has("ServiceMonitor"):
+            (endpoint,) = r.one("ServiceMonitor")["spec"]["endpoints"]
+        else:
+            endpoint = {"port": "http", "path": "/metrics", "tlsConfig": {"serverName": f"{RELEASE}.{NAMESPACE}.svc"}}
+        server_name = endpoint["tlsConfig"]["serverName"]
+        if "ca" in endpoint["tlsConfig"]:
+            assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": GOOD[name](keys)["tls"]["secretName"], "key": "ca.crt"}
+        scraper = ssl.create_default_context(cafile=str(pki.folder / "ca.crt"))
+        if required:
+            # Prometheus' client certificate: one the client CA issued.
+            scraper.load_cert_chain(str(pki.folder / "client.crt"), str(pki.folder / "client.key"))
+        assert https_get(ports[endpoint["port"]], endpoint["path"], scraper, server_name) == "HTTP/1.1 200 OK"
+        # A scraper that checked the certificate for another name would be refused.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            https_get(ports["http"], "/metrics", scraper, "elsewhere.example")
 
 
 def test_tls_identities_render_as_a_toml_list(rendered, keys):

@@ -194,8 +194,6 @@ def tls_mtls_optional(keys) -> dict[str, Any]:
     clients by their SPIFFE ID or DNS name; others still authenticate with a secret."""
     return {
         "signing": one_key(keys),
-        "replicaCount": 2,
-        "redis": {"url": "rediss://redis-master.redis.svc:6380/0"},
         "tls": {"enabled": True, "secretName": "tessera-tls", "clientCa": {"fromServingSecret": True}},
         "serviceMonitor": {"enabled": True, "tlsConfig": {"serverName": "tessera.agents.svc.cluster.local"}},
         "config": {
