@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "helm" / "tessera"
 HERE = Path(__file__).resolve().parent
 
+# The URI SAN of the test client certificate (pki fixture).
+CLIENT_SPIFFE_ID = "spiffe://agents.example.org/ns/agents/sa/orchestrator"
+
 # The release every test renders; with the name "tessera" the full name is "tessera" too.
 RELEASE = "tessera"
 NAMESPACE = "agents"
@@ -72,6 +75,55 @@ def keys(tessera_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         info = json.loads(result.stdout)
         made[name] = Key(pem=out.read_text(), kid=info["kid"], alg=info["alg"])
     return made
+
+
+@dataclass(frozen=True)
+class Pki:
+    """PEM files as a cert-manager CA issuer writes them into a kubernetes.io/tls Secret (tls.crt, tls.key,
+    ca.crt), plus a second CA for client certificates (a separate trust bundle) and a key that matches
+    neither certificate."""
+
+    files: dict[str, str]
+    folder: Path
+
+    def __getitem__(self, name: str) -> str:
+        return self.files[name]
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"openssl {' '.join(args)}: {result.stderr}"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A serving CA and a server certificate for the Service's names (signed by it), and a client CA: made
+    with openssl, so `tessera config check` loads real certificates and keys."""
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "client-ca"):
+        openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2",
+                "-subj", f"/CN=tessera test {ca}", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    names = [RELEASE, f"{RELEASE}.{NAMESPACE}", f"{RELEASE}.{NAMESPACE}.svc", f"{RELEASE}.{NAMESPACE}.svc.cluster.local"]
+    (d / "server.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+        f"subjectAltName={','.join('DNS:' + n for n in names)}\n"
+    )
+    openssl("req", "-new", *ec, "-keyout", "tls.key", "-out", "server.csr", "-subj", f"/CN={RELEASE}.{NAMESPACE}.svc", cwd=d)
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", "server.ext", "-out", "tls.crt", cwd=d)
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", "other.key", cwd=d)
+    # A workload's certificate from the client CA, named by a SPIFFE ID.
+    (d / "client.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
+        f"subjectAltName=URI:{CLIENT_SPIFFE_ID}\n"
+    )
+    openssl("req", "-new", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=orchestrator", cwd=d)
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "client-ca.crt", "-CAkey", "client-ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", "client.ext", "-out", "client.crt", cwd=d)
+    names = ("tls.crt", "tls.key", "ca.crt", "client-ca.crt", "other.key", "client.crt", "client.key")
+    return Pki({name: (d / name).read_text() for name in names}, d)
 
 
 @pytest.fixture(scope="session")

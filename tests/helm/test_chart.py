@@ -6,10 +6,17 @@ checked by the tessera binary itself (`tessera config check`)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import queue
 import re
+import socket
+import ssl
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,8 +29,8 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 import helm_python as helm
-from conftest import CHART_DIR, HERE, NAMESPACE, RELEASE, ROOT, Rendered, render, render_error, run_tessera
-from value_sets import GOOD, INVALID, REFUSED, WITH_CONFIG, full, minimal
+from conftest import CHART_DIR, CLIENT_SPIFFE_ID, HERE, NAMESPACE, RELEASE, ROOT, Rendered, render, render_error, run_tessera
+from value_sets import GOOD, INVALID, REFUSED, WITH_CONFIG, WITH_TLS, full, minimal, tls_mtls_optional
 
 # The Kubernetes versions every manifest is validated against: the oldest the chart is tested for and the
 # newest kubernetes-validate carries.
@@ -134,15 +141,31 @@ def test_default_values_meet_the_schema(chart):
 # The rendered config is one tessera accepts.
 
 
-def lay_out(tmp_path: Path, rendered: Rendered, keys) -> Path:
+# Where each volume is mounted in the pod, relative to /etc/tessera (tessera.toml is in config/).
+MOUNTS = {"config": "config", "signing-keys": "keys", "tls": "tls", "client-ca": "client-ca"}
+
+
+def lay_out(tmp_path: Path, rendered: Rendered, keys, pki=None) -> Path:
     """The pod's view: the ConfigMap's files in config/, the signing keys in keys/ (decoded from the chart's
-    Secret, or generated under the names an existing Secret would hold)."""
+    Secret, or generated under the names an existing Secret would hold), and with TLS the serving Secret's
+    files in tls/ and a separate client CA bundle in client-ca/ (PEM files made by openssl, under the names
+    the volumes' items give them)."""
     config_dir, keys_dir = tmp_path / "config", tmp_path / "keys"
     config_dir.mkdir()
     keys_dir.mkdir()
     for file, content in rendered.one("ConfigMap", f"{RELEASE}-config")["data"].items():
         (config_dir / file).write_text(content)
     volumes = {v["name"]: v for v in rendered.pod["spec"]["volumes"]}
+    if "tls" in volumes:
+        assert pki is not None, "a TLS value set needs the pki fixture"
+        (tmp_path / "tls").mkdir()
+        for item in volumes["tls"]["secret"]["items"]:
+            (tmp_path / "tls" / item["path"]).write_text(pki[item["key"]])
+    if "client-ca" in volumes:
+        (tmp_path / "client-ca").mkdir()
+        source = volumes["client-ca"].get("secret") or volumes["client-ca"]["configMap"]
+        for item in source["items"]:
+            (tmp_path / "client-ca" / item["path"]).write_text(pki["client-ca.crt"])
     secret_name = volumes["signing-keys"]["secret"]["secretName"]
     items = [item["path"] for item in volumes["signing-keys"]["secret"]["items"]]
     chart_secrets = [s for s in rendered.all("Secret") if s["metadata"]["name"] == secret_name]
@@ -157,12 +180,15 @@ def lay_out(tmp_path: Path, rendered: Rendered, keys) -> Path:
 
 
 @pytest.mark.parametrize("name", WITH_CONFIG)
-def test_rendered_config_passes_tessera_config_check(name, rendered, keys, tessera_bin, tmp_path):
+def test_rendered_config_passes_tessera_config_check(name, rendered, keys, pki, tessera_bin, tmp_path):
     r = rendered[name]
-    config_file = lay_out(tmp_path, r, keys)
+    config_file = lay_out(tmp_path, r, keys, pki)
     # The mount paths the Deployment uses are the ones the relative paths in tessera.toml assume.
     mounts = {m["name"]: m["mountPath"] for m in r.container["volumeMounts"]}
     assert mounts["config"] == "/etc/tessera/config" and mounts["signing-keys"] == "/etc/tessera/keys"
+    for volume, mount in mounts.items():
+        if volume in MOUNTS:
+            assert mount == f"/etc/tessera/{MOUNTS[volume]}", volume
     assert r.container["args"][:3] == ["serve", "--config", "/etc/tessera/config/tessera.toml"]
 
     result = run_tessera(tessera_bin, "config", "check", str(config_file))
@@ -249,6 +275,227 @@ def test_probes_use_native_grpc_readiness_distinct_from_liveness(rendered):
     # The HTTP listener (metrics) binds every interface, through the variable form of --http-addr.
     assert rendered["minimal"].env()["TESSERA_HTTP_ADDR"] == "0.0.0.0:8080"
     assert not [a for a in c["args"] if a.startswith("--http")]
+
+
+def test_plaintext_is_the_default(rendered):
+    """Without tls.enabled nothing TLS is rendered: no [tls] section, no TLS volume, HTTP scraped as http."""
+    for name in GOOD:
+        if name in WITH_TLS:
+            continue
+        r = rendered[name]
+        if r.has("ConfigMap"):
+            assert "tls" not in tomllib.loads(r.one("ConfigMap")["data"]["tessera.toml"])
+        assert not {"tls", "client-ca"} & {v["name"] for v in r.pod["spec"]["volumes"]}
+        assert "grpc" in r.container["readinessProbe"]
+    service = rendered["minimal"].one("Service", RELEASE)
+    assert {p["name"]: p["appProtocol"] for p in service["spec"]["ports"]} == {"grpc": "grpc", "http": "http"}
+    (endpoint,) = rendered["service-monitor"].one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "http" and "tlsConfig" not in endpoint
+
+
+@pytest.mark.parametrize("name", WITH_TLS)
+def test_probes_with_tls_speak_tls_or_connect_only(name, rendered, keys):
+    """The kubelet's gRPC probe speaks no TLS. With TLS the probes GET /healthz over HTTPS (the kubelet sends no
+    client certificate, which an optional client CA allows); with client certificates required, where that
+    handshake would fail, they only connect to the gRPC port."""
+    r = rendered[name]
+    c = r.container
+    required = GOOD[name](keys)["tls"].get("clientAuth") == "required"
+    expected = {"tcpSocket": {"port": "grpc"}} if required else {"httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTPS"}}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "grpc" not in c[probe], probe
+        assert {k: v for k, v in c[probe].items() if k in ("httpGet", "tcpSocket", "grpc", "exec")} == expected, probe
+    # The probe timings are the same values as in plaintext.
+    plain = rendered["minimal"].container
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert {k: v for k, v in c[probe].items() if k not in expected} == {
+            k: v for k, v in plain[probe].items() if k != "grpc"
+        }, probe
+    # The named ports the probes use exist.
+    assert {"grpc", "http"} <= {p["name"] for p in c["ports"]}
+
+
+@pytest.mark.parametrize("name", WITH_TLS)
+def test_tls_secrets_are_mounted_as_read_only_directories(name, rendered, keys):
+    """A subPath mount never receives a renewed Secret; tessera's reloading needs the directory mount."""
+    r = rendered[name]
+    values = GOOD[name](keys)["tls"]
+    mounts = {m["name"]: m for m in r.container["volumeMounts"]}
+    volumes = {v["name"]: v for v in r.pod["spec"]["volumes"]}
+    assert not [m for m in r.container["volumeMounts"] if "subPath" in m or "subPathExpr" in m]
+    assert mounts["tls"] == {"name": "tls", "mountPath": "/etc/tessera/tls", "readOnly": True}
+    secret = volumes["tls"]["secret"]
+    assert secret["secretName"] == values["secretName"] and secret["defaultMode"] == 0o440
+    expected = ["tls.crt", "tls.key"] + (["ca.crt"] if values.get("clientCa", {}).get("fromServingSecret") else [])
+    assert [(i["key"], i["path"]) for i in secret["items"]] == [(k, k) for k in expected]
+    ca = values.get("clientCa", {})
+    if ca.get("secretName") or ca.get("configMapName"):
+        assert mounts["client-ca"] == {"name": "client-ca", "mountPath": "/etc/tessera/client-ca", "readOnly": True}
+        source = volumes["client-ca"].get("secret") or volumes["client-ca"].get("configMap")
+        assert source.get("secretName", source.get("name")) == (ca.get("secretName") or ca.get("configMapName"))
+        assert ("secret" in volumes["client-ca"]) == bool(ca.get("secretName"))
+        assert source["defaultMode"] == 0o440
+        assert source["items"] == [{"key": ca["key"], "path": ca["key"]}]
+    else:
+        assert "client-ca" not in mounts and "client-ca" not in volumes
+
+
+@pytest.mark.parametrize("name", WITH_TLS)
+def test_rendered_tls_section_points_into_the_mounts(name, rendered, keys):
+    r = rendered[name]
+    values = GOOD[name](keys)["tls"]
+    section = tomllib.loads(r.one("ConfigMap")["data"]["tessera.toml"])["tls"]
+    mounts = {m["mountPath"] for m in r.container["volumeMounts"]}
+    volumes = {v["name"]: v for v in r.pod["spec"]["volumes"]}
+
+    def in_pod(relative: str) -> str:
+        # Relative to tessera.toml's folder, /etc/tessera/config.
+        resolved = Path("/etc/tessera/config", relative).resolve(strict=False).as_posix()
+        folder, file = resolved.rsplit("/", 1)
+        assert folder in mounts, resolved
+        name = next(m["name"] for m in r.container["volumeMounts"] if m["mountPath"] == folder)
+        source = volumes[name].get("secret") or volumes[name].get("configMap")
+        assert file in [item["path"] for item in source["items"]], resolved
+        return resolved
+
+    assert in_pod(section["cert_file"]) == "/etc/tessera/tls/tls.crt"
+    assert in_pod(section["key_file"]) == "/etc/tessera/tls/tls.key"
+    assert section["reload_interval"] == values.get("reloadIntervalSeconds", 10)
+    ca = values.get("clientCa", {})
+    if ca:
+        expected = "/etc/tessera/tls/ca.crt" if ca.get("fromServingSecret") else f"/etc/tessera/client-ca/{ca['key']}"
+        assert in_pod(section["client_ca_file"]) == expected
+        assert section["client_auth"] == values.get("clientAuth", "optional")
+    else:
+        assert "client_ca_file" not in section and "client_auth" not in section
+
+
+def test_rotated_tls_secret_does_not_roll_the_pods(chart, keys, rendered):
+    """tessera re-reads the certificate files itself: no checksum annotation follows the TLS Secret, and the
+    pod template does not depend on the certificate's content (which the chart never sees)."""
+    plain = rendered["minimal"].pod["metadata"]["annotations"]
+    for name in WITH_TLS:
+        annotations = rendered[name].pod["metadata"]["annotations"]
+        assert set(annotations) <= set(plain) | {"checksum/redis-url"}, name
+        assert not [k for k in annotations if "tls" in k or "cert" in k]
+    # The reload interval is in tessera.toml, so changing it rolls the pods (tessera reads it at start).
+    a = render(chart, {**minimal(keys), "tls": {"enabled": True, "secretName": "t"}}).pod["metadata"]["annotations"]
+    b = render(chart, {**minimal(keys), "tls": {"enabled": True, "secretName": "t", "reloadIntervalSeconds": 60}}).pod["metadata"]["annotations"]
+    assert a["checksum/config"] != b["checksum/config"]
+
+
+def test_tls_config_check_loads_the_certificate_files(rendered, keys, pki, tessera_bin, tmp_path):
+    """The config check of the TLS sets has teeth: a key that does not match the certificate, or a client CA
+    file that holds no certificate, is refused, naming the file."""
+    config_file = lay_out(tmp_path, rendered["tls-mtls-required"], keys, pki)
+    ok = run_tessera(tessera_bin, "config", "check", str(config_file))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (tmp_path / "client-ca" / "bundle.pem").write_text("not a certificate\n")
+    result = run_tessera(tessera_bin, "config", "check", str(config_file))
+    assert result.returncode != 0 and "bundle.pem" in result.stderr, result.stderr
+    (tmp_path / "client-ca" / "bundle.pem").write_text(pki["client-ca.crt"])
+    (tmp_path / "tls" / "tls.key").write_text(pki["other.key"])
+    result = run_tessera(tessera_bin, "config", "check", str(config_file))
+    assert result.returncode != 0 and "tls.key" in result.stderr, result.stderr
+
+
+@contextlib.contextmanager
+def serving(tessera_bin: str, config_file: Path):
+    """`tessera serve` on the laid-out config, on free loopback ports; yields {port name: port}."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA")}
+    env["TESSERA_HTTP_ADDR"] = "127.0.0.1:0"
+    process = subprocess.Popen(
+        [tessera_bin, "serve", "--config", str(config_file), "--grpc-addr", "127.0.0.1:0"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    ports: dict[str, int] = {}
+    seen = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(ports) < 2:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"tessera serve did not start: {''.join(seen)}")
+            seen.append(line)
+            try:
+                fields = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "serving" in fields.get("message", "") and "addr" in fields:
+                ports["http" if "HTTP" in fields["message"] else "grpc"] = int(fields["addr"].rsplit(":", 1)[1])
+        yield ports
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def https_get(port: int, path: str, context: ssl.SSLContext, server_name: str | None = None) -> str:
+    """One HTTP/1.1 GET over TLS; returns the status line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as tls:
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {server_name or 'x'}\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+    return answer.split(b"\r\n", 1)[0].decode()
+
+
+def kubelet_context() -> ssl.SSLContext:
+    """What the kubelet's HTTPS probe does: no certificate verification, no client certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@pytest.mark.parametrize("name", WITH_TLS)
+def test_probes_and_scrape_work_against_the_binary(name, rendered, keys, pki, tessera_bin, tmp_path):
+    """The rendered probes, done as the kubelet does them, pass against `tessera serve` on the rendered config
+    and PEM files; the ServiceMonitor's TLS settings (its CA, server name and, with clientAuth=required, a
+    client certificate) verify the served certificate and get /metrics."""
+    r = rendered[name]
+    config_file = lay_out(tmp_path, r, keys, pki)
+    required = GOOD[name](keys)["tls"].get("clientAuth") == "required"
+    with serving(tessera_bin, config_file) as ports:
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            spec = r.container[probe]
+            if "httpGet" in spec:
+                get = spec["httpGet"]
+                assert get["scheme"] == "HTTPS"
+                assert https_get(ports[get["port"]], get["path"], kubelet_context()) == "HTTP/1.1 200 OK", probe
+            else:
+                socket.create_connection(("127.0.0.1", ports[spec["tcpSocket"]["port"]]), timeout=5).close()
+        if required:
+            # Why the probes only connect: without a client certificate the handshake fails.
+            with pytest.raises(ssl.SSLError):
+                https_get(ports["http"], "/healthz", kubelet_context())
+        # The scrape as the ServiceMonitor configures it (or, without one, as it would).
+        if r.has("ServiceMonitor"):
+            (endpoint,) = r.one("ServiceMonitor")["spec"]["endpoints"]
+        else:
+            endpoint = {"port": "http", "path": "/metrics", "tlsConfig": {"serverName": f"{RELEASE}.{NAMESPACE}.svc"}}
+        server_name = endpoint["tlsConfig"]["serverName"]
+        if "ca" in endpoint["tlsConfig"]:
+            assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": GOOD[name](keys)["tls"]["secretName"], "key": "ca.crt"}
+        scraper = ssl.create_default_context(cafile=str(pki.folder / "ca.crt"))
+        if required:
+            # Prometheus' client certificate: one the client CA issued.
+            scraper.load_cert_chain(str(pki.folder / "client.crt"), str(pki.folder / "client.key"))
+        assert https_get(ports[endpoint["port"]], endpoint["path"], scraper, server_name) == "HTTP/1.1 200 OK"
+        # A scraper that checked the certificate for another name would be refused.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            https_get(ports["http"], "/metrics", scraper, "elsewhere.example")
+
+
+def test_tls_identities_render_as_a_toml_list(rendered, keys):
+    """Clients identified by a certificate need no secret_sha256; their identities stay a list."""
+    toml = tomllib.loads(rendered["tls-mtls-optional"].one("ConfigMap")["data"]["tessera.toml"])
+    assert toml["clients"] == tls_mtls_optional(keys)["config"]["clients"]
+    assert toml["clients"][1]["tls_identities"] == ["gateway.ingress.svc", "spiffe://agents.example.org/ns/ingress/sa/gateway"]
+    assert "secret_sha256" not in toml["clients"][0]
 
 
 def test_graceful_shutdown_and_rolling_update(rendered):
@@ -522,6 +769,64 @@ def test_service_monitor_scrapes_metrics_on_the_http_port(rendered):
     assert selector.items() <= r.one("Service", RELEASE)["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     assert not rendered["minimal"].has("ServiceMonitor")
+
+
+def test_service_monitor_scrapes_https_with_tls(rendered):
+    """With TLS /metrics is HTTPS: the scrape verifies the broker's certificate (never insecureSkipVerify by
+    default) against the serving Secret's ca.crt, for the Service's name; values add or replace fields."""
+    (endpoint,) = rendered["tls"].one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and endpoint["port"] == "http"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "tessera-tls", "key": "ca.crt"}},
+        "insecureSkipVerify": False,
+        "serverName": f"{RELEASE}.{NAMESPACE}.svc",
+    }
+    (endpoint,) = rendered["tls-mtls-optional"].one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["tlsConfig"]["serverName"] == f"{RELEASE}.{NAMESPACE}.svc.cluster.local"
+    (endpoint,) = rendered["tls-mtls-required"].one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "tessera-tls", "key": "ca.crt"}},
+        "cert": {"secret": {"name": "prometheus-client-tls", "key": "tls.crt"}},
+        "keySecret": {"name": "prometheus-client-tls", "key": "tls.key"},
+        "insecureSkipVerify": False,
+        "serverName": f"{RELEASE}.{NAMESPACE}.svc",
+    }
+
+
+def test_service_monitor_ca_from_values_replaces_the_default(chart, keys):
+    values = {
+        **minimal(keys),
+        "tls": {"enabled": True, "secretName": "t"},
+        "serviceMonitor": {"enabled": True, "tlsConfig": {"ca": {"configMap": {"name": "root-ca", "key": "ca.pem"}}}},
+    }
+    (endpoint,) = render(chart, values).one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["tlsConfig"]["ca"] == {"configMap": {"name": "root-ca", "key": "ca.pem"}}
+    (monitor,) = [m for m in render(chart, values).manifests() if m["kind"] == "ServiceMonitor"]
+    jsonschema.validate(monitor, SERVICE_MONITOR_SCHEMA)
+    values["serviceMonitor"]["tlsConfig"] = {"caFile": "/etc/prometheus/secrets/ca/ca.crt"}
+    (endpoint,) = render(chart, values).one("ServiceMonitor")["spec"]["endpoints"]
+    assert "ca" not in endpoint["tlsConfig"] and endpoint["tlsConfig"]["caFile"] == "/etc/prometheus/secrets/ca/ca.crt"
+
+
+def test_service_app_protocol_with_tls(rendered, chart, keys):
+    """gRPC over TLS is still grpc; the HTTP port says https."""
+    for name in WITH_TLS:
+        ports = {p["name"]: p["appProtocol"] for p in rendered[name].one("Service", RELEASE)["spec"]["ports"]}
+        assert ports == {"grpc": "grpc", "http": "https"}, name
+    mesh = render(chart, {**minimal(keys), "tls": {"enabled": True, "secretName": "t"}, "service": {"grpcAppProtocol": "tls", "httpAppProtocol": "tls"}})
+    assert {p["appProtocol"] for p in mesh.one("Service", RELEASE)["spec"]["ports"]} == {"tls"}
+
+
+def test_notes_with_tls_use_tls(rendered):
+    for name in WITH_TLS:
+        notes = rendered[name].notes
+        assert "-plaintext" not in notes, name
+        assert "-cacert tessera-ca.crt" in notes and f"-authority {RELEASE}.{NAMESPACE}.svc" in notes
+        assert "jsonpath='{.data.ca\\.crt}'" in notes
+        assert "TLS" in notes
+    assert "-cert client.crt -key client.key" in rendered["tls-mtls-required"].notes
+    assert "-cert client.crt" not in rendered["tls"].notes
+    assert "-plaintext" in rendered["minimal"].notes
 
 
 def test_service_account(rendered):

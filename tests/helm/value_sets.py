@@ -180,6 +180,68 @@ def bare(keys) -> dict[str, Any]:
     }
 
 
+def tls(keys) -> dict[str, Any]:
+    """TLS on both ports from a cert-manager Secret; no client certificates. Scraped over HTTPS."""
+    return {
+        "signing": one_key(keys),
+        "tls": {"enabled": True, "secretName": "tessera-tls"},
+        "serviceMonitor": {"enabled": True},
+        "config": {"clients": [{"id": "orchestrator", "secret_sha256": SECRET_SHA256, "rpcs": ["exchange"]}]},
+    }
+
+
+def tls_mtls_optional(keys) -> dict[str, Any]:
+    """mTLS with the serving Secret's own ca.crt: workloads with a certificate from the same issuer are
+    clients by their SPIFFE ID or DNS name; others still authenticate with a secret."""
+    return {
+        "signing": one_key(keys),
+        "tls": {"enabled": True, "secretName": "tessera-tls", "clientCa": {"fromServingSecret": True}},
+        "serviceMonitor": {"enabled": True, "tlsConfig": {"serverName": "tessera.agents.svc.cluster.local"}},
+        "config": {
+            "clients": [
+                {"id": "orchestrator", "rpcs": ["exchange"], "tls_identities": ["spiffe://agents.example.org/ns/agents/sa/orchestrator"]},
+                {"id": "gateway", "rpcs": ["introspect"], "tls_identities": ["gateway.ingress.svc", "spiffe://agents.example.org/ns/ingress/sa/gateway"]},
+                {"id": "secops", "secret_sha256": SECRET_SHA256, "rpcs": ["revoke", "suspend"]},
+            ]
+        },
+    }
+
+
+def tls_mtls_required(keys) -> dict[str, Any]:
+    """Every connection must present a certificate from a separate client CA (a trust-manager ConfigMap);
+    Prometheus scrapes with its own client certificate."""
+    return {
+        "signing": one_key(keys),
+        "tls": {
+            "enabled": True,
+            "secretName": "tessera-tls",
+            "clientCa": {"configMapName": "agents-trust-bundle", "key": "bundle.pem"},
+            "clientAuth": "required",
+            "reloadIntervalSeconds": 30,
+        },
+        "serviceMonitor": {
+            "enabled": True,
+            "tlsConfig": {
+                "cert": {"secret": {"name": "prometheus-client-tls", "key": "tls.crt"}},
+                "keySecret": {"name": "prometheus-client-tls", "key": "tls.key"},
+            },
+        },
+        "config": {
+            "clients": [
+                {"id": "orchestrator", "rpcs": ["exchange"], "tls_identities": ["spiffe://agents.example.org/ns/agents/sa/orchestrator"]},
+            ]
+        },
+    }
+
+
+def tls_client_ca_secret(keys) -> dict[str, Any]:
+    """The client CA bundle from an Opaque Secret of its own."""
+    return {
+        "signing": one_key(keys),
+        "tls": {"enabled": True, "secretName": "tessera-tls", "clientCa": {"secretName": "spire-bundle", "key": "bundle.crt"}},
+    }
+
+
 # Value sets that must render, validate against the Kubernetes schemas and pass yamllint.
 GOOD: dict[str, Callable[[Any], dict[str, Any]]] = {
     "minimal": minimal,
@@ -190,7 +252,14 @@ GOOD: dict[str, Callable[[Any], dict[str, Any]]] = {
     "dev-mode": dev_mode,
     "full": full,
     "bare": bare,
+    "tls": tls,
+    "tls-mtls-optional": tls_mtls_optional,
+    "tls-mtls-required": tls_mtls_required,
+    "tls-client-ca-secret": tls_client_ca_secret,
 }
+
+# The TLS value sets.
+WITH_TLS = [name for name in GOOD if name.startswith("tls")]
 
 # Value sets that render a ConfigMap whose files `tessera config check` must accept.
 WITH_CONFIG = [name for name in GOOD if name != "dev-mode"]
@@ -238,15 +307,60 @@ REFUSED: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
         lambda keys: {"signing": one_key(keys), "config": {"files": {"tessera.toml": "x"}}},
         "config.files cannot hold tessera.toml",
     ),
-    # Settings the binary does not implement: rendering them would promise what tessera does not do.
-    "tls-enabled": (
+    # TLS values that are incomplete, or that tessera would silently ignore.
+    "tls-without-secret-name": (
         lambda keys: {"signing": one_key(keys), "tls": {"enabled": True}},
-        "tls.enabled=true is not supported: this tessera release serves plaintext gRPC",
+        "tls.enabled=true needs tls.secretName: a kubernetes.io/tls Secret",
     ),
     "tls-enabled-in-dev-mode": (
-        lambda keys: {**dev_mode(keys), "tls": {"enabled": True}},
-        "tls.enabled=true is not supported",
+        lambda keys: {**dev_mode(keys), "tls": {"enabled": True, "secretName": "tessera-tls"}},
+        "tls.enabled=true cannot be combined with devMode: dev mode reads no config file",
     ),
+    "tls-required-without-client-ca": (
+        lambda keys: {"signing": one_key(keys), "tls": {"enabled": True, "secretName": "t", "clientAuth": "required"}},
+        "tls.clientAuth=required needs a client CA",
+    ),
+    "tls-two-client-ca-sources": (
+        lambda keys: {"signing": one_key(keys), "tls": {"enabled": True, "secretName": "t", "clientCa": {"fromServingSecret": True, "configMapName": "b"}}},
+        "set only one client CA source",
+    ),
+    "tls-with-h2c-app-protocol": (
+        lambda keys: {"signing": one_key(keys), "tls": {"enabled": True, "secretName": "t"}, "service": {"grpcAppProtocol": "kubernetes.io/h2c"}},
+        "kubernetes.io/h2c means HTTP/2 without TLS",
+    ),
+    "tls-required-scraped-without-client-certificate": (
+        lambda keys: {
+            "signing": one_key(keys),
+            "tls": {"enabled": True, "secretName": "t", "clientAuth": "required", "clientCa": {"fromServingSecret": True}},
+            "serviceMonitor": {"enabled": True, "tlsConfig": {"cert": {"secret": {"name": "p", "key": "tls.crt"}}}},
+        },
+        "give Prometheus one the client CA accepts in serviceMonitor.tlsConfig",
+    ),
+    "client-ca-without-tls": (
+        lambda keys: {"signing": one_key(keys), "tls": {"clientCa": {"fromServingSecret": True}}},
+        "tls.clientCa and tls.clientAuth take effect only with tls.enabled=true",
+    ),
+    "client-auth-required-without-tls": (
+        lambda keys: {"signing": one_key(keys), "tls": {"clientAuth": "required"}},
+        "take effect only with tls.enabled=true",
+    ),
+    "service-monitor-tls-config-without-tls": (
+        lambda keys: {"signing": one_key(keys), "serviceMonitor": {"enabled": True, "tlsConfig": {"insecureSkipVerify": True}}},
+        "serviceMonitor.tlsConfig is used only with tls.enabled=true",
+    ),
+    "tls-identities-without-tls": (
+        lambda keys: {"signing": one_key(keys), "config": {"clients": [{"id": "o", "rpcs": ["exchange"], "tls_identities": ["spiffe://a/b"]}]}},
+        "config.clients o has tls_identities, which name client certificates: they need tls.enabled=true and a client CA",
+    ),
+    "tls-identities-without-client-ca": (
+        lambda keys: {
+            "signing": one_key(keys),
+            "tls": {"enabled": True, "secretName": "t"},
+            "config": {"clients": [{"id": "o", "rpcs": ["exchange"], "tls_identities": ["o.agents.svc"]}]},
+        },
+        "config.clients o has tls_identities",
+    ),
+    # Settings the binary does not implement: rendering them would promise what tessera does not do.
     "config-hot-reload": (
         lambda keys: {"signing": one_key(keys), "config": {"hotReload": True}},
         "config.hotReload=true is not supported: tessera reads tessera.toml and policy.cedar once, at start",
@@ -287,8 +401,20 @@ INVALID: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "root-pod": (lambda keys: {**minimal(keys), "podSecurityContext": {"runAsNonRoot": False}}, "/podSecurityContext/runAsNonRoot"),
     "redis-url-not-a-redis-url": (lambda keys: {**minimal(keys), "redis": {"url": "http://redis:6379"}}, "/redis/url"),
     "redis-sentinel-url": (lambda keys: {**minimal(keys), "redis": {"url": "redis+sentinel://s:26379/m"}}, "/redis/url"),
-    # The TLS Secret values of earlier charts are gone: nothing in tessera would read the files.
+    # The TLS Secret is tls.secretName; other names (as in other charts) are refused, not ignored.
     "tls-existing-secret": (lambda keys: {**minimal(keys), "tls": {"existingSecret": "tessera-tls"}}, "existingSecret"),
+    "tls-client-auth-typo": (lambda keys: {**minimal(keys), "tls": {"enabled": True, "secretName": "t", "clientAuth": "require"}}, "/tls/clientAuth"),
+    "tls-reload-interval-zero": (lambda keys: {**minimal(keys), "tls": {"reloadIntervalSeconds": 0}}, "/tls/reloadIntervalSeconds"),
+    "tls-client-ca-unknown-key": (lambda keys: {**minimal(keys), "tls": {"clientCa": {"secret": "b"}}}, "secret"),
+    "tls-secret-name-not-a-name": (lambda keys: {**minimal(keys), "tls": {"secretName": "Tessera TLS"}}, "/tls/secretName"),
+    "tls-identity-with-space": (
+        lambda keys: {**minimal(keys), "config": {"clients": [{"id": "c", "rpcs": ["exchange"], "tls_identities": ["a b"]}]}},
+        "/config/clients/0/tls_identities/0",
+    ),
+    "service-monitor-tls-config-typo": (
+        lambda keys: {**minimal(keys), "serviceMonitor": {"tlsConfig": {"insecure": True}}},
+        "insecure",
+    ),
     "bad-scrape-interval": (lambda keys: {**minimal(keys), "serviceMonitor": {"enabled": True, "interval": "often"}}, "/serviceMonitor/interval"),
 }
 

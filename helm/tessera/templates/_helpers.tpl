@@ -132,6 +132,36 @@ Redis: "external" (redis.url or redis.existingSecret), "trial" (trialRedis), or 
 {{- end }}
 
 {{/*
+TLS. The serving Secret is mounted at /etc/tessera/tls, a client CA from its own Secret or ConfigMap at
+/etc/tessera/client-ca, both as directory volumes (never subPath), so renewed files reach the pod and tessera
+re-reads them; tessera.toml names them relative to its folder, /etc/tessera/config.
+*/}}
+{{/* "serving" (the ca.crt of tls.secretName), "secret", "configMap", or "" (no client certificates). */}}
+{{- define "tessera.clientCaSource" -}}
+{{- $ca := .Values.tls.clientCa }}
+{{- if $ca.fromServingSecret }}serving
+{{- else if $ca.secretName }}secret
+{{- else if $ca.configMapName }}configMap
+{{- end }}
+{{- end }}
+
+{{/* The client CA bundle's path in tessera.toml (empty without one). */}}
+{{- define "tessera.clientCaFile" -}}
+{{- $source := include "tessera.clientCaSource" . }}
+{{- if eq $source "serving" }}../tls/ca.crt
+{{- else if $source }}{{ printf "../client-ca/%s" .Values.tls.clientCa.key }}
+{{- end }}
+{{- end }}
+
+{{/* "https", "tcp" (clientAuth required: the kubelet sends no client certificate), or "grpc" (plaintext). */}}
+{{- define "tessera.probeMode" -}}
+{{- if not .Values.tls.enabled }}grpc
+{{- else if and (eq .Values.tls.clientAuth "required") (include "tessera.clientCaSource" .) }}tcp
+{{- else }}https
+{{- end }}
+{{- end }}
+
+{{/*
 TOML rendering. Strings, numbers, booleans and lists are written with toJson, whose output is valid TOML for
 these (JSON string escapes are TOML basic-string escapes); maps become inline tables. Null values are left
 out, so a key can be unset with `key: null`.
@@ -205,6 +235,20 @@ format = "json"
 [rate_limits]
 {{- include "tessera.tomlPairs" . }}
 {{- end }}
+{{- if .Values.tls.enabled }}
+
+[tls]
+# Both listeners. The Secret {{ .Values.tls.secretName }} is mounted at /etc/tessera/tls as a directory, so a
+# renewed certificate replaces these files in place; tessera re-reads them every reload_interval seconds (the
+# pods do not restart).
+cert_file = "../tls/tls.crt"
+key_file = "../tls/tls.key"
+{{- with include "tessera.clientCaFile" . }}
+client_ca_file = {{ toJson . }}
+client_auth = {{ toJson $.Values.tls.clientAuth }}
+{{- end }}
+reload_interval = {{ int .Values.tls.reloadIntervalSeconds }}
+{{- end }}
 {{- range .Values.config.issuers }}
 
 [[issuers]]
@@ -232,8 +276,46 @@ Refuses unsafe or incomplete values with a message that says what to set. Includ
 {{- define "tessera.validate" -}}
 {{- $v := .Values }}
 {{- $redis := include "tessera.redisMode" . }}
+{{- $ca := $v.tls.clientCa }}
+{{- $caSources := 0 }}
+{{- if $ca.fromServingSecret }}{{ $caSources = add1 $caSources }}{{ end }}
+{{- if $ca.secretName }}{{ $caSources = add1 $caSources }}{{ end }}
+{{- if $ca.configMapName }}{{ $caSources = add1 $caSources }}{{ end }}
+{{- if and $v.devMode.enabled $v.tls.enabled }}
+{{- fail "\n\ntessera: tls.enabled=true cannot be combined with devMode: dev mode reads no config file, so the [tls] section the chart would render is never read and both ports would stay plaintext. Leave dev mode for TLS (set signing keys and config), or turn tls.enabled off for the trial." }}
+{{- end }}
 {{- if $v.tls.enabled }}
-{{- fail "\n\ntessera: tls.enabled=true is not supported: this tessera release serves plaintext gRPC and has no TLS setting, so certificates mounted by the chart would be ignored and traffic would stay unencrypted. Leave tls.enabled=false and terminate TLS in front of tessera (a service mesh or a TLS-terminating proxy)." }}
+{{- if not $v.tls.secretName }}
+{{- fail "\n\ntessera: tls.enabled=true needs tls.secretName: a kubernetes.io/tls Secret (tls.crt and tls.key) in the release namespace, e.g. the secretName of a cert-manager Certificate for the Service's names." }}
+{{- end }}
+{{- if gt $caSources 1 }}
+{{- fail "\n\ntessera: set only one client CA source: tls.clientCa.fromServingSecret, tls.clientCa.secretName or tls.clientCa.configMapName." }}
+{{- end }}
+{{- if and (eq $v.tls.clientAuth "required") (eq $caSources 0) }}
+{{- fail "\n\ntessera: tls.clientAuth=required needs a client CA to verify client certificates against: set tls.clientCa.fromServingSecret=true (the ca.crt of tls.secretName), tls.clientCa.secretName or tls.clientCa.configMapName." }}
+{{- end }}
+{{- range list $v.service.grpcAppProtocol $v.service.httpAppProtocol }}
+{{- if eq . "kubernetes.io/h2c" }}
+{{- fail "\n\ntessera: service appProtocol kubernetes.io/h2c means HTTP/2 without TLS, but tls.enabled=true serves TLS on both ports: use grpc for the gRPC port (and leave service.httpAppProtocol empty for https)." }}
+{{- end }}
+{{- end }}
+{{- if and $v.serviceMonitor.enabled (eq (include "tessera.probeMode" .) "tcp") (not (and (or $v.serviceMonitor.tlsConfig.cert $v.serviceMonitor.tlsConfig.certFile) (or $v.serviceMonitor.tlsConfig.keySecret $v.serviceMonitor.tlsConfig.keyFile))) }}
+{{- fail "\n\ntessera: with tls.clientAuth=required every connection needs a client certificate, /metrics included: give Prometheus one the client CA accepts in serviceMonitor.tlsConfig (cert: {secret: {name, key}} and keySecret: {name, key}, or certFile and keyFile)." }}
+{{- end }}
+{{- else }}
+{{- if or $caSources (eq $v.tls.clientAuth "required") }}
+{{- fail "\n\ntessera: tls.clientCa and tls.clientAuth take effect only with tls.enabled=true (client certificates are asked for in the TLS handshake): set tls.enabled=true and tls.secretName, or remove them." }}
+{{- end }}
+{{- if $v.serviceMonitor.tlsConfig }}
+{{- fail "\n\ntessera: serviceMonitor.tlsConfig is used only with tls.enabled=true: without TLS, /metrics is scraped over plain HTTP. Remove it, or turn TLS on." }}
+{{- end }}
+{{- end }}
+{{- if not (and $v.tls.enabled $caSources) }}
+{{- range $v.config.clients }}
+{{- if .tls_identities }}
+{{- fail (printf "\n\ntessera: config.clients %s has tls_identities, which name client certificates: they need tls.enabled=true and a client CA (tls.clientCa) to verify them against." .id) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if $v.config.hotReload }}
 {{- fail "\n\ntessera: config.hotReload=true is not supported: tessera reads tessera.toml and policy.cedar once, at start, so pods left running would keep the old configuration. Leave config.hotReload=false: a change to the config or the policy then rolls the pods." }}
