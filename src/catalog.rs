@@ -119,6 +119,8 @@ pub struct Catalog {
     all_scopes: BTreeSet<String>,
     /// Forward-auth's routes, longest prefix first.
     routes: Vec<Route>,
+    /// The clients that may introspect task tokens.
+    task_introspect_clients: BTreeSet<String>,
 }
 
 impl Catalog {
@@ -127,7 +129,14 @@ impl Catalog {
     pub fn new(audiences: Vec<Audience>, broker_issuer: String, task_token_max_ttl: u64) -> Catalog {
         let all_scopes = audiences.iter().flat_map(|a| a.scopes.iter().map(str::to_string)).collect();
         let audiences = audiences.into_iter().map(|a| (a.id.clone(), a)).collect();
-        Catalog { audiences, broker_issuer, task_token_max_ttl, all_scopes, routes: Vec::new() }
+        Catalog {
+            audiences,
+            broker_issuer,
+            task_token_max_ttl,
+            all_scopes,
+            routes: Vec::new(),
+            task_introspect_clients: BTreeSet::new(),
+        }
     }
 
     /// The catalog with forward-auth's routes (validated against it by the config).
@@ -174,11 +183,19 @@ impl Catalog {
         self.audiences.values().map(|a| a.max_ttl).fold(self.task_token_max_ttl, u64::max)
     }
 
-    /// Whether `client` may introspect tokens for `audience` (task tokens: any introspecting client).
+    /// The catalog whose task tokens these clients may introspect (`broker.task_introspect_clients`).
+    pub fn with_task_introspect_clients(mut self, clients: BTreeSet<String>) -> Catalog {
+        self.task_introspect_clients = clients;
+        self
+    }
+
+    /// Whether `client` may introspect tokens for `audience`: only a client registered for it (the
+    /// audience's `introspect_clients`; for task tokens, `broker.task_introspect_clients`). Registration is
+    /// explicit, so a client allowed the RPC cannot scan tokens of audiences it does not serve.
     pub fn may_introspect(&self, audience: &str, client: &str) -> bool {
         match self.audiences.get(audience) {
-            Some(a) => a.introspect_clients.is_empty() || a.introspect_clients.contains(client),
-            None => audience == self.broker_issuer,
+            Some(a) => a.introspect_clients.contains(client),
+            None => audience == self.broker_issuer && self.task_introspect_clients.contains(client),
         }
     }
 }
@@ -225,8 +242,12 @@ mod tests {
         let c = catalog();
         assert!(c.may_introspect("https://crm.example", "gateway"));
         assert!(!c.may_introspect("https://crm.example", "other"));
-        assert!(c.may_introspect("https://mail.example", "other"));
-        assert!(c.may_introspect("https://tessera.test", "other"));
+        // Registration is explicit: an audience that lists no one is introspectable by no one.
+        assert!(!c.may_introspect("https://mail.example", "other"));
+        assert!(!c.may_introspect("https://tessera.test", "other"), "task tokens: nobody unless listed");
         assert!(!c.may_introspect("https://unknown.example", "gateway"));
+        let c = c.with_task_introspect_clients(["operator".to_string()].into());
+        assert!(c.may_introspect("https://tessera.test", "operator"));
+        assert!(!c.may_introspect("https://tessera.test", "gateway"));
     }
 }

@@ -110,8 +110,10 @@ pub fn config(
         id: DEMO_AUDIENCE.into(),
         scopes: vec!["crm:read".into(), "crm:write".into(), "crm:export".into()],
         max_ttl: Some(300),
+        introspect_clients: vec!["demo".into()],
         ..AudienceBuilder::default()
     }];
+    builder.broker.task_introspect_clients = vec!["demo".into()];
     builder.clients = vec![ClientBuilder {
         id: "demo".into(),
         rpcs: vec![

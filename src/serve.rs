@@ -51,7 +51,8 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
     };
     Ok(Broker::new(Parts {
         catalog: Catalog::new(config.audiences, config.broker_issuer.clone(), config.task_token_max_ttl)
-            .with_routes(config.routes),
+            .with_routes(config.routes)
+            .with_task_introspect_clients(config.task_introspect_clients),
         broker_issuer: config.broker_issuer,
         keyring,
         issuers: Arc::new(issuers),

@@ -47,6 +47,8 @@ pub struct BrokerBuilder {
     pub client_secrets: ClientSecrets,
     /// The most seconds a client assertion's `exp` may be ahead of now (default 300, 10 to 3600).
     pub client_assertion_max_lifetime: Option<u64>,
+    /// The clients whose `Introspect` of a task token can answer active (default: none).
+    pub task_introspect_clients: Vec<String>,
 }
 
 /// The bounds of `client_assertion_max_lifetime`: assertions are minted per request.
@@ -63,6 +65,7 @@ pub(super) struct BrokerSection {
     pub(super) dpop_max_age: u64,
     pub(super) client_secrets: ClientSecrets,
     pub(super) client_assertion_max_lifetime: u64,
+    pub(super) task_introspect_clients: std::collections::BTreeSet<String>,
 }
 
 impl BrokerBuilder {
@@ -107,6 +110,7 @@ impl BrokerBuilder {
             ));
         }
         BrokerSection {
+            task_introspect_clients: self.task_introspect_clients.into_iter().collect(),
             client_secrets: self.client_secrets,
             client_assertion_max_lifetime,
             issuer,

@@ -96,6 +96,8 @@ pub struct Config {
     pub limits: Limits,
     /// The longest life of a task token, in seconds.
     pub task_token_max_ttl: u64,
+    /// The clients that may introspect task tokens (`broker.task_introspect_clients`).
+    pub task_introspect_clients: std::collections::BTreeSet<String>,
     /// Seconds a revoked task id stays refused.
     pub task_revocation_retention: u64,
     /// How DPoP proofs are judged: `broker.dpop_max_age`, with `broker.leeway`.
@@ -171,6 +173,11 @@ impl ConfigBuilder {
         let audiences = audiences::build(self.audiences, &cx, &mut problems);
         let client_auth = ClientAuth::new(&broker.issuer, broker.client_secrets, broker.client_assertion_max_lifetime);
         let clients = clients::build(self.clients, &audiences, &issuers, client_auth.secrets, &mut problems);
+        for id in &broker.task_introspect_clients {
+            if !clients.iter().any(|c| &c.id == id) {
+                problems.push(format!("broker.task_introspect_clients names `{id}`, which is not a client"));
+            }
+        }
         let routes = routes::build(self.routes, &audiences, &mut problems);
         let store = self.store.build(&mut problems);
         let tls = self.tls.build(&cx, &mut problems);
@@ -187,6 +194,7 @@ impl ConfigBuilder {
                 leeway: broker.leeway,
                 limits: broker.limits,
                 task_token_max_ttl: broker.task_token_max_ttl,
+                task_introspect_clients: broker.task_introspect_clients,
                 task_revocation_retention: broker.task_revocation_retention,
                 dpop: crate::dpop::Settings { max_age: broker.dpop_max_age, leeway: broker.leeway },
                 signing_keys,

@@ -56,6 +56,16 @@ fn basic(id: &str, secret: &str) -> String {
 
 type Form = Vec<(&'static str, String)>;
 
+/// A form pair that [`Table::post`] sends as the `DPoP` header.
+const DPOP_HEADER: &str = "DPoP header";
+/// The token endpoint a DPoP proof for an exchange names (RFC 8414 `token_endpoint` under the issuer).
+const TOKEN_HTU: &str = "https://tessera.test/oauth2/token";
+
+fn with_proof(mut form: Form, proof: String) -> Form {
+    form.push((DPOP_HEADER, proof));
+    form
+}
+
 struct Table {
     _broker: TestBroker,
     base: String,
@@ -137,14 +147,18 @@ rpcs = ["introspect"]
             .sum()
     }
 
+    /// POSTs `form`; a `DPOP_HEADER` pair is sent as the `DPoP` header instead of a form field.
     async fn post(&self, path: &str, form: &[(&str, String)], who: As) -> (u16, Value) {
         let body: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+            .extend_pairs(form.iter().filter(|(k, _)| *k != DPOP_HEADER).map(|(k, v)| (*k, v.as_str())))
             .finish();
         let mut request = reqwest::Client::new()
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body);
+        for (_, proof) in form.iter().filter(|(k, _)| *k == DPOP_HEADER) {
+            request = request.header("dpop", proof);
+        }
         if let Some(a) = who.authorization() {
             request = request.header("authorization", a);
         }
@@ -384,6 +398,65 @@ async fn every_attack_in_the_table_is_refused_and_issues_nothing() {
         As::Orchestrator,
         400,
         "invalid_target",
+    )
+    .await;
+
+    // DPoP (RFC 9449): a proof binds the token to its key; a proof for another request, a replayed proof or
+    // another key's proof gets nothing.
+    let key = crate::dpop::DpopKey::ec();
+    t.refused(
+        "a DPoP proof for another URL",
+        token,
+        with_proof(
+            exchange(&k8s_assertion(600), BROKER, "crm:read", "atk-dpop"),
+            key.proof("POST", "https://tessera.test/oauth2/introspect", None),
+        ),
+        As::Orchestrator,
+        400,
+        "invalid_dpop_proof",
+    )
+    .await;
+    t.refused(
+        "a DPoP proof for another method",
+        token,
+        with_proof(exchange(&k8s_assertion(600), BROKER, "crm:read", "atk-dpop"), key.proof("GET", TOKEN_HTU, None)),
+        As::Orchestrator,
+        400,
+        "invalid_dpop_proof",
+    )
+    .await;
+    let proof = key.proof("POST", TOKEN_HTU, None);
+    let bound = t
+        .issue(
+            with_proof(exchange(&k8s_assertion(600), BROKER, "crm:read", "atk-dpop"), proof.clone()),
+            As::Orchestrator,
+        )
+        .await;
+    t.refused(
+        "a replayed DPoP proof",
+        token,
+        with_proof(exchange(&k8s_assertion(600), BROKER, "crm:read", "atk-dpop"), proof),
+        As::Orchestrator,
+        400,
+        "invalid_dpop_proof",
+    )
+    .await;
+    t.refused(
+        "a DPoP-bound token re-exchanged without a proof",
+        token,
+        exchange(&bound, CRM, "crm:read", ""),
+        As::Orchestrator,
+        400,
+        "invalid_dpop_proof",
+    )
+    .await;
+    t.refused(
+        "a DPoP-bound token re-exchanged with another key's proof",
+        token,
+        with_proof(exchange(&bound, CRM, "crm:read", ""), crate::dpop::DpopKey::ec().proof("POST", TOKEN_HTU, None)),
+        As::Orchestrator,
+        400,
+        "invalid_dpop_proof",
     )
     .await;
 

@@ -190,7 +190,11 @@ rpcs = ["exchange"]
 "#,
         more = if secrets { secret_clients.as_str() } else { gateway_without_secret },
     );
-    let mut builder = TestBroker::builder().broker_toml(broker_toml).issuers_toml(&issuers).clients_toml(&clients);
+    let mut builder = TestBroker::builder()
+        .broker_toml(broker_toml)
+        .issuers_toml(&issuers)
+        .clients_toml(&clients)
+        .introspectors(&["gateway", ORCH]);
     if let Some(url) = redis {
         builder = builder.redis(url, "strict");
     }

@@ -121,7 +121,9 @@ async fn an_mcp_server_validates_tokens_through_tessera() {
     // The MCP server's URL is its audience: the catalog names it before the server runs.
     let port = crate::support::redis::free_port();
     let resource = format!("http://127.0.0.1:{port}/mcp");
-    let audience = format!("\n[[audiences]]\nid = \"{resource}\"\nscopes = [\"other:read\"]\n");
+    let audience = format!(
+        "\n[[audiences]]\nid = \"{resource}\"\nscopes = [\"other:read\"]\nintrospect_clients = [\"gateway\"]\n"
+    );
     let broker = TestBroker::builder().extra_toml(&audience).start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tessera = format!("http://{}", listener.local_addr().unwrap());

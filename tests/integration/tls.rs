@@ -432,6 +432,7 @@ id = "{LEDGER}"
 scopes = ["ledger:read"]
 max_ttl = 120
 sender_constraint = "mtls"
+introspect_clients = ["gateway"]
 "#,
         clients = mtls_clients()
     );

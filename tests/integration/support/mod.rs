@@ -185,6 +185,8 @@ pub struct TestBrokerBuilder {
     issuers_toml: Option<String>,
     /// Whether the `local` client is the loopback caller without credentials (true unless turned off).
     loopback_client: bool,
+    /// The clients registered to introspect the CRM's, the other API's and task tokens.
+    introspectors: Vec<String>,
     clients_toml: Option<String>,
 }
 
@@ -206,6 +208,7 @@ impl TestBroker {
             policy: std::fs::read_to_string(fixtures().join("policy.cedar")).unwrap(),
             issuers_toml: None,
             loopback_client: true,
+            introspectors: vec!["gateway".into(), "local".into()],
             clients_toml: None,
         }
     }
@@ -321,6 +324,13 @@ impl TestBrokerBuilder {
         self
     }
 
+    /// The clients registered to introspect the CRM's, the other API's and task tokens (default: `gateway`
+    /// and `local`); a test with its own clients names its own.
+    pub fn introspectors(mut self, ids: &[&str]) -> Self {
+        self.introspectors = ids.iter().map(|id| id.to_string()).collect();
+        self
+    }
+
     /// No loopback client: a caller without credentials is refused even on loopback (the `local` client then
     /// needs the shared secret).
     pub fn without_loopback_client(mut self) -> Self {
@@ -386,6 +396,7 @@ impl TestBrokerBuilder {
 [broker]
 issuer = "{BROKER}"
 task_token_max_ttl = 1800
+{task_introspect}
 {broker}
 [signing]
 keys = ["signing.pem"]
@@ -400,11 +411,13 @@ level = "warn"
 id = "{CRM}"
 scopes = ["crm:read", "crm:write", "crm:export"]
 max_ttl = 300
+{introspect}
 
 [[audiences]]
 id = "{OTHER}"
 scopes = ["other:read"]
 max_ttl = 120
+{introspect}
 
 {clients}
 {issuers}
@@ -421,6 +434,8 @@ max_ttl = 120
                 }
             }),
             extra = self.extra_toml,
+            introspect = format!("introspect_clients = {:?}", self.introspectors),
+            task_introspect = format!("task_introspect_clients = {:?}", self.introspectors),
         );
         std::fs::write(dir.path().join("tessera.toml"), config).unwrap();
         dir
