@@ -391,6 +391,8 @@ impl TestBrokerBuilder {
         std::fs::write(dir.path().join("policy.cedar"), &self.policy).unwrap();
         let secret_sha256 =
             hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, CLIENT_SECRET.as_bytes()));
+        let introspect = format!("introspect_clients = {:?}", self.introspectors);
+        let task_introspect = format!("task_introspect_clients = {:?}", self.introspectors);
         let config = format!(
             r#"
 [broker]
@@ -434,8 +436,8 @@ max_ttl = 120
                 }
             }),
             extra = self.extra_toml,
-            introspect = format!("introspect_clients = {:?}", self.introspectors),
-            task_introspect = format!("task_introspect_clients = {:?}", self.introspectors),
+            introspect = introspect,
+            task_introspect = task_introspect,
         );
         std::fs::write(dir.path().join("tessera.toml"), config).unwrap();
         dir
