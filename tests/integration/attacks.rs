@@ -1,6 +1,8 @@
-//! The attack table: named attacks against the HTTP face of one broker, each answered with its exact status
-//! and OAuth error, and each issuing nothing (the broker's own `tessera_exchanges_total{outcome="granted"}`
-//! does not move across the attempt, and the answer carries no token).
+//! The attack table: named attacks against two live replicas (`tessera serve` processes on one real Redis,
+//! TLS and mTLS on, client secrets on), each answered with its exact status and OAuth error, and each issuing
+//! nothing (the replicas' own `tessera_exchanges_total{outcome="granted"}` does not move across the attempt,
+//! and the answer carries no token); afterwards neither replica's debug log holds a token, an assertion, a
+//! proof, a secret or a raw control character.
 //!
 //! Attacks that need a setup (a token to revoke, an agent to suspend) make it through the same face first,
 //! with the legitimate clients; only the attempt itself is measured.
@@ -10,7 +12,10 @@ use std::collections::BTreeSet;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::support::process::Serving;
+use crate::support::redis::RedisServer;
 use crate::support::*;
+use crate::tls::{Pki, write_leaf};
 
 const PAYMENTS: &str = "https://payments.example";
 const VICTIM: &str = "system:serviceaccount:agents:victim";
@@ -66,20 +71,22 @@ fn with_proof(mut form: Form, proof: String) -> Form {
     form
 }
 
+/// Two live replicas (`tessera serve` processes) on one real Redis, serving TLS (and mTLS) on both faces, with
+/// client secrets on; the attempts alternate between them, so every setup step (a revocation, a suspension,
+/// a spent assertion or proof) is seen by an attempt on the other replica.
 struct Table {
-    _broker: TestBroker,
-    base: String,
-    registry: prometheus::Registry,
-    /// Kept alive: dropping the provider would stop its instruments counting.
-    _provider: opentelemetry_sdk::metrics::SdkMeterProvider,
+    replicas: Vec<Serving>,
+    https: reqwest::Client,
+    next: std::sync::atomic::AtomicUsize,
     names: BTreeSet<&'static str>,
+    _redis: RedisServer,
+    _config: tempfile::TempDir,
 }
 
 impl Table {
     async fn start() -> Table {
-        let config = tessera::config::TelemetryConfig { prometheus: true, ..Default::default() };
-        let (provider, registry) =
-            tessera::telemetry::meter_provider(&config, tessera::telemetry::resource(&config)).unwrap();
+        let redis = RedisServer::start();
+        let pki = Pki::new("tessera attack-run CA");
         let secret = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, CLIENT_SECRET.as_bytes()));
         let extra = format!(
             r#"
@@ -103,57 +110,85 @@ rpcs = ["exchange"]
 id = "auditor"
 secret_sha256 = "{secret}"
 rpcs = ["introspect"]
+
+[tls]
+cert_file = "server.crt"
+key_file = "server.key"
+client_ca_file = "clients-ca.pem"
+
+[telemetry]
+prometheus = true
 "#
         );
         let policy = std::fs::read_to_string(fixtures().join("policy.cedar")).unwrap()
             + "\npermit (principal, action == Tessera::Action::\"exchange\", resource == Tessera::Audience::\"https://payments.example\")\nwhen { principal.issuer == \"kubernetes\" && context.scope == \"pay:read\" };\n";
-        // The SPIFFE issuer mints one assertion per request: each is good once.
+        // The SPIFFE issuer mints one assertion per request: each is good once, on any replica.
         let issuers = default_issuers_toml().replace(
             "name = \"spiffe\"\nspiffe_trust_domain = \"agents.example.org\"",
             "name = \"spiffe\"\nspiffe_trust_domain = \"agents.example.org\"\nsingle_use = true",
         );
         assert!(issuers.contains("single_use = true"));
-        let broker = TestBroker::builder()
-            .metrics(tessera::metrics::Metrics::new(&opentelemetry::metrics::MeterProvider::meter(
-                &provider, "tessera",
-            )))
+        let config = TestBroker::builder()
             .broker_toml("max_delegation_depth = 2")
             .extra_toml(&extra)
             .policy(&policy)
             .issuers_toml(&issuers)
             .without_loopback_client()
-            .start()
-            .await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(tessera::http::serve(
-            listener,
-            std::sync::Arc::clone(&broker.broker),
-            None,
-            std::future::pending(),
-        ));
-        Table { _broker: broker, base, registry: registry.unwrap(), _provider: provider, names: BTreeSet::new() }
+            .redis(&redis.url(), "strict")
+            .write_config();
+        write_leaf(config.path(), "server", &pki.server());
+        std::fs::write(config.path().join("clients-ca.pem"), &pki.ca_pem).unwrap();
+        let file = config.path().join("tessera.toml");
+        // Both replicas sign with the same key (write_config wrote one signing.pem) and share the Redis.
+        let replicas: Vec<Serving> = (0..2)
+            .map(|_| {
+                Serving::start(&["--config", file.to_str().unwrap()], |c| {
+                    c.env("TESSERA__LOG__LEVEL", "debug").env_remove("RUST_LOG");
+                })
+            })
+            .collect();
+        let https = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        Table {
+            replicas,
+            https,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            names: BTreeSet::new(),
+            _redis: redis,
+            _config: config,
+        }
     }
 
-    /// Exchanges granted so far, as the broker counts them.
-    fn granted(&self) -> f64 {
-        self.registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == "tessera_exchanges_total")
-            .flat_map(|f| f.get_metric())
-            .filter(|m| m.get_label().iter().any(|l| l.name() == "outcome" && l.value() == "granted"))
-            .map(|m| m.get_counter().get_value())
-            .sum()
+    fn url(replica: &Serving, path: &str) -> String {
+        format!("https://localhost:{}{path}", replica.http.rsplit(':').next().unwrap())
     }
 
-    /// POSTs `form`; a `DPOP_HEADER` pair is sent as the `DPoP` header instead of a form field.
+    /// Exchanges granted so far, as the replicas count them (their Prometheus endpoints).
+    async fn granted(&self) -> f64 {
+        let mut total = 0.0;
+        for replica in &self.replicas {
+            let text = self.https.get(Table::url(replica, "/metrics")).send().await.unwrap().text().await.unwrap();
+            total += text
+                .lines()
+                .filter(|l| l.starts_with("tessera_exchanges_total{") && l.contains("outcome=\"granted\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        total
+    }
+
+    /// POSTs `form` to the next replica; a `DPOP_HEADER` pair is sent as the `DPoP` header instead of a form
+    /// field.
     async fn post(&self, path: &str, form: &[(&str, String)], who: As) -> (u16, Value) {
+        let replica = &self.replicas[self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2];
         let body: String = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form.iter().filter(|(k, _)| *k != DPOP_HEADER).map(|(k, v)| (*k, v.as_str())))
             .finish();
-        let mut request = reqwest::Client::new()
-            .post(format!("{}{path}", self.base))
+        let mut request = self
+            .https
+            .post(Table::url(replica, path))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body);
         for (_, proof) in form.iter().filter(|(k, _)| *k == DPOP_HEADER) {
@@ -183,11 +218,11 @@ rpcs = ["introspect"]
     /// One attack: refused with exactly `status` and `error`, and nothing issued.
     async fn refused(&mut self, name: &'static str, path: &str, form: Form, who: As, status: u16, error: &str) {
         assert!(self.names.insert(name), "attack {name:?} is in the table twice");
-        let before = self.granted();
+        let before = self.granted().await;
         let (got, body) = self.post(path, &form, who).await;
         assert_eq!((got, body["error"].as_str()), (status, Some(error)), "attack {name:?}: {body}");
         assert!(body.get("access_token").is_none(), "attack {name:?} got a token: {body}");
-        assert_eq!(self.granted(), before, "attack {name:?} issued a token");
+        assert_eq!(self.granted().await, before, "attack {name:?} issued a token");
     }
 
     /// One attack on introspection: answered `{"active": false}` and nothing more.
@@ -619,5 +654,16 @@ async fn every_attack_in_the_table_is_refused_and_issues_nothing() {
 
     assert!(t.names.len() >= 40, "the attack table has {} cases", t.names.len());
     // The setups' own exchanges were counted: the counter the attacks are checked against is live.
-    assert!(t.granted() >= 10.0, "granted exchanges counted: {}", t.granted());
+    let granted = t.granted().await;
+    assert!(granted >= 10.0, "granted exchanges counted: {granted}");
+    // Nothing that should not be there reached either replica's (debug) log: no token, assertion or proof
+    // (every JWS here starts `eyJ`), no client secret, and no raw control character from a hostile claim.
+    for replica in &t.replicas {
+        let logs = replica.logs();
+        assert!(logs.contains("exchange"), "the replica logged its decisions");
+        for (what, leaked) in [("a JWS", logs.contains("eyJ")), ("the client secret", logs.contains(CLIENT_SECRET))] {
+            assert!(!leaked, "{what} reached a log:\n{logs}");
+        }
+        assert!(!logs.contains('\u{7}'), "a raw control character reached a log");
+    }
 }

@@ -19,19 +19,19 @@ const AGENT_SPIFFE: &str = "spiffe://tessera.test/ns/agents/sa/orchestrator";
 const GATEWAY_DNS: &str = "gateway.tessera.test";
 
 /// A test certificate authority.
-struct Pki {
+pub(crate) struct Pki {
     issuer: Issuer<'static, KeyPair>,
-    ca_pem: String,
+    pub(crate) ca_pem: String,
 }
 
 /// A certificate and its key, as PEM.
-struct Leaf {
+pub(crate) struct Leaf {
     cert: String,
     key: String,
 }
 
 impl Pki {
-    fn new(name: &str) -> Pki {
+    pub(crate) fn new(name: &str) -> Pki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
@@ -50,7 +50,7 @@ impl Pki {
         Leaf { cert: cert.pem(), key: key.serialize_pem() }
     }
 
-    fn server(&self) -> Leaf {
+    pub(crate) fn server(&self) -> Leaf {
         let sans = vec![SanType::DnsName("localhost".try_into().unwrap()), SanType::IpAddress([127, 0, 0, 1].into())];
         self.leaf(sans, ExtendedKeyUsagePurpose::ServerAuth)
     }
@@ -66,7 +66,7 @@ impl Pki {
 
 /// Writes `leaf` as `NAME.crt` and `NAME.key` in `dir` (replacing them by rename, as a Secret volume's
 /// symlink swap does: a reader never sees half a file).
-fn write_leaf(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+pub(crate) fn write_leaf(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
     for (path, text) in [(&cert, &leaf.cert), (&key, &leaf.key)] {
         let staged = path.with_extension("new");
