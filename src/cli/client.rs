@@ -44,13 +44,50 @@ pub(super) struct ClientArgs {
     /// The kind of --client-assertion-file: `jwt-bearer` (private_key_jwt) or `jwt-spiffe` (a JWT-SVID).
     #[arg(long, default_value = "jwt-bearer", value_parser = ["jwt-bearer", "jwt-spiffe"])]
     client_assertion_type: String,
+    /// PEM CA certificates to verify the broker's TLS certificate with (an `https://` --addr; without it, the
+    /// system's roots).
+    #[arg(long, env = "TESSERA_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for mTLS (with --key-file): the broker knows the client by it.
+    #[arg(long, env = "TESSERA_CERT_FILE", requires = "key_file")]
+    cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --cert-file.
+    #[arg(long, env = "TESSERA_KEY_FILE", requires = "cert_file")]
+    key_file: Option<std::path::PathBuf>,
+    /// The name the broker's certificate must carry, when --addr is an IP address or another name.
+    #[arg(long, env = "TESSERA_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
 }
 
 impl ClientArgs {
     async fn connect(&self) -> Result<pb::token_broker_client::TokenBrokerClient<tonic::transport::Channel>, String> {
-        pb::token_broker_client::TokenBrokerClient::connect(self.addr.clone())
-            .await
-            .map_err(|e| format!("cannot reach {}: {e}", self.addr))
+        let unreachable = |e: &dyn std::fmt::Display| format!("cannot reach {}: {e}", self.addr);
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.addr.clone()).map_err(|e| unreachable(&e))?;
+        if self.addr.starts_with("https://") {
+            tessera::install_crypto_provider();
+            endpoint = endpoint.tls_config(self.tls()?).map_err(|e| unreachable(&e))?;
+        } else if self.ca_file.is_some() || self.cert_file.is_some() {
+            return Err("--ca-file and --cert-file need an https:// --addr".into());
+        }
+        let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+        Ok(pb::token_broker_client::TokenBrokerClient::new(channel))
+    }
+
+    /// TLS for an `https://` --addr: the CA to trust, the client certificate to present (mTLS).
+    fn tls(&self) -> Result<tonic::transport::ClientTlsConfig, String> {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match &self.ca_file {
+            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(name) = &self.tls_server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(tls)
     }
 
     fn request<T>(&self, message: T) -> Result<tonic::Request<T>, String> {

@@ -401,6 +401,36 @@ fn tessera_serve_reads_tls_from_its_config() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
 
+    // The CLI's client commands over mTLS: the certificate is the client, no secret.
+    let grpc_port = server.grpc.rsplit(':').next().unwrap().to_string();
+    let exchange = |with_cert: bool| {
+        use std::io::Write as _;
+        let mut command = crate::support::process::tessera();
+        command
+            .args(["exchange", "--addr", &format!("https://localhost:{grpc_port}"), "--ca-file"])
+            .arg(dir.path().join("ca.pem"))
+            .args(["--subject-token", "-", "--audience", CRM, "--scope", "crm:read", "--task-id", "cli-mtls"]);
+        if with_cert {
+            command.arg("--cert-file").arg(&cert).arg("--key-file").arg(&key);
+        }
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(k8s_assertion(600).as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = exchange(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(client_id_of(&body), "agent-mtls");
+    // Without the certificate, over TLS only: the loopback client of this config stands in.
+    let out = exchange(false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(client_id_of(&serde_json::from_slice(&out.stdout).unwrap()), "local");
+
     // A config whose TLS files are wrong does not start, and says which file.
     std::fs::write(dir.path().join("server.key"), "not a key").unwrap();
     let check = crate::support::process::tessera().args(["config", "check"]).arg(&config).output().unwrap();
