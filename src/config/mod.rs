@@ -331,6 +331,26 @@ mod tests {
         }
     }
 
+    fn fixed(toml: &str) -> FixedSections {
+        FixedSections::of(&Figment::new().merge(Toml::string(toml)))
+    }
+
+    #[test]
+    fn fixed_sections_tell_a_change_that_needs_a_restart_from_one_a_reload_takes() {
+        let base = "[broker]\nissuer = \"https://t.example\"\n[[audiences]]\nid = \"https://a.example\"\n";
+        let start = fixed(base);
+        let reloadable =
+            format!("{base}[[clients]]\nid = \"c\"\n[policy]\nfile = \"other.cedar\"\n[[issuers]]\nname = \"x\"\n")
+                .replace("[broker]\n", "[broker]\ntask_token_max_ttl = 60\ntask_introspect_clients = [\"c\"]\n");
+        assert_eq!(start.changed(&fixed(&reloadable)), Vec::<&str>::new());
+        let restart =
+            format!("{base}[server]\nmax_request_bytes = 9000\n[store]\nredis_url = \"redis://:hunter2@r:6379\"\n")
+                .replace("[broker]\n", "[broker]\nleeway = 9\n");
+        let changed = fixed(&restart);
+        assert_eq!(start.changed(&changed), vec!["server", "broker", "store"]);
+        assert!(!format!("{changed:?}").contains("hunter2"), "Debug names sections, never values");
+    }
+
     fn problems(toml: &str) -> String {
         let builder: ConfigBuilder = Figment::new().merge(Toml::string(toml)).extract().unwrap();
         builder.build(Path::new(".")).unwrap_err().0.join("\n")

@@ -93,6 +93,8 @@ impl Source {
             context.update(path_bytes);
             match std::fs::read(path) {
                 Ok(content) => {
+                    // Signing keys are among the files: their bytes do not outlive the hashing.
+                    let content = zeroize::Zeroizing::new(content);
                     context.update(&[1]);
                     context.update(&(content.len() as u64).to_be_bytes());
                     context.update(&content);
@@ -341,5 +343,127 @@ impl Hangup {
             return;
         }
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::keys::{SigningAlgorithm, SigningKey};
+
+    const CRM: &str = "https://crm.example";
+    const NEW: &str = "https://new.example";
+
+    fn key_pem() -> String {
+        let (_, pem) = SigningKey::generate(SigningAlgorithm::EdDSA).unwrap();
+        pem.expose().to_string()
+    }
+
+    /// A config folder: a signing key, a policy and `tessera.toml` with `extra` appended.
+    fn write(dir: &Path, extra: &str) {
+        if !dir.join("key.pem").exists() {
+            std::fs::write(dir.join("key.pem"), key_pem()).unwrap();
+        }
+        std::fs::write(dir.join("policy.cedar"), crate::policy::DEFAULT_POLICY).unwrap();
+        let config = format!(
+            "[broker]\nissuer = \"https://tessera.test\"\n[signing]\nkeys = [\"key.pem\"]\n[policy]\nfile = \
+             \"policy.cedar\"\n[[audiences]]\nid = \"{CRM}\"\nscopes = [\"crm:read\"]\nmax_ttl = 300\n{extra}"
+        );
+        std::fs::write(dir.join("tessera.toml"), config).unwrap();
+    }
+
+    const NEW_AUDIENCE: &str = "[[audiences]]\nid = \"https://new.example\"\nscopes = [\"new:read\"]\nmax_ttl = 60\n";
+
+    async fn reloader(dir: &Path) -> (Arc<Broker>, Arc<Reloader>) {
+        let source = Source::new(dir.join("tessera.toml"), Arc::new(|_| {}));
+        let (digest, loaded) = source.load();
+        let loaded = loaded.unwrap();
+        let broker = Arc::new(super::super::broker(loaded.config, crate::metrics::Metrics::global()).await.unwrap());
+        let reloader = Reloader::new(Arc::clone(&broker), source, loaded.fixed, digest);
+        (broker, reloader)
+    }
+
+    #[tokio::test]
+    async fn a_request_keeps_the_set_it_loaded_while_a_reload_swaps_in_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "");
+        let (broker, reloader) = reloader(dir.path()).await;
+        let mut changes = broker.subscribe();
+        let before = broker.current();
+        write(dir.path(), NEW_AUDIENCE);
+        let reloaded = reloader.reload(Trigger::Signal).await.unwrap();
+        assert_eq!(reloaded, Reloaded { issuers: 0, audiences: 2, routes: 0, clients: 0 });
+        assert!(changes.has_changed().unwrap(), "followers of the snapshot are told");
+        changes.borrow_and_update();
+        // The request under way still sees the set it began with; the next one sees the new set.
+        assert!(before.catalog().audience(NEW).is_none());
+        assert!(before.catalog().audience(CRM).is_some());
+        assert!(broker.current().catalog().audience(NEW).is_some());
+        // Nothing changed on disk: the watch does not reload.
+        assert!(reloader.reload_if_changed().await.is_none());
+        assert!(!changes.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_change_to_a_fixed_section_is_refused_whole_and_names_the_section() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "");
+        let (broker, reloader) = reloader(dir.path()).await;
+        write(
+            dir.path(),
+            &format!("[server]\nmax_request_bytes = 100000\n[rate_limits]\nclient_per_minute = 5\n{NEW_AUDIENCE}"),
+        );
+        let problems = reloader.reload_if_changed().await.unwrap().unwrap_err().join("\n");
+        assert!(problems.contains("[server], [rate_limits] changed") && problems.contains("restart"), "{problems}");
+        assert!(broker.current().catalog().audience(NEW).is_none(), "the reloadable part is not taken either");
+        // The same content is not tried again at every check.
+        assert!(reloader.reload_if_changed().await.is_none());
+
+        // Reloadable `[broker]` keys are taken; the others are fixed.
+        write(dir.path(), NEW_AUDIENCE);
+        assert!(reloader.reload(Trigger::Signal).await.is_ok());
+        assert!(broker.current().catalog().audience(NEW).is_some());
+        let toml = std::fs::read_to_string(dir.path().join("tessera.toml")).unwrap();
+        let toml = toml
+            .replace("issuer = \"https://tessera.test\"", "issuer = \"https://tessera.test\"\ntask_token_max_ttl = 60");
+        std::fs::write(dir.path().join("tessera.toml"), &toml).unwrap();
+        assert!(reloader.reload(Trigger::Signal).await.is_ok(), "task_token_max_ttl reloads");
+        std::fs::write(dir.path().join("tessera.toml"), toml.replace("task_token_max_ttl = 60", "leeway = 10"))
+            .unwrap();
+        let problems = reloader.reload(Trigger::Signal).await.unwrap_err().join("\n");
+        assert!(problems.contains("[broker] changed"), "{problems}");
+    }
+
+    #[tokio::test]
+    async fn new_signing_key_contents_need_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "");
+        let (broker, reloader) = reloader(dir.path()).await;
+        let jwks = broker.keyring().jwks_json().to_string();
+        std::fs::write(dir.path().join("key.pem"), key_pem()).unwrap();
+        write(dir.path(), NEW_AUDIENCE);
+        let problems = reloader.reload_if_changed().await.unwrap().unwrap_err().join("\n");
+        assert!(problems.contains("signing.keys") && problems.contains("restart"), "{problems}");
+        assert!(!problems.contains("PRIVATE KEY"), "{problems}");
+        assert_eq!(broker.keyring().jwks_json(), jwks);
+        assert!(broker.current().catalog().audience(NEW).is_none());
+    }
+
+    #[test]
+    fn the_digest_follows_the_content_of_every_named_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "");
+        let source = Source::new(dir.path().join("tessera.toml"), Arc::new(|_| {}));
+        let first = source.digest();
+        assert_eq!(source.digest(), first, "same content, same digest");
+        std::fs::write(dir.path().join("policy.cedar"), format!("{}\n// a comment\n", crate::policy::DEFAULT_POLICY))
+            .unwrap();
+        let second = source.digest();
+        assert_ne!(second, first, "a named file's content counts");
+        std::fs::remove_file(dir.path().join("policy.cedar")).unwrap();
+        assert_ne!(source.digest(), second, "a missing file counts");
+        std::fs::write(dir.path().join("tessera.toml"), "not toml [").unwrap();
+        let broken = source.digest();
+        assert_eq!(source.digest(), broken, "a config that does not parse still has a digest");
     }
 }
