@@ -250,3 +250,80 @@ async fn clients_and_issuers_follow_the_config_on_disk() {
     assert_eq!(exchange(&replica, CRM, "crm:read", &k8s, Some("orchestrator")).await, "invalid_client");
     assert_eq!(exchange(&replica, CRM, "crm:read", &svid, None).await, "ok", "the added issuer is trusted");
 }
+
+#[tokio::test]
+async fn an_added_issuer_has_its_keys_before_it_serves_and_its_refresh_follows_the_new_set() {
+    let key = shared_signing_key();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let spiffe_jwks = keys_dir.path().join("spiffe.jwks.json");
+    std::fs::copy(fixtures().join("spiffe.jwks.json"), &spiffe_jwks).unwrap();
+    let github = crate::support::jwks_server::JwksServer::start(
+        std::fs::read_to_string(fixtures().join("github.jwks.json")).unwrap(),
+    )
+    .await;
+    let kubernetes = default_issuers_toml().split("[[issuers]]").nth(1).map(|k| format!("[[issuers]]{k}")).unwrap();
+    let mut map = ConfigMap::new(&builder(&key).issuers_toml(&kubernetes));
+    // No file watch: what changes after the SIGHUP can only come from the new set's own refresh tasks.
+    let replica = serve(&map.config(), 0);
+    let (svid, gh) = (spiffe_assertion(600), github_assertion(600));
+    assert_eq!(exchange(&replica, CRM, "crm:read", &svid, None).await, "invalid_grant");
+
+    let added = format!(
+        "{kubernetes}\n[[issuers]]\nname = \"spiffe\"\nspiffe_trust_domain = \"agents.example.org\"\njwks_file = \"{}\"\nalgorithms = [\"ES256\", \"RS256\"]\nmin_refresh_interval = 1\n\n[[issuers]]\nname = \"github\"\nissuer = \"{GITHUB_ISS}\"\njwks_url = \"{}\"\nalgorithms = [\"RS256\"]\nattributes = {{ repository = \"/repository\", ref = \"/ref\" }}\n",
+        spiffe_jwks.display(),
+        github.url,
+    );
+    map.publish(&builder(&key).issuers_toml(&added));
+    assert!(std::process::Command::new("kill").args(["-HUP", &replica.pid().to_string()]).status().unwrap().success());
+    assert!(logged(&replica, "configuration reloaded").await, "{}", replica.logs());
+    assert!(github.hits() >= 1, "the jwks_url set is fetched by the reload, before the new set serves");
+    assert_eq!(exchange(&replica, CRM, "crm:read", &svid, None).await, "ok", "{}", replica.logs());
+    assert_eq!(exchange(&replica, OTHER, "other:read", &gh, None).await, "ok", "{}", replica.logs());
+
+    // The SPIFFE key is withdrawn from its file (an RS256 set takes its place): the new set's refresh task
+    // notices within its interval.
+    std::fs::copy(fixtures().join("github.jwks.json"), &spiffe_jwks).unwrap();
+    let got = until(SETTLE, "invalid_grant", async || exchange(&replica, CRM, "crm:read", &svid, None).await).await;
+    assert_eq!(got, "invalid_grant", "{}", replica.logs());
+}
+
+#[tokio::test]
+async fn sighup_in_dev_mode_is_logged_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Serving::start(&["--dev-dir", dir.path().join(".tessera-dev").to_str().unwrap()], |c| {
+        c.env("TESSERA__LOG__LEVEL", "info").env_remove("RUST_LOG").env_remove("TESSERA_CONFIG");
+    });
+    assert!(std::process::Command::new("kill").args(["-HUP", &replica.pid().to_string()]).status().unwrap().success());
+    assert!(logged(&replica, "dev mode has no configuration file to reload").await, "{}", replica.logs());
+    let health = reqwest::get(format!("http://{}/healthz", replica.http)).await.unwrap();
+    assert!(health.status().is_success(), "still serving after SIGHUP");
+}
+
+#[tokio::test]
+async fn environment_overrides_apply_to_a_reload_as_at_start() {
+    let key = shared_signing_key();
+    let mut map = ConfigMap::new(&builder(&key));
+    // The environment names a policy that grants upstream workloads nothing, over the file's policy.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let nothing = elsewhere.path().join("nothing.cedar");
+    std::fs::write(&nothing, "// grants nothing\nforbid (principal, action, resource);\n").unwrap();
+    let replica = Serving::start(&["--config", map.config().to_str().unwrap()], |c| {
+        c.env("TESSERA__LOG__LEVEL", "info")
+            .env("TESSERA__SERVER__CONFIG_RELOAD_INTERVAL", "1")
+            .env("TESSERA__POLICY__FILE", &nothing)
+            .env_remove("RUST_LOG");
+    });
+    let assertion = k8s_assertion(600);
+    assert_eq!(exchange(&replica, CRM, "crm:read", &assertion, None).await, "invalid_scope");
+
+    map.publish(&with_new_audience(builder(&key)));
+    let got =
+        until(SETTLE, "invalid_scope", async || exchange(&replica, NEW, "new:read", &assertion, None).await).await;
+    assert_eq!(
+        got,
+        "invalid_scope",
+        "the new audience is catalogued, and the policy still refuses:\n{}",
+        replica.logs()
+    );
+    assert_eq!(exchange(&replica, CRM, "crm:read", &assertion, None).await, "invalid_scope", "the override holds");
+}
