@@ -147,6 +147,7 @@ async fn a_catalog_change_on_disk_is_in_force_on_every_replica_within_seconds_wi
     let assertion = k8s_assertion(600);
     for replica in &replicas {
         assert_eq!(exchange(replica, NEW, "new:read", &assertion, None).await, "invalid_target");
+        assert!(metric(replica, "tessera_config_loaded_seconds", "").await > 1.7e9, "loaded at start");
     }
 
     map.publish(&with_new_audience(builder(&key)));
