@@ -215,19 +215,23 @@ impl ConfigBuilder {
         Ok((builder, FixedSections::of(&figment)))
     }
 
-    /// Every file this config names whose content the broker reads at load — the policy, the signing keys,
-    /// the issuers' JWKS and CA files — relative paths resolved against `base_dir`. A reload watch reads
-    /// them with the config file to notice a change by content. (TLS files are left out: they reload on
-    /// their own; bearer token files are read at every JWKS fetch.)
+    /// Every file this config names whose content validation reads — the policy, the signing keys, the
+    /// issuers' JWKS and CA files, the TLS files, the OTLP CA file — relative paths resolved against
+    /// `base_dir`. A reload watch reads them with the config file to notice a change by content, so a reload
+    /// refused because of one of them is tried again once it changes. (Bearer token files are left out: they
+    /// are read at every JWKS fetch, not at load.)
     pub fn named_files(&self, base_dir: &Path) -> Vec<PathBuf> {
         let cx = Context { base_dir, broker_issuer: "" };
         let issuers = self.issuers.iter().flat_map(|i| [i.jwks_file.as_deref(), i.jwks_ca_file.as_deref()]);
+        let tls = [self.tls.cert_file.as_deref(), self.tls.key_file.as_deref(), self.tls.client_ca_file.as_deref()];
         self.policy
             .file
             .as_deref()
             .into_iter()
             .chain(self.signing.keys.iter().map(PathBuf::as_path))
             .chain(issuers.flatten())
+            .chain(tls.into_iter().flatten())
+            .chain(self.telemetry.otlp_ca_file.as_deref())
             .map(|p| cx.path(p))
             .collect()
     }
@@ -349,6 +353,41 @@ mod tests {
         let changed = fixed(&restart);
         assert_eq!(start.changed(&changed), vec!["server", "broker", "store"]);
         assert!(!format!("{changed:?}").contains("hunter2"), "Debug names sections, never values");
+    }
+
+    #[test]
+    fn named_files_are_every_file_validation_reads_resolved_against_the_config_folder() {
+        let toml = r#"
+            [signing]
+            keys = ["keys/a.pem", "/abs/b.pem"]
+            [policy]
+            file = "policy.cedar"
+            [tls]
+            cert_file = "tls/tls.crt"
+            key_file = "tls/tls.key"
+            [telemetry]
+            otlp_ca_file = "otlp-ca.pem"
+            [[issuers]]
+            name = "k"
+            jwks_file = "k.jwks.json"
+            jwks_ca_file = "k-ca.pem"
+        "#;
+        let builder: ConfigBuilder = Figment::new().merge(Toml::string(toml)).extract().unwrap();
+        let files: Vec<String> =
+            builder.named_files(Path::new("/etc/t")).iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            files,
+            [
+                "/etc/t/policy.cedar",
+                "/etc/t/keys/a.pem",
+                "/abs/b.pem",
+                "/etc/t/k.jwks.json",
+                "/etc/t/k-ca.pem",
+                "/etc/t/tls/tls.crt",
+                "/etc/t/tls/tls.key",
+                "/etc/t/otlp-ca.pem"
+            ]
+        );
     }
 
     fn problems(toml: &str) -> String {
