@@ -67,7 +67,7 @@ async fn broker(dir: &std::path::Path, redis: Option<u16>, store: Store) -> Arc<
 
 fn client(broker: &Broker) -> Client {
     let c = Credentials { peer_is_loopback: true, ..Credentials::default() };
-    broker.clients().authenticate(&c, Rpc::Exchange).expect("demo client").clone()
+    broker.current().clients().authenticate(&c, Rpc::Exchange).expect("demo client").clone()
 }
 
 fn request(assertion: &str) -> ExchangeRequest {
@@ -126,6 +126,7 @@ async fn grpc_throughput(broker: Arc<Broker>, token: &str, concurrency: usize, s
         request_timeout: Duration::from_secs(5),
         max_concurrent_requests: 4096,
         max_queue_wait: Duration::from_millis(250),
+        config_reload_interval: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tessera::serve::run(listener, broker, settings, async {

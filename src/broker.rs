@@ -3,8 +3,16 @@
 //! composition root ([`crate::serve`]). Each RPC is one operation with its own type: [`Exchange`] in
 //! [`crate::exchange`], [`Introspect`] in [`crate::introspect`], [`Revoke`] in [`crate::revocation`]; the
 //! methods here only give each the parts it needs.
+//!
+//! The parts a configuration reload replaces — issuers (with their keys), catalog (with its routes), policy
+//! and clients — are one [`Snapshot`], swapped whole ([`Broker::replace`]): a request loads it once
+//! ([`Broker::current`]) and sees one consistent set from authentication to the audit event, even while a
+//! reload lands. Loading is lock-free (no lock is ever held across an `.await`). Everything else — the
+//! broker's identity, signing keys, limits, store, audit sink, metrics and load slots — is fixed at start.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::audit::AuditSink;
 use crate::catalog::Catalog;
@@ -21,16 +29,50 @@ use crate::revocation::{Revocations, Revoke, RevokeRequest, Revoked, Store, Susp
 use crate::secret::Token;
 use crate::token::Keyring;
 
+/// The reloadable parts of a broker: what one configuration says about who is trusted, what may be issued
+/// and who may call. Built by the composition root from a validated config, at start and at each reload.
+pub struct Snapshot {
+    /// The trusted upstream issuers (and the broker's own verifying keys).
+    pub(crate) issuers: Arc<Issuers>,
+    /// The audiences, their routes and who may introspect their tokens.
+    pub(crate) catalog: Catalog,
+    /// The Cedar policy.
+    pub(crate) policy: Policy,
+    /// Who may call, and how callers authenticate.
+    pub(crate) clients: Clients,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("issuers", &self.issuers).finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    /// The trusted issuers of this set.
+    pub fn issuers(&self) -> &Arc<Issuers> {
+        &self.issuers
+    }
+
+    /// The catalog of this set.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The clients of this set.
+    pub fn clients(&self) -> &Clients {
+        &self.clients
+    }
+}
+
 /// Everything a broker is made of, as the composition root builds it.
 pub(crate) struct Parts {
     /// The broker's own issuer: `iss` of its tokens, the `aud` upstream assertions carry, and the audience of
     /// task tokens.
     pub(crate) broker_issuer: String,
     pub(crate) keyring: Keyring,
-    pub(crate) issuers: Arc<Issuers>,
-    pub(crate) catalog: Catalog,
-    pub(crate) policy: Policy,
-    pub(crate) clients: Clients,
+    /// The reloadable parts, as the configuration read at start has them.
+    pub(crate) snapshot: Snapshot,
     pub(crate) limits: Limits,
     /// Clock skew tolerated on tessera's own `nbf`/`iat`, in seconds.
     pub(crate) leeway: u64,
@@ -47,32 +89,184 @@ pub(crate) struct Parts {
     pub(crate) slots: Slots,
 }
 
-/// The broker: its parts (built by the composition root, [`crate::serve`]), shared by every operation.
-#[derive(Debug)]
-pub struct Broker {
-    parts: Parts,
+/// The parts fixed for the life of the process.
+struct Fixed {
+    broker_issuer: String,
+    keyring: Keyring,
+    limits: Limits,
+    leeway: u64,
+    task_revocation_retention: u64,
+    dpop: crate::dpop::Settings,
+    store: Arc<dyn Store>,
+    rate_limits: RateLimits,
+    audit: Arc<dyn AuditSink>,
+    metrics: Metrics,
+    slots: Slots,
 }
 
-impl std::fmt::Debug for Parts {
+/// The broker: its parts (built by the composition root, [`crate::serve`]), shared by every operation.
+pub struct Broker {
+    fixed: Fixed,
+    current: ArcSwap<Snapshot>,
+    /// Counts replacements, so tasks that follow the snapshot (the JWKS refresh) learn of each one.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Parts").field("broker_issuer", &self.broker_issuer).finish_non_exhaustive()
+        f.debug_struct("Broker").field("broker_issuer", &self.fixed.broker_issuer).finish_non_exhaustive()
+    }
+}
+
+/// The broker as one request sees it: the fixed parts and the snapshot in force when the request began.
+/// Authenticate and operate through the same `Current`, so the client that authenticated is the client of
+/// the set that decides.
+pub struct Current<'b> {
+    fixed: &'b Fixed,
+    snapshot: Arc<Snapshot>,
+}
+
+impl std::fmt::Debug for Current<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Current").field("snapshot", &self.snapshot).finish_non_exhaustive()
     }
 }
 
 impl Broker {
     pub(crate) fn new(parts: Parts) -> Broker {
-        Broker { parts }
+        let Parts {
+            broker_issuer,
+            keyring,
+            snapshot,
+            limits,
+            leeway,
+            task_revocation_retention,
+            dpop,
+            store,
+            rate_limits,
+            audit,
+            metrics,
+            slots,
+        } = parts;
+        Broker {
+            fixed: Fixed {
+                broker_issuer,
+                keyring,
+                limits,
+                leeway,
+                task_revocation_retention,
+                dpop,
+                store,
+                rate_limits,
+                audit,
+                metrics,
+                slots,
+            },
+            current: ArcSwap::from_pointee(snapshot),
+            generation: tokio::sync::watch::Sender::new(0),
+        }
     }
 
-    fn revocations(&self) -> Revocations<'_> {
-        Revocations { store: self.parts.store.as_ref(), metrics: &self.parts.metrics }
+    /// The broker as of now, for one request: load it once and use it for every step of that request.
+    pub fn current(&self) -> Current<'_> {
+        Current { fixed: &self.fixed, snapshot: self.current.load_full() }
+    }
+
+    /// The reloadable parts in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Puts `snapshot` in force for every request that starts from now on (requests under way finish with
+    /// the set they loaded); returns the set it replaces.
+    pub fn replace(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        let old = self.current.swap(Arc::new(snapshot));
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+        old
+    }
+
+    /// Changes whenever [`Broker::replace`] puts a new snapshot in force.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// RFC 8693 token exchange, as of `now` (Unix seconds), with the set in force: [`Current::exchange`].
+    /// For a caller already authenticated (its client held apart); a face authenticates and exchanges through
+    /// one [`Broker::current`].
+    pub async fn exchange<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        request: ExchangeRequest,
+        now: u64,
+    ) -> Result<Issued> {
+        self.current().exchange(caller, request, now).await
+    }
+
+    /// As [`Broker::exchange`], as of `now_ms` (Unix milliseconds): [`Current::exchange_ms`].
+    pub async fn exchange_ms<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        request: ExchangeRequest,
+        now_ms: u64,
+    ) -> Result<Issued> {
+        self.current().exchange_ms(caller, request, now_ms).await
+    }
+
+    /// RFC 7662 introspection, as of `now`, with the set in force: [`Current::introspect`].
+    pub async fn introspect<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        token: &Token,
+        now: u64,
+    ) -> Result<Introspection> {
+        self.current().introspect(caller, token, now).await
+    }
+
+    /// Records a revocation, as of `now`, with the set in force: [`Current::revoke`].
+    pub async fn revoke<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        request: RevokeRequest,
+        reason: &str,
+        now: u64,
+    ) -> Result<Revoked> {
+        self.current().revoke(caller, request, reason, now).await
+    }
+
+    /// The slots broker operations run in, shared by the gRPC and HTTP faces.
+    pub(crate) fn slots(&self) -> &Slots {
+        &self.fixed.slots
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.fixed.metrics
+    }
+
+    /// The broker's own issuer (for the HTTP face's metadata, whose URLs are under it).
+    pub(crate) fn broker_issuer(&self) -> &str {
+        &self.fixed.broker_issuer
+    }
+
+    pub(crate) fn keyring(&self) -> &Keyring {
+        &self.fixed.keyring
+    }
+
+    /// The revocation store (to ask a mirror whether it is trusted, in tests and diagnostics).
+    pub fn store(&self) -> &dyn Store {
+        self.fixed.store.as_ref()
+    }
+}
+
+impl<'b> Current<'b> {
+    fn revocations(&self) -> Revocations<'b> {
+        Revocations { store: self.fixed.store.as_ref(), metrics: &self.fixed.metrics }
     }
 
     /// Authenticates a caller for `rpc` as of `now` — its secret, its client assertion (verified by the
     /// issuers, before any work) or the loopback client — and checks it may call `rpc`:
     /// [`Clients::identify`]. The caller's assertion is spent by the operation it then calls.
     pub async fn authenticate(&self, credentials: &Credentials, rpc: Rpc, now: u64) -> Result<Caller<'_>> {
-        self.parts.clients.identify(credentials, rpc, &self.parts.issuers, now).await
+        self.snapshot.clients.identify(credentials, rpc, &self.snapshot.issuers, now).await
     }
 
     /// RFC 8693 token exchange, as of `now` (Unix seconds): [`Exchange::run`].
@@ -97,18 +291,19 @@ impl Broker {
     }
 
     fn exchange_op(&self) -> Exchange<'_> {
+        let (fixed, snapshot) = (self.fixed, &*self.snapshot);
         Exchange {
-            broker_issuer: &self.parts.broker_issuer,
-            issuers: &self.parts.issuers,
-            catalog: &self.parts.catalog,
-            policy: &self.parts.policy,
-            keyring: &self.parts.keyring,
-            limits: self.parts.limits,
-            dpop: self.parts.dpop,
+            broker_issuer: &fixed.broker_issuer,
+            issuers: &snapshot.issuers,
+            catalog: &snapshot.catalog,
+            policy: &snapshot.policy,
+            keyring: &fixed.keyring,
+            limits: fixed.limits,
+            dpop: fixed.dpop,
             revocations: self.revocations(),
-            rate_limits: &self.parts.rate_limits,
-            audit: self.parts.audit.as_ref(),
-            metrics: &self.parts.metrics,
+            rate_limits: &fixed.rate_limits,
+            audit: fixed.audit.as_ref(),
+            metrics: &fixed.metrics,
         }
     }
 
@@ -136,12 +331,12 @@ impl Broker {
 
     fn introspect_op(&self) -> Introspect<'_> {
         Introspect {
-            issuers: &self.parts.issuers,
-            catalog: &self.parts.catalog,
+            issuers: &self.snapshot.issuers,
+            catalog: &self.snapshot.catalog,
             revocations: self.revocations(),
-            audit: self.parts.audit.as_ref(),
-            metrics: &self.parts.metrics,
-            dpop: self.parts.dpop,
+            audit: self.fixed.audit.as_ref(),
+            metrics: &self.fixed.metrics,
+            dpop: self.fixed.dpop,
         }
     }
 
@@ -181,50 +376,28 @@ impl Broker {
 
     fn revoke_op(&self) -> Revoke<'_> {
         Revoke {
-            issuers: &self.parts.issuers,
-            catalog: &self.parts.catalog,
-            leeway: self.parts.leeway,
-            task_revocation_retention: self.parts.task_revocation_retention,
+            issuers: &self.snapshot.issuers,
+            catalog: &self.snapshot.catalog,
+            leeway: self.fixed.leeway,
+            task_revocation_retention: self.fixed.task_revocation_retention,
             revocations: self.revocations(),
-            audit: self.parts.audit.as_ref(),
-            metrics: &self.parts.metrics,
+            audit: self.fixed.audit.as_ref(),
+            metrics: &self.fixed.metrics,
         }
     }
 
-    /// The slots broker operations run in, shared by the gRPC and HTTP faces.
-    pub(crate) fn slots(&self) -> &Slots {
-        &self.parts.slots
-    }
-
-    pub(crate) fn metrics(&self) -> &Metrics {
-        &self.parts.metrics
-    }
-
-    /// The broker's own issuer (for the HTTP face's metadata, whose URLs are under it).
-    pub(crate) fn broker_issuer(&self) -> &str {
-        &self.parts.broker_issuer
-    }
-
     /// The catalog of audiences (for the HTTP face's resource metadata).
-    pub(crate) fn catalog(&self) -> &Catalog {
-        &self.parts.catalog
-    }
-
-    pub(crate) fn keyring(&self) -> &Keyring {
-        &self.parts.keyring
+    pub fn catalog(&self) -> &Catalog {
+        &self.snapshot.catalog
     }
 
     /// The clients that may call the broker: each RPC authenticates its caller against them first.
     pub fn clients(&self) -> &Clients {
-        &self.parts.clients
+        &self.snapshot.clients
     }
 
-    pub(crate) fn issuers(&self) -> &Arc<Issuers> {
-        &self.parts.issuers
-    }
-
-    /// The revocation store (to ask a mirror whether it is trusted, in tests and diagnostics).
-    pub fn store(&self) -> &dyn Store {
-        self.parts.store.as_ref()
+    /// The trusted issuers.
+    pub fn issuers(&self) -> &Arc<Issuers> {
+        &self.snapshot.issuers
     }
 }

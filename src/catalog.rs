@@ -151,6 +151,21 @@ impl Catalog {
         self.all_scopes.iter().map(String::as_str)
     }
 
+    /// How many audiences are catalogued.
+    pub fn len(&self) -> usize {
+        self.audiences.len()
+    }
+
+    /// Whether no audience is catalogued (only task tokens can be issued).
+    pub fn is_empty(&self) -> bool {
+        self.audiences.is_empty()
+    }
+
+    /// How many forward-auth routes there are.
+    pub fn routes(&self) -> usize {
+        self.routes.len()
+    }
+
     /// The route a gateway path falls under: the longest matching prefix.
     pub fn route(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| path.starts_with(&r.path_prefix))

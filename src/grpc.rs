@@ -12,7 +12,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Current};
 use crate::client::{Caller, Credentials, Presented, Rpc};
 use crate::clock::{now, now_ms};
 use crate::error::{Error, ErrorCode};
@@ -188,7 +188,12 @@ impl TokenBrokerService {
     /// `client-assertion-type` and `client-assertion` metadata (with an optional `client-id`, which must then
     /// name the same client), never both; or the loopback client. The assertion is verified here, before any
     /// work; the operation spends it.
-    async fn caller<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<Caller<'_>, Status> {
+    async fn caller<'b, T>(
+        &self,
+        broker: &'b Current<'_>,
+        request: &Request<T>,
+        rpc: Rpc,
+    ) -> Result<Caller<'b>, Status> {
         let metadata = request.metadata();
         // A value that is not visible ASCII cannot be a credential: it fails as a malformed one.
         let text = |name: &str| metadata.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
@@ -202,7 +207,7 @@ impl TokenBrokerService {
         };
         let credentials = Credentials::from_presented(&presented).map_err(status)?;
         let credentials = credentials.over(peer_certificate(request).map(Arc::new));
-        self.broker.authenticate(&credentials, rpc, now()).await.map_err(status)
+        broker.authenticate(&credentials, rpc, now()).await.map_err(status)
     }
 }
 
@@ -218,14 +223,16 @@ impl TokenBroker for TokenBrokerService {
         request: Request<pb::ExchangeTokenRequest>,
     ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
         self.rpc("ExchangeToken", "tessera.v1.TokenBroker/ExchangeToken", request, async |request| {
-            let client = self.caller(&request, Rpc::Exchange).await?;
+            // One set of issuers, clients, catalog and policy for the whole call, even across a reload.
+            let broker = self.broker.current();
+            let client = self.caller(&broker, &request, Rpc::Exchange).await?;
             let proof = self.dpop(request.metadata()).map_err(status)?;
             let certificate = peer_certificate(&request);
             let mut exchange: ExchangeRequest = request.into_inner().into();
             exchange.dpop = proof;
             // RFC 8705 §3: over mTLS, a token for an audience that wants it is bound to this certificate.
             exchange.client_certificate_sha256 = certificate.map(|c| c.sha256);
-            let issued = self.broker.exchange_ms(client, exchange, now_ms()).await.map_err(status)?;
+            let issued = broker.exchange_ms(client, exchange, now_ms()).await.map_err(status)?;
             Ok(issued.into())
         })
         .await
@@ -236,19 +243,23 @@ impl TokenBroker for TokenBrokerService {
         request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
         self.rpc("Introspect", "tessera.v1.TokenBroker/Introspect", request, async |request| {
-            let client = self.caller(&request, Rpc::Introspect).await?;
+            // One set of issuers, clients, catalog and policy for the whole call, even across a reload.
+            let broker = self.broker.current();
+            let client = self.caller(&broker, &request, Rpc::Introspect).await?;
             let token = Token::new(request.into_inner().token);
-            Ok(self.broker.introspect(client, &token, now()).await.map_err(status)?.into())
+            Ok(broker.introspect(client, &token, now()).await.map_err(status)?.into())
         })
         .await
     }
 
     async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
         self.rpc("Revoke", "tessera.v1.TokenBroker/Revoke", request, async |request| {
-            let client = self.caller(&request, Rpc::Revoke).await?;
+            // One set of issuers, clients, catalog and policy for the whole call, even across a reload.
+            let broker = self.broker.current();
+            let client = self.caller(&broker, &request, Rpc::Revoke).await?;
             let pb::RevokeRequest { target, reason } = request.into_inner();
             let target = target.ok_or_else(|| status(Error::invalid_request("a revocation target is required")))?;
-            let revoked = self.broker.revoke(client, target.into(), &reason, now()).await.map_err(status)?;
+            let revoked = broker.revoke(client, target.into(), &reason, now()).await.map_err(status)?;
             Ok(pb::RevokeResponse { kind: revoked.target.kind().into(), expires_at: revoked.expires_at })
         })
         .await
@@ -256,11 +267,12 @@ impl TokenBroker for TokenBrokerService {
 
     async fn suspend(&self, request: Request<pb::SuspendRequest>) -> Result<Response<pb::SuspendResponse>, Status> {
         self.rpc("Suspend", "tessera.v1.TokenBroker/Suspend", request, async |request| {
-            let client = self.caller(&request, Rpc::Suspend).await?;
+            // One set of issuers, clients, catalog and policy for the whole call, even across a reload.
+            let broker = self.broker.current();
+            let client = self.caller(&broker, &request, Rpc::Suspend).await?;
             let pb::SuspendRequest { target, duration_seconds, reason } = request.into_inner();
             let target = suspension_target(target.map(Into::into))?;
-            let suspended =
-                self.broker.suspend(client, target, duration_seconds, &reason, now()).await.map_err(status)?;
+            let suspended = broker.suspend(client, target, duration_seconds, &reason, now()).await.map_err(status)?;
             Ok(pb::SuspendResponse { kind: suspended.target.kind().into(), suspended_until: suspended.until })
         })
         .await
@@ -268,10 +280,12 @@ impl TokenBroker for TokenBrokerService {
 
     async fn resume(&self, request: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
         self.rpc("Resume", "tessera.v1.TokenBroker/Resume", request, async |request| {
-            let client = self.caller(&request, Rpc::Suspend).await?;
+            // One set of issuers, clients, catalog and policy for the whole call, even across a reload.
+            let broker = self.broker.current();
+            let client = self.caller(&broker, &request, Rpc::Suspend).await?;
             let pb::ResumeRequest { target, reason } = request.into_inner();
             let target = suspension_target(target.map(Into::into))?;
-            let resumed = self.broker.resume(client, target, &reason, now()).await.map_err(status)?;
+            let resumed = broker.resume(client, target, &reason, now()).await.map_err(status)?;
             Ok(pb::ResumeResponse { kind: resumed.kind().into() })
         })
         .await

@@ -30,7 +30,8 @@
 //! - [`catalog`]: the audiences tokens are issued for, their scopes and maximum lifetimes.
 //! - [`client`]: who may call the broker, and how callers authenticate.
 //! - [`audit`]: an audit event for every decision, through the [`audit::AuditSink`] port.
-//! - [`broker`]: what the operations share, and the one place that hands each its parts.
+//! - [`broker`]: what the operations share, and the one place that hands each its parts; the reloadable parts
+//!   (issuers, catalog, policy, clients) are one [`broker::Snapshot`] a request loads once.
 //! - [`error`] (each OAuth code knows its gRPC and HTTP status), [`metrics`], [`secret`], [`clock`].
 //!
 //! **Infrastructure** — behind the ports:
@@ -45,8 +46,9 @@
 //! the files re-read as they rotate); the CLI lives in the binary.
 //!
 //! **Composition root** — [`serve`]: builds the infrastructure from a validated [`config::Config`], hands
-//! it to the core, and serves the gRPC face on a listener the caller binds. [`config`] reads and validates
-//! the configuration; [`dev`] is the dev-mode setup.
+//! it to the core, and serves the gRPC face on a listener the caller binds; [`serve::reload`] swaps in a new
+//! snapshot on SIGHUP and when the config on disk changes. [`config`] reads and validates the configuration;
+//! [`dev`] is the dev-mode setup.
 
 pub mod audit;
 pub mod broker;

@@ -4,7 +4,7 @@
 //! kinds, store operations and configured issuer names — never a subject, a task or a token id.
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
 
 /// The broker's instruments; cloning shares them (each is a handle).
 #[derive(Clone, Debug)]
@@ -30,6 +30,12 @@ pub struct Metrics {
     pub mirror_lag: Histogram<u64>,
     /// `tessera.audit.dropped`: audit events not appended to the Redis stream (queue full or write failed).
     pub audit_dropped: Counter<u64>,
+    /// `tessera.config.reloads` {outcome = ok|failed}: configuration reloads (SIGHUP or a change on disk); a
+    /// failed one left the configuration in force as it was.
+    pub config_reloads: Counter<u64>,
+    /// `tessera.config.loaded` (s): Unix time the configuration in force was loaded (at start or by the
+    /// last successful reload), so a replica left behind shows.
+    pub config_loaded: Gauge<u64>,
 }
 
 impl Metrics {
@@ -81,6 +87,15 @@ impl Metrics {
                 .u64_counter("tessera.audit.dropped")
                 .with_description("Audit events not appended to the Redis stream (queue full)")
                 .build(),
+            config_reloads: meter
+                .u64_counter("tessera.config.reloads")
+                .with_description("Configuration reloads by outcome; a failed one kept the configuration in force")
+                .build(),
+            config_loaded: meter
+                .u64_gauge("tessera.config.loaded")
+                .with_unit("s")
+                .with_description("Unix time the configuration in force was loaded (start or last reload)")
+                .build(),
         }
     }
 
@@ -101,6 +116,15 @@ impl Metrics {
     /// One exchange refused by the rate limit of `dimension` (`client`, `principal` or `task`).
     pub fn throttled(&self, dimension: &'static str) {
         self.exchanges_throttled.add(1, &[KeyValue::new("dimension", dimension)]);
+    }
+
+    /// One configuration reload: whether it took (then the configuration in force was loaded at `now`, Unix
+    /// seconds) or was refused.
+    pub fn config_reload(&self, ok: bool, now: u64) {
+        self.config_reloads.add(1, &[KeyValue::new("outcome", if ok { "ok" } else { "failed" })]);
+        if ok {
+            self.config_loaded.record(now, &[]);
+        }
     }
 
     /// One token exchange: granted, or denied with its OAuth error code.

@@ -2,8 +2,12 @@
 //! store, the audit stream writer, the JWKS fetcher) and hands it to the core as ports; [`run`] serves the
 //! gRPC face — with health and reflection — on a listener the caller bound, until `shutdown`.
 //!
+//! [`reload`] keeps the broker's issuers, catalog, policy and clients current with the config on disk.
+//!
 //! Taking a bound listener (not an address) lets tests bind `127.0.0.1:0` and learn the port first.
 //! Connections are accepted by [`crate::net`], which sets `TCP_NODELAY` on each.
+
+pub mod reload;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 use crate::audit::Audit;
-use crate::broker::{Broker, Parts};
+use crate::broker::{Broker, Parts, Snapshot};
 use crate::catalog::Catalog;
 use crate::client::Clients;
 use crate::config::{Config, ServerConfig};
@@ -30,17 +34,118 @@ use crate::token::Keyring;
 /// Any error [`run`] can end with: the reflection service failing to build, or the gRPC server failing.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What a configuration reload replaces, taken out of a validated [`Config`]: the issuers, the catalog
+/// (audiences, routes, who may introspect task tokens, the task token lifetime), the policy and the clients
+/// (with how they may authenticate). [`snapshot`] builds a [`Snapshot`] of it, at start and at each reload.
+pub struct Reloadable {
+    broker_issuer: String,
+    leeway: u64,
+    task_token_max_ttl: u64,
+    task_introspect_clients: std::collections::BTreeSet<String>,
+    issuers: Vec<(crate::issuer::IssuerSpec, crate::token::keys::KeySet)>,
+    audiences: Vec<crate::catalog::Audience>,
+    routes: Vec<crate::catalog::Route>,
+    policy: crate::policy::Policy,
+    clients: Vec<crate::client::Client>,
+    client_auth: crate::client::ClientAuth,
+}
+
+impl std::fmt::Debug for Reloadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloadable").field("broker_issuer", &self.broker_issuer).finish_non_exhaustive()
+    }
+}
+
+impl From<Config> for Reloadable {
+    fn from(config: Config) -> Reloadable {
+        let Config {
+            broker_issuer,
+            leeway,
+            task_token_max_ttl,
+            task_introspect_clients,
+            issuers,
+            audiences,
+            routes,
+            policy,
+            clients,
+            client_auth,
+            ..
+        } = config;
+        Reloadable {
+            broker_issuer,
+            leeway,
+            task_token_max_ttl,
+            task_introspect_clients,
+            issuers,
+            audiences,
+            routes,
+            policy,
+            clients,
+            client_auth,
+        }
+    }
+}
+
+/// Builds the reloadable parts of a broker: the issuers verify tessera's own tokens with `keyring` (the
+/// broker's, fixed at start) and record into `metrics`. URL-sourced JWKS start empty: fetch them
+/// ([`crate::issuer::jwks::warm_up`]) before the snapshot serves.
+pub fn snapshot(parts: Reloadable, keyring: &Keyring, metrics: &Metrics) -> Snapshot {
+    let fetcher = Arc::new(JwksFetcher::new(parts.issuers.iter().map(|(spec, _)| spec)));
+    let issuers =
+        Issuers::new(parts.issuers, keyring, parts.broker_issuer.clone(), parts.leeway, metrics.clone(), fetcher);
+    Snapshot {
+        issuers: Arc::new(issuers),
+        catalog: Catalog::new(parts.audiences, parts.broker_issuer, parts.task_token_max_ttl)
+            .with_routes(parts.routes)
+            .with_task_introspect_clients(parts.task_introspect_clients),
+        policy: parts.policy,
+        clients: Clients::new(parts.clients).with_auth(parts.client_auth),
+    }
+}
+
 /// Builds the broker from `config`, recording into `metrics`. With Redis configured, connects lazily (and, in
 /// mirror mode, starts following the revocation channel), so it must run inside a Tokio runtime; a Redis that
 /// is down at start makes the broker fail closed until it is back, rather than fail to start.
 pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> {
     // Redis over TLS (rediss://) and JWKS over https use rustls: one crypto provider, set before any use.
     crate::install_crypto_provider();
-    let keyring = Keyring::new(config.signing_keys)?;
-    let fetcher = Arc::new(JwksFetcher::new(config.issuers.iter().map(|(spec, _)| spec)));
-    let issuers =
-        Issuers::new(config.issuers, &keyring, config.broker_issuer.clone(), config.leeway, metrics.clone(), fetcher);
-    let (store, audit): (Arc<dyn Store>, Audit) = match &config.store {
+    let Config {
+        server,
+        broker_issuer,
+        leeway,
+        limits,
+        task_token_max_ttl,
+        task_introspect_clients,
+        task_revocation_retention,
+        dpop,
+        signing_keys,
+        issuers,
+        audiences,
+        clients,
+        client_auth,
+        routes,
+        policy,
+        store,
+        tls: _,
+        rate_limits,
+        telemetry: _,
+        log: _,
+    } = config;
+    let keyring = Keyring::new(signing_keys)?;
+    let reloadable = Reloadable {
+        broker_issuer: broker_issuer.clone(),
+        leeway,
+        task_token_max_ttl,
+        task_introspect_clients,
+        issuers,
+        audiences,
+        routes,
+        policy,
+        clients,
+        client_auth,
+    };
+    let snapshot = snapshot(reloadable, &keyring, &metrics);
+    let (store, audit): (Arc<dyn Store>, Audit) = match &store {
         None => (Arc::new(MemoryStore::new()), Audit::log_only()),
         Some(settings) => {
             let store = RedisStore::connect_with_lag_histogram(settings, Some(metrics.mirror_lag.clone()))?;
@@ -50,28 +155,43 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         }
     };
     Ok(Broker::new(Parts {
-        catalog: Catalog::new(config.audiences, config.broker_issuer.clone(), config.task_token_max_ttl)
-            .with_routes(config.routes)
-            .with_task_introspect_clients(config.task_introspect_clients),
-        broker_issuer: config.broker_issuer,
+        broker_issuer,
         keyring,
-        issuers: Arc::new(issuers),
-        policy: config.policy,
-        clients: Clients::new(config.clients).with_auth(config.client_auth),
-        limits: config.limits,
-        leeway: config.leeway,
-        task_revocation_retention: config.task_revocation_retention,
-        dpop: config.dpop,
+        snapshot,
+        limits,
+        leeway,
+        task_revocation_retention,
+        dpop,
         store,
-        rate_limits: config.rate_limits,
+        rate_limits,
         audit: Arc::new(audit),
         metrics,
-        slots: crate::load::Slots::new(
-            config.server.max_concurrent_requests,
-            config.server.max_queue_wait,
-            config.server.request_timeout,
-        ),
+        slots: crate::load::Slots::new(server.max_concurrent_requests, server.max_queue_wait, server.request_timeout),
     }))
+}
+
+/// Keeps the JWKS of the issuers in force current ([`crate::issuer::jwks::spawn_refresh`]), following the
+/// broker's snapshot: when a reload replaces it, the old set's refresh tasks stop and the new set's start.
+/// Ends (with its tasks) when aborted.
+pub fn spawn_jwks_refresh(broker: Arc<Broker>) -> tokio::task::JoinHandle<()> {
+    /// Aborts the tasks it holds when dropped, so aborting the follower stops them too.
+    struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for Tasks {
+        fn drop(&mut self) {
+            self.0.iter().for_each(tokio::task::JoinHandle::abort);
+        }
+    }
+    tokio::spawn(async move {
+        let mut changes = broker.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let tasks = Tasks(crate::issuer::jwks::spawn_refresh(broker.snapshot().issuers()));
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            drop(tasks);
+        }
+    })
 }
 
 /// Serves the broker on `listener` in plaintext until `shutdown` completes, then stops accepting, reports
@@ -96,8 +216,8 @@ pub async fn run_with_tls(
 ) -> Result<(), BoxError> {
     let acceptor = tls.map(|tls| Acceptor::new(tls, crate::net::tls::ALPN_GRPC)).transpose()?;
     crate::install_crypto_provider();
-    crate::issuer::jwks::warm_up(broker.issuers()).await;
-    let refresh = crate::issuer::jwks::spawn_refresh(broker.issuers());
+    crate::issuer::jwks::warm_up(broker.snapshot().issuers()).await;
+    let refresh = spawn_jwks_refresh(Arc::clone(&broker));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TokenBrokerServer<TokenBrokerService>>().await;
@@ -141,7 +261,7 @@ pub async fn run_with_tls(
             served
         }
     };
-    refresh.iter().for_each(tokio::task::JoinHandle::abort);
+    refresh.abort();
     served.map_err(Into::into)
 }
 

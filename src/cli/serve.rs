@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tessera::config::{Config, ConfigBuilder, LogFormat};
+use tessera::serve::reload;
 use tessera::{dev, serve, telemetry};
 
 use super::runtime;
 
-/// Command-line flags that override the config file.
-#[derive(Default)]
+/// Command-line flags that override the config file (at start and at every reload alike).
+#[derive(Clone, Default)]
 pub(super) struct Overrides {
     pub(super) grpc_addr: Option<String>,
     pub(super) http_addr: Option<String>,
@@ -19,45 +20,59 @@ pub(super) struct Overrides {
 }
 
 impl Overrides {
-    fn apply(self, builder: &mut ConfigBuilder) {
+    fn apply(&self, builder: &mut ConfigBuilder) {
         if self.grpc_addr.is_some() {
-            builder.server.grpc_addr = self.grpc_addr;
+            builder.server.grpc_addr.clone_from(&self.grpc_addr);
         }
         if self.http_addr.is_some() {
-            builder.server.http_addr = self.http_addr;
+            builder.server.http_addr.clone_from(&self.http_addr);
         }
-        if let Some(url) = self.redis_url {
-            builder.store.redis_url = Some(url.into());
+        if let Some(url) = &self.redis_url {
+            builder.store.redis_url = Some(url.clone().into());
         }
     }
 }
 
 pub(super) fn load_config(file: &Path, overrides: Overrides) -> Result<Config, String> {
-    let mut builder = ConfigBuilder::load(file).map_err(|e| e.to_string())?;
-    overrides.apply(&mut builder);
-    let base = file.parent().unwrap_or(Path::new("."));
-    builder.build(base).map_err(|e| e.to_string())
+    let (_, loaded) = source(file, overrides).load();
+    loaded.map(|l| l.config).map_err(|e| e.to_string())
+}
+
+/// The config file with the overrides applied to every load of it.
+fn source(file: &Path, overrides: Overrides) -> reload::Source {
+    reload::Source::new(file.to_path_buf(), Arc::new(move |builder| overrides.apply(builder)))
 }
 
 pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path) -> Result<ExitCode, String> {
-    let (config, dev_mode) = match &config {
-        Some(file) => (load_config(file, overrides)?, false),
+    let (config, reloading) = match &config {
+        Some(file) => {
+            let source = source(file, overrides);
+            let (digest, loaded) = source.load();
+            let loaded = loaded.map_err(|e| e.to_string())?;
+            (loaded.config, Some((source, loaded.fixed, digest)))
+        }
         None => {
             let Overrides { grpc_addr, http_addr, redis_url } = overrides;
-            (dev::config(dev_dir, grpc_addr, http_addr, redis_url).map_err(|e| e.to_string())?, true)
+            (dev::config(dev_dir, grpc_addr, http_addr, redis_url).map_err(|e| e.to_string())?, None)
         }
     };
     let settings = config.server;
     let tls = config.tls.clone();
     runtime()?.block_on(async move {
         let telemetry = telemetry::init(&config.log, &config.telemetry)?;
-        if dev_mode {
+        if reloading.is_none() {
             tracing::warn!("{}", dev::WARNING);
             if config.log.format == LogFormat::Text {
                 eprintln!("\n  !!! {} !!!\n", dev::WARNING);
             }
         }
         let broker = Arc::new(serve::broker(config, tessera::metrics::Metrics::global()).await?);
+        // SIGHUP is handled from here on (before the faces listen), so it never ends the process.
+        let reloads = match reloading {
+            Some((source, fixed, digest)) => serve::reload::Reloader::new(Arc::clone(&broker), source, fixed, digest)
+                .spawn(settings.config_reload_interval),
+            None => serve::reload::spawn_dev_hangup(&broker),
+        };
         let (grpc, http) = (bind(settings.grpc_addr).await?, bind(settings.http_addr).await?);
         // One signal stops both faces: gRPC drains in-flight RPCs, HTTP finishes its requests.
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -76,6 +91,7 @@ pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path)
             let _ = stop.send(true);
         };
         let served = serve::run_with_tls(grpc, broker, settings, tls, grpc_stopped).await.map_err(|e| e.to_string());
+        reloads.abort();
         let _ = http.await;
         telemetry.shutdown();
         served

@@ -34,7 +34,7 @@ pub use keys::{PolicyBuilder, SigningBuilder};
 pub use log::{LogBuilder, LogConfig, LogFormat};
 pub use rate_limits::RateLimitsBuilder;
 pub use routes::RouteBuilder;
-pub use server::{DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerBuilder, ServerConfig};
+pub use server::{DEFAULT_CONFIG_RELOAD_INTERVAL, DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerBuilder, ServerConfig};
 pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode};
 pub use telemetry::{TelemetryBuilder, TelemetryConfig};
 pub use tls::{DEFAULT_TLS_RELOAD_INTERVAL, TlsBuilder};
@@ -150,14 +150,90 @@ impl Context<'_> {
     }
 }
 
+/// The sections a running broker keeps as they were at start: the listeners and request bounds, its
+/// identity and delegation limits, its signing keys, the store, TLS settings (the TLS files themselves
+/// reload on their own), rate limits, telemetry and logging. A reload that changes one of them is refused
+/// whole (the section must be applied by a restart), so what is in force is always one config that passed
+/// validation in full, never a mix of two.
+pub const FIXED_SECTIONS: [&str; 8] =
+    ["server", "broker", "signing", "store", "tls", "rate_limits", "telemetry", "log"];
+
+/// The `[broker]` keys a reload does take: they shape the catalog (task tokens' lifetime, who may introspect
+/// them) and the clients (how they may authenticate), which are rebuilt on every reload.
+pub const RELOADABLE_BROKER_KEYS: [&str; 4] =
+    ["task_token_max_ttl", "task_introspect_clients", "client_secrets", "client_assertion_max_lifetime"];
+
+/// The fixed sections of a config as read (after the environment overrides), to tell whether a reload would
+/// change one ([`FIXED_SECTIONS`]). Its `Debug` names the sections only: their values may hold secrets
+/// (`store.redis_url`).
+#[derive(PartialEq)]
+pub struct FixedSections(Vec<(&'static str, Option<figment::value::Value>)>);
+
+impl std::fmt::Debug for FixedSections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(name, _)| name)).finish()
+    }
+}
+
+impl FixedSections {
+    fn of(figment: &Figment) -> FixedSections {
+        FixedSections(
+            FIXED_SECTIONS
+                .iter()
+                .map(|&name| {
+                    let mut value = figment.find_value(name).ok();
+                    if let (Some(figment::value::Value::Dict(_, keys)), "broker") = (&mut value, name) {
+                        keys.retain(|key, _| !RELOADABLE_BROKER_KEYS.contains(&key.as_str()));
+                    }
+                    (name, value)
+                })
+                .collect(),
+        )
+    }
+
+    /// The sections whose values differ between `self` and `other`, in [`FIXED_SECTIONS`] order.
+    pub fn changed(&self, other: &FixedSections) -> Vec<&'static str> {
+        self.0.iter().zip(&other.0).filter(|(a, b)| a.1 != b.1).map(|(a, _)| a.0).collect()
+    }
+}
+
 impl ConfigBuilder {
+    /// The file and the environment overrides, merged.
+    fn figment(path: &Path) -> Figment {
+        Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed("TESSERA__").split("__"))
+    }
+
     /// Reads `path` and the `TESSERA__*` environment overrides (`TESSERA__BROKER__ISSUER=…`).
     pub fn load(path: &Path) -> Result<ConfigBuilder, ConfigErrors> {
-        Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(Env::prefixed("TESSERA__").split("__"))
-            .extract()
-            .map_err(|e| ConfigErrors(e.into_iter().map(|e| e.to_string()).collect()))
+        ConfigBuilder::load_with_fixed(path).map(|(builder, _)| builder)
+    }
+
+    /// As [`ConfigBuilder::load`], with the fixed sections as read, so a reload can tell what it would change.
+    pub fn load_with_fixed(path: &Path) -> Result<(ConfigBuilder, FixedSections), ConfigErrors> {
+        let figment = ConfigBuilder::figment(path);
+        let builder = figment.extract().map_err(|e| ConfigErrors(e.into_iter().map(|e| e.to_string()).collect()))?;
+        Ok((builder, FixedSections::of(&figment)))
+    }
+
+    /// Every file this config names whose content validation reads — the policy, the signing keys, the
+    /// issuers' JWKS and CA files, the TLS files, the OTLP CA file — relative paths resolved against
+    /// `base_dir`. A reload watch reads them with the config file to notice a change by content, so a reload
+    /// refused because of one of them is tried again once it changes. (Bearer token files are left out: they
+    /// are read at every JWKS fetch, not at load.)
+    pub fn named_files(&self, base_dir: &Path) -> Vec<PathBuf> {
+        let cx = Context { base_dir, broker_issuer: "" };
+        let issuers = self.issuers.iter().flat_map(|i| [i.jwks_file.as_deref(), i.jwks_ca_file.as_deref()]);
+        let tls = [self.tls.cert_file.as_deref(), self.tls.key_file.as_deref(), self.tls.client_ca_file.as_deref()];
+        self.policy
+            .file
+            .as_deref()
+            .into_iter()
+            .chain(self.signing.keys.iter().map(PathBuf::as_path))
+            .chain(issuers.flatten())
+            .chain(tls.into_iter().flatten())
+            .chain(self.telemetry.otlp_ca_file.as_deref())
+            .map(|p| cx.path(p))
+            .collect()
     }
 
     /// Validates into a [`Config`]; relative paths are resolved against `base_dir` (the config's folder).
@@ -257,6 +333,61 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+    }
+
+    fn fixed(toml: &str) -> FixedSections {
+        FixedSections::of(&Figment::new().merge(Toml::string(toml)))
+    }
+
+    #[test]
+    fn fixed_sections_tell_a_change_that_needs_a_restart_from_one_a_reload_takes() {
+        let base = "[broker]\nissuer = \"https://t.example\"\n[[audiences]]\nid = \"https://a.example\"\n";
+        let start = fixed(base);
+        let reloadable =
+            format!("{base}[[clients]]\nid = \"c\"\n[policy]\nfile = \"other.cedar\"\n[[issuers]]\nname = \"x\"\n")
+                .replace("[broker]\n", "[broker]\ntask_token_max_ttl = 60\ntask_introspect_clients = [\"c\"]\n");
+        assert_eq!(start.changed(&fixed(&reloadable)), Vec::<&str>::new());
+        let restart =
+            format!("{base}[server]\nmax_request_bytes = 9000\n[store]\nredis_url = \"redis://:hunter2@r:6379\"\n")
+                .replace("[broker]\n", "[broker]\nleeway = 9\n");
+        let changed = fixed(&restart);
+        assert_eq!(start.changed(&changed), vec!["server", "broker", "store"]);
+        assert!(!format!("{changed:?}").contains("hunter2"), "Debug names sections, never values");
+    }
+
+    #[test]
+    fn named_files_are_every_file_validation_reads_resolved_against_the_config_folder() {
+        let toml = r#"
+            [signing]
+            keys = ["keys/a.pem", "/abs/b.pem"]
+            [policy]
+            file = "policy.cedar"
+            [tls]
+            cert_file = "tls/tls.crt"
+            key_file = "tls/tls.key"
+            [telemetry]
+            otlp_ca_file = "otlp-ca.pem"
+            [[issuers]]
+            name = "k"
+            jwks_file = "k.jwks.json"
+            jwks_ca_file = "k-ca.pem"
+        "#;
+        let builder: ConfigBuilder = Figment::new().merge(Toml::string(toml)).extract().unwrap();
+        let files: Vec<String> =
+            builder.named_files(Path::new("/etc/t")).iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            files,
+            [
+                "/etc/t/policy.cedar",
+                "/etc/t/keys/a.pem",
+                "/abs/b.pem",
+                "/etc/t/k.jwks.json",
+                "/etc/t/k-ca.pem",
+                "/etc/t/tls/tls.crt",
+                "/etc/t/tls/tls.key",
+                "/etc/t/otlp-ca.pem"
+            ]
+        );
     }
 
     fn problems(toml: &str) -> String {

@@ -19,6 +19,9 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
 /// How long a call may wait for a slot, by default, before it is shed (RESOURCE_EXHAUSTED / 503).
 pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 250;
+/// Seconds between two reads of the config file and the files it names, by default, to reload them when
+/// their content changed (0 turns the watch off; SIGHUP still reloads).
+pub const DEFAULT_CONFIG_RELOAD_INTERVAL: u64 = 5;
 /// The smallest `max_request_bytes` accepted.
 const MIN_REQUEST_BYTES: usize = 4096;
 
@@ -38,6 +41,9 @@ pub struct ServerBuilder {
     pub max_concurrent_requests: Option<usize>,
     /// Milliseconds a broker call may wait for a slot before it is shed (default 250).
     pub max_queue_wait_ms: Option<u64>,
+    /// Seconds between checks of the config file and the files it names for a change, which is then
+    /// reloaded (default [`DEFAULT_CONFIG_RELOAD_INTERVAL`]; 0: only SIGHUP reloads).
+    pub config_reload_interval: Option<u64>,
 }
 
 /// The validated `[server]` section: what the faces bind and the bounds on every request.
@@ -55,6 +61,9 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// How long a broker call may wait for a slot before it is shed.
     pub max_queue_wait: Duration,
+    /// How often the config file and the files it names are checked for a change (`None`: never; SIGHUP
+    /// still reloads).
+    pub config_reload_interval: Option<Duration>,
 }
 
 impl ServerBuilder {
@@ -78,6 +87,10 @@ impl ServerBuilder {
             request_timeout: Duration::from_millis(self.request_timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS)),
             max_concurrent_requests: self.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
             max_queue_wait: Duration::from_millis(self.max_queue_wait_ms.unwrap_or(DEFAULT_MAX_QUEUE_WAIT_MS)),
+            config_reload_interval: match self.config_reload_interval.unwrap_or(DEFAULT_CONFIG_RELOAD_INTERVAL) {
+                0 => None,
+                seconds => Some(Duration::from_secs(seconds)),
+            },
         };
         if server.max_request_bytes < MIN_REQUEST_BYTES
             || server.max_concurrent_requests == 0

@@ -130,6 +130,8 @@ async fn forward_auth(
     headers: HeaderMap,
 ) -> Response {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    // One set of routes, clients, catalog and issuers for the whole request, even across a reload.
+    let current = broker.current();
     // The route: as the gateway names it, or else configured for the original request's path.
     let (audience, required) = match text(AUDIENCE).filter(|a| !a.is_empty()) {
         Some(audience) => match Scopes::parse_request(text(SCOPE).unwrap_or_default()) {
@@ -144,7 +146,7 @@ async fn forward_auth(
         },
         None => {
             let path = ORIGINAL_URI.iter().find_map(|h| text(h)).map(|uri| uri.split('?').next().unwrap_or_default());
-            match path.and_then(|p| broker.catalog().route(p)) {
+            match path.and_then(|p| current.catalog().route(p)) {
                 Some(route) => (route.audience.clone(), route.scopes.clone()),
                 None => return gateway_error(StatusCode::FORBIDDEN, "invalid_target", "no route covers this request"),
             }
@@ -154,7 +156,7 @@ async fn forward_auth(
     // The gateway itself.
     let gateway =
         Credentials::from_authorization(text(CLIENT_AUTHORIZATION), peer.ip().is_loopback()).and_then(|credentials| {
-            broker.clients().authenticate(&credentials.over(certificate), Rpc::Introspect).cloned()
+            current.clients().authenticate(&credentials.over(certificate), Rpc::Introspect).cloned()
         });
     let gateway = match gateway {
         Ok(client) => client,
@@ -163,7 +165,8 @@ async fn forward_auth(
         }
     };
     // An audience that takes only DPoP-bound tokens says so in a bare challenge.
-    let wants_dpop = broker.catalog().audience(audience).is_some_and(|a| a.sender_constraint == SenderConstraint::Dpop);
+    let wants_dpop =
+        current.catalog().audience(audience).is_some_and(|a| a.sender_constraint == SenderConstraint::Dpop);
     let bare = if wants_dpop { Scheme::Dpop } else { Scheme::Bearer };
     // The caller's token (RFC 6750 §2.1, RFC 9449 §7.1).
     let (scheme, token) = match text(header::AUTHORIZATION.as_str()) {
@@ -203,7 +206,7 @@ async fn forward_auth(
             return challenge(StatusCode::UNAUTHORIZED, &broker, audience, Scheme::Dpop, Some(error), None);
         }
     };
-    let claims = match broker.introspect_presented(&gateway, &token, &presentation, now()).await {
+    let claims = match current.introspect_presented(&gateway, &token, &presentation, now()).await {
         Ok(Introspection::Active(claims)) => claims,
         Ok(Introspection::Inactive) => {
             let error = ("invalid_token", "the token is not active");
@@ -310,7 +313,7 @@ async fn resource_metadata(State(broker): State<Arc<Broker>>, uri: Uri) -> Respo
         .find(|(name, _)| name == "resource")
         .map(|(_, value)| value.into_owned())
         .unwrap_or_default();
-    match broker.catalog().audience(&resource) {
+    match broker.current().catalog().audience(&resource) {
         Some(audience) => (
             StatusCode::OK,
             axum::Json(json!({

@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Current};
 use crate::client::{Caller, Credentials, PeerCertificate, Presented, Rpc};
 use crate::clock::{now, now_ms};
 use crate::dpop;
@@ -142,7 +142,7 @@ impl Form {
 /// RFC 7523 §2.2, or a SPIFFE JWT-SVID), never two at once (RFC 6749 §2.3); or the loopback client. The
 /// assertion is verified here, before any work; the operation spends it.
 async fn caller<'b>(
-    broker: &'b Broker,
+    broker: &'b Current<'_>,
     headers: &HeaderMap,
     form: &Form,
     Peer(peer, certificate): &Peer,
@@ -248,7 +248,9 @@ pub(super) fn dpop_header(headers: &HeaderMap, htm: &str, htu: String) -> Result
 
 async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: &Peer) -> Result<Value, Error> {
     let form = Form::parse(headers, body)?;
-    let client = caller(broker, headers, &form, peer, Rpc::Exchange).await?;
+    // One set of issuers, clients, catalog and policy for the whole request, even across a reload.
+    let current = broker.current();
+    let client = caller(&current, headers, &form, peer, Rpc::Exchange).await?;
     // RFC 9449 §5: the proof names the token endpoint as the broker publishes it (RFC 8414 `token_endpoint`).
     let proof = dpop_header(headers, "POST", dpop::token_endpoint(broker.broker_issuer()))?;
     let mut request = match form.one("grant_type")? {
@@ -288,7 +290,7 @@ async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: &Peer
     request.dpop = proof;
     // RFC 8705 §3: over mTLS, a token for an audience that wants it is bound to this certificate.
     request.client_certificate_sha256 = peer.1.as_ref().map(|c| c.sha256);
-    let issued = broker.exchange_ms(client, request, now_ms()).await?;
+    let issued = current.exchange_ms(client, request, now_ms()).await?;
     Ok(json!({
         "access_token": issued.access_token.expose(),
         "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,
@@ -311,11 +313,12 @@ async fn introspect(
     let mut audience = String::new();
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, &peer, Rpc::Introspect).await?;
+        let current = broker.current();
+        let client = caller(&current, &headers, &form, &peer, Rpc::Introspect).await?;
         audience.clone_from(&client.client.id);
         form.one("token_type_hint")?;
         let token = Token::new(form.one("token")?.ok_or_else(|| Error::invalid_request("token is required"))?);
-        Ok(match broker.introspect(client, &token, now()).await? {
+        Ok(match current.introspect(client, &token, now()).await? {
             Introspection::Inactive => json!({ "active": false }),
             // RFC 7662 §2.2, plus the delegation chain and the task binding.
             Introspection::Active(c) => {
@@ -394,7 +397,8 @@ async fn revoke(
 ) -> Response {
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, &peer, Rpc::Revoke).await?;
+        let current = broker.current();
+        let client = caller(&current, &headers, &form, &peer, Rpc::Revoke).await?;
         form.one("token_type_hint")?;
         let reason = form.text("reason")?;
         let targets = [
@@ -414,7 +418,7 @@ async fn revoke(
             return Err(Error::invalid_request("name exactly one revocation target"));
         };
         let rfc7009 = matches!(target, RevokeRequest::Token(_));
-        match broker.revoke(client, target, &reason, now()).await {
+        match current.revoke(client, target, &reason, now()).await {
             Ok(revoked) => Ok(json!({ "revoked": revoked.target.kind(), "expires_at": revoked.expires_at })),
             // RFC 7009 §2.2: a token that is not valid is answered 200 all the same (it is audited as refused).
             Err(e) if rfc7009 && e.code == ErrorCode::InvalidRequest => Ok(json!({})),
@@ -443,13 +447,14 @@ async fn suspend(
 ) -> Response {
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, &peer, Rpc::Suspend).await?;
+        let current = broker.current();
+        let client = caller(&current, &headers, &form, &peer, Rpc::Suspend).await?;
         let duration = match form.one("duration_seconds")? {
             None => 0,
             Some(d) => d.parse().map_err(|_| Error::invalid_request("duration_seconds is a number of seconds"))?,
         };
         let suspended =
-            broker.suspend(client, suspension_target(&form)?, duration, &form.text("reason")?, now()).await?;
+            current.suspend(client, suspension_target(&form)?, duration, &form.text("reason")?, now()).await?;
         Ok(json!({ "suspended": suspended.target.kind(), "suspended_until": suspended.until }))
     }
     .await;
@@ -464,8 +469,9 @@ async fn resume(
 ) -> Response {
     let result = async {
         let form = Form::parse(&headers, &read(body)?)?;
-        let client = caller(&broker, &headers, &form, &peer, Rpc::Suspend).await?;
-        let resumed = broker.resume(client, suspension_target(&form)?, &form.text("reason")?, now()).await?;
+        let current = broker.current();
+        let client = caller(&current, &headers, &form, &peer, Rpc::Suspend).await?;
+        let resumed = current.resume(client, suspension_target(&form)?, &form.text("reason")?, now()).await?;
         Ok(json!({ "resumed": resumed.kind() }))
     }
     .await;
@@ -488,8 +494,9 @@ async fn jwks(State(broker): State<Arc<Broker>>) -> Response {
 /// RFC 8414: exactly what this broker supports, every URL under its issuer.
 async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
     let issuer = broker.broker_issuer().trim_end_matches('/');
-    let auth_methods = auth_methods(broker.clients());
-    let signing_algs = broker.issuers().client_assertion_algorithms();
+    let current = broker.current();
+    let auth_methods = auth_methods(current.clients());
+    let signing_algs = current.issuers().client_assertion_algorithms();
     let body = json!({
         "issuer": broker.broker_issuer(),
         "token_endpoint": format!("{issuer}/oauth2/token"),
@@ -502,7 +509,7 @@ async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_signing_alg_values_supported": [broker.keyring().signing_alg()],
-        "scopes_supported": broker.catalog().scopes().collect::<Vec<_>>(),
+        "scopes_supported": current.catalog().scopes().collect::<Vec<_>>(),
         // RFC 9449 §5.1.
         "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
     });

@@ -345,6 +345,36 @@ impl Issuers {
             .map(|(i, up)| (i, &up.spec))
     }
 
+    /// How many upstream issuers are trusted.
+    pub fn len(&self) -> usize {
+        self.upstream.len()
+    }
+
+    /// Whether no upstream issuer is trusted (only the broker's own tokens verify).
+    pub fn is_empty(&self) -> bool {
+        self.upstream.is_empty()
+    }
+
+    /// Takes over the keys `previous` holds for each issuer of the same name fetching the same `jwks_url`:
+    /// a reloaded set starts with the keys already fetched, so a JWKS endpoint that is down during a reload
+    /// does not leave that issuer without keys.
+    pub fn adopt_keys(&self, previous: &Issuers) {
+        for up in &self.upstream {
+            let JwksSource::Url(url) = &up.spec.jwks else { continue };
+            let same = previous
+                .upstream
+                .iter()
+                .find(|old| old.spec.name == up.spec.name && matches!(&old.spec.jwks, JwksSource::Url(u) if u == url));
+            if let Some(old) = same {
+                let keys = old.keys();
+                match up.keys.write() {
+                    Ok(mut k) => *k = keys,
+                    Err(poisoned) => *poisoned.into_inner() = keys,
+                }
+            }
+        }
+    }
+
     /// Reloads issuer `index`'s keys; on failure keeps those held.
     pub(crate) async fn reload_index(&self, index: usize) {
         if let Some(up) = self.upstream.get(index) {

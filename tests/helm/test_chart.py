@@ -30,7 +30,7 @@ from yamllint.config import YamlLintConfig
 
 import helm_python as helm
 from conftest import CHART_DIR, CLIENT_SPIFFE_ID, HERE, NAMESPACE, RELEASE, ROOT, Rendered, render, render_error, run_tessera
-from value_sets import GOOD, INVALID, REFUSED, WITH_CONFIG, WITH_TLS, full, minimal, tls_mtls_optional
+from value_sets import GOOD, INVALID, REFUSED, SECRET_SHA256, WITH_CONFIG, WITH_TLS, full, minimal, tls_mtls_optional
 
 # The Kubernetes versions every manifest is validated against: the oldest the chart is tested for and the
 # newest kubernetes-validate carries.
@@ -547,13 +547,62 @@ def test_topology_spread_selects_the_broker_pods(rendered):
 
 
 def test_config_changes_roll_the_pods(chart, keys):
-    """tessera reads its config and policy once, at start: a change must replace the pods."""
+    """Without config.hotReload, any change to the config or the policy replaces the pods."""
     before = render(chart, minimal(keys)).pod["metadata"]["annotations"]
     changed = render(chart, {**minimal(keys), "config": {"log": {"level": "debug"}}}).pod["metadata"]["annotations"]
     assert before["checksum/config"] != changed["checksum/config"]
     assert before["checksum/signing-keys"] == changed["checksum/signing-keys"]
     policy = render(chart, {**minimal(keys), "policy": {"cedar": "// nothing is granted\n"}}).pod["metadata"]["annotations"]
     assert policy["checksum/config"] != before["checksum/config"]
+
+
+def test_hot_reload_rolls_the_pods_only_for_what_tessera_keeps_from_its_start(chart, keys, rendered):
+    """With config.hotReload the ConfigMap is mounted as a directory (an update reaches the pod as a ..data
+    symlink swap, which subPath mounts never see) and no checksum of it rolls the pods: a change to the policy,
+    issuers, audiences, clients or the [broker] keys a reload takes leaves the pod template as it is (tessera
+    reloads them), while a change to a section tessera keeps from its start still rolls the pods."""
+    from value_sets import hot_reload
+
+    r = rendered["hot-reload"]
+    annotations = r.pod["metadata"]["annotations"]
+    assert "checksum/config" not in annotations and "checksum/config-fixed" in annotations
+    container = r.pod["spec"]["containers"][0]
+    mount = [m for m in container["volumeMounts"] if m["name"] == "config"]
+    assert mount == [{"name": "config", "mountPath": "/etc/tessera/config", "readOnly": True}], mount
+    assert all("subPath" not in m for m in container["volumeMounts"])
+    config = tomllib.loads(r.one("ConfigMap", f"{RELEASE}-config")["data"]["tessera.toml"])
+    assert config["server"]["config_reload_interval"] == 2
+
+    def variant(change):
+        values = hot_reload(keys)
+        change(values)
+        out = render(chart, values)
+        return out.pod, out.one("ConfigMap", f"{RELEASE}-config")["data"]
+
+    base_pod, base_data = variant(lambda v: None)
+    reloadable = {
+        "audience": lambda v: v["config"]["audiences"].append({"id": "https://b.example", "scopes": ["b:read"], "max_ttl": 60}),
+        "client": lambda v: v["config"]["clients"].append({"id": "c2", "secret_sha256": SECRET_SHA256, "rpcs": ["exchange"]}),
+        "issuer": lambda v: v["config"].setdefault("issuers", []).append({"name": "k", "issuer": "https://k.example", "jwks_url": "https://k.example/jwks"}),
+        "policy": lambda v: v["policy"].update({"cedar": "// nothing is granted\n"}),
+        "task-introspect": lambda v: v["config"]["broker"].update({"task_introspect_clients": []}),
+        "task-ttl": lambda v: v["config"]["broker"].update({"task_token_max_ttl": 600}),
+    }
+    for name, change in reloadable.items():
+        pod, data = variant(change)
+        assert data != base_data, name
+        assert pod == base_pod, f"{name}: reloaded in place, the pods do not roll"
+    fixed = {
+        "log": lambda v: v["config"].update({"log": {"level": "debug"}}),
+        "server": lambda v: v["config"]["server"].update({"max_request_bytes": 100000}),
+        "leeway": lambda v: v["config"]["broker"].update({"leeway": 10}),
+        "issuer": lambda v: v["config"]["broker"].update({"issuer": "https://other.example.com"}),
+        "rate-limits": lambda v: v["config"].update({"rate_limits": {"client_per_minute": 60}}),
+        "grpc-port": lambda v: v.update({"containerPorts": {"grpc": 50052, "http": 8080}}),
+    }
+    for name, change in fixed.items():
+        pod, _ = variant(change)
+        assert pod["metadata"]["annotations"]["checksum/config-fixed"] != annotations["checksum/config-fixed"], name
 
 
 def test_key_rotation_publishes_every_key_and_signs_with_the_first(chart, keys):

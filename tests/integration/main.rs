@@ -18,6 +18,7 @@ mod jwks;
 mod oauth;
 mod properties;
 mod rate_limits;
+mod reload;
 mod revocation;
 mod store;
 mod support;

@@ -168,6 +168,7 @@ async fn the_embedded_store_limits_in_process_at_the_callers_clock() {
         .await;
     let local = local_client(&broker);
     let orchestrator = broker
+        .current()
         .clients()
         .authenticate(
             &tessera::client::Credentials {

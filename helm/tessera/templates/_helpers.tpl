@@ -270,6 +270,18 @@ reload_interval = {{ int .Values.tls.reloadIntervalSeconds }}
 {{ end }}
 
 {{/*
+The part of tessera.toml a running tessera keeps from its start (docs/config.md, "Reloading without a
+restart"): every single table, less the [broker] keys a reload takes. The arrays of tables ([[issuers]],
+[[audiences]], [[clients]]) come last in tessera.toml and all reload, as does the policy. With
+config.hotReload=true the pods roll when this changes, and reload in place when only the rest does.
+*/}}
+{{- define "tessera.fixedConfig" -}}
+{{- $toml := include "tessera.configToml" . }}
+{{- $fixed := regexReplaceAll "(?s)\n\\[\\[.*$" $toml "" }}
+{{- regexReplaceAll "(?m)^(task_token_max_ttl|task_introspect_clients|client_secrets|client_assertion_max_lifetime) = [^\\n]*\\n?" $fixed "" }}
+{{- end }}
+
+{{/*
 Refuses unsafe or incomplete values with a message that says what to set. Included by the Deployment, so
 `helm install` and `helm template` stop before anything is applied.
 */}}
@@ -316,9 +328,6 @@ Refuses unsafe or incomplete values with a message that says what to set. Includ
 {{- fail (printf "\n\ntessera: config.clients %s has tls_identities, which name client certificates: they need tls.enabled=true and a client CA (tls.clientCa) to verify them against." .id) }}
 {{- end }}
 {{- end }}
-{{- end }}
-{{- if $v.config.hotReload }}
-{{- fail "\n\ntessera: config.hotReload=true is not supported: tessera reads tessera.toml and policy.cedar once, at start, so pods left running would keep the old configuration. Leave config.hotReload=false: a change to the config or the policy then rolls the pods." }}
 {{- end }}
 {{- if and $v.devMode.enabled (not $v.devMode.acknowledgeNotForProduction) }}
 {{- fail "\n\ntessera: devMode.enabled=true runs the broker with keys generated in the pod, a demo catalog and policy, and a client that needs no credentials: it is NOT for production. To run a throwaway trial anyway, also set devMode.acknowledgeNotForProduction=true." }}

@@ -254,7 +254,7 @@ pub fn shared_signing_key() -> String {
 /// The anonymous loopback client of `broker`.
 pub fn local_client(broker: &Broker) -> Client {
     let credentials = Credentials { peer_is_loopback: true, ..Credentials::default() };
-    broker.clients().authenticate(&credentials, Rpc::Exchange).expect("loopback client").clone()
+    broker.current().clients().authenticate(&credentials, Rpc::Exchange).expect("loopback client").clone()
 }
 
 /// The default clients: `orchestrator` (exchange) and `gateway` (introspect) with the test secret, and the
