@@ -96,6 +96,17 @@ impl Broker {
         self.exchange_op().run_ms(&caller.into(), request, now_ms).await
     }
 
+    /// What policy would decide for `request` from the client `client_id`, as of `now`, without issuing
+    /// anything: [`Exchange::explain`] (`tessera policy check --config … --subject-token …`).
+    pub async fn explain(
+        &self,
+        client_id: &str,
+        request: &ExchangeRequest,
+        now: u64,
+    ) -> Result<crate::exchange::Explained> {
+        self.exchange_op().explain(client_id, request, now).await
+    }
+
     fn exchange_op(&self) -> Exchange<'_> {
         Exchange {
             broker_issuer: &self.parts.broker_issuer,

@@ -456,7 +456,13 @@ impl Issuers {
                 Some((tag.clone(), text))
             })
             .collect();
-        let principal = Principal { issuer: spec.name.clone(), iss: spec.id(), sub: sub.to_string(), attributes };
+        let principal = Principal {
+            issuer: spec.name.clone(),
+            iss: spec.id(),
+            sub: sub.to_string(),
+            attributes,
+            spiffe: spiffe_id(spec, sub),
+        };
         let act = match claims.get("act") {
             None => None,
             Some(v) => Some(upstream_act(v, &principal.iss, 1).ok_or(TokenError::MissingClaim("act"))?),
@@ -609,15 +615,17 @@ impl Issuers {
         })
     }
 
-    /// A party as policy sees it: its issuer's short name when the issuer is configured (the party's
-    /// attributes are not known: only a subject's are carried).
-    fn principal_of(&self, party: &Party) -> Principal {
-        let issuer = self.upstream.iter().map(|u| &u.spec).find(|s| s.id() == party.iss).map(|s| s.name.clone());
+    /// A party as policy sees it: its issuer's short name when the issuer is configured, and its SPIFFE ID's
+    /// parts when that issuer is a SPIFFE trust domain (the party's attributes are not known: only a
+    /// subject's are carried). An unconfigured issuer's parties go by their `iss` as the name.
+    pub fn principal_of(&self, party: &Party) -> Principal {
+        let spec = self.upstream.iter().map(|u| &u.spec).find(|s| s.id() == party.iss);
         Principal {
-            issuer: issuer.unwrap_or_else(|| party.iss.clone()),
+            issuer: spec.map_or_else(|| party.iss.clone(), |s| s.name.clone()),
             iss: party.iss.clone(),
             sub: party.sub.clone(),
             attributes: BTreeMap::new(),
+            spiffe: spec.and_then(|s| spiffe_id(s, &party.sub)),
         }
     }
 
@@ -681,6 +689,7 @@ impl Issuers {
             iss: access.sub_iss.clone(),
             sub: access.sub.clone(),
             attributes: access.sub_attrs.clone(),
+            spiffe: spiffe_id(spec, &access.sub),
         };
         let scopes = Some(access.scope.clone());
         let holder = match &access.act {
@@ -723,6 +732,13 @@ impl Issuers {
 }
 
 /// Whether `s` can name a principal (a `sub`) that a revocation can later name too.
+/// The parts of `sub` as a SPIFFE ID, for an issuer that is a SPIFFE trust domain and a `sub` in that trust
+/// domain only: another issuer's `sub` that merely looks like a SPIFFE ID says nothing about SPIFFE.
+fn spiffe_id(spec: &IssuerSpec, sub: &str) -> Option<crate::policy::SpiffeId> {
+    let td = spec.spiffe_trust_domain.as_deref()?;
+    crate::policy::SpiffeId::parse(sub).filter(|id| id.trust_domain == td)
+}
+
 fn is_revocable_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_SUB_BYTES && !s.chars().any(char::is_control)
 }
