@@ -159,6 +159,12 @@ pub(super) fn policy_check(args: PolicyCheckArgs) -> Result<ExitCode, String> {
 fn explain_token(args: &PolicyCheckArgs, config: tessera::config::Config) -> Result<Explained, String> {
     let subject = super::client::read_token(args.subject_token.as_deref().unwrap_or_default())?;
     let actor = args.actor_token.as_deref().map(super::client::read_token).transpose()?.unwrap_or_default();
+    // An upstream subject needs a task (a tessera token brings its own): `explain` unless one is given.
+    let task_id = match args.task_id.is_empty() && issued_by(&subject).as_deref() != Some(config.broker_issuer.as_str())
+    {
+        true => "explain".to_string(),
+        false => args.task_id.clone(),
+    };
     let request = ExchangeRequest {
         grant_type: tessera::exchange::GRANT_TYPE_TOKEN_EXCHANGE.into(),
         audience: args.audience.iter().cloned().collect(),
@@ -167,7 +173,7 @@ fn explain_token(args: &PolicyCheckArgs, config: tessera::config::Config) -> Res
         subject_token_type: tessera::exchange::TOKEN_TYPE_JWT.into(),
         actor_token_type: if actor.is_empty() { String::new() } else { tessera::exchange::TOKEN_TYPE_JWT.into() },
         actor_token: Token::new(actor),
-        task_id: args.task_id.clone(),
+        task_id,
         purpose: args.purpose.clone(),
         requested_expires_in: args.ttl,
         ..ExchangeRequest::default()
@@ -180,6 +186,15 @@ fn explain_token(args: &PolicyCheckArgs, config: tessera::config::Config) -> Res
             .await
             .map_err(|e| format!("the exchange is refused before policy: {e}"))
     })
+}
+
+/// The `iss` a JWT claims, read without verifying it (only to pick a default): `None` if it has none.
+fn issued_by(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_string)
 }
 
 /// `ISSUER:SUB` and its `K=V` tags as a principal; with a config, its issuer's identifier and SPIFFE parts
