@@ -224,6 +224,14 @@ impl Policy {
         })
     }
 
+    /// The schema entities and requests are checked against as they are built: in debug builds (every test)
+    /// only. What tessera builds is typed by this module, not by a request, and checking it again at every
+    /// decision costs more than the decision (docs/benchmarks.md); the tests prove it fits the schema, and a
+    /// value that did not would be an evaluation error, which refuses the scope.
+    fn checked(&self) -> Option<&Schema> {
+        cfg!(debug_assertions).then_some(&self.schema)
+    }
+
     /// The ids of the policies, in source order (`@id`, else `policyN`).
     pub fn ids(&self) -> impl Iterator<Item = String> + '_ {
         self.policies.policies().map(|p| p.id().to_string())
@@ -287,7 +295,7 @@ impl Policy {
             }
         }
         entities.push(self.audience_entity(&q.audience)?);
-        let entities = Entities::from_entities(entities, Some(&self.schema))
+        let entities = Entities::from_entities(entities, self.checked())
             .map_err(|e| Error::internal(format!("policy entities: {e}")))?;
         let principal = self.principal_uid(q.principal);
         let resource = self.audience_uid(q.audience.id);
@@ -329,7 +337,7 @@ impl Policy {
                 self.action.clone(),
                 resource.clone(),
                 context,
-                Some(&self.schema),
+                self.checked(),
             )
             .map_err(|e| Error::internal(format!("policy request: {e}")))?;
             let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
