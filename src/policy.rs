@@ -169,7 +169,7 @@ impl std::fmt::Debug for Policy {
 
 /// The policies of `source` in source order, each under its `@id` when it has one: refuses templates
 /// (tessera links none) and two policies sharing an id.
-fn with_ids(parsed: PolicySet) -> std::result::Result<PolicySet, Vec<String>> {
+fn with_ids(parsed: &PolicySet) -> std::result::Result<PolicySet, Vec<String>> {
     if parsed.templates().next().is_some() {
         return Err(vec!["policy templates (`?principal`, `?resource`) are not supported".into()]);
     }
@@ -206,7 +206,7 @@ impl Policy {
             problems.extend(miette_causes(&e));
             problems
         })?;
-        let policies = with_ids(parsed)?;
+        let policies = with_ids(&parsed)?;
         let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
         let problems: Vec<String> =
             validation.validation_errors().map(|e| format!("policy `{}`: {e}", e.policy_id())).collect();

@@ -196,7 +196,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Keygen { alg, out } => tools::keygen(alg, &out),
         Command::Config { command: ConfigCommand::Check { file } } => tools::config_check(&file),
-        Command::Policy { command: PolicyCommand::Check(args) } => tools::policy_check(*args),
+        Command::Policy { command: PolicyCommand::Check(args) } => tools::policy_check(&args),
         Command::Dev { command: DevCommand::Assertion { sub, scope, ttl, dev_dir } } => {
             tools::dev_assertion(&dev_dir, &sub, scope.as_deref(), ttl)
         }

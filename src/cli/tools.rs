@@ -107,7 +107,7 @@ pub(crate) struct PolicyCheckArgs {
 
 /// Validates a Cedar policy file against tessera's schema, or (with a subject) prints each scope's decision
 /// and the policies that made it.
-pub(super) fn policy_check(args: PolicyCheckArgs) -> Result<ExitCode, String> {
+pub(super) fn policy_check(args: &PolicyCheckArgs) -> Result<ExitCode, String> {
     let from_file = match &args.file {
         None => None,
         Some(file) => {
@@ -141,7 +141,7 @@ pub(super) fn policy_check(args: PolicyCheckArgs) -> Result<ExitCode, String> {
             if let Some((_, policy)) = from_file {
                 config.policy = policy;
             }
-            explain_token(&args, config)?
+            explain_token(args, config)?
         }
         config => {
             let policy = match (from_file, config.as_ref()) {
@@ -149,7 +149,7 @@ pub(super) fn policy_check(args: PolicyCheckArgs) -> Result<ExitCode, String> {
                 (None, Some(_)) => None,
                 (None, None) => Some(Policy::new(DEFAULT_POLICY).map_err(|p| p.join("; "))?),
             };
-            explain_principal(&args, config.as_ref(), policy.as_ref())?
+            explain_principal(args, config.as_ref(), policy.as_ref())?
         }
     };
     print_explained(&name, &explained);
