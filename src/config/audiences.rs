@@ -130,3 +130,59 @@ pub(super) fn build(builders: Vec<AudienceBuilder>, cx: &Context<'_>, problems: 
     }
     audiences
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_one(toml: &str) -> (Vec<Audience>, Problems) {
+        #[derive(Deserialize)]
+        struct Doc {
+            audiences: Vec<AudienceBuilder>,
+        }
+        use figment::providers::Format as _;
+        let doc: Doc = figment::Figment::new().merge(figment::providers::Toml::string(toml)).extract().unwrap();
+        let mut problems = Problems::new();
+        let cx = Context { base_dir: std::path::Path::new("."), broker_issuer: "https://tessera.test" };
+        (build(doc.audiences, &cx, &mut problems), problems)
+    }
+
+    #[test]
+    fn labels_take_one_value_or_several_and_grant_is_partial_unless_strict() {
+        let (audiences, problems) = build_one(
+            r#"
+            [[audiences]]
+            id = "https://a.example"
+            scopes = ["a:read"]
+            labels = { namespaces = ["agents", "support"], tier = "internal" }
+            grant = "strict"
+            [[audiences]]
+            id = "https://b.example"
+            scopes = ["b:read"]
+            "#,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(audiences[0].grant, Grant::Strict);
+        assert_eq!(audiences[1].grant, Grant::Partial, "today's behaviour by default");
+        let values = |k: &str| audiences[0].labels[k].iter().cloned().collect::<Vec<_>>();
+        assert_eq!(values("namespaces"), ["agents", "support"]);
+        assert_eq!(values("tier"), ["internal"]);
+        assert!(audiences[1].labels.is_empty());
+    }
+
+    #[test]
+    fn bad_labels_and_grants_are_refused() {
+        let (_, problems) = build_one(
+            r#"
+            [[audiences]]
+            id = "https://a.example"
+            scopes = ["a:read"]
+            labels = { empty = [], blank = "" }
+            grant = "all-or-nothing"
+            "#,
+        );
+        let all = problems.join("\n");
+        assert!(all.contains("`grant` must be `partial` or `strict`"), "{all}");
+        assert!(all.contains("labels.empty") && all.contains("labels.blank"), "{all}");
+    }
+}

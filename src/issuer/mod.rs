@@ -884,6 +884,34 @@ mod tests {
     }
 
     #[test]
+    fn spiffe_parts_come_only_from_a_spiffe_issuer_for_its_own_trust_domain() {
+        let spec = |td: Option<&str>| IssuerSpec {
+            name: "spiffe".into(),
+            issuer: None,
+            spiffe_trust_domain: td.map(Into::into),
+            jwks: JwksSource::Inline(JwkSet { keys: vec![] }),
+            audience: "https://tessera.test".into(),
+            algorithms: vec![Algorithm::ES256],
+            leeway: 0,
+            max_token_bytes: 8192,
+            subject_claim: "sub".into(),
+            attributes: BTreeMap::new(),
+            min_refresh_interval: Duration::ZERO,
+            refresh_interval: Duration::from_secs(300),
+            single_use: false,
+            max_assertion_lifetime: 3600,
+            jwks_bearer_token_file: None,
+            jwks_ca_pem: None,
+            used_for: UsedFor::SubjectTokens,
+        };
+        let id = spiffe_id(&spec(Some("td.example")), "spiffe://td.example/ns/agents/sa/a").unwrap();
+        assert_eq!((id.trust_domain.as_str(), id.path.as_str()), ("td.example", "/ns/agents/sa/a"));
+        assert!(spiffe_id(&spec(Some("td.example")), "spiffe://other.example/ns/agents").is_none(), "foreign domain");
+        assert!(spiffe_id(&spec(None), "spiffe://td.example/ns/agents").is_none(), "not a SPIFFE issuer");
+        assert!(spiffe_id(&spec(Some("td.example")), "system:serviceaccount:a:b").is_none());
+    }
+
+    #[test]
     fn scopes_come_from_scope_or_scp() {
         let c = |v: Value| v.as_object().cloned().unwrap();
         assert_eq!(scopes(&c(serde_json::json!({"scope": "a b"}))).unwrap(), Some(Scopes::parse("a b").unwrap()));
