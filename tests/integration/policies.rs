@@ -329,11 +329,15 @@ async fn a_policy_with_a_type_error_is_refused_at_load_while_the_running_broker_
     let mut client = pb::token_broker_client::TokenBrokerClient::connect(server.url()).await.unwrap();
     let r = client.exchange_token(request(&k8s_assertion(600), CRM, "crm:read crm:export")).await.unwrap();
     assert_eq!(r.into_inner().scope, "crm:read");
+    let denied = client.exchange_token(request(&k8s_assertion(600), CRM, "crm:export")).await;
+    assert_eq!(oauth_error(&denied.unwrap_err()), "invalid_scope");
     drop(client);
     // Off the runtime's thread: the client's connection closes on it while the server drains.
     let (_, logs) = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
     let audit = logs.lines().find(|l| l.contains("tessera::audit") && l.contains("event=exchange")).expect("audited");
     assert!(audit.contains(r#"policies="crm:read=allow:agents-crm crm:export=deny:never-export""#), "{audit}");
+    let denial = logs.lines().find(|l| l.contains("tessera::audit") && l.contains("decision=denied")).expect("audited");
+    assert!(denial.contains(r#"policies="crm:export=deny:never-export""#), "the refusal names its policy: {denial}");
 }
 
 #[tokio::test]
