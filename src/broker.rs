@@ -290,6 +290,17 @@ impl<'b> Current<'b> {
         self.exchange_op().run_ms(&caller.into(), request, now_ms).await
     }
 
+    /// What policy would decide for `request` from the client `client_id`, as of `now`, without issuing
+    /// anything: [`Exchange::explain`] (`tessera policy check --config … --subject-token …`).
+    pub async fn explain(
+        &self,
+        client_id: &str,
+        request: &ExchangeRequest,
+        now: u64,
+    ) -> Result<crate::exchange::Explained> {
+        self.exchange_op().explain(client_id, request, now).await
+    }
+
     fn exchange_op(&self) -> Exchange<'_> {
         let (fixed, snapshot) = (self.fixed, &*self.snapshot);
         Exchange {

@@ -3,7 +3,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::policy::{Labels, Target};
 use crate::scopes::Scopes;
+
+/// No labels: the broker's own destination (task tokens) has none.
+static NO_LABELS: Labels = Labels::new();
 
 /// One downstream API (a tool, an agent, a gateway) as the catalog describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +25,38 @@ pub struct Audience {
     pub resource_url: Option<String>,
     /// Whether tokens for it must be sender-constrained, and how.
     pub sender_constraint: SenderConstraint,
+    /// Label name → values (`labels` in the config), which policy reads as the audience's tags.
+    pub labels: Labels,
+    /// What an exchange gets when policy denies some of the scopes it asks for.
+    pub grant: Grant,
+}
+
+/// How an audience's exchanges are granted when policy allows only some of the requested scopes (`grant` in
+/// the config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Grant {
+    /// The allowed scopes are issued and the response's `scope` says which (RFC 6749 §3.3); only when none
+    /// is allowed is the exchange refused.
+    #[default]
+    Partial,
+    /// Any denied scope refuses the whole exchange with `invalid_scope`, and nothing is issued: for callers
+    /// that would rather fail than run with less than they asked for.
+    Strict,
+}
+
+impl Grant {
+    /// The config's spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Grant::Partial => "partial",
+            Grant::Strict => "strict",
+        }
+    }
+
+    /// The grant mode the config spells `name`.
+    pub fn parse(name: &str) -> Option<Grant> {
+        [Grant::Partial, Grant::Strict].into_iter().find(|g| g.as_str() == name)
+    }
 }
 
 /// What an audience requires of the tokens issued for it (`sender_constraint` in the config): whether they must
@@ -98,6 +134,14 @@ impl Destination<'_> {
         match self {
             Destination::Downstream(a) => a.sender_constraint,
             Destination::Broker { .. } => SenderConstraint::None,
+        }
+    }
+
+    /// How a partial grant is handled: the audience's `grant`; task tokens are always partial.
+    pub fn grant(&self) -> Grant {
+        match self {
+            Destination::Downstream(a) => a.grant,
+            Destination::Broker { .. } => Grant::Partial,
         }
     }
 
@@ -179,6 +223,19 @@ impl Catalog {
         self.audiences.get(id).map(Destination::Downstream)
     }
 
+    /// `target` as policy sees it: its id, scopes (every catalogued scope for a task token), longest
+    /// lifetime and labels.
+    pub fn target<'c>(&'c self, target: Destination<'c>) -> Target<'c> {
+        match target {
+            Destination::Downstream(a) => {
+                Target { id: &a.id, scopes: a.scopes.iter().collect(), max_ttl: a.max_ttl, labels: &a.labels }
+            }
+            Destination::Broker { id, max_ttl } => {
+                Target { id, scopes: self.all_scopes.iter().map(String::as_str).collect(), max_ttl, labels: &NO_LABELS }
+            }
+        }
+    }
+
     /// The catalogued downstream audience named `id` (not the broker itself).
     pub fn audience(&self, id: &str) -> Option<&Audience> {
         self.audiences.get(id)
@@ -227,6 +284,8 @@ mod tests {
             introspect_clients: ["gateway".into()].into(),
             resource_url: None,
             sender_constraint: SenderConstraint::None,
+            labels: Labels::new(),
+            grant: Grant::Partial,
         };
         let mail = Audience {
             id: "https://mail.example".into(),
@@ -235,6 +294,8 @@ mod tests {
             introspect_clients: Default::default(),
             resource_url: None,
             sender_constraint: SenderConstraint::None,
+            labels: Labels::new(),
+            grant: Grant::Partial,
         };
         Catalog::new(vec![crm, mail], "https://tessera.test".into(), 3600)
     }

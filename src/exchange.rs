@@ -19,13 +19,13 @@
 //! are, and its replay marker is spent in the same single store lookup as every revocation.
 
 use crate::audit::{AuditEvent, AuditSink, truncate};
-use crate::catalog::{Catalog, Destination, SenderConstraint};
+use crate::catalog::{Catalog, Destination, Grant, SenderConstraint};
 use crate::client::Caller;
 use crate::dpop::{self, DpopError, Proof};
 use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Issuers, Origin, Verified};
 use crate::metrics::Metrics;
-use crate::policy::{Policy, Principal, Question};
+use crate::policy::{Decision, Policy, Principal, Question};
 use crate::ratelimit::{RateLimits, ceil_ms};
 use crate::revocation::{Probe, Revocations, replayed_client_assertion, spent_client_assertion_key};
 use crate::scopes::Scopes;
@@ -107,6 +107,45 @@ pub struct Issued {
     pub(crate) scope: Scopes,
     /// The claims signed into `access_token`, so the caller need not decode it.
     pub claims: AccessClaims,
+}
+
+/// What policy decided for an exchange request, scope by scope ([`Exchange::explain`]).
+#[derive(Debug)]
+pub struct Explained {
+    /// The subject as policy saw it.
+    pub principal: Principal,
+    /// The actor of the exchange, when an actor token was given.
+    pub actor: Option<Principal>,
+    /// The audience (the broker's own id for a task token).
+    pub audience: String,
+    /// The audience's grant mode: with `strict`, any denied scope refuses the whole exchange.
+    pub grant: Grant,
+    /// The delegation depth of the token that would be issued.
+    pub depth: usize,
+    /// The subject token is one of tessera's own.
+    pub subject_is_tessera_token: bool,
+    /// The audience is the broker itself.
+    pub task_token: bool,
+    /// The task the token would be bound to.
+    pub task_id: String,
+    /// `context.requested_ttl`: seconds the token would live.
+    pub requested_ttl: u64,
+    /// Each requested scope's decision, with the policies that made it.
+    pub decisions: Vec<Decision>,
+}
+
+/// What a question to policy is built from.
+struct Asked<'q> {
+    subject: &'q Verified,
+    actor: Option<&'q Verified>,
+    target: Destination<'q>,
+    delegation: &'q Delegation,
+    task_id: &'q str,
+    session_id: Option<&'q str>,
+    purpose: &'q str,
+    client_id: &'q str,
+    requested_ttl: u64,
+    now: u64,
 }
 
 /// Bounds on delegation that no policy can lift.
@@ -228,19 +267,20 @@ impl Exchange<'_> {
         trail.actors(delegation.act.as_ref());
         *spent = true;
         self.check_revocations(&subject, actor.as_ref(), proof.as_ref(), &task_id, caller, now_ms).await?;
-        let question = Question {
-            principal: &subject.principal,
-            actor: actor.as_ref().map(|a| &a.holder),
-            audience: target.id(),
-            task_id: &task_id,
-            client_id: &client.id,
-            depth: delegation.depth,
-            actors: delegation.act.as_ref().map(|a| a.chain().map(|a| a.sub.as_str()).collect()).unwrap_or_default(),
-            subject_is_tessera_token: parent.is_some(),
-            task_token: matches!(target, Destination::Broker { .. }),
-        };
-        let scope = self.grant_scopes(&requested, target, &subject, &question)?;
         let exp = expiry(now, &subject, actor.as_ref(), target, req.requested_expires_in)?;
+        let question = self.question(&Asked {
+            subject: &subject,
+            actor: actor.as_ref(),
+            target,
+            delegation: &delegation,
+            task_id: &task_id,
+            session_id: session_id.as_deref(),
+            purpose: &req.purpose,
+            client_id: &client.id,
+            requested_ttl: exp - now,
+            now,
+        });
+        let scope = self.grant_scopes(&requested, target, &subject, &question, trail)?;
         let claims = AccessClaims {
             iss: self.broker_issuer.to_string(),
             sub: subject.principal.sub.clone(),
@@ -273,6 +313,106 @@ impl Exchange<'_> {
             scope: claims.scope.clone(),
             claims,
         })
+    }
+
+    /// What policy would decide for `req`, as the calling client `client_id`, as of `now` — for `tessera policy
+    /// check`. The subject and actor tokens are verified and every invariant up to policy is applied exactly
+    /// as by [`Exchange::run`] (a request the exchange would refuse before policy is refused here with the
+    /// same error), but nothing is looked up in the store, nothing is signed, spent or audited, and the
+    /// audience's `grant` mode is not applied: each scope's decision is returned.
+    pub async fn explain(&self, client_id: &str, req: &ExchangeRequest, now: u64) -> Result<Explained> {
+        let requested = check_shape(req)?;
+        let target_id = single_target(req)?;
+        let subject = self
+            .issuers
+            .verify(req.subject_token.expose(), now)
+            .await
+            .map_err(|e| Error::invalid_grant(format!("subject_token {e}")))?;
+        let actor = match req.actor_token.is_empty() {
+            true => None,
+            false => Some(
+                self.issuers
+                    .verify(req.actor_token.expose(), now)
+                    .await
+                    .map_err(|e| Error::invalid_grant(format!("actor_token {e}")))?,
+            ),
+        };
+        let parent = broker_claims(&subject);
+        let target = self.destination(target_id, parent)?;
+        let (task_id, session_id) = task_binding(req, parent)?;
+        let delegation = self.delegate(&subject, actor.as_ref(), &task_id, client_id)?;
+        let exp = expiry(now, &subject, actor.as_ref(), target, req.requested_expires_in)?;
+        for scope in requested.iter() {
+            if !self.catalog.has_scope(target, scope) {
+                return Err(Error::invalid_scope(format!("scope `{scope}` is not offered for this audience")));
+            }
+            if let Some(held) = &subject.scopes
+                && !held.contains(scope)
+            {
+                return Err(Error::invalid_scope(format!("scope `{scope}` is not held by the subject token")));
+            }
+        }
+        let question = self.question(&Asked {
+            subject: &subject,
+            actor: actor.as_ref(),
+            target,
+            delegation: &delegation,
+            task_id: &task_id,
+            session_id: session_id.as_deref(),
+            purpose: &req.purpose,
+            client_id,
+            requested_ttl: exp - now,
+            now,
+        });
+        let decisions = self.policy.decide(&question, &requested)?;
+        Ok(Explained {
+            principal: subject.principal.clone(),
+            actor: question.actor.cloned(),
+            audience: target.id().to_string(),
+            grant: target.grant(),
+            depth: question.depth,
+            subject_is_tessera_token: question.subject_is_tessera_token,
+            task_token: question.task_token,
+            task_id: task_id.clone(),
+            requested_ttl: question.requested_ttl,
+            decisions,
+        })
+    }
+
+    /// The one place a [`Question`] is built from an exchange: the exchange and its explanation ask policy
+    /// the same question.
+    fn question<'q>(&'q self, a: &Asked<'q>) -> Question<'q> {
+        let actor = a.actor.map(|v| &v.holder);
+        // The actor chain as policy sees it: each link with its issuer, the acting actor with its tags.
+        let chain: Vec<Principal> = a
+            .delegation
+            .act
+            .as_ref()
+            .map(|act| {
+                act.chain()
+                    .enumerate()
+                    .map(|(i, link)| match actor {
+                        Some(acting) if i == 0 => acting.clone(),
+                        _ => self.issuers.principal_of(&link.party(&a.subject.principal.iss)),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Question {
+            principal: &a.subject.principal,
+            actor,
+            audience: self.catalog.target(a.target),
+            task_id: a.task_id,
+            purpose: (!a.purpose.is_empty()).then_some(a.purpose),
+            session_id: a.session_id,
+            client_id: a.client_id,
+            depth: a.delegation.depth,
+            chain,
+            subject_is_tessera_token: broker_claims(a.subject).is_some(),
+            task_token: matches!(a.target, Destination::Broker { .. }),
+            requested_ttl: a.requested_ttl,
+            now: a.now,
+        }
     }
 
     /// Invariants 5–6: nothing is derived from a revoked token (or one of its ancestors, its task, its
@@ -455,14 +595,17 @@ impl Exchange<'_> {
     }
 
     /// Invariant 1: every requested scope is offered by the audience and held by the subject token (when it
-    /// carries scopes); policy then decides each one. Asking for more than that is refused outright; a scope
-    /// that policy declines is left out of the grant, and the response's `scope` says what was granted.
+    /// carries scopes); policy then decides each one. Asking for more than that is refused outright. A scope
+    /// that policy declines is left out of the grant, and the response's `scope` says what was granted —
+    /// unless the audience's grant is strict, when any declined scope refuses the whole exchange. The
+    /// decisions, with the policies that made them, go into the audit event either way.
     fn grant_scopes(
         &self,
         requested: &Scopes,
         target: Destination<'_>,
         subject: &Verified,
         q: &Question<'_>,
+        trail: &mut Trail,
     ) -> Result<Scopes> {
         if requested.is_empty() {
             return Err(Error::invalid_scope("scope is required"));
@@ -477,9 +620,19 @@ impl Exchange<'_> {
                 return Err(Error::invalid_scope(format!("scope `{scope}` is not held by the subject token")));
             }
         }
-        let granted = self.policy.allowed(q, requested)?;
+        let decisions = self.policy.decide(q, requested)?;
+        trail.policies(&decisions);
+        let granted = crate::policy::allowed_scopes(requested, &decisions);
         if granted.is_empty() {
             return Err(Error::invalid_scope("policy grants none of the requested scopes"));
+        }
+        if target.grant() == Grant::Strict
+            && let Some(denied) = decisions.iter().find(|d| !d.allowed)
+        {
+            return Err(Error::invalid_scope(format!(
+                "policy declines scope `{}`, and this audience grants all requested scopes or none",
+                denied.scope
+            )));
         }
         Ok(granted)
     }
@@ -588,6 +741,11 @@ impl Trail {
     fn actors(&mut self, act: Option<&Actor>) {
         self.0.actors =
             act.map(|a| a.chain().map(|a| a.sub.as_str()).collect::<Vec<_>>().join(" > ")).unwrap_or_default();
+    }
+
+    /// Policy's decision on each scope, with the policies that made it.
+    fn policies(&mut self, decisions: &[Decision]) {
+        self.0.policies = decisions.iter().map(Decision::summary).collect::<Vec<_>>().join(" ");
     }
 
     /// The task, once known from the subject token.
@@ -775,6 +933,8 @@ mod tests {
             introspect_clients: Default::default(),
             resource_url: None,
             sender_constraint,
+            labels: Default::default(),
+            grant: Default::default(),
         }
     }
 

@@ -3,15 +3,20 @@
 //!
 //! Policy sits after the invariants: it can refuse a scope the invariants allow, never grant one they forbid.
 //! Decisions are per scope, and every evaluation error counts as a refusal. Requests are modelled with few
-//! generic policies reading entity data (principal tags from the issuer's claim mapping), because Cedar's
-//! cost grows with the number of policies, not with the size of the data.
+//! generic policies reading entity data (principal tags from the issuer's claim mapping, audience labels from
+//! the catalog), because Cedar's cost grows with the number of policies, not with the size of the data.
+//!
+//! The policy set is parsed and validated against [`SCHEMA`] once, at load; a policy's `@id` annotation
+//! becomes its Cedar id, so validation errors, [`Decision::policies`] and audit events name policies the way
+//! their authors did. The entities and the context of an exchange are built once per exchange
+//! ([`Policy::decide`]); each scope then costs one evaluation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
-    RestrictedExpression, Schema, ValidationMode, Validator,
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
 use crate::error::{Error, Result};
@@ -21,6 +26,27 @@ use crate::scopes::Scopes;
 pub const SCHEMA: &str = include_str!("../policy/schema.cedarschema");
 /// The policy used when the config names none (`policy/default.cedar`).
 pub const DEFAULT_POLICY: &str = include_str!("../policy/default.cedar");
+
+/// A SPIFFE ID split into its trust domain and path (`spiffe://<trust_domain><path>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpiffeId {
+    /// The trust domain (`agents.example.org`).
+    pub trust_domain: String,
+    /// The path, from its leading `/` (`/ns/agents/sa/summariser`); may be empty.
+    pub path: String,
+}
+
+impl SpiffeId {
+    /// `id` split, when it is a SPIFFE ID (`spiffe://` and a non-empty trust domain).
+    pub fn parse(id: &str) -> Option<SpiffeId> {
+        let rest = id.strip_prefix("spiffe://")?;
+        let (trust_domain, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        (!trust_domain.is_empty()).then(|| SpiffeId { trust_domain: trust_domain.into(), path: path.into() })
+    }
+}
 
 /// An identity as policy sees it: who issued it and which attributes its issuer's mapping exposes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,7 +60,26 @@ pub struct Principal {
     /// Tags from the issuer's `attributes` mapping (`principal.getTag("namespace")`); a tag is absent when
     /// its claim was.
     pub attributes: BTreeMap<String, String>,
+    /// The SPIFFE ID's parts (`principal.spiffe.trust_domain`, `.path`), when the issuer is a SPIFFE trust
+    /// domain and `sub` is one of its SPIFFE IDs; set by the issuer that verified it, never from a claim.
+    pub spiffe: Option<SpiffeId>,
 }
+
+/// The audience as policy sees it (the Cedar `resource`).
+#[derive(Clone, Debug)]
+pub struct Target<'a> {
+    /// The audience id; `broker.issuer` for a task token.
+    pub id: &'a str,
+    /// The scopes the catalog offers for it (`resource.scopes`); every catalogued scope for a task token.
+    pub scopes: Vec<&'a str>,
+    /// Its longest token lifetime, in seconds (`resource.max_ttl`).
+    pub max_ttl: u64,
+    /// Its `labels` from the config (tags: `resource.getTag("namespaces")`).
+    pub labels: &'a Labels,
+}
+
+/// An audience's labels: label name → values.
+pub type Labels = BTreeMap<String, BTreeSet<String>>;
 
 /// Everything one exchange tells policy, apart from the scope being decided.
 #[derive(Debug)]
@@ -43,20 +88,67 @@ pub struct Question<'a> {
     pub principal: &'a Principal,
     /// The actor of this exchange, when an `actor_token` was given (`context.actor`).
     pub actor: Option<&'a Principal>,
-    /// The target audience (the Cedar `resource`); `broker.issuer` for a task token.
-    pub audience: &'a str,
+    /// The target audience (the Cedar `resource`).
+    pub audience: Target<'a>,
     /// The task the token is bound to (`context.task_id`).
     pub task_id: &'a str,
+    /// The request's purpose, when given (`context.purpose`).
+    pub purpose: Option<&'a str>,
+    /// The session, when there is one (`context.session_id`).
+    pub session_id: Option<&'a str>,
     /// The calling client (`context.client_id`).
     pub client_id: &'a str,
     /// Actors in the `act` chain of the token being issued; 0: no delegation (`context.depth`).
     pub depth: usize,
-    /// The `sub` of every actor in that chain, the acting one included (`context.actors`).
-    pub actors: Vec<&'a str>,
+    /// Every actor in that chain, the acting one first (`context.chain`, `context.actors`).
+    pub chain: Vec<Principal>,
     /// The subject token is one of tessera's own: a re-exchange (`context.subject_is_tessera_token`).
     pub subject_is_tessera_token: bool,
     /// The audience is tessera itself (`context.task_token`).
     pub task_token: bool,
+    /// Seconds the issued token would live (`context.requested_ttl`).
+    pub requested_ttl: u64,
+    /// Unix seconds (`context.now`).
+    pub now: u64,
+}
+
+/// One scope's decision, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The scope decided.
+    pub scope: String,
+    /// Granted: some `permit` matched, no `forbid` did, and no policy failed to evaluate.
+    pub allowed: bool,
+    /// The policies that decided it, by id (their `@id`, else Cedar's positional `policyN`): the `permit`s
+    /// that matched for an allow, the `forbid`s that matched for a deny; empty for a deny because nothing
+    /// permits it.
+    pub policies: Vec<String>,
+    /// Evaluation errors (`error while evaluating policy `id`: …`); any refuses the scope.
+    pub errors: Vec<String>,
+}
+
+impl Decision {
+    /// `scope=allow:id,id`, `scope=deny:id`, `scope=deny:-` (nothing permits it), `scope=error:id`: how audit
+    /// events and logs write a decision.
+    pub fn summary(&self) -> String {
+        let (word, ids) = match (self.allowed, self.errors.is_empty()) {
+            (true, _) => ("allow", self.policies.join(",")),
+            (false, false) => ("error", self.errors.iter().map(|e| error_policy(e)).collect::<Vec<_>>().join(",")),
+            (false, true) if self.policies.is_empty() => ("deny", "-".to_string()),
+            (false, true) => ("deny", self.policies.join(",")),
+        };
+        format!("{}={word}:{ids}", self.scope)
+    }
+}
+
+/// The policy id quoted in an evaluation error's text.
+fn error_policy(error: &str) -> &str {
+    error.split('`').nth(1).unwrap_or("?")
+}
+
+/// The scopes allowed among `decisions`, in the order decided.
+pub fn allowed_scopes(requested: &Scopes, decisions: &[Decision]) -> Scopes {
+    requested.filter(|s| decisions.iter().any(|d| d.allowed && d.scope == s))
 }
 
 /// A validated Cedar policy set with its schema, consulted once per requested scope.
@@ -75,17 +167,49 @@ impl std::fmt::Debug for Policy {
     }
 }
 
+/// The policies of `source` in source order, each under its `@id` when it has one: refuses templates
+/// (tessera links none) and two policies sharing an id.
+fn with_ids(parsed: &PolicySet) -> std::result::Result<PolicySet, Vec<String>> {
+    if parsed.templates().next().is_some() {
+        return Err(vec!["policy templates (`?principal`, `?resource`) are not supported".into()]);
+    }
+    let position = |p: &cedar_policy::Policy| {
+        p.id().to_string().strip_prefix("policy").and_then(|n| n.parse::<usize>().ok()).unwrap_or(usize::MAX)
+    };
+    let mut policies: Vec<&cedar_policy::Policy> = parsed.policies().collect();
+    policies.sort_by_key(|p| position(p));
+    let mut set = PolicySet::new();
+    let mut problems = Vec::new();
+    for p in policies {
+        let named = match p.annotation("id") {
+            Some(id) if !id.is_empty() => p.new_id(PolicyId::new(id)),
+            Some(_) => {
+                problems.push(format!("{}: `@id` is empty", p.id()));
+                continue;
+            }
+            None => p.clone(),
+        };
+        let id = named.id().to_string();
+        if set.add(named).is_err() {
+            problems.push(format!("two policies have the id `{id}` (`@id` annotations must be unique)"));
+        }
+    }
+    if problems.is_empty() { Ok(set) } else { Err(problems) }
+}
+
 impl Policy {
     /// Parses `source` and validates it against the schema; every problem is reported.
     pub fn new(source: &str) -> std::result::Result<Policy, Vec<String>> {
         let (schema, _) = Schema::from_cedarschema_str(SCHEMA).map_err(|e| vec![format!("schema: {e}")])?;
-        let policies = PolicySet::from_str(source).map_err(|e| {
+        let parsed = PolicySet::from_str(source).map_err(|e| {
             let mut problems = vec![format!("policy does not parse: {e}")];
             problems.extend(miette_causes(&e));
             problems
         })?;
+        let policies = with_ids(&parsed)?;
         let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
-        let problems: Vec<String> = validation.validation_errors().map(|e| format!("policy: {e}")).collect();
+        let problems: Vec<String> =
+            validation.validation_errors().map(|e| format!("policy `{}`: {e}", e.policy_id())).collect();
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -100,70 +224,145 @@ impl Policy {
         })
     }
 
+    /// The schema entities and requests are checked against as they are built: in debug builds (every test)
+    /// only. What tessera builds is typed by this module, not by a request, and checking it again at every
+    /// decision costs more than the decision (docs/benchmarks.md); the tests prove it fits the schema, and a
+    /// value that did not would be an evaluation error, which refuses the scope.
+    fn checked(&self) -> Option<&Schema> {
+        cfg!(debug_assertions).then_some(&self.schema)
+    }
+
+    /// The ids of the policies, in source order (`@id`, else `policyN`).
+    pub fn ids(&self) -> impl Iterator<Item = String> + '_ {
+        self.policies.policies().map(|p| p.id().to_string())
+    }
+
     fn principal_uid(&self, p: &Principal) -> EntityUid {
         EntityUid::from_type_name_and_id(self.principal_type.clone(), EntityId::new(format!("{}|{}", p.iss, p.sub)))
     }
 
     fn principal_entity(&self, p: &Principal) -> Result<Entity> {
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        let mut attrs =
+            vec![("issuer".to_string(), s(&p.issuer)), ("iss".to_string(), s(&p.iss)), ("sub".to_string(), s(&p.sub))];
+        if let Some(id) = &p.spiffe {
+            let record = RestrictedExpression::new_record([
+                ("trust_domain".to_string(), s(&id.trust_domain)),
+                ("path".to_string(), s(&id.path)),
+            ])
+            .map_err(|e| Error::internal(format!("policy entity: {e}")))?;
+            attrs.push(("spiffe".to_string(), record));
+        }
+        Entity::new_with_tags(self.principal_uid(p), attrs, [], p.attributes.iter().map(|(k, v)| (k.clone(), s(v))))
+            .map_err(|e| Error::internal(format!("policy entity: {e}")))
+    }
+
+    fn audience_uid(&self, id: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(id))
+    }
+
+    fn audience_entity(&self, t: &Target<'_>) -> Result<Entity> {
+        let strings = |set: &BTreeSet<String>| {
+            RestrictedExpression::new_set(set.iter().map(|v| RestrictedExpression::new_string(v.clone())))
+        };
+        let scopes =
+            RestrictedExpression::new_set(t.scopes.iter().map(|v| RestrictedExpression::new_string(v.to_string())));
         Entity::new_with_tags(
-            self.principal_uid(p),
-            [("issuer".to_string(), s(&p.issuer)), ("iss".to_string(), s(&p.iss)), ("sub".to_string(), s(&p.sub))],
+            self.audience_uid(t.id),
+            [("scopes".to_string(), scopes), ("max_ttl".to_string(), RestrictedExpression::new_long(long(t.max_ttl)))],
             [],
-            p.attributes.iter().map(|(k, v)| (k.clone(), s(v))),
+            t.labels.iter().map(|(k, v)| (k.clone(), strings(v))),
         )
         .map_err(|e| Error::internal(format!("policy entity: {e}")))
     }
 
     /// Decides each scope; returns the scopes allowed, in the order asked.
-    #[tracing::instrument(name = "policy", skip_all)]
     pub fn allowed(&self, q: &Question<'_>, scopes: &Scopes) -> Result<Scopes> {
-        let mut entities = vec![self.principal_entity(q.principal)?];
-        // One entity per principal: an actor that is the subject under other tags must not make a duplicate.
-        if let Some(actor) = q.actor.filter(|a| (&a.iss, &a.sub) != (&q.principal.iss, &q.principal.sub)) {
-            entities.push(self.principal_entity(actor)?);
+        Ok(allowed_scopes(scopes, &self.decide(q, scopes)?))
+    }
+
+    /// Decides each scope, in the order asked, with the policies that decided it. The entities and the
+    /// context are built once; each scope is one Cedar evaluation.
+    #[tracing::instrument(name = "policy", skip_all)]
+    pub fn decide(&self, q: &Question<'_>, scopes: &Scopes) -> Result<Vec<Decision>> {
+        // One entity per principal (subject first, then the acting actor, then the rest of the chain): an
+        // actor that is the subject, or a chain link that is the actor, under other tags makes no duplicate.
+        let mut seen = BTreeSet::new();
+        let mut entities = Vec::new();
+        for p in std::iter::once(q.principal).chain(q.actor).chain(q.chain.iter()) {
+            if seen.insert((p.iss.as_str(), p.sub.as_str())) {
+                entities.push(self.principal_entity(p)?);
+            }
         }
-        let entities = Entities::from_entities(entities, Some(&self.schema))
+        entities.push(self.audience_entity(&q.audience)?);
+        let entities = Entities::from_entities(entities, self.checked())
             .map_err(|e| Error::internal(format!("policy entities: {e}")))?;
         let principal = self.principal_uid(q.principal);
-        let resource = EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(q.audience));
+        let resource = self.audience_uid(q.audience.id);
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        let mut allowed = Vec::new();
+        let mut base = vec![
+            ("requested_scopes".to_string(), RestrictedExpression::new_set(scopes.iter().map(s))),
+            ("task_id".to_string(), s(q.task_id)),
+            ("client_id".to_string(), s(q.client_id)),
+            ("depth".to_string(), RestrictedExpression::new_long(long(q.depth as u64))),
+            ("actors".to_string(), RestrictedExpression::new_set(q.chain.iter().map(|a| s(&a.sub)))),
+            (
+                "chain".to_string(),
+                RestrictedExpression::new_set(
+                    q.chain.iter().map(|a| RestrictedExpression::new_entity_uid(self.principal_uid(a))),
+                ),
+            ),
+            ("chain_issuers".to_string(), RestrictedExpression::new_set(q.chain.iter().map(|a| s(&a.issuer)))),
+            ("subject_is_tessera_token".to_string(), RestrictedExpression::new_bool(q.subject_is_tessera_token)),
+            ("task_token".to_string(), RestrictedExpression::new_bool(q.task_token)),
+            ("requested_ttl".to_string(), RestrictedExpression::new_long(long(q.requested_ttl))),
+            ("now".to_string(), RestrictedExpression::new_long(long(q.now))),
+        ];
+        if let Some(actor) = q.actor {
+            base.push(("actor".to_string(), RestrictedExpression::new_entity_uid(self.principal_uid(actor))));
+        }
+        if let Some(purpose) = q.purpose {
+            base.push(("purpose".to_string(), s(purpose)));
+        }
+        if let Some(session) = q.session_id {
+            base.push(("session_id".to_string(), s(session)));
+        }
+        let mut decisions = Vec::new();
         for scope in scopes.iter() {
-            let mut context = vec![
-                ("scope".to_string(), s(scope)),
-                ("task_id".to_string(), s(q.task_id)),
-                ("client_id".to_string(), s(q.client_id)),
-                ("depth".to_string(), RestrictedExpression::new_long(q.depth as i64)),
-                ("actors".to_string(), RestrictedExpression::new_set(q.actors.iter().map(|a| s(a)))),
-                ("subject_is_tessera_token".to_string(), RestrictedExpression::new_bool(q.subject_is_tessera_token)),
-                ("task_token".to_string(), RestrictedExpression::new_bool(q.task_token)),
-            ];
-            if let Some(actor) = q.actor {
-                context.push(("actor".to_string(), RestrictedExpression::new_entity_uid(self.principal_uid(actor))));
-            }
-            let context = Context::from_pairs(context).map_err(|e| Error::internal(format!("policy context: {e}")))?;
+            let mut pairs = base.clone();
+            pairs.push(("scope".to_string(), s(scope)));
+            let context = Context::from_pairs(pairs).map_err(|e| Error::internal(format!("policy context: {e}")))?;
             let request = cedar_policy::Request::new(
                 principal.clone(),
                 self.action.clone(),
                 resource.clone(),
                 context,
-                Some(&self.schema),
+                self.checked(),
             )
             .map_err(|e| Error::internal(format!("policy request: {e}")))?;
             let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
             // Cedar skips a policy whose evaluation errors; for a `forbid` that would mean allowing. Any error
             // therefore refuses the scope.
-            let errored = response.diagnostics().errors().next().is_some();
-            if errored {
+            let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
+            if !errors.is_empty() {
                 tracing::warn!(scope, "policy evaluation error; the scope is refused");
             }
-            if response.decision() == Decision::Allow && !errored {
-                allowed.push(scope);
-            }
+            let mut policies: Vec<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
+            policies.sort();
+            decisions.push(Decision {
+                scope: scope.to_string(),
+                allowed: response.decision() == CedarDecision::Allow && errors.is_empty(),
+                policies,
+                errors,
+            });
         }
-        Ok(scopes.filter(|s| allowed.contains(&s)))
+        Ok(decisions)
     }
+}
+
+/// A count or a time as a Cedar `Long` (saturating: no value tessera passes comes near `i64::MAX`).
+fn long(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn miette_causes(e: &dyn std::error::Error) -> Vec<String> {
@@ -180,65 +379,188 @@ mod tests {
             iss: format!("https://{issuer}"),
             sub: "system:serviceaccount:agents:orchestrator".into(),
             attributes: [("namespace".to_string(), ns.to_string())].into(),
+            spiffe: None,
         }
     }
 
-    fn question<'a>(p: &'a Principal, depth: usize) -> Question<'a> {
+    fn crm_scopes() -> Vec<&'static str> {
+        vec!["crm:read", "crm:write", "crm:export"]
+    }
+
+    fn question<'a>(p: &'a Principal, depth: usize, scopes: &[&'static str], labels: &'a Labels) -> Question<'a> {
         Question {
             principal: p,
             actor: None,
-            audience: "https://crm.example",
+            audience: Target { id: "https://crm.example", scopes: scopes.to_vec(), max_ttl: 300, labels },
             task_id: "t1",
+            purpose: None,
+            session_id: None,
             client_id: "demo",
             depth,
-            actors: vec![],
+            chain: vec![],
             subject_is_tessera_token: false,
             task_token: false,
+            requested_ttl: 300,
+            now: 1_800_000_000,
         }
     }
 
     const POLICY: &str = r#"
+        @id("agents-crm")
         permit (principal, action == Tessera::Action::"exchange", resource == Tessera::Audience::"https://crm.example")
         when { principal.issuer == "kubernetes" && principal.hasTag("namespace") &&
                principal.getTag("namespace") == "agents" && context.scope like "crm:*" };
+        @id("no-delegated-export")
         forbid (principal, action, resource) when { context.scope == "crm:export" && context.depth > 0 };
     "#;
 
     #[test]
     fn decides_per_scope_with_tags_and_depth() {
         let policy = Policy::new(POLICY).unwrap();
+        let (s, l) = (crm_scopes(), Labels::new());
         let p = principal("kubernetes", "agents");
         let scopes = Scopes::parse("crm:read crm:export mail:send").unwrap();
-        assert_eq!(policy.allowed(&question(&p, 0), &scopes).unwrap(), "crm:read crm:export");
-        assert_eq!(policy.allowed(&question(&p, 1), &scopes).unwrap(), "crm:read");
+        assert_eq!(policy.allowed(&question(&p, 0, &s, &l), &scopes).unwrap(), "crm:read crm:export");
+        assert_eq!(policy.allowed(&question(&p, 1, &s, &l), &scopes).unwrap(), "crm:read");
         let other = principal("kubernetes", "default");
-        assert!(policy.allowed(&question(&other, 0), &scopes).unwrap().is_empty());
+        assert!(policy.allowed(&question(&other, 0, &s, &l), &scopes).unwrap().is_empty());
+    }
+
+    #[test]
+    fn decisions_name_the_deciding_policies_by_their_id() {
+        let policy = Policy::new(POLICY).unwrap();
+        let (s, l) = (crm_scopes(), Labels::new());
+        let p = principal("kubernetes", "agents");
+        let scopes = Scopes::parse("crm:read crm:export mail:send").unwrap();
+        let decisions = policy.decide(&question(&p, 1, &s, &l), &scopes).unwrap();
+        let summary: Vec<String> = decisions.iter().map(Decision::summary).collect();
+        assert_eq!(summary, ["crm:read=allow:agents-crm", "crm:export=deny:no-delegated-export", "mail:send=deny:-"]);
+        // Policies without `@id` keep Cedar's positional ids.
+        let anonymous = Policy::new("permit (principal, action, resource);").unwrap();
+        let d = anonymous.decide(&question(&p, 0, &s, &l), &scopes).unwrap();
+        assert_eq!(d[0].policies, ["policy0"]);
+        assert_eq!(policy.ids().collect::<Vec<_>>().len(), 2);
+    }
+
+    #[test]
+    fn duplicate_or_empty_ids_and_templates_are_refused() {
+        let dup = Policy::new(
+            r#"@id("a") permit (principal, action, resource); @id("a") forbid (principal, action, resource);"#,
+        )
+        .unwrap_err();
+        assert!(dup.iter().any(|p| p.contains("`a`")), "{dup:?}");
+        assert!(Policy::new(r#"@id("") permit (principal, action, resource);"#).is_err());
+        let template = Policy::new("permit (principal == ?principal, action, resource);").unwrap_err();
+        assert!(template[0].contains("templates"), "{template:?}");
     }
 
     #[test]
     fn an_erroring_forbid_refuses_rather_than_allows() {
         // Cedar skips a policy whose evaluation errors (here: integer overflow at depth 2), which for a
-        // `forbid` would allow. The broker refuses instead.
+        // `forbid` would allow. The broker refuses instead, and says which policy failed.
         let policy = Policy::new(
             r#"permit (principal, action, resource);
-               forbid (principal, action, resource) when { context.depth * 9223372036854775807 > 0 };"#,
+               @id("overflows") forbid (principal, action, resource) when { context.depth * 9223372036854775807 > 0 };"#,
         )
         .unwrap();
+        let (s, l) = (crm_scopes(), Labels::new());
         let p = principal("kubernetes", "agents");
         let read = Scopes::parse("crm:read").unwrap();
-        assert_eq!(policy.allowed(&question(&p, 0), &read).unwrap(), "crm:read", "no error, no forbid");
-        assert!(policy.allowed(&question(&p, 2), &read).unwrap().is_empty(), "error: refused");
+        assert_eq!(policy.allowed(&question(&p, 0, &s, &l), &read).unwrap(), "crm:read", "no error, no forbid");
+        let d = policy.decide(&question(&p, 2, &s, &l), &read).unwrap();
+        assert!(!d[0].allowed, "error: refused");
+        assert_eq!(d[0].summary(), "crm:read=error:overflows");
+    }
+
+    #[test]
+    fn audiences_labels_spiffe_ids_chain_ttl_and_time_are_visible() {
+        let policy = Policy::new(
+            r#"
+            @id("labelled") permit (principal, action, resource)
+            when { principal.hasTag("namespace") && resource.hasTag("namespaces") &&
+                   resource.getTag("namespaces").contains(principal.getTag("namespace")) &&
+                   resource.scopes.contains(context.scope) && context.requested_ttl <= resource.max_ttl &&
+                   context.now > 0 };
+            @id("spiffe") permit (principal, action, resource)
+            when { principal has spiffe && principal.spiffe.trust_domain == "td.example" &&
+                   principal.spiffe.path like "/ns/agents/*" && context.requested_ttl <= 60 };
+            @id("chain") forbid (principal, action, resource)
+            when { !["kubernetes"].containsAll(context.chain_issuers) };
+            @id("purpose") forbid (principal, action, resource)
+            when { context has purpose && context.purpose == "exfiltrate" };
+            "#,
+        )
+        .unwrap();
+        let s = crm_scopes();
+        let labels: Labels = [("namespaces".to_string(), ["agents".to_string()].into())].into();
+        let none = Labels::new();
+        let read = Scopes::parse("crm:read").unwrap();
+        let p = principal("kubernetes", "agents");
+        assert_eq!(policy.allowed(&question(&p, 0, &s, &labels), &read).unwrap(), "crm:read");
+        assert!(policy.allowed(&question(&p, 0, &s, &none), &read).unwrap().is_empty(), "no label, no grant");
+        let mut long = question(&p, 0, &s, &labels);
+        long.requested_ttl = 301;
+        assert!(policy.allowed(&long, &read).unwrap().is_empty(), "longer than the audience allows");
+        let mut q = question(&p, 1, &s, &labels);
+        q.chain = vec![Principal { issuer: "github".into(), ..principal("github", "x") }];
+        assert_eq!(policy.decide(&q, &read).unwrap()[0].summary(), "crm:read=deny:chain");
+        q.chain = vec![principal("kubernetes", "agents")];
+        q.purpose = Some("exfiltrate");
+        assert_eq!(policy.decide(&q, &read).unwrap()[0].summary(), "crm:read=deny:purpose");
+
+        let svid = Principal {
+            issuer: "spiffe".into(),
+            iss: "spiffe://td.example".into(),
+            sub: "spiffe://td.example/ns/agents/sa/summariser".into(),
+            attributes: BTreeMap::new(),
+            spiffe: SpiffeId::parse("spiffe://td.example/ns/agents/sa/summariser"),
+        };
+        let mut q = question(&svid, 0, &s, &none);
+        q.requested_ttl = 60;
+        assert_eq!(policy.decide(&q, &read).unwrap()[0].summary(), "crm:read=allow:spiffe");
+        q.requested_ttl = 61;
+        assert!(!policy.decide(&q, &read).unwrap()[0].allowed);
+    }
+
+    #[test]
+    fn spiffe_ids_split_into_trust_domain_and_path() {
+        let id = SpiffeId::parse("spiffe://td.example/ns/a").unwrap();
+        assert_eq!((id.trust_domain.as_str(), id.path.as_str()), ("td.example", "/ns/a"));
+        assert_eq!(SpiffeId::parse("spiffe://td.example").unwrap().path, "");
+        assert!(SpiffeId::parse("spiffe:///x").is_none());
+        assert!(SpiffeId::parse("https://td.example/x").is_none());
     }
 
     #[test]
     fn the_default_policy_validates_and_grants_upstream_nothing() {
         let policy = Policy::new(DEFAULT_POLICY).unwrap();
+        let (s, l) = (crm_scopes(), Labels::new());
         let p = principal("kubernetes", "agents");
         let read = Scopes::parse("crm:read").unwrap();
-        assert!(policy.allowed(&question(&p, 0), &read).unwrap().is_empty());
-        let mut q = question(&p, 0);
+        assert!(policy.allowed(&question(&p, 0, &s, &l), &read).unwrap().is_empty());
+        let mut q = question(&p, 0, &s, &l);
         q.subject_is_tessera_token = true;
         assert_eq!(policy.allowed(&q, &read).unwrap(), "crm:read");
+    }
+
+    #[test]
+    fn every_shipped_policy_validates() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![root.join("examples/policy.cedar"), root.join("tests/fixtures/policy.cedar")];
+        let dir = root.join("examples/policies");
+        let mut examples: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cedar"))
+            .collect();
+        assert!(examples.len() >= 5, "examples/policies holds the examples");
+        files.append(&mut examples);
+        for file in files {
+            let source = std::fs::read_to_string(&file).unwrap();
+            if let Err(problems) = Policy::new(&source) {
+                panic!("{}: {problems:?}", file.display());
+            }
+        }
     }
 
     #[test]
@@ -250,5 +572,10 @@ mod tests {
         .unwrap_err();
         assert!(problems.len() >= 2, "{problems:?}");
         assert!(Policy::new("permit (principal").is_err());
+        // A type error: a Long compared with a String.
+        let typed =
+            Policy::new(r#"@id("typo") permit (principal, action, resource) when { context.requested_ttl == "300" };"#)
+                .unwrap_err();
+        assert!(typed.iter().any(|p| p.contains("typo")), "validation names the policy by its @id: {typed:?}");
     }
 }

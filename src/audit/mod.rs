@@ -47,6 +47,10 @@ pub struct AuditEvent {
     pub(crate) scope_requested: String,
     /// The scopes granted, or those of the introspected token.
     pub(crate) scope_granted: String,
+    /// Policy's decision on each requested scope and the policies that made it, space-separated
+    /// `scope=allow:id,id` / `scope=deny:id` / `scope=deny:-` (nothing permits it) / `scope=error:id`; empty
+    /// when the exchange was refused before policy was asked.
+    pub(crate) policies: String,
     /// The task.
     pub(crate) task_id: String,
     /// The token issued, introspected or revoked.
@@ -85,6 +89,7 @@ impl AuditEvent {
             ("audience", self.audience.clone()),
             ("scope_requested", self.scope_requested.clone()),
             ("scope_granted", self.scope_granted.clone()),
+            ("policies", self.policies.clone()),
             ("task_id", self.task_id.clone()),
             ("jti", self.jti.clone()),
             ("exp", self.exp.to_string()),
@@ -109,6 +114,7 @@ impl AuditEvent {
                 "audience" => e.audience = v,
                 "scope_requested" => e.scope_requested = v,
                 "scope_granted" => e.scope_granted = v,
+                "policies" => e.policies = v,
                 "task_id" => e.task_id = v,
                 "jti" => e.jti = v,
                 "exp" => e.exp = v.parse().unwrap_or_default(),
@@ -167,6 +173,7 @@ impl Audit {
             audience = e.audience.as_str(),
             scope_requested = e.scope_requested.as_str(),
             scope_granted = e.scope_granted.as_str(),
+            policies = e.policies.as_str(),
             task_id = e.task_id.as_str(),
             jti = e.jti.as_str(),
             exp = e.exp,
@@ -236,6 +243,7 @@ mod tests {
             jti: "j".into(),
             exp: 9,
             actors: "a > b".into(),
+            policies: "crm:read=allow:agents-crm crm:export=deny:never-export".into(),
             ..AuditEvent::default()
         };
         let fields = e.fields();

@@ -180,7 +180,7 @@ pub(super) struct ExchangeArgs {
     expires_in: u32,
 }
 
-fn read_token(arg: &str) -> Result<String, String> {
+pub(super) fn read_token(arg: &str) -> Result<String, String> {
     if arg != "-" {
         return Ok(arg.to_string());
     }

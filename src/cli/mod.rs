@@ -134,8 +134,9 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Validate a Cedar policy file against tessera's schema.
-    Check { file: PathBuf },
+    /// Validate a Cedar policy file against tessera's schema; with --subject-token or --principal, print the
+    /// decision on each scope and the policies that made it.
+    Check(Box<tools::PolicyCheckArgs>),
 }
 
 #[derive(Subcommand)]
@@ -195,7 +196,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Keygen { alg, out } => tools::keygen(alg, &out),
         Command::Config { command: ConfigCommand::Check { file } } => tools::config_check(&file),
-        Command::Policy { command: PolicyCommand::Check { file } } => tools::policy_check(&file),
+        Command::Policy { command: PolicyCommand::Check(args) } => tools::policy_check(&args),
         Command::Dev { command: DevCommand::Assertion { sub, scope, ttl, dev_dir } } => {
             tools::dev_assertion(&dev_dir, &sub, scope.as_deref(), ttl)
         }

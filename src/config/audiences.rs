@@ -3,7 +3,8 @@
 use serde::Deserialize;
 
 use super::{Context, Problems};
-use crate::catalog::{Audience, SenderConstraint};
+use crate::catalog::{Audience, Grant, SenderConstraint};
+use crate::policy::Labels;
 use crate::scopes::Scopes;
 
 /// A token's longest life for an audience that says nothing, in seconds.
@@ -27,6 +28,48 @@ pub struct AudienceBuilder {
     pub resource_url: Option<String>,
     /// `none` (default), `dpop`, `mtls` or `any`: whether its tokens must be sender-constrained, and how.
     pub sender_constraint: Option<String>,
+    /// Label name → a string or an array of strings, read by policy as the audience's tags (default none).
+    pub labels: std::collections::BTreeMap<String, LabelValues>,
+    /// `partial` (default) or `strict`: whether an exchange that policy allows only in part is issued the
+    /// allowed scopes or refused with `invalid_scope`.
+    pub grant: Option<String>,
+}
+
+/// A label's value in the config: one string or several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum LabelValues {
+    /// `namespaces = "agents"`.
+    One(String),
+    /// `namespaces = ["agents", "support"]`.
+    Many(Vec<String>),
+}
+
+/// The longest label name or value, and the most labels or values per audience: labels are for policy to
+/// match on, not for data.
+const MAX_LABEL_BYTES: usize = 128;
+const MAX_LABELS: usize = 32;
+
+fn labels(given: std::collections::BTreeMap<String, LabelValues>, at: &str, problems: &mut Problems) -> Labels {
+    let mut labels = Labels::new();
+    let ok = |s: &str| !s.is_empty() && s.len() <= MAX_LABEL_BYTES && !s.contains(char::is_control);
+    if given.len() > MAX_LABELS {
+        problems.push(format!("{at}: at most {MAX_LABELS} `labels`"));
+    }
+    for (name, values) in given {
+        let values = match values {
+            LabelValues::One(v) => vec![v],
+            LabelValues::Many(vs) => vs,
+        };
+        if !ok(&name) || values.is_empty() || values.len() > MAX_LABELS || !values.iter().all(|v| ok(v)) {
+            problems.push(format!(
+                "{at}: labels.{name}: a label is a name and one or more values, each 1 to {MAX_LABEL_BYTES} bytes                  without control characters"
+            ));
+            continue;
+        }
+        labels.insert(name, values.into_iter().collect());
+    }
+    labels
 }
 
 pub(super) fn build(builders: Vec<AudienceBuilder>, cx: &Context<'_>, problems: &mut Problems) -> Vec<Audience> {
@@ -66,6 +109,14 @@ pub(super) fn build(builders: Vec<AudienceBuilder>, cx: &Context<'_>, problems: 
                 SenderConstraint::None
             }),
         };
+        let grant = match a.grant.as_deref() {
+            None => Grant::Partial,
+            Some(name) => Grant::parse(name).unwrap_or_else(|| {
+                problems.push(format!("{at}: `grant` must be `partial` or `strict`"));
+                Grant::Partial
+            }),
+        };
+        let labels = labels(a.labels, &at, problems);
         audiences.push(Audience {
             id: a.id,
             scopes,
@@ -73,7 +124,65 @@ pub(super) fn build(builders: Vec<AudienceBuilder>, cx: &Context<'_>, problems: 
             introspect_clients: a.introspect_clients.into_iter().collect(),
             resource_url: a.resource_url,
             sender_constraint,
+            labels,
+            grant,
         });
     }
     audiences
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_one(toml: &str) -> (Vec<Audience>, Problems) {
+        #[derive(Deserialize)]
+        struct Doc {
+            audiences: Vec<AudienceBuilder>,
+        }
+        use figment::providers::Format as _;
+        let doc: Doc = figment::Figment::new().merge(figment::providers::Toml::string(toml)).extract().unwrap();
+        let mut problems = Problems::new();
+        let cx = Context { base_dir: std::path::Path::new("."), broker_issuer: "https://tessera.test" };
+        (build(doc.audiences, &cx, &mut problems), problems)
+    }
+
+    #[test]
+    fn labels_take_one_value_or_several_and_grant_is_partial_unless_strict() {
+        let (audiences, problems) = build_one(
+            r#"
+            [[audiences]]
+            id = "https://a.example"
+            scopes = ["a:read"]
+            labels = { namespaces = ["agents", "support"], tier = "internal" }
+            grant = "strict"
+            [[audiences]]
+            id = "https://b.example"
+            scopes = ["b:read"]
+            "#,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(audiences[0].grant, Grant::Strict);
+        assert_eq!(audiences[1].grant, Grant::Partial, "today's behaviour by default");
+        let values = |k: &str| audiences[0].labels[k].iter().cloned().collect::<Vec<_>>();
+        assert_eq!(values("namespaces"), ["agents", "support"]);
+        assert_eq!(values("tier"), ["internal"]);
+        assert!(audiences[1].labels.is_empty());
+    }
+
+    #[test]
+    fn bad_labels_and_grants_are_refused() {
+        let (_, problems) = build_one(
+            r#"
+            [[audiences]]
+            id = "https://a.example"
+            scopes = ["a:read"]
+            labels = { empty = [], blank = "" }
+            grant = "all-or-nothing"
+            "#,
+        );
+        let all = problems.join("\n");
+        assert!(all.contains("`grant` must be `partial` or `strict`"), "{all}");
+        assert!(all.contains("labels.empty") && all.contains("labels.blank"), "{all}");
+    }
 }

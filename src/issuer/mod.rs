@@ -486,7 +486,13 @@ impl Issuers {
                 Some((tag.clone(), text))
             })
             .collect();
-        let principal = Principal { issuer: spec.name.clone(), iss: spec.id(), sub: sub.to_string(), attributes };
+        let principal = Principal {
+            issuer: spec.name.clone(),
+            iss: spec.id(),
+            sub: sub.to_string(),
+            attributes,
+            spiffe: spiffe_id(spec, sub),
+        };
         let act = match claims.get("act") {
             None => None,
             Some(v) => Some(upstream_act(v, &principal.iss, 1).ok_or(TokenError::MissingClaim("act"))?),
@@ -639,15 +645,17 @@ impl Issuers {
         })
     }
 
-    /// A party as policy sees it: its issuer's short name when the issuer is configured (the party's
-    /// attributes are not known: only a subject's are carried).
-    fn principal_of(&self, party: &Party) -> Principal {
-        let issuer = self.upstream.iter().map(|u| &u.spec).find(|s| s.id() == party.iss).map(|s| s.name.clone());
+    /// A party as policy sees it: its issuer's short name when the issuer is configured, and its SPIFFE ID's
+    /// parts when that issuer is a SPIFFE trust domain (the party's attributes are not known: only a
+    /// subject's are carried). An unconfigured issuer's parties go by their `iss` as the name.
+    pub fn principal_of(&self, party: &Party) -> Principal {
+        let spec = self.upstream.iter().map(|u| &u.spec).find(|s| s.id() == party.iss);
         Principal {
-            issuer: issuer.unwrap_or_else(|| party.iss.clone()),
+            issuer: spec.map_or_else(|| party.iss.clone(), |s| s.name.clone()),
             iss: party.iss.clone(),
             sub: party.sub.clone(),
             attributes: BTreeMap::new(),
+            spiffe: spec.and_then(|s| spiffe_id(s, &party.sub)),
         }
     }
 
@@ -711,6 +719,7 @@ impl Issuers {
             iss: access.sub_iss.clone(),
             sub: access.sub.clone(),
             attributes: access.sub_attrs.clone(),
+            spiffe: spiffe_id(spec, &access.sub),
         };
         let scopes = Some(access.scope.clone());
         let holder = match &access.act {
@@ -753,6 +762,13 @@ impl Issuers {
 }
 
 /// Whether `s` can name a principal (a `sub`) that a revocation can later name too.
+/// The parts of `sub` as a SPIFFE ID, for an issuer that is a SPIFFE trust domain and a `sub` in that trust
+/// domain only: another issuer's `sub` that merely looks like a SPIFFE ID says nothing about SPIFFE.
+fn spiffe_id(spec: &IssuerSpec, sub: &str) -> Option<crate::policy::SpiffeId> {
+    let td = spec.spiffe_trust_domain.as_deref()?;
+    crate::policy::SpiffeId::parse(sub).filter(|id| id.trust_domain == td)
+}
+
 fn is_revocable_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_SUB_BYTES && !s.chars().any(char::is_control)
 }
@@ -895,6 +911,34 @@ mod tests {
         assert_eq!(m.unwrap()[1], Party { iss: "https://x".into(), sub: "b".into() });
         assert!(upstream_may_act(&serde_json::json!("agent"), "https://k").is_none());
         assert!(upstream_may_act(&serde_json::json!([{"iss": "https://k"}]), "https://k").is_none());
+    }
+
+    #[test]
+    fn spiffe_parts_come_only_from_a_spiffe_issuer_for_its_own_trust_domain() {
+        let spec = |td: Option<&str>| IssuerSpec {
+            name: "spiffe".into(),
+            issuer: None,
+            spiffe_trust_domain: td.map(Into::into),
+            jwks: JwksSource::Inline(JwkSet { keys: vec![] }),
+            audience: "https://tessera.test".into(),
+            algorithms: vec![Algorithm::ES256],
+            leeway: 0,
+            max_token_bytes: 8192,
+            subject_claim: "sub".into(),
+            attributes: BTreeMap::new(),
+            min_refresh_interval: Duration::ZERO,
+            refresh_interval: Duration::from_secs(300),
+            single_use: false,
+            max_assertion_lifetime: 3600,
+            jwks_bearer_token_file: None,
+            jwks_ca_pem: None,
+            used_for: UsedFor::SubjectTokens,
+        };
+        let id = spiffe_id(&spec(Some("td.example")), "spiffe://td.example/ns/agents/sa/a").unwrap();
+        assert_eq!((id.trust_domain.as_str(), id.path.as_str()), ("td.example", "/ns/agents/sa/a"));
+        assert!(spiffe_id(&spec(Some("td.example")), "spiffe://other.example/ns/agents").is_none(), "foreign domain");
+        assert!(spiffe_id(&spec(None), "spiffe://td.example/ns/agents").is_none(), "not a SPIFFE issuer");
+        assert!(spiffe_id(&spec(Some("td.example")), "system:serviceaccount:a:b").is_none());
     }
 
     #[test]

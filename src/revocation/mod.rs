@@ -723,7 +723,13 @@ mod tests {
         let mut p = Probe::default();
         p.task("t");
         p.upstream(
-            &Principal { issuer: "k".into(), iss: "https://k".into(), sub: "s".into(), attributes: Default::default() },
+            &Principal {
+                issuer: "k".into(),
+                iss: "https://k".into(),
+                sub: "s".into(),
+                attributes: Default::default(),
+                spiffe: None,
+            },
             None,
             Some(100),
         );

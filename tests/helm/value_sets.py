@@ -132,7 +132,13 @@ def full(keys) -> dict[str, Any]:
             ],
             "audiences": [
                 {"id": "https://crm.example.com", "scopes": ["crm:read", "crm:write", "crm:export"], "max_ttl": 300},
-                {"id": "https://tickets.example.com", "scopes": ["tickets:read"], "max_ttl": 600},
+                {
+                    "id": "https://tickets.example.com",
+                    "scopes": ["tickets:read"],
+                    "max_ttl": 600,
+                    "labels": {"namespaces": ["agents", "support"], "tier": "internal"},
+                    "grant": "strict",
+                },
             ],
             "clients": [
                 {"id": "orchestrator", "secret_sha256": SECRET_SHA256, "rpcs": ["exchange", "introspect"]},
@@ -391,6 +397,10 @@ INVALID: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "bad-pull-policy": (lambda keys: {**minimal(keys), "image": {"repository": "tessera", "pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     "broker-issuer-not-a-url": (lambda keys: {**minimal(keys), "config": {"broker": {"issuer": "tessera"}}}, "/config/broker/issuer"),
     "audience-without-scopes": (lambda keys: {**minimal(keys), "config": {"audiences": [{"id": "https://a.example"}]}}, "/config/audiences/0"),
+    "audience-grant-typo": (
+        lambda keys: {**minimal(keys), "config": {"audiences": [{"id": "https://a.example", "scopes": ["a"], "grant": "all"}]}},
+        "/config/audiences/0/grant",
+    ),
     "issuer-with-two-jwks-sources": (
         lambda keys: {**minimal(keys), "config": {"issuers": [{"name": "k", "issuer": "https://k", "jwks_url": "https://k/j", "jwks_file": "j.json"}]}},
         "/config/issuers/0",

@@ -16,6 +16,7 @@ mod gateway;
 mod interop;
 mod jwks;
 mod oauth;
+mod policies;
 mod properties;
 mod rate_limits;
 mod reload;
