@@ -186,7 +186,7 @@ async fn exchanges(policy: Option<&str>) {
     }
     let broker = tessera::serve::broker(config, tessera::metrics::Metrics::global()).await.expect("broker");
     let credentials = Credentials { peer_is_loopback: true, ..Credentials::default() };
-    let client = broker.clients().authenticate(&credentials, Rpc::Exchange).expect("demo client").clone();
+    let client = broker.current().clients().authenticate(&credentials, Rpc::Exchange).expect("demo client").clone();
     let n = 3000;
     let mut samples = Vec::with_capacity(n);
     for i in 0..n + n / 10 {

@@ -182,6 +182,7 @@ fn explain_token(args: &PolicyCheckArgs, config: tessera::config::Config) -> Res
     runtime.block_on(async {
         let broker = tessera::serve::broker(config, tessera::metrics::Metrics::global()).await?;
         broker
+            .current()
             .explain(&args.client_id, &request, tessera::clock::now())
             .await
             .map_err(|e| format!("the exchange is refused before policy: {e}"))
