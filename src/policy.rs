@@ -154,6 +154,12 @@ pub fn allowed_scopes(requested: &Scopes, decisions: &[Decision]) -> Scopes {
 /// A validated Cedar policy set with its schema, consulted once per requested scope.
 pub struct Policy {
     policies: PolicySet,
+    /// The policies that can apply to a request for each audience a policy names in its head: those naming
+    /// it plus every policy whose head names no audience. Cedar evaluates every policy it is given, so
+    /// handing it only these keeps a decision's cost to the policies that could apply.
+    by_audience: std::collections::HashMap<EntityUid, PolicySet>,
+    /// The policies whose head names no audience: all that can apply to an audience no policy names.
+    unscoped: PolicySet,
     schema: Schema,
     authorizer: Authorizer,
     principal_type: EntityTypeName,
@@ -214,8 +220,11 @@ impl Policy {
             return Err(problems);
         }
         let name = |s: &str| EntityTypeName::from_str(s).map_err(|e| vec![e.to_string()]);
+        let (by_audience, unscoped) = slices(&policies);
         Ok(Policy {
             policies,
+            by_audience,
+            unscoped,
             schema,
             authorizer: Authorizer::new(),
             principal_type: name("Tessera::Principal")?,
@@ -327,6 +336,7 @@ impl Policy {
         if let Some(session) = q.session_id {
             base.push(("session_id".to_string(), s(session)));
         }
+        let applicable = self.by_audience.get(&resource).unwrap_or(&self.unscoped);
         let mut decisions = Vec::new();
         for scope in scopes.iter() {
             let mut pairs = base.clone();
@@ -340,7 +350,7 @@ impl Policy {
                 self.checked(),
             )
             .map_err(|e| Error::internal(format!("policy request: {e}")))?;
-            let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
+            let response = self.authorizer.is_authorized(&request, applicable, &entities);
             // Cedar skips a policy whose evaluation errors; for a `forbid` that would mean allowing. Any error
             // therefore refuses the scope.
             let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
@@ -358,6 +368,35 @@ impl Policy {
         }
         Ok(decisions)
     }
+}
+
+/// Splits `policies` by the audience their head names (`resource == A`, `resource in A`, `resource is T in
+/// A`): such a policy can only match a request for `A`, because audience entities have no parents, so `in A`
+/// holds exactly for `A` itself. Every other policy goes to every slice and to the unscoped set.
+fn slices(policies: &PolicySet) -> (std::collections::HashMap<EntityUid, PolicySet>, PolicySet) {
+    use cedar_policy::ResourceConstraint;
+    let named = |p: &cedar_policy::Policy| match p.resource_constraint() {
+        ResourceConstraint::Eq(uid) | ResourceConstraint::In(uid) | ResourceConstraint::IsIn(_, uid) => Some(uid),
+        ResourceConstraint::Any | ResourceConstraint::Is(_) => None,
+    };
+    let mut unscoped = PolicySet::new();
+    let mut by_audience = std::collections::HashMap::<EntityUid, PolicySet>::new();
+    for p in policies.policies() {
+        if let Some(uid) = named(p) {
+            by_audience.entry(uid).or_default();
+        }
+    }
+    for p in policies.policies() {
+        let targets: Vec<&mut PolicySet> = match named(p) {
+            Some(uid) => by_audience.get_mut(&uid).into_iter().collect(),
+            None => std::iter::once(&mut unscoped).chain(by_audience.values_mut()).collect(),
+        };
+        for set in targets {
+            // Ids are unique in `policies`, so adding one to a slice cannot clash.
+            let _ = set.add(p.clone());
+        }
+    }
+    (by_audience, unscoped)
 }
 
 /// A count or a time as a Cedar `Long` (saturating: no value tessera passes comes near `i64::MAX`).
@@ -440,6 +479,62 @@ mod tests {
         let d = anonymous.decide(&question(&p, 0, &s, &l), &scopes).unwrap();
         assert_eq!(d[0].policies, ["policy0"]);
         assert_eq!(policy.ids().collect::<Vec<_>>().len(), 2);
+    }
+
+    #[test]
+    fn each_audience_is_decided_by_its_own_policies_and_the_unscoped_ones() {
+        let policy = Policy::new(
+            r#"
+            @id("crm-read") permit (principal, action, resource == Tessera::Audience::"https://crm.example")
+              when { context.scope == "crm:read" };
+            @id("mail-all") permit (principal, action, resource in Tessera::Audience::"https://mail.example");
+            @id("mail-forbid-export") forbid (principal, action, resource == Tessera::Audience::"https://mail.example")
+              when { context.scope == "crm:export" };
+            @id("everywhere-write") permit (principal, action, resource is Tessera::Audience)
+              when { context.scope == "crm:write" };
+            @id("never-delete") forbid (principal, action, resource) when { context.scope == "crm:delete" };
+            "#,
+        )
+        .unwrap();
+        assert_eq!(policy.by_audience.len(), 2, "two audiences are named in policy heads");
+        let (s, l) = (vec!["crm:read", "crm:write", "crm:export", "crm:delete"], Labels::new());
+        let p = principal("kubernetes", "agents");
+        let scopes = Scopes::parse("crm:read crm:write crm:export crm:delete").unwrap();
+        let on = |audience: &'static str| {
+            let mut q = question(&p, 0, &s, &l);
+            q.audience.id = audience;
+            policy.decide(&q, &scopes).unwrap().iter().map(Decision::summary).collect::<Vec<_>>()
+        };
+        // The CRM's own permit and the unscoped ones; nothing of the mail audience's.
+        assert_eq!(
+            on("https://crm.example"),
+            [
+                "crm:read=allow:crm-read",
+                "crm:write=allow:everywhere-write",
+                "crm:export=deny:-",
+                "crm:delete=deny:never-delete"
+            ]
+        );
+        // The mail audience's `in` permit and its forbid, and the unscoped ones.
+        assert_eq!(
+            on("https://mail.example"),
+            [
+                "crm:read=allow:mail-all",
+                "crm:write=allow:everywhere-write,mail-all",
+                "crm:export=deny:mail-forbid-export",
+                "crm:delete=deny:never-delete"
+            ]
+        );
+        // An audience no policy names: only the unscoped policies apply.
+        assert_eq!(
+            on("https://other.example"),
+            [
+                "crm:read=deny:-",
+                "crm:write=allow:everywhere-write",
+                "crm:export=deny:-",
+                "crm:delete=deny:never-delete"
+            ]
+        );
     }
 
     #[test]
