@@ -52,7 +52,11 @@ impl PolicyBuilder {
                 .ok(),
         };
         source.and_then(|src| {
-            Policy::new(&src).map_err(|errors| problems.extend(errors.into_iter().map(|e| format!("policy: {e}")))).ok()
+            // Policy's own messages name the policy (`policy \`id\`: …`); this says which setting it came from.
+            let from = self.file.as_ref().map_or("policy (the built-in default)".to_string(), |f| {
+                format!("policy.file ({})", cx.path(f).display())
+            });
+            Policy::new(&src).map_err(|errors| problems.extend(errors.into_iter().map(|e| format!("{from}: {e}")))).ok()
         })
     }
 }
