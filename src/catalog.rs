@@ -1,7 +1,7 @@
 //! The resource catalog: every downstream audience the broker issues tokens for, its scopes and the longest
 //! lifetime a token for it may have. An audience that is not here gets no token (invariant 3).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::policy::{Labels, Target};
 use crate::scopes::Scopes;
@@ -10,7 +10,7 @@ use crate::scopes::Scopes;
 static NO_LABELS: Labels = Labels::new();
 
 /// One downstream API (a tool, an agent, a gateway) as the catalog describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Audience {
     /// The audience's absolute URI: matched exactly against a request's `audience`/`resource` and written as
     /// the issued token's `aud`.
@@ -29,6 +29,9 @@ pub struct Audience {
     pub labels: Labels,
     /// What an exchange gets when policy denies some of the scopes it asks for.
     pub grant: Grant,
+    /// The RFC 9396 `authorization_details` types its tokens may carry (`[[audiences.authorization_details]]`);
+    /// empty: none, and a request carrying details for it is refused.
+    pub detail_types: Vec<crate::rar::DetailType>,
 }
 
 /// How an audience's exchanges are granted when policy allows only some of the requested scopes (`grant` in
@@ -103,6 +106,33 @@ pub struct Route {
     pub audience: String,
     /// The scopes the token must all hold.
     pub scopes: Scopes,
+    /// What the token's `authorization_details` must hold for a request under this route, if anything.
+    pub details: Option<crate::rar::Requirement>,
+}
+
+impl Route {
+    /// Whether `path` falls under the route, and its path parameters: `path_prefix` is matched segment by
+    /// segment, where a segment `{name}` takes any one non-empty segment of the path as the parameter `name`;
+    /// without parameters it is a plain prefix, as before.
+    pub fn matches(&self, path: &str) -> Option<BTreeMap<String, String>> {
+        let mut params = BTreeMap::new();
+        if !self.path_prefix.contains('{') {
+            return path.starts_with(&self.path_prefix).then_some(params);
+        }
+        let mut given = path.split('/');
+        for want in self.path_prefix.split('/') {
+            let got = given.next()?;
+            match want.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+                Some(name) if !got.is_empty() => {
+                    params.insert(name.to_string(), got.to_string());
+                }
+                Some(_) => return None,
+                None if want == got => {}
+                None => return None,
+            }
+        }
+        Some(params)
+    }
 }
 
 /// Where an exchanged token may go: a catalogued API, or the broker itself (a *task token*: an orchestrator's
@@ -142,6 +172,14 @@ impl Destination<'_> {
         match self {
             Destination::Downstream(a) => a.grant,
             Destination::Broker { .. } => Grant::Partial,
+        }
+    }
+
+    /// The RFC 9396 detail types a token for it may carry (task tokens: none).
+    pub fn detail_types(&self) -> &[crate::rar::DetailType] {
+        match self {
+            Destination::Downstream(a) => &a.detail_types,
+            Destination::Broker { .. } => &[],
         }
     }
 
@@ -210,9 +248,9 @@ impl Catalog {
         self.routes.len()
     }
 
-    /// The route a gateway path falls under: the longest matching prefix.
-    pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| path.starts_with(&r.path_prefix))
+    /// The route a gateway path falls under (the longest matching prefix), with the path's parameters.
+    pub fn route(&self, path: &str) -> Option<(&Route, BTreeMap<String, String>)> {
+        self.routes.iter().find_map(|r| r.matches(path).map(|p| (r, p)))
     }
 
     /// The target named `id`, if the broker issues for it.
@@ -286,6 +324,7 @@ mod tests {
             sender_constraint: SenderConstraint::None,
             labels: Labels::new(),
             grant: Grant::Partial,
+            detail_types: vec![],
         };
         let mail = Audience {
             id: "https://mail.example".into(),
@@ -296,6 +335,7 @@ mod tests {
             sender_constraint: SenderConstraint::None,
             labels: Labels::new(),
             grant: Grant::Partial,
+            detail_types: vec![],
         };
         Catalog::new(vec![crm, mail], "https://tessera.test".into(), 3600)
     }

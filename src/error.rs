@@ -37,6 +37,10 @@ pub enum ErrorCode {
     /// it goes with is bound to a key, malformed, stale, replayed, for another request, or signed by another
     /// key than the token is bound to.
     InvalidDpopProof,
+    /// [RFC 9396 §5](https://www.rfc-editor.org/rfc/rfc9396#section-5): `authorization_details` is not a JSON
+    /// array of typed objects, names a type the audience does not accept, breaks that type's schema, is too
+    /// large, or widens the subject token's details.
+    InvalidAuthorizationDetails,
     /// The caller exceeded its rate limit.
     RateLimited,
     /// The broker is at its concurrency limit and shed the call: retry shortly.
@@ -59,6 +63,7 @@ impl ErrorCode {
             ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::InvalidTarget => "invalid_target",
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
+            ErrorCode::InvalidAuthorizationDetails => "invalid_authorization_details",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "temporarily_unavailable",
             ErrorCode::Unavailable => "temporarily_unavailable",
@@ -80,7 +85,7 @@ mod grpc_code {
 impl ErrorCode {
     /// Every code, for tables and tests.
     #[cfg(test)]
-    const ALL: [ErrorCode; 12] = [
+    const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidClient,
         ErrorCode::InvalidGrant,
@@ -89,6 +94,7 @@ impl ErrorCode {
         ErrorCode::InvalidScope,
         ErrorCode::InvalidTarget,
         ErrorCode::InvalidDpopProof,
+        ErrorCode::InvalidAuthorizationDetails,
         ErrorCode::RateLimited,
         ErrorCode::Overloaded,
         ErrorCode::Unavailable,
@@ -99,7 +105,10 @@ impl ErrorCode {
     pub const fn grpc_code(self) -> i32 {
         use grpc_code::*;
         match self {
-            ErrorCode::InvalidRequest | ErrorCode::UnsupportedGrantType => INVALID_ARGUMENT,
+            // A malformed or widening `authorization_details` is a bad argument, like a malformed request.
+            ErrorCode::InvalidRequest | ErrorCode::UnsupportedGrantType | ErrorCode::InvalidAuthorizationDetails => {
+                INVALID_ARGUMENT
+            }
             // A failed proof of possession is a credential that does not hold, like a bad subject token.
             ErrorCode::InvalidClient | ErrorCode::InvalidGrant | ErrorCode::InvalidDpopProof => UNAUTHENTICATED,
             ErrorCode::UnauthorizedClient | ErrorCode::InvalidScope | ErrorCode::InvalidTarget => PERMISSION_DENIED,
@@ -125,7 +134,8 @@ impl ErrorCode {
             | ErrorCode::UnsupportedGrantType
             | ErrorCode::InvalidScope
             | ErrorCode::InvalidTarget
-            | ErrorCode::InvalidDpopProof => 400,
+            | ErrorCode::InvalidDpopProof
+            | ErrorCode::InvalidAuthorizationDetails => 400,
         }
     }
 }
@@ -206,6 +216,7 @@ mod tests {
             (ErrorCode::InvalidScope, "invalid_scope", PERMISSION_DENIED, 400),
             (ErrorCode::InvalidTarget, "invalid_target", PERMISSION_DENIED, 400),
             (ErrorCode::InvalidDpopProof, "invalid_dpop_proof", UNAUTHENTICATED, 400),
+            (ErrorCode::InvalidAuthorizationDetails, "invalid_authorization_details", INVALID_ARGUMENT, 400),
             (ErrorCode::RateLimited, "rate_limited", RESOURCE_EXHAUSTED, 429),
             (ErrorCode::Overloaded, "temporarily_unavailable", RESOURCE_EXHAUSTED, 503),
             (ErrorCode::Unavailable, "temporarily_unavailable", UNAVAILABLE, 503),

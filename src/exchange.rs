@@ -10,6 +10,9 @@
 //!    (which also applies the rate limits, [`crate::ratelimit`], in the same store round trip);
 //! 6. the subject (and actor) token is verified by [`crate::issuer`] before anything else is looked at.
 //!
+//! 7. details: `Exchange::grant_details` — RFC 9396 `authorization_details` are of a type the audience accepts,
+//!    satisfy its schema, and only keep, drop or narrow the subject token's ([`crate::rar::narrow`]).
+//!
 //! Claims are built in one place, `Exchange::decide`.
 //!
 //! Sender constraint (RFC 9449 DPoP, RFC 8705 mTLS): `confirmation` decides the issued token's `cnf` — a
@@ -26,6 +29,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::issuer::{Issuers, Origin, Verified};
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Policy, Principal, Question};
+use crate::rar::{self, Details};
 use crate::ratelimit::{RateLimits, ceil_ms};
 use crate::revocation::{Probe, Revocations, replayed_client_assertion, spent_client_assertion_key};
 use crate::scopes::Scopes;
@@ -94,6 +98,9 @@ pub struct ExchangeRequest {
     /// 8705 binding (`cnf["x5t#S256"]`) is made from and checked against. `None` on a connection without a
     /// client certificate.
     pub client_certificate_sha256: Option<[u8; 32]>,
+    /// RFC 9396 `authorization_details`, as the JSON array text the wire carries (§7); empty: none given, and
+    /// a tessera subject token's details are kept. At most 8 KiB and 16 entries ([`crate::rar`]).
+    pub authorization_details: String,
 }
 
 /// A granted exchange.
@@ -223,6 +230,7 @@ impl Exchange<'_> {
         let now = now_ms / 1000;
         let client = caller.client;
         let requested = check_shape(req)?;
+        let details = requested_details(req)?;
         let target_id = single_target(req)?;
         let subject = self
             .issuers
@@ -255,6 +263,7 @@ impl Exchange<'_> {
             ));
         }
         let target = self.destination(target_id, parent)?;
+        let authorization_details = grant_details(details, target, parent)?;
         let cnf = confirmation(
             [("subject_token", parent), ("actor_token", actor.as_ref().and_then(broker_claims))],
             proof.as_ref(),
@@ -301,6 +310,7 @@ impl Exchange<'_> {
             may_act: delegation.may_act,
             lin: delegation.lin,
             cnf,
+            authorization_details,
         };
         let access_token = Token::new(self.keyring.mint(&claims)?);
         if access_token.expose().len() > crate::issuer::MAX_OWN_TOKEN_BYTES {
@@ -339,6 +349,7 @@ impl Exchange<'_> {
         };
         let parent = broker_claims(&subject);
         let target = self.destination(target_id, parent)?;
+        let _authorization_details = grant_details(requested_details(req)?, target, parent)?;
         let (task_id, session_id) = task_binding(req, parent)?;
         let delegation = self.delegate(&subject, actor.as_ref(), &task_id, client_id)?;
         let exp = expiry(now, &subject, actor.as_ref(), target, req.requested_expires_in)?;
@@ -720,6 +731,40 @@ fn expiry(
     Ok(exp)
 }
 
+/// The request's `authorization_details`, parsed (`None`: the parameter was not given).
+fn requested_details(req: &ExchangeRequest) -> Result<Option<Details>> {
+    match req.authorization_details.is_empty() {
+        true => Ok(None),
+        false => Details::parse(&req.authorization_details).map(Some),
+    }
+}
+
+/// Invariant 1 for RFC 9396 details, in one place: what the issued token's `authorization_details` are.
+///
+/// Omitted, a tessera subject token's details are kept as they are (they never disappear by omission, as the
+/// task binding does not); given, every entry must be of a type the audience accepts, satisfy its schema, and
+/// narrow the subject token's details when it has any ([`rar::narrow`]). Task tokens carry none.
+fn grant_details(
+    requested: Option<Details>,
+    target: Destination<'_>,
+    parent: Option<&AccessClaims>,
+) -> Result<Option<Details>> {
+    let inherited = parent.and_then(|p| p.authorization_details.as_ref());
+    let granted = match requested {
+        None => return Ok(inherited.cloned()),
+        Some(d) => d,
+    };
+    if matches!(target, Destination::Broker { .. }) && !granted.is_empty() {
+        return Err(Error::new(
+            ErrorCode::InvalidAuthorizationDetails,
+            "task tokens carry no authorization_details: ask for them for a catalogued audience",
+        ));
+    }
+    rar::validate(&granted, target.detail_types())?;
+    rar::narrow(inherited, &granted, target.detail_types())?;
+    Ok(Some(granted))
+}
+
 /// What is known of an exchange as it is decided, so a refusal at any step is audited with what was known:
 /// the audit event, filled in step by step.
 struct Trail(AuditEvent);
@@ -935,6 +980,7 @@ mod tests {
             sender_constraint,
             labels: Default::default(),
             grant: Default::default(),
+            detail_types: vec![],
         }
     }
 

@@ -328,6 +328,7 @@ impl From<pb::ExchangeTokenRequest> for ExchangeRequest {
             session_id: r.session_id,
             purpose: r.purpose,
             requested_expires_in: r.requested_expires_in,
+            authorization_details: r.authorization_details,
             ..ExchangeRequest::default()
         }
     }
@@ -380,6 +381,7 @@ impl From<Introspection> for pb::IntrospectResponse {
                 jti: c.jti,
                 task_id: c.task_id,
                 session_id: c.session_id.unwrap_or_default(),
+                authorization_details: c.authorization_details.as_ref().map(|d| d.to_json()).unwrap_or_default(),
             },
         }
     }
@@ -393,6 +395,12 @@ impl From<Issued> for pb::ExchangeTokenResponse {
             token_type: issued.token_type.to_string(),
             expires_in: issued.expires_in,
             scope: issued.scope.to_string(),
+            authorization_details: issued
+                .claims
+                .authorization_details
+                .as_ref()
+                .map(|d| d.to_json())
+                .unwrap_or_default(),
         }
     }
 }

@@ -27,6 +27,8 @@
 //!   key thumbprints sender-constrained tokens carry in `cnf`.
 //! - [`scopes`]: scope sets (RFC 6749 §3.3), parsed once by one rule wherever they come from.
 //! - [`policy`]: the Cedar policy engine, consulted per scope.
+//! - [`rar`]: RFC 9396 `authorization_details` — their wire form, the catalog's detail types and schemas, and
+//!   the one rule by which they narrow.
 //! - [`catalog`]: the audiences tokens are issued for, their scopes and maximum lifetimes.
 //! - [`client`]: who may call the broker, and how callers authenticate.
 //! - [`audit`]: an audit event for every decision, through the [`audit::AuditSink`] port.
@@ -68,6 +70,7 @@ pub mod load;
 pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod rar;
 pub mod ratelimit;
 pub mod revocation;
 pub mod scopes;

@@ -178,6 +178,9 @@ pub(super) struct ExchangeArgs {
     /// Upper bound on the token's lifetime, in seconds.
     #[arg(long, default_value_t = 0)]
     expires_in: u32,
+    /// RFC 9396 `authorization_details`: a JSON array of typed objects (docs/rar.md).
+    #[arg(long, default_value = "")]
+    authorization_details: String,
 }
 
 pub(super) fn read_token(arg: &str) -> Result<String, String> {
@@ -204,18 +207,23 @@ pub(super) async fn exchange(args: ExchangeArgs) -> Result<ExitCode, String> {
         session_id: args.session_id,
         purpose: args.purpose,
         requested_expires_in: args.expires_in,
+        authorization_details: args.authorization_details,
     };
     let request = args.client.request(request)?;
     match args.client.connect().await?.exchange_token(request).await {
         Ok(response) => {
             let r = response.into_inner();
-            print_json(&serde_json::json!({
+            let mut answer = serde_json::json!({
                 "access_token": r.access_token,
                 "issued_token_type": r.issued_token_type,
                 "token_type": r.token_type,
                 "expires_in": r.expires_in,
                 "scope": r.scope,
-            }))
+            });
+            if let Ok(details) = serde_json::from_str::<serde_json::Value>(&r.authorization_details) {
+                answer["authorization_details"] = details;
+            }
+            print_json(&answer)
         }
         Err(status) => print_status(&status),
     }
@@ -248,6 +256,9 @@ pub(super) async fn introspect(token: String, client: ClientArgs) -> Result<Exit
             }
             if !r.session_id.is_empty() {
                 json["session_id"] = r.session_id.into();
+            }
+            if let Ok(details) = serde_json::from_str::<serde_json::Value>(&r.authorization_details) {
+                json["authorization_details"] = details;
             }
             // RFC 9449 §6.2 / RFC 8705 §3.2, as the HTTP face answers it.
             if let Some(cnf) = &r.cnf {

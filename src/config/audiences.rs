@@ -5,6 +5,7 @@ use serde::Deserialize;
 use super::{Context, Problems};
 use crate::catalog::{Audience, Grant, SenderConstraint};
 use crate::policy::Labels;
+use crate::rar::{DetailType, Narrowing, Schema};
 use crate::scopes::Scopes;
 
 /// A token's longest life for an audience that says nothing, in seconds.
@@ -33,6 +34,83 @@ pub struct AudienceBuilder {
     /// `partial` (default) or `strict`: whether an exchange that policy allows only in part is issued the
     /// allowed scopes or refused with `invalid_scope`.
     pub grant: Option<String>,
+    /// The RFC 9396 `authorization_details` types its tokens may carry (default none).
+    pub authorization_details: Vec<DetailTypeBuilder>,
+}
+
+/// One `[[audiences.authorization_details]]` entry: a detail type, its schema and how its fields narrow.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetailTypeBuilder {
+    /// The entries' `type`; required, unique per audience.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The JSON Schema (subset, see docs/rar.md) of an entry, as an inline table.
+    pub schema: Option<serde_json::Value>,
+    /// Or the path of a JSON file holding it (relative to the config's folder).
+    pub schema_file: Option<std::path::PathBuf>,
+    /// Field → `subset`, `equal` or `at_most`: how a re-exchange may narrow it (defaults: docs/rar.md).
+    pub narrowing: std::collections::BTreeMap<String, String>,
+}
+
+/// The most detail types per audience.
+const MAX_DETAIL_TYPES: usize = 32;
+
+fn detail_types(given: Vec<DetailTypeBuilder>, at: &str, cx: &Context<'_>, problems: &mut Problems) -> Vec<DetailType> {
+    let mut types: Vec<DetailType> = Vec::new();
+    if given.len() > MAX_DETAIL_TYPES {
+        problems.push(format!("{at}: at most {MAX_DETAIL_TYPES} `authorization_details` types"));
+    }
+    for (i, d) in given.into_iter().enumerate() {
+        let at = format!("{at}: authorization_details[{i}] ({})", d.kind);
+        if d.kind.is_empty() || d.kind.len() > MAX_LABEL_BYTES || d.kind.contains(char::is_control) {
+            problems.push(format!("{at}: `type` must be 1 to {MAX_LABEL_BYTES} bytes"));
+        }
+        if types.iter().any(|t| t.name == d.kind) {
+            problems.push(format!("{at}: duplicate `type`"));
+        }
+        let schema = match (d.schema, d.schema_file) {
+            (Some(schema), None) => Some(schema),
+            (None, Some(file)) => {
+                let path = cx.path(&file);
+                match std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string()))
+                {
+                    Ok(schema) => Some(schema),
+                    Err(e) => {
+                        problems.push(format!("{at}: `schema_file` {}: {e}", path.display()));
+                        None
+                    }
+                }
+            }
+            _ => {
+                problems.push(format!("{at}: exactly one of `schema` or `schema_file`"));
+                None
+            }
+        };
+        let schema = match schema.map(|s| Schema::compile(&s)) {
+            Some(Ok(schema)) => schema,
+            Some(Err(e)) => {
+                problems.push(format!("{at}: `schema`{e}"));
+                Schema::default()
+            }
+            None => Schema::default(),
+        };
+        let mut narrowing = std::collections::BTreeMap::new();
+        for (field, how) in d.narrowing {
+            match Narrowing::parse(&how) {
+                Some(n) if field != "type" => {
+                    narrowing.insert(field, n);
+                }
+                _ => problems.push(format!(
+                    "{at}: narrowing.{field} must be `subset`, `equal` or `at_most` (and `type` is always equal)"
+                )),
+            }
+        }
+        types.push(DetailType { name: d.kind, schema, narrowing });
+    }
+    types
 }
 
 /// A label's value in the config: one string or several.
@@ -117,6 +195,7 @@ pub(super) fn build(builders: Vec<AudienceBuilder>, cx: &Context<'_>, problems: 
             }),
         };
         let labels = labels(a.labels, &at, problems);
+        let detail_types = detail_types(a.authorization_details, &at, cx, problems);
         audiences.push(Audience {
             id: a.id,
             scopes,
@@ -126,6 +205,7 @@ pub(super) fn build(builders: Vec<AudienceBuilder>, cx: &Context<'_>, problems: 
             sender_constraint,
             labels,
             grant,
+            detail_types,
         });
     }
     audiences

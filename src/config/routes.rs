@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use super::Problems;
 use crate::catalog::{Audience, Route};
+use crate::rar::Requirement;
 use crate::scopes::Scopes;
 
 /// One route: requests whose path starts with `path_prefix` need a token for `audience` with every one of
@@ -18,6 +19,24 @@ pub struct RouteBuilder {
     pub audience: String,
     /// Scopes the token must all hold; each offered by the audience.
     pub scopes: Vec<String>,
+    /// What the token's RFC 9396 `authorization_details` must hold (default: nothing).
+    pub authorization_details: Option<RequirementBuilder>,
+}
+
+/// A route's `authorization_details`: an entry of `type` the token must carry (see docs/rar.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequirementBuilder {
+    /// The entry's `type`: one the route's audience accepts.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Actions the entry's `actions` must all hold (default none).
+    pub actions: Vec<String>,
+    /// Field → the string the entry's field must equal; `{name}` is the path parameter `name` of
+    /// `path_prefix` (default none).
+    pub fields: std::collections::BTreeMap<String, String>,
+    /// Whether the original request's method adds its action (`GET` → `read`, …; default true).
+    pub map_methods: Option<bool>,
 }
 
 pub(super) fn build(builders: Vec<RouteBuilder>, audiences: &[Audience], problems: &mut Problems) -> Vec<Route> {
@@ -44,7 +63,40 @@ pub(super) fn build(builders: Vec<RouteBuilder>, audiences: &[Audience], problem
         for scope in scopes.iter().filter(|s| !audience.scopes.contains(s)) {
             problems.push(format!("{at}: scope `{scope}` is not offered by `{}`", audience.id));
         }
-        routes.push(Route { path_prefix: r.path_prefix, audience: r.audience, scopes });
+        let params: Vec<&str> =
+            r.path_prefix.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect();
+        if r.path_prefix.split('/').any(|s| (s.contains('{') || s.contains('}')) && !s.starts_with('{'))
+            || params.iter().any(|p| p.is_empty() || p.contains(['{', '}']))
+        {
+            problems.push(format!("{at}: a path parameter is a whole segment, `{{name}}`"));
+        }
+        let details = match r.authorization_details {
+            None => None,
+            Some(d) => {
+                if !audience.detail_types.iter().any(|t| t.name == d.kind) {
+                    problems.push(format!(
+                        "{at}: authorization_details.type `{}` is not accepted by `{}`",
+                        d.kind, audience.id
+                    ));
+                }
+                for (field, value) in &d.fields {
+                    if let Some(name) = value.strip_prefix('{').and_then(|v| v.strip_suffix('}'))
+                        && !params.contains(&name)
+                    {
+                        problems.push(format!(
+                            "{at}: authorization_details.fields.{field}: `path_prefix` has no `{{{name}}}`"
+                        ));
+                    }
+                }
+                Some(Requirement {
+                    kind: d.kind,
+                    actions: d.actions,
+                    fields: d.fields,
+                    map_methods: d.map_methods.unwrap_or(true),
+                })
+            }
+        };
+        routes.push(Route { path_prefix: r.path_prefix, audience: r.audience, scopes, details });
     }
     routes
 }

@@ -25,6 +25,12 @@
 //!   `Bearer` fails too. These headers are believed because the gateway that sends them authenticated: it must
 //!   set each one itself from the request it received, never pass on a caller's own; a DPoP presentation
 //!   without them is the gateway's fault (500), never a pass.
+//!
+//!   **RFC 9396 details**: a route with `authorization_details` also needs the token to carry an entry of that
+//!   type whose fields equal the route's (a `{name}` value is the path parameter of `path_prefix`, e.g.
+//!   `/cases/{case}`) and whose `actions` hold the route's actions plus the original method's
+//!   ([`crate::rar::method_action`], unless `map_methods = false`); otherwise 403 `insufficient_scope`, as for
+//!   a missing scope. The granted details go upstream in `X-Tessera-Authorization-Details` (JSON).
 //! - **Protected resource metadata** (`GET /oauth2/resource-metadata?resource=…`, RFC 9728 §3.2) for each
 //!   catalogued audience: `resource`, `authorization_servers` (tessera), `scopes_supported` from the catalog,
 //!   `bearer_methods_supported` — for the resource (or its gateway) to serve at its own
@@ -133,9 +139,9 @@ async fn forward_auth(
     // One set of routes, clients, catalog and issuers for the whole request, even across a reload.
     let current = broker.current();
     // The route: as the gateway names it, or else configured for the original request's path.
-    let (audience, required) = match text(AUDIENCE).filter(|a| !a.is_empty()) {
+    let (audience, required, details) = match text(AUDIENCE).filter(|a| !a.is_empty()) {
         Some(audience) => match Scopes::parse_request(text(SCOPE).unwrap_or_default()) {
-            Ok(required) => (audience.to_string(), required),
+            Ok(required) => (audience.to_string(), required, None),
             Err(_) => {
                 return gateway_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -147,7 +153,9 @@ async fn forward_auth(
         None => {
             let path = ORIGINAL_URI.iter().find_map(|h| text(h)).map(|uri| uri.split('?').next().unwrap_or_default());
             match path.and_then(|p| current.catalog().route(p)) {
-                Some(route) => (route.audience.clone(), route.scopes.clone()),
+                Some((route, params)) => {
+                    (route.audience.clone(), route.scopes.clone(), route.details.clone().map(|d| (d, params)))
+                }
                 None => return gateway_error(StatusCode::FORBIDDEN, "invalid_target", "no route covers this request"),
             }
         }
@@ -239,11 +247,22 @@ async fn forward_auth(
         let error = ("insufficient_scope", "the token lacks a scope this route needs");
         return challenge(StatusCode::FORBIDDEN, &broker, audience, scheme, Some(error), Some(required.as_str()));
     }
+    // RFC 9396: the route's requirement on the token's details, with the path's parameters and the method.
+    if let Some((requirement, params)) = &details {
+        let method = ORIGINAL_METHOD.iter().find_map(|h| text(h));
+        if !requirement.satisfied_by(claims.authorization_details.as_ref(), params, method) {
+            let error = ("insufficient_scope", "the token's authorization_details do not cover this request");
+            let scope = (!required.is_empty()).then(|| required.as_str());
+            return challenge(StatusCode::FORBIDDEN, &broker, audience, scheme, Some(error), scope);
+        }
+    }
     // Who is calling, for the upstream. Values come from a verified token; a header value that cannot be sent
     // (it would need a control character) is left out rather than altered.
     let actors = claims.act.as_ref().map(|a| a.chain().map(|a| a.sub.as_str()).collect::<Vec<_>>().join(" > "));
+    let details = claims.authorization_details.as_ref().map(|d| d.to_json());
     let mut response = StatusCode::OK.into_response();
     for (name, value) in [
+        ("x-tessera-authorization-details", details.as_deref()),
         ("x-tessera-sub", Some(claims.sub.as_str())),
         ("x-tessera-sub-iss", Some(claims.sub_iss.as_str())),
         ("x-tessera-actors", actors.as_deref()),

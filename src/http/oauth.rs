@@ -267,6 +267,7 @@ async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: &Peer
             task_id: form.text("task_id")?,
             session_id: form.text("session_id")?,
             purpose: form.text("purpose")?,
+            authorization_details: form.text("authorization_details")?,
             ..ExchangeRequest::default()
         },
         // RFC 7523 §2.1: the workload's own assertion is the subject; there is no actor.
@@ -282,6 +283,7 @@ async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: &Peer
             task_id: form.text("task_id")?,
             session_id: form.text("session_id")?,
             purpose: form.text("purpose")?,
+            authorization_details: form.text("authorization_details")?,
             ..ExchangeRequest::default()
         },
         Some(_) => return Err(Error::new(ErrorCode::UnsupportedGrantType, "grant_type is not supported")),
@@ -291,13 +293,18 @@ async fn exchange(broker: &Broker, headers: &HeaderMap, body: &[u8], peer: &Peer
     // RFC 8705 §3: over mTLS, a token for an audience that wants it is bound to this certificate.
     request.client_certificate_sha256 = peer.1.as_ref().map(|c| c.sha256);
     let issued = current.exchange_ms(client, request, now_ms()).await?;
-    Ok(json!({
+    let mut answer = json!({
         "access_token": issued.access_token.expose(),
         "issued_token_type": TOKEN_TYPE_ACCESS_TOKEN,
         "token_type": issued.token_type,
         "expires_in": issued.expires_in,
         "scope": issued.scope.as_str(),
-    }))
+    });
+    // RFC 9396 §7: the granted details, as a JSON array (not a string) in the JSON response.
+    if let Some(details) = &issued.claims.authorization_details {
+        answer["authorization_details"] = json!(details);
+    }
+    Ok(answer)
 }
 
 async fn introspect(
@@ -336,6 +343,9 @@ async fn introspect(
                     "jti": c.jti,
                     "task_id": c.task_id,
                 });
+                if let Some(details) = &c.authorization_details {
+                    answer["authorization_details"] = json!(details);
+                }
                 if let Some(act) = &c.act {
                     answer["act"] = actor_json(act);
                 }

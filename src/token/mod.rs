@@ -160,6 +160,10 @@ pub struct AccessClaims {
     /// token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// RFC 9396 §9.1: the granted `authorization_details`; absent when none were granted. Present (even
+    /// empty) it is a ceiling every derived token must stay within ([`crate::rar::narrow`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<crate::rar::Details>,
 }
 
 impl AccessClaims {
@@ -215,6 +219,7 @@ impl AccessClaims {
             may_act: None,
             lin: Lineage::default(),
             cnf: None,
+            authorization_details: None,
         }
     }
 }
@@ -322,6 +327,7 @@ mod tests {
                 clients: vec!["c0".into()],
             },
             cnf: Some(Confirmation { jkt: Some("k".into()), x5t_s256: Some("c".into()) }),
+            authorization_details: None,
         }
     }
 

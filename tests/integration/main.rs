@@ -18,6 +18,7 @@ mod jwks;
 mod oauth;
 mod policies;
 mod properties;
+mod rar;
 mod rate_limits;
 mod reload;
 mod revocation;

@@ -181,6 +181,8 @@ pub struct TestBrokerBuilder {
     signing_key: Option<String>,
     broker_toml: String,
     extra_toml: String,
+    /// More keys and tables of the CRM audience (`[[audiences.authorization_details]]`).
+    crm_toml: String,
     policy: String,
     issuers_toml: Option<String>,
     /// Whether the `local` client is the loopback caller without credentials (true unless turned off).
@@ -205,6 +207,7 @@ impl TestBroker {
             signing_key: None,
             broker_toml: String::new(),
             extra_toml: String::new(),
+            crm_toml: String::new(),
             policy: std::fs::read_to_string(fixtures().join("policy.cedar")).unwrap(),
             issuers_toml: None,
             loopback_client: true,
@@ -366,6 +369,12 @@ impl TestBrokerBuilder {
         self
     }
 
+    /// Appends to the CRM audience's table (after its own keys).
+    pub fn crm_toml(mut self, toml: &str) -> Self {
+        self.crm_toml.push_str(toml);
+        self
+    }
+
     pub fn policy(mut self, policy: &str) -> Self {
         self.policy = policy.to_string();
         self
@@ -414,6 +423,7 @@ id = "{CRM}"
 scopes = ["crm:read", "crm:write", "crm:export"]
 max_ttl = 300
 {introspect}
+{crm}
 
 [[audiences]]
 id = "{OTHER}"
@@ -436,6 +446,7 @@ max_ttl = 120
                 }
             }),
             extra = self.extra_toml,
+            crm = self.crm_toml,
             introspect = introspect,
             task_introspect = task_introspect,
         );
