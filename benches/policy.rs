@@ -95,6 +95,7 @@ fn question<'a>(
         task_token: false,
         requested_ttl: 300,
         now: 1_800_000_000,
+        authorization_details: None,
     }
 }
 

@@ -99,7 +99,7 @@ pub struct ExchangeRequest {
     /// client certificate.
     pub client_certificate_sha256: Option<[u8; 32]>,
     /// RFC 9396 `authorization_details`, as the JSON array text the wire carries (§7); empty: none given, and
-    /// a tessera subject token's details are kept. At most 8 KiB and 16 entries ([`crate::rar`]).
+    /// a tessera subject token's details are kept. At most 4 KiB and 16 entries ([`crate::rar`]).
     pub authorization_details: String,
 }
 
@@ -153,6 +153,7 @@ struct Asked<'q> {
     client_id: &'q str,
     requested_ttl: u64,
     now: u64,
+    authorization_details: Option<&'q Details>,
 }
 
 /// Bounds on delegation that no policy can lift.
@@ -288,6 +289,7 @@ impl Exchange<'_> {
             client_id: &client.id,
             requested_ttl: exp - now,
             now,
+            authorization_details: authorization_details.as_ref(),
         });
         let scope = self.grant_scopes(&requested, target, &subject, &question, trail)?;
         let claims = AccessClaims {
@@ -314,6 +316,12 @@ impl Exchange<'_> {
         };
         let access_token = Token::new(self.keyring.mint(&claims)?);
         if access_token.expose().len() > crate::issuer::MAX_OWN_TOKEN_BYTES {
+            if claims.authorization_details.as_ref().is_some_and(|d| !d.is_empty()) {
+                return Err(Error::new(
+                    ErrorCode::InvalidAuthorizationDetails,
+                    "the token with these authorization_details would be too large: ask for fewer or smaller ones",
+                ));
+            }
             return Err(Error::invalid_grant("the delegation history is too large for one more token"));
         }
         Ok(Issued {
@@ -349,7 +357,7 @@ impl Exchange<'_> {
         };
         let parent = broker_claims(&subject);
         let target = self.destination(target_id, parent)?;
-        let _authorization_details = grant_details(requested_details(req)?, target, parent)?;
+        let authorization_details = grant_details(requested_details(req)?, target, parent)?;
         let (task_id, session_id) = task_binding(req, parent)?;
         let delegation = self.delegate(&subject, actor.as_ref(), &task_id, client_id)?;
         let exp = expiry(now, &subject, actor.as_ref(), target, req.requested_expires_in)?;
@@ -374,6 +382,7 @@ impl Exchange<'_> {
             client_id,
             requested_ttl: exp - now,
             now,
+            authorization_details: authorization_details.as_ref(),
         });
         let decisions = self.policy.decide(&question, &requested)?;
         Ok(Explained {
@@ -423,6 +432,7 @@ impl Exchange<'_> {
             task_token: matches!(a.target, Destination::Broker { .. }),
             requested_ttl: a.requested_ttl,
             now: a.now,
+            authorization_details: a.authorization_details,
         }
     }
 

@@ -110,6 +110,28 @@ pub struct Question<'a> {
     pub requested_ttl: u64,
     /// Unix seconds (`context.now`).
     pub now: u64,
+    /// The RFC 9396 details the token would carry — the request's, or the subject token's when the request
+    /// names none (`context.authorization_details`, a typed projection: [`detail_record`]).
+    pub authorization_details: Option<&'a crate::rar::Details>,
+}
+
+/// One detail entry as Cedar sees it (Cedar has no arbitrary JSON): `type`, `actions` (its string values;
+/// empty when absent) and `identifier` (empty when absent or not a string). Every attribute is always there,
+/// so a policy can compare an entry, or the whole set, with a record literal under strict validation (which
+/// neither compares records with optional attributes nor allows empty set literals). Other fields — the
+/// other RFC 9396 sets, limits such as `amount` — are not projected: the type's schema and the narrowing
+/// rule bound them.
+fn detail_record(entry: &serde_json::Map<String, serde_json::Value>) -> RestrictedExpression {
+    let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+    let actions = entry.get("actions").and_then(serde_json::Value::as_array);
+    let actions = actions.into_iter().flatten().filter_map(serde_json::Value::as_str).map(s);
+    let identifier = entry.get("identifier").and_then(serde_json::Value::as_str).unwrap_or_default();
+    let fields = vec![
+        ("type".to_string(), s(crate::rar::type_of(entry))),
+        ("actions".to_string(), RestrictedExpression::new_set(actions)),
+        ("identifier".to_string(), s(identifier)),
+    ];
+    RestrictedExpression::new_record(fields).unwrap_or_else(|_| RestrictedExpression::new_set([]))
 }
 
 /// One scope's decision, and why.
@@ -326,6 +348,12 @@ impl Policy {
             ("task_token".to_string(), RestrictedExpression::new_bool(q.task_token)),
             ("requested_ttl".to_string(), RestrictedExpression::new_long(long(q.requested_ttl))),
             ("now".to_string(), RestrictedExpression::new_long(long(q.now))),
+            (
+                "authorization_details".to_string(),
+                RestrictedExpression::new_set(
+                    q.authorization_details.iter().flat_map(|d| d.entries()).map(detail_record),
+                ),
+            ),
         ];
         if let Some(actor) = q.actor {
             base.push(("actor".to_string(), RestrictedExpression::new_entity_uid(self.principal_uid(actor))));
@@ -441,6 +469,7 @@ mod tests {
             task_token: false,
             requested_ttl: 300,
             now: 1_800_000_000,
+            authorization_details: None,
         }
     }
 

@@ -22,8 +22,10 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorCode, Result};
 
-/// The longest `authorization_details` parameter accepted, in bytes (RFC 9396 §2 has no bound; a token has).
-pub const MAX_DETAILS_BYTES: usize = 8 * 1024;
+/// The longest `authorization_details` parameter accepted, in bytes (RFC 9396 §2 has no bound; a token has):
+/// base64url in the JWT makes it a third longer, and the whole token must stay under the broker's own-token
+/// bound ([`crate::issuer::MAX_OWN_TOKEN_BYTES`], 8 KiB) with the rest of its claims.
+pub const MAX_DETAILS_BYTES: usize = 4 * 1024;
 /// The most entries one request (and so one token) may carry.
 pub const MAX_DETAILS: usize = 16;
 /// The deepest nesting of arrays and objects in a detail entry.

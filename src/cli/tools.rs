@@ -288,6 +288,7 @@ fn explain_principal(
         task_token,
         requested_ttl,
         now: tessera::clock::now(),
+        authorization_details: None,
     };
     let decisions = policy.decide(&question, &scopes).map_err(|e| e.to_string())?;
     Ok(Explained {

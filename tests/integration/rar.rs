@@ -210,7 +210,7 @@ async fn a_summarisers_re_exchange_narrows_and_never_widens() {
 async fn bad_authorization_details_are_refused_on_both_faces_and_nothing_is_issued() {
     let broker = rar_broker().await;
     let base = http_face(&broker).await;
-    let too_big = json!([{"type": "crm_case", "actions": ["read"], "identifier": "x".repeat(9000)}]).to_string();
+    let too_big = json!([{"type": "crm_case", "actions": ["read"], "identifier": "x".repeat(5000)}]).to_string();
     let too_many = Value::Array((0..17).map(|i| case(&["read"], &i.to_string())).collect()).to_string();
     let bad = [
         "not json".to_string(),
@@ -283,4 +283,49 @@ async fn bad_detail_types_and_routes_are_config_errors() {
             .unwrap_or_else(|| panic!("accepted: {crm} {extra}"));
         assert!(err.to_string().contains(expected), "{err}");
     }
+}
+
+/// A projected service-account token of `support`/`support-agent`.
+fn support_agent() -> String {
+    let mut c = claims("kubernetes", 600);
+    c["sub"] = "system:serviceaccount:support:support-agent".into();
+    c["kubernetes.io"]["namespace"] = "support".into();
+    c["kubernetes.io"]["serviceaccount"]["name"] = "support-agent".into();
+    Signer::rs256("kubernetes.key.pem").token(&kid("kubernetes.jwks.json"), &c)
+}
+
+#[tokio::test]
+async fn policy_lets_the_support_agent_read_its_one_case_and_nothing_else() {
+    let policy = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies/rar-case-record.cedar"),
+    )
+    .unwrap();
+    let broker = TestBroker::builder().policy(&policy).crm_toml(CRM_DETAILS).extra_toml(ROUTES).start().await;
+    let base = http_face(&broker).await;
+    let ask = |details: Option<Value>, task: &str, scope: &str| {
+        let mut r = request(&support_agent(), CRM, scope);
+        r.task_id = task.into();
+        r.authorization_details = details.map(|d| d.to_string()).unwrap_or_default();
+        r
+    };
+    let one = ask(Some(json!([case(&["read"], "1234")])), "1234", "crm:read");
+    let token = broker.client().await.exchange_token(one).await.unwrap().into_inner().access_token;
+    assert_eq!(forward(&base, &token, "GET", "/cases/1234").await.status(), 200);
+    assert_eq!(forward(&base, &token, "GET", "/cases/5678").await.status(), 403);
+    for (details, task, scope) in [
+        (Some(json!([case(&["read"], "5678")])), "1234", "crm:read"),
+        (Some(json!([case(&["read", "write"], "1234")])), "1234", "crm:read"),
+        (Some(json!([case(&["read"], "1234"), case(&["read"], "5678")])), "1234", "crm:read"),
+        (Some(json!([case(&["read"], "1234")])), "1234", "crm:write"),
+        (None, "1234", "crm:read"),
+    ] {
+        let r = broker.client().await.exchange_token(ask(details.clone(), task, scope)).await;
+        assert_refused(r, tonic::Code::PermissionDenied, "invalid_scope", "");
+    }
+    // The summariser's re-exchange: narrowing is allowed by `case-record-narrowing`, widening refused by the broker.
+    let child = broker.client().await.exchange_token(narrowing(&token, None)).await.unwrap().into_inner();
+    assert_eq!(serde_json::from_str::<Value>(&child.authorization_details).unwrap(), json!([case(&["read"], "1234")]));
+    let wider = json!([case(&["read"], "5678")]);
+    let r = broker.client().await.exchange_token(narrowing(&token, Some(&wider))).await;
+    assert_refused(r, tonic::Code::InvalidArgument, "invalid_authorization_details", &token);
 }
