@@ -1,5 +1,7 @@
 //! Property tests: random chains of exchanges never widen scope, audience or lifetime, never lose an actor
-//! or an ancestor, and refuse exactly the requests that would; and no DPoP proof an attacker makes passes.
+//! or an ancestor, and refuse exactly the requests that would; RFC 9396 `authorization_details` only narrow
+//! along random chains, and arbitrary ones are refused or accepted cleanly; and no DPoP proof an attacker
+//! makes passes.
 
 use std::collections::BTreeSet;
 
@@ -290,4 +292,136 @@ fn arbitrary_dpop_proofs_at_the_token_endpoint_are_refused() {
             Ok(())
         })
         .unwrap();
+}
+
+/// One `authorization_details` entry the chains below may ask for: a `crm_case` (actions ⊆ {read, write},
+/// one of two cases), a `payment` (an amount, a currency), or one the CRM's schema refuses.
+fn detail_entry() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    prop_oneof![
+        4 => (proptest::sample::subsequence(vec!["read", "write"], 1..=2), 0..2usize)
+            .prop_map(|(actions, id)| json!({"type": "crm_case", "actions": actions, "identifier": (["1234", "5678"][id])})),
+        3 => (0..3usize, 0..2usize)
+            .prop_map(|(a, c)| json!({"type": "payment", "amount": ([10, 50, 100][a]), "currency": (["EUR", "USD"][c])})),
+        1 => Just(json!({"type": "crm_case", "actions": ["delete"], "identifier": "1234"})),
+        1 => Just(json!({"type": "unknown"})),
+    ]
+}
+
+/// Whether `entry` satisfies the CRM's schemas (crate::rar::CRM_DETAILS), computed independently.
+fn schema_ok(entry: &serde_json::Value) -> bool {
+    match entry["type"].as_str() {
+        Some("crm_case") => entry["actions"].as_array().is_some_and(|a| a.iter().all(|x| x == "read" || x == "write")),
+        Some("payment") => true,
+        _ => false,
+    }
+}
+
+/// Whether `child` is `parent` or narrower: the model of docs/rar.md, independent of the broker's code.
+fn entry_narrows(child: &serde_json::Value, parent: &serde_json::Value) -> bool {
+    let set = |v: &serde_json::Value| -> BTreeSet<String> {
+        v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect()
+    };
+    match (child["type"].as_str(), parent["type"].as_str()) {
+        (Some("crm_case"), Some("crm_case")) => {
+            child["identifier"] == parent["identifier"] && set(&child["actions"]).is_subset(&set(&parent["actions"]))
+        }
+        (Some("payment"), Some("payment")) => {
+            child["currency"] == parent["currency"] && child["amount"].as_f64() <= parent["amount"].as_f64()
+        }
+        _ => false,
+    }
+}
+
+proptest! {
+    #![proptest_config(fuzz_cases(24))]
+
+    /// Random chains of re-exchanges with random `authorization_details` (omitted, narrower, wider, of another
+    /// case, of an unknown type, malformed): a hop is granted exactly when every entry satisfies its schema and
+    /// narrows some entry of the subject token's details, an omitted one keeps them, and a refusal is always
+    /// `invalid_authorization_details` with nothing issued.
+    #[test]
+    fn chains_of_authorization_details_only_narrow(
+        steps in proptest::collection::vec(proptest::option::of(proptest::collection::vec(detail_entry(), 0..3)), 1..6),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let builder = TestBroker::builder().crm_toml(crate::rar::CRM_DETAILS);
+        let (broker, _, _dir) = runtime.block_on(builder.build());
+        let client = local_client(&broker);
+        let mut subject: (String, Option<AccessClaims>) = (k8s_assertion(600), None);
+        for asked in steps {
+            let request = ExchangeRequest {
+                grant_type: TOKEN_EXCHANGE.into(),
+                audience: vec![CRM.into()],
+                scope: "crm:read".into(),
+                subject_token: Secret::new(subject.0.clone()),
+                subject_token_type: if subject.1.is_some() { ACCESS_TOKEN.into() } else { JWT.into() },
+                task_id: "task-rar".into(),
+                authorization_details: asked.as_ref().map(|a| serde_json::Value::from(a.clone()).to_string()).unwrap_or_default(),
+                ..Default::default()
+            };
+            let outcome = runtime.block_on(broker.exchange(&client, request, now()));
+            let parent: Option<Vec<serde_json::Value>> = subject
+                .1
+                .as_ref()
+                .and_then(|p| p.authorization_details.as_ref())
+                .map(|d| serde_json::to_value(d).unwrap().as_array().unwrap().clone());
+            let expected: Option<Option<Vec<serde_json::Value>>> = match &asked {
+                None => Some(parent.clone()),
+                Some(entries) => {
+                    let ok = entries.iter().all(|e| {
+                        schema_ok(e) && parent.as_ref().is_none_or(|p| p.iter().any(|pe| entry_narrows(e, pe)))
+                    });
+                    ok.then(|| Some(entries.clone()))
+                }
+            };
+            match (outcome, expected) {
+                (Ok(issued), Some(details)) => {
+                    let c = decode(issued.access_token.expose());
+                    let got = c.authorization_details.as_ref().map(|d| serde_json::to_value(d).unwrap().as_array().unwrap().clone());
+                    prop_assert_eq!(&got, &details);
+                    subject = (issued.access_token.expose().to_string(), Some(c));
+                }
+                (Err(e), None) => prop_assert_eq!(e.code, ErrorCode::InvalidAuthorizationDetails, "{:?}", e),
+                (outcome, expected) => prop_assert!(false, "asked {:?} under {:?}: got {:?}, expected {:?}",
+                    asked, parent, outcome.map(|i| i.claims.authorization_details), expected),
+            }
+        }
+    }
+
+    /// Arbitrary `authorization_details` text — random strings, and JSON arrays of random values and objects —
+    /// never panics the broker: each is granted (and then the token carries exactly what was parsed) or
+    /// refused with `invalid_authorization_details`.
+    #[test]
+    fn arbitrary_authorization_details_are_refused_or_accepted_cleanly(
+        text in prop_oneof![
+            ".{0,200}",
+            proptest::collection::vec(any_claim(), 0..4).prop_map(|v| serde_json::Value::from(v).to_string()),
+            proptest::collection::vec((detail_entry(), any_claim(), "[a-z]{1,8}"), 0..4).prop_map(|v| {
+                serde_json::Value::from(v.into_iter().map(|(mut e, x, k)| { e[k] = x; e }).collect::<Vec<_>>()).to_string()
+            }),
+        ],
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (broker, _, _dir) = runtime.block_on(TestBroker::builder().crm_toml(crate::rar::CRM_DETAILS).build());
+        let client = local_client(&broker);
+        let request = ExchangeRequest {
+            grant_type: TOKEN_EXCHANGE.into(),
+            audience: vec![CRM.into()],
+            scope: "crm:read".into(),
+            subject_token: Secret::new(k8s_assertion(600)),
+            subject_token_type: JWT.into(),
+            task_id: "task-rar-fuzz".into(),
+            authorization_details: text.clone(),
+            ..Default::default()
+        };
+        match runtime.block_on(broker.exchange(&client, request, now())) {
+            Ok(issued) if text.is_empty() => prop_assert!(issued.claims.authorization_details.is_none()),
+            Ok(issued) => {
+                let sent: serde_json::Value = serde_json::from_str(&text).unwrap();
+                prop_assert_eq!(serde_json::to_value(&issued.claims.authorization_details).unwrap(), sent);
+            }
+            Err(e) => prop_assert_eq!(e.code, ErrorCode::InvalidAuthorizationDetails, "{:?}", e),
+        }
+    }
 }
