@@ -236,6 +236,7 @@ def test_rendered_toml_mirrors_the_values(rendered, keys):
     assert toml["signing"] == {"keys": ["../keys/current.pem"]}
     assert toml["issuers"] == values["issuers"]
     assert toml["audiences"] == values["audiences"]
+    assert toml["routes"] == values["routes"]
     assert toml["clients"] == values["clients"]
     assert "store" not in toml
     data = r.one("ConfigMap")["data"]

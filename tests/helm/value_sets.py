@@ -131,13 +131,44 @@ def full(keys) -> dict[str, Any]:
                 },
             ],
             "audiences": [
-                {"id": "https://crm.example.com", "scopes": ["crm:read", "crm:write", "crm:export"], "max_ttl": 300},
+                {
+                    "id": "https://crm.example.com",
+                    "scopes": ["crm:read", "crm:write", "crm:export"],
+                    "max_ttl": 300,
+                    "authorization_details": [
+                        {
+                            "type": "crm_case",
+                            "schema": {
+                                "type": "object",
+                                "required": ["actions", "identifier"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "actions": {"type": "array", "minItems": 1, "items": {"enum": ["read", "write"]}},
+                                    "identifier": {"type": "string", "maxLength": 64},
+                                },
+                            },
+                        },
+                        {
+                            "type": "payment",
+                            "schema": {"type": "object", "properties": {"amount": {"type": "number", "minimum": 0}}},
+                            "narrowing": {"amount": "at_most"},
+                        },
+                    ],
+                },
                 {
                     "id": "https://tickets.example.com",
                     "scopes": ["tickets:read"],
                     "max_ttl": 600,
                     "labels": {"namespaces": ["agents", "support"], "tier": "internal"},
                     "grant": "strict",
+                },
+            ],
+            "routes": [
+                {
+                    "path_prefix": "/cases/{case}",
+                    "audience": "https://crm.example.com",
+                    "scopes": ["crm:read"],
+                    "authorization_details": {"type": "crm_case", "fields": {"identifier": "{case}"}},
                 },
             ],
             "clients": [
@@ -396,6 +427,14 @@ INVALID: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "replicas-as-text": (lambda keys: {**minimal(keys), "replicaCount": "two"}, "/replicaCount"),
     "bad-pull-policy": (lambda keys: {**minimal(keys), "image": {"repository": "tessera", "pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     "broker-issuer-not-a-url": (lambda keys: {**minimal(keys), "config": {"broker": {"issuer": "tessera"}}}, "/config/broker/issuer"),
+    "detail-type-without-schema": (
+        lambda keys: {**minimal(keys), "config": {"audiences": [{"id": "https://a.example", "scopes": ["a"], "authorization_details": [{"type": "x"}]}]}},
+        "/config/audiences/0/authorization_details/0",
+    ),
+    "route-detail-unknown-key": (
+        lambda keys: {**minimal(keys), "config": {"routes": [{"path_prefix": "/a/", "audience": "https://a.example", "authorization_details": {"type": "x", "identifier": "1"}}]}},
+        "/config/routes/0/authorization_details",
+    ),
     "audience-without-scopes": (lambda keys: {**minimal(keys), "config": {"audiences": [{"id": "https://a.example"}]}}, "/config/audiences/0"),
     "audience-grant-typo": (
         lambda keys: {**minimal(keys), "config": {"audiences": [{"id": "https://a.example", "scopes": ["a"], "grant": "all"}]}},

@@ -261,6 +261,12 @@ reload_interval = {{ int .Values.tls.reloadIntervalSeconds }}
 {{- include "tessera.tomlPairs" (pick . "id") }}
 {{- include "tessera.tomlPairs" (omit . "id") }}
 {{- end }}
+{{- range .Values.config.routes }}
+
+[[routes]]
+{{- include "tessera.tomlPairs" (pick . "path_prefix") }}
+{{- include "tessera.tomlPairs" (omit . "path_prefix") }}
+{{- end }}
 {{- range .Values.config.clients }}
 
 [[clients]]
@@ -272,7 +278,7 @@ reload_interval = {{ int .Values.tls.reloadIntervalSeconds }}
 {{/*
 The part of tessera.toml a running tessera keeps from its start (docs/config.md, "Reloading without a
 restart"): every single table, less the [broker] keys a reload takes. The arrays of tables ([[issuers]],
-[[audiences]], [[clients]]) come last in tessera.toml and all reload, as does the policy. With
+[[audiences]], [[routes]], [[clients]]) come last in tessera.toml and all reload, as does the policy. With
 config.hotReload=true the pods roll when this changes, and reload in place when only the rest does.
 */}}
 {{- define "tessera.fixedConfig" -}}
