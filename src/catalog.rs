@@ -233,6 +233,14 @@ impl Catalog {
         self.all_scopes.iter().map(String::as_str)
     }
 
+    /// Every RFC 9396 detail type any catalogued audience accepts, sorted and once each (RFC 9396 §10.1
+    /// `authorization_details_types_supported`).
+    pub fn detail_types(&self) -> Vec<&str> {
+        let types: BTreeSet<&str> =
+            self.audiences.values().flat_map(|a| a.detail_types.iter().map(|t| t.name.as_str())).collect();
+        types.into_iter().collect()
+    }
+
     /// How many audiences are catalogued.
     pub fn len(&self) -> usize {
         self.audiences.len()

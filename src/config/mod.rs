@@ -216,7 +216,7 @@ impl ConfigBuilder {
     }
 
     /// Every file this config names whose content validation reads — the policy, the signing keys, the
-    /// issuers' JWKS and CA files, the TLS files, the OTLP CA file — relative paths resolved against
+    /// issuers' JWKS and CA files, the TLS files, the OTLP CA file, the audiences' detail schema files — relative paths resolved against
     /// `base_dir`. A reload watch reads them with the config file to notice a change by content, so a reload
     /// refused because of one of them is tried again once it changes. (Bearer token files are left out: they
     /// are read at every JWKS fetch, not at load.)
@@ -232,6 +232,11 @@ impl ConfigBuilder {
             .chain(issuers.flatten())
             .chain(tls.into_iter().flatten())
             .chain(self.telemetry.otlp_ca_file.as_deref())
+            .chain(
+                self.audiences
+                    .iter()
+                    .flat_map(|a| a.authorization_details.iter().filter_map(|d| d.schema_file.as_deref())),
+            )
             .map(|p| cx.path(p))
             .collect()
     }

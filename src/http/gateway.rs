@@ -333,9 +333,8 @@ async fn resource_metadata(State(broker): State<Arc<Broker>>, uri: Uri) -> Respo
         .map(|(_, value)| value.into_owned())
         .unwrap_or_default();
     match broker.current().catalog().audience(&resource) {
-        Some(audience) => (
-            StatusCode::OK,
-            axum::Json(json!({
+        Some(audience) => {
+            let mut body = json!({
                 "resource": audience.resource_url.as_deref().unwrap_or(&audience.id),
                 "authorization_servers": [broker.broker_issuer()],
                 "scopes_supported": audience.scopes.iter().collect::<Vec<_>>(),
@@ -343,9 +342,14 @@ async fn resource_metadata(State(broker): State<Arc<Broker>>, uri: Uri) -> Respo
                 // RFC 9728 §2 / RFC 9449 §5.1: proofs the gateway's forward-auth verifies.
                 "dpop_signing_alg_values_supported": DPOP_ALGS.split(' ').collect::<Vec<_>>(),
                 "dpop_bound_access_tokens_required": audience.sender_constraint == SenderConstraint::Dpop,
-            })),
-        )
-            .into_response(),
+            });
+            // RFC 9728 §2: the RFC 9396 detail types this resource accepts, when it accepts any.
+            if !audience.detail_types.is_empty() {
+                body["authorization_details_types_supported"] =
+                    json!(audience.detail_types.iter().map(|t| t.name.as_str()).collect::<Vec<_>>());
+            }
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             axum::Json(json!({ "error": "invalid_target", "error_description": "the resource is not in the catalog" })),

@@ -507,7 +507,7 @@ async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
     let current = broker.current();
     let auth_methods = auth_methods(current.clients());
     let signing_algs = current.issuers().client_assertion_algorithms();
-    let body = json!({
+    let mut body = json!({
         "issuer": broker.broker_issuer(),
         "token_endpoint": format!("{issuer}/oauth2/token"),
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
@@ -523,9 +523,13 @@ async fn metadata(State(broker): State<Arc<Broker>>) -> Response {
         // RFC 9449 §5.1.
         "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
     });
+    // RFC 9396 §10.1: the detail types an exchange may ask for, when the catalog has any.
+    let detail_types = current.catalog().detail_types();
+    if !detail_types.is_empty() {
+        body["authorization_details_types_supported"] = json!(detail_types);
+    }
     // RFC 8414 §2: the signing algorithms go with the JWT-based methods (required with `private_key_jwt`), so
     // they are listed only when one is accepted.
-    let mut body = body;
     if auth_methods.iter().any(|m| *m == "private_key_jwt" || *m == AUTH_METHOD_SPIFFE_JWT) && !signing_algs.is_empty()
     {
         for endpoint in ["token", "introspection", "revocation"] {

@@ -125,6 +125,17 @@ async fn a_support_agents_token_for_one_case_works_for_that_case_only() {
     assert!(plain.authorization_details.is_empty());
     assert_eq!(forward(&base, &plain.access_token, "GET", "/cases/1234").await.status(), 403);
 
+    // Discovery: RFC 9396 §10.1 (authorization server) and RFC 9728 (the resource).
+    let meta: Value =
+        reqwest::get(format!("{base}/.well-known/oauth-authorization-server")).await.unwrap().json().await.unwrap();
+    assert_eq!(meta["authorization_details_types_supported"], json!(["crm_case", "payment"]));
+    let resource = format!(
+        "{base}/oauth2/resource-metadata?resource={}",
+        form_urlencoded::byte_serialize(CRM.as_bytes()).collect::<String>()
+    );
+    let meta: Value = reqwest::get(resource).await.unwrap().json().await.unwrap();
+    assert_eq!(meta["authorization_details_types_supported"], json!(["crm_case", "payment"]));
+
     // Over HTTP, the same request: the JSON response carries the array.
     let assertion = k8s_assertion(600);
     let details_text = details.to_string();
@@ -269,6 +280,7 @@ async fn bad_detail_types_and_routes_are_config_errors() {
             "narrowing.n",
         ),
         ("", ROUTES, "is not accepted by"),
+        ("[[audiences.authorization_details]]\ntype = \"x\"\nschema_file = \"missing.json\"\n", "", "`schema_file`"),
         (
             CRM_DETAILS,
             "[[routes]]\npath_prefix = \"/c/\"\naudience = \"https://crm.example\"\nscopes = []\n\
