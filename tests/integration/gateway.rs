@@ -2,7 +2,8 @@
 //! packages using `auth_request` in front of a small upstream — a valid token passes, the same request after
 //! the token (or its task, or an ancestor) is revoked gets 401 with the RFC 6750 challenge and
 //! `resource_metadata`, a token without the route's scope gets 403, a DPoP-bound token passes only with a
-//! fresh proof for that request; and the RFC 9728 metadata the challenge points at.
+//! fresh proof for that request, a token for one case's record passes that case's path only (RFC 9396
+//! details against a `[[routes]]` path parameter); and the RFC 9728 metadata the challenge points at.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -273,6 +274,23 @@ http {{
       proxy_set_header X-Tessera-Sub $tessera_sub;
       proxy_pass http://127.0.0.1:{upstream};
     }}
+    # RFC 9396: the configured [[routes]] decide from the original URI and method (docs/rar.md).
+    location /cases/ {{
+      auth_request /_tessera_routes;
+      auth_request_set $tessera_challenge $upstream_http_www_authenticate;
+      auth_request_set $tessera_sub $upstream_http_x_tessera_sub;
+      add_header WWW-Authenticate $tessera_challenge always;
+      proxy_set_header X-Tessera-Sub $tessera_sub;
+      proxy_pass http://127.0.0.1:{upstream};
+    }}
+    location = /_tessera_routes {{
+      internal;
+      proxy_pass http://{tessera}/forward-auth;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Original-URI $request_uri;
+    }}
     location = /_tessera {{
       internal;
       proxy_pass http://{tessera}/forward-auth;
@@ -401,4 +419,29 @@ async fn nginx_auth_request_verifies_dpop_proofs() {
         );
     }
     drop(nginx);
+}
+
+/// A support agent's token for case 1234 through a real nginx: `/cases/1234` passes, `/cases/5678` and a write
+/// to `/cases/1234` are refused 403 `insufficient_scope` (the route's RFC 9396 requirement, docs/rar.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_auth_request_matches_authorization_details_against_the_path() {
+    let broker = crate::rar::rar_broker().await;
+    let base = http_face(&broker).await;
+    let upstream = upstream().await;
+    let nginx = tokio::task::spawn_blocking(move || Nginx::start(&base, upstream)).await.unwrap();
+    let mut r = request(&k8s_assertion(600), CRM, "crm:read");
+    r.authorization_details = r#"[{"type":"crm_case","actions":["read"],"identifier":"1234"}]"#.into();
+    let token = broker.client().await.exchange_token(r).await.unwrap().into_inner().access_token;
+    let send = async |method: reqwest::Method, path: &str| {
+        let url = format!("http://127.0.0.1:{}{path}", nginx.port);
+        reqwest::Client::new().request(method, url).bearer_auth(&token).send().await.unwrap()
+    };
+    let ok = send(reqwest::Method::GET, "/cases/1234").await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), format!("hello {ORCHESTRATOR}"));
+    for (method, path) in [(reqwest::Method::GET, "/cases/5678"), (reqwest::Method::POST, "/cases/1234")] {
+        let r = send(method.clone(), path).await;
+        assert_eq!(r.status(), 403, "{method} {path}");
+        assert!(challenge(&r).contains("insufficient_scope"), "{}", challenge(&r));
+    }
 }
