@@ -112,12 +112,21 @@ pub struct Route {
 
 impl Route {
     /// Whether `path` falls under the route, and its path parameters: `path_prefix` is matched segment by
-    /// segment, where a segment `{name}` takes any one non-empty segment of the path as the parameter `name`;
-    /// without parameters it is a plain prefix, as before.
+    /// segment, where a segment `{name}` takes any one non-empty segment of the path as the parameter `name`
+    /// (compared as written, never decoded); without parameters it is a plain prefix, as before.
     pub fn matches(&self, path: &str) -> Option<BTreeMap<String, String>> {
         let mut params = BTreeMap::new();
         if !self.path_prefix.contains('{') {
             return path.starts_with(&self.path_prefix).then_some(params);
+        }
+        // A path the upstream may read otherwise than it is written here — a dot segment, an encoded dot,
+        // slash or backslash — falls under no parameterised route (refused), so `/cases/1234/../5678` cannot
+        // pass for case 1234.
+        let lower = path.to_ascii_lowercase();
+        if path.split('/').any(|s| s == "." || s == "..")
+            || ["%2e", "%2f", "%5c", "\\"].iter().any(|e| lower.contains(e))
+        {
+            return None;
         }
         let mut given = path.split('/');
         for want in self.path_prefix.split('/') {

@@ -119,6 +119,10 @@ async fn a_support_agents_token_for_one_case_works_for_that_case_only() {
         let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
         assert!(challenge.contains("error=\"insufficient_scope\""), "{challenge}");
     }
+    // A path the upstream could resolve to another case falls under no route: 403 too.
+    for uri in ["/cases/1234/../5678", "/cases/1234/%2e%2e/5678", "/cases/1234%2F..%2F5678", "/cases/./1234"] {
+        assert_eq!(forward(&base, &issued.access_token, "GET", uri).await.status(), 403, "{uri}");
+    }
     // A token without details does not pass a route that requires them.
     let plain = broker.client().await.exchange_token(request(&k8s_assertion(600), CRM, "crm:read")).await;
     let plain = plain.unwrap().into_inner();
