@@ -784,6 +784,7 @@ impl Trail {
         let mut e = AuditEvent::new("exchange", "", client_id);
         e.audience = req.audience.first().or(req.resource.first()).map(|a| truncate(a, 512)).unwrap_or_default();
         e.scope_requested = truncate(&req.scope, 1024);
+        e.details_requested = truncate(&req.authorization_details, rar::MAX_DETAILS_BYTES);
         e.task_id = truncate(&req.task_id, 128);
         Trail(e)
     }
@@ -815,6 +816,8 @@ impl Trail {
                 e.decision = "granted".into();
                 e.audience = issued.claims.aud.clone();
                 e.scope_granted = issued.claims.scope.to_string();
+                e.details_granted =
+                    issued.claims.authorization_details.as_ref().map(Details::to_json).unwrap_or_default();
                 e.task_id = issued.claims.task_id.clone();
                 e.jti = issued.claims.jti.clone();
                 e.exp = issued.claims.exp;

@@ -209,6 +209,7 @@ fn audit_event(client_id: &str, outcome: &Result<(Introspection, &'static str)>)
                 .unwrap_or_default();
             e.audience = c.aud.clone();
             e.scope_granted = c.scope.to_string();
+            e.details_granted = c.authorization_details.as_ref().map(crate::rar::Details::to_json).unwrap_or_default();
             e.task_id = c.task_id.clone();
             e.jti = c.jti.clone();
             e.exp = c.exp;

@@ -47,6 +47,12 @@ pub struct AuditEvent {
     pub(crate) scope_requested: String,
     /// The scopes granted, or those of the introspected token.
     pub(crate) scope_granted: String,
+    /// The RFC 9396 `authorization_details` asked for, as sent (at most 4 KiB: longer ones are refused and
+    /// recorded cut); empty when none were.
+    pub(crate) details_requested: String,
+    /// The `authorization_details` the issued token carries (JSON), or those of the introspected token;
+    /// empty when none.
+    pub(crate) details_granted: String,
     /// Policy's decision on each requested scope and the policies that made it, space-separated
     /// `scope=allow:id,id` / `scope=deny:id` / `scope=deny:-` (nothing permits it) / `scope=error:id`; empty
     /// when the exchange was refused before policy was asked.
@@ -89,6 +95,8 @@ impl AuditEvent {
             ("audience", self.audience.clone()),
             ("scope_requested", self.scope_requested.clone()),
             ("scope_granted", self.scope_granted.clone()),
+            ("details_requested", self.details_requested.clone()),
+            ("details_granted", self.details_granted.clone()),
             ("policies", self.policies.clone()),
             ("task_id", self.task_id.clone()),
             ("jti", self.jti.clone()),
@@ -114,6 +122,8 @@ impl AuditEvent {
                 "audience" => e.audience = v,
                 "scope_requested" => e.scope_requested = v,
                 "scope_granted" => e.scope_granted = v,
+                "details_requested" => e.details_requested = v,
+                "details_granted" => e.details_granted = v,
                 "policies" => e.policies = v,
                 "task_id" => e.task_id = v,
                 "jti" => e.jti = v,
@@ -173,6 +183,8 @@ impl Audit {
             audience = e.audience.as_str(),
             scope_requested = e.scope_requested.as_str(),
             scope_granted = e.scope_granted.as_str(),
+            details_requested = e.details_requested.as_str(),
+            details_granted = e.details_granted.as_str(),
             policies = e.policies.as_str(),
             task_id = e.task_id.as_str(),
             jti = e.jti.as_str(),
@@ -244,6 +256,8 @@ mod tests {
             exp: 9,
             actors: "a > b".into(),
             policies: "crm:read=allow:agents-crm crm:export=deny:never-export".into(),
+            details_requested: r#"[{"type":"crm_case"}]"#.into(),
+            details_granted: "[]".into(),
             ..AuditEvent::default()
         };
         let fields = e.fields();

@@ -78,7 +78,7 @@ pub async fn read(redis_url: &str, filter: &Filter) -> std::result::Result<Vec<A
 
 /// Maps a stream field name to the static name [`AuditEvent::from_fields`] matches on.
 fn field_name(k: &str) -> &'static str {
-    const KEYS: [&str; 17] = [
+    const KEYS: [&str; 19] = [
         "ts",
         "event",
         "decision",
@@ -91,6 +91,8 @@ fn field_name(k: &str) -> &'static str {
         "audience",
         "scope_requested",
         "scope_granted",
+        "details_requested",
+        "details_granted",
         "policies",
         "task_id",
         "jti",
