@@ -103,6 +103,10 @@ pub(crate) struct PolicyCheckArgs {
     /// The lifetime asked for, in seconds (0: as long as allowed).
     #[arg(long, default_value_t = 0)]
     ttl: u32,
+    /// RFC 9396 `authorization_details` asked for, a JSON array (`context.authorization_details`;
+    /// with --subject-token and --config they are checked against the catalog as the exchange would).
+    #[arg(long, default_value = "")]
+    authorization_details: String,
 }
 
 /// Validates a Cedar policy file against tessera's schema, or (with a subject) prints each scope's decision
@@ -176,6 +180,7 @@ fn explain_token(args: &PolicyCheckArgs, config: tessera::config::Config) -> Res
         task_id,
         purpose: args.purpose.clone(),
         requested_expires_in: args.ttl,
+        authorization_details: args.authorization_details.clone(),
         ..ExchangeRequest::default()
     };
     let runtime = super::runtime()?;
@@ -274,6 +279,10 @@ fn explain_principal(
     let requested_ttl = if args.ttl == 0 { max_ttl } else { u64::from(args.ttl).min(max_ttl) };
     let task_id = if args.task_id.is_empty() { "explain" } else { args.task_id.as_str() };
     let depth = args.depth.unwrap_or(usize::from(actor.is_some()));
+    let details = match args.authorization_details.is_empty() {
+        true => None,
+        false => Some(tessera::rar::Details::parse(&args.authorization_details).map_err(|e| e.to_string())?),
+    };
     let question = Question {
         principal: &principal,
         actor: actor.as_ref(),
@@ -288,7 +297,7 @@ fn explain_principal(
         task_token,
         requested_ttl,
         now: tessera::clock::now(),
-        authorization_details: None,
+        authorization_details: details.as_ref(),
     };
     let decisions = policy.decide(&question, &scopes).map_err(|e| e.to_string())?;
     Ok(Explained {

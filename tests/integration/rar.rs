@@ -345,3 +345,27 @@ async fn policy_lets_the_support_agent_read_its_one_case_and_nothing_else() {
     let r = broker.client().await.exchange_token(narrowing(&token, Some(&wider))).await;
     assert_refused(r, tonic::Code::InvalidArgument, "invalid_authorization_details", &token);
 }
+
+/// `tessera policy check --authorization-details` puts them in `context.authorization_details`, so an operator
+/// can see what the example decides before deploying it.
+#[test]
+fn policy_check_explains_decisions_on_authorization_details() {
+    let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies/rar-case-record.cedar");
+    let check = |identifier: &str| {
+        let details = json!([case(&["read"], identifier)]).to_string();
+        let out = crate::support::process::tessera()
+            .args(["policy", "check"])
+            .arg(&policy)
+            .args(["--principal", "kubernetes:system:serviceaccount:support:support-agent"])
+            .args(["--attr", "namespace=support", "--attr", "service_account=support-agent"])
+            .args(["--audience", CRM, "--scope", "crm:read", "--task-id", "1234"])
+            .args(["--authorization-details", &details])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let allowed = check("1234");
+    assert!(allowed.contains("permitted by support-agent-reads-its-case-record"), "{allowed}");
+    let denied = check("5678");
+    assert!(denied.contains("no policy permits it"), "{denied}");
+}
