@@ -361,16 +361,7 @@ impl Exchange<'_> {
         let (task_id, session_id) = task_binding(req, parent)?;
         let delegation = self.delegate(&subject, actor.as_ref(), &task_id, client_id)?;
         let exp = expiry(now, &subject, actor.as_ref(), target, req.requested_expires_in)?;
-        for scope in requested.iter() {
-            if !self.catalog.has_scope(target, scope) {
-                return Err(Error::invalid_scope(format!("scope `{scope}` is not offered for this audience")));
-            }
-            if let Some(held) = &subject.scopes
-                && !held.contains(scope)
-            {
-                return Err(Error::invalid_scope(format!("scope `{scope}` is not held by the subject token")));
-            }
-        }
+        self.offered_and_held(&requested, target, &subject)?;
         let question = self.question(&Asked {
             subject: &subject,
             actor: actor.as_ref(),
@@ -615,6 +606,22 @@ impl Exchange<'_> {
         Ok(Delegation { act, anc, may_act, lin, depth })
     }
 
+    /// Invariant 1, before policy: every requested scope is offered by the audience and held by the subject
+    /// token (when it carries scopes). Asking for more is refused outright.
+    fn offered_and_held(&self, requested: &Scopes, target: Destination<'_>, subject: &Verified) -> Result<()> {
+        for scope in requested.iter() {
+            if !self.catalog.has_scope(target, scope) {
+                return Err(Error::invalid_scope(format!("scope `{scope}` is not offered for this audience")));
+            }
+            if let Some(held) = &subject.scopes
+                && !held.contains(scope)
+            {
+                return Err(Error::invalid_scope(format!("scope `{scope}` is not held by the subject token")));
+            }
+        }
+        Ok(())
+    }
+
     /// Invariant 1: every requested scope is offered by the audience and held by the subject token (when it
     /// carries scopes); policy then decides each one. Asking for more than that is refused outright. A scope
     /// that policy declines is left out of the grant, and the response's `scope` says what was granted —
@@ -631,16 +638,7 @@ impl Exchange<'_> {
         if requested.is_empty() {
             return Err(Error::invalid_scope("scope is required"));
         }
-        for scope in requested.iter() {
-            if !self.catalog.has_scope(target, scope) {
-                return Err(Error::invalid_scope(format!("scope `{scope}` is not offered for this audience")));
-            }
-            if let Some(held) = &subject.scopes
-                && !held.contains(scope)
-            {
-                return Err(Error::invalid_scope(format!("scope `{scope}` is not held by the subject token")));
-            }
-        }
+        self.offered_and_held(requested, target, subject)?;
         let decisions = self.policy.decide(q, requested)?;
         trail.policies(&decisions);
         let granted = crate::policy::allowed_scopes(requested, &decisions);

@@ -194,6 +194,18 @@ impl TokenBrokerService {
         request: &Request<T>,
         rpc: Rpc,
     ) -> Result<Caller<'b>, Status> {
+        self.caller_over(broker, request, peer_certificate(request).map(Arc::new), rpc).await
+    }
+
+    /// As [`Self::caller`], with the connection's client certificate already read (an exchange also binds
+    /// the token to it: read once).
+    async fn caller_over<'b, T>(
+        &self,
+        broker: &'b Current<'_>,
+        request: &Request<T>,
+        certificate: Option<Arc<crate::client::PeerCertificate>>,
+        rpc: Rpc,
+    ) -> Result<Caller<'b>, Status> {
         let metadata = request.metadata();
         // A value that is not visible ASCII cannot be a credential: it fails as a malformed one.
         let text = |name: &str| metadata.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
@@ -206,7 +218,7 @@ impl TokenBrokerService {
             peer_is_loopback: request.remote_addr().is_some_and(|a| a.ip().is_loopback()),
         };
         let credentials = Credentials::from_presented(&presented).map_err(status)?;
-        let credentials = credentials.over(peer_certificate(request).map(Arc::new));
+        let credentials = credentials.over(certificate);
         broker.authenticate(&credentials, rpc, now()).await.map_err(status)
     }
 }
@@ -225,13 +237,14 @@ impl TokenBroker for TokenBrokerService {
         self.rpc("ExchangeToken", "tessera.v1.TokenBroker/ExchangeToken", request, async |request| {
             // One set of issuers, clients, catalog and policy for the whole call, even across a reload.
             let broker = self.broker.current();
-            let client = self.caller(&broker, &request, Rpc::Exchange).await?;
+            let certificate = peer_certificate(&request).map(Arc::new);
+            // RFC 8705 §3: over mTLS, a token for an audience that wants it is bound to this certificate.
+            let bound_to = certificate.as_ref().map(|c| c.sha256);
+            let client = self.caller_over(&broker, &request, certificate, Rpc::Exchange).await?;
             let proof = self.dpop(request.metadata()).map_err(status)?;
-            let certificate = peer_certificate(&request);
             let mut exchange: ExchangeRequest = request.into_inner().into();
             exchange.dpop = proof;
-            // RFC 8705 §3: over mTLS, a token for an audience that wants it is bound to this certificate.
-            exchange.client_certificate_sha256 = certificate.map(|c| c.sha256);
+            exchange.client_certificate_sha256 = bound_to;
             let issued = broker.exchange_ms(client, exchange, now_ms()).await.map_err(status)?;
             Ok(issued.into())
         })
