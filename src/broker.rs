@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::approval::{Announcer, Approval, Approvals, Ledger, Verdict};
 use crate::audit::AuditSink;
 use crate::catalog::Catalog;
 use crate::client::{Caller, Clients, Credentials, Rpc};
@@ -83,6 +84,10 @@ pub(crate) struct Parts {
     pub(crate) store: Arc<dyn Store>,
     /// The rate limits on `ExchangeToken`, applied in the store's round trip.
     pub(crate) rate_limits: RateLimits,
+    /// Step-up approvals: where they are kept (the same store), who hears of new ones, how long they live.
+    pub(crate) ledger: Arc<dyn Ledger>,
+    pub(crate) announcer: Arc<dyn Announcer>,
+    pub(crate) approvals: crate::approval::Settings,
     pub(crate) audit: Arc<dyn AuditSink>,
     pub(crate) metrics: Metrics,
     /// The slots broker operations run in, on every face (load protection).
@@ -99,6 +104,9 @@ struct Fixed {
     dpop: crate::dpop::Settings,
     store: Arc<dyn Store>,
     rate_limits: RateLimits,
+    ledger: Arc<dyn Ledger>,
+    announcer: Arc<dyn Announcer>,
+    approvals: crate::approval::Settings,
     audit: Arc<dyn AuditSink>,
     metrics: Metrics,
     slots: Slots,
@@ -144,6 +152,9 @@ impl Broker {
             dpop,
             store,
             rate_limits,
+            ledger,
+            announcer,
+            approvals,
             audit,
             metrics,
             slots,
@@ -158,6 +169,9 @@ impl Broker {
                 dpop,
                 store,
                 rate_limits,
+                ledger,
+                announcer,
+                approvals,
                 audit,
                 metrics,
                 slots,
@@ -313,9 +327,46 @@ impl<'b> Current<'b> {
             dpop: fixed.dpop,
             revocations: self.revocations(),
             rate_limits: &fixed.rate_limits,
+            approvals: self.approvals_op(),
             audit: fixed.audit.as_ref(),
             metrics: &fixed.metrics,
         }
+    }
+
+    fn approvals_op(&self) -> Approvals<'b> {
+        let fixed = self.fixed;
+        Approvals {
+            broker_issuer: &fixed.broker_issuer,
+            ledger: fixed.ledger.as_ref(),
+            announcer: fixed.announcer.as_ref(),
+            settings: fixed.approvals,
+            audit: fixed.audit.as_ref(),
+            metrics: &fixed.metrics,
+            revocations: self.revocations(),
+        }
+    }
+
+    /// Authenticates a caller that may call any of `rpcs` (reading an approval: its requester or an
+    /// approver): [`Clients::identify_for`].
+    pub async fn authenticate_for(&self, credentials: &Credentials, rpcs: &[Rpc], now: u64) -> Result<Caller<'_>> {
+        self.snapshot.clients.identify_for(credentials, rpcs, &self.snapshot.issuers, now).await
+    }
+
+    /// A step-up approval's record, for its requester or an approver: [`Approvals::get`].
+    pub async fn approval<'c>(&self, caller: impl Into<Caller<'c>>, id: &str, now: u64) -> Result<Approval> {
+        self.approvals_op().get(&caller.into(), id, now).await
+    }
+
+    /// An approver's decision on a pending approval: [`Approvals::decide`].
+    pub async fn decide_approval<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        id: &str,
+        verdict: Verdict,
+        reason: &str,
+        now: u64,
+    ) -> Result<Approval> {
+        self.approvals_op().decide(&caller.into(), id, verdict, reason, now).await
     }
 
     /// RFC 7662 introspection, as of `now`: [`Introspect::run`].

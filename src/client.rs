@@ -85,6 +85,9 @@ pub enum Rpc {
     Revoke,
     /// `Suspend` and `Resume`: the kill switch (operators).
     Suspend,
+    /// `Approve` and `Deny`: deciding step-up approvals ([`crate::approval`]), and reading any of them
+    /// (`GetApproval`; a client that may exchange reads the approvals its own exchanges opened).
+    Approve,
 }
 
 /// One configured client: its id, how it may authenticate, and what it may call.
@@ -158,6 +161,11 @@ impl Client {
     /// The SPIFFE IDs that authenticate it.
     pub fn spiffe_ids(&self) -> &BTreeSet<String> {
         &self.spiffe_ids
+    }
+
+    /// Whether it may call `rpc`.
+    pub fn may(&self, rpc: Rpc) -> bool {
+        self.rpcs.contains(&rpc)
     }
 
     /// Whether it has a secret.
@@ -395,8 +403,20 @@ impl Clients {
         issuers: &Issuers,
         now: u64,
     ) -> Result<Caller<'a>> {
+        self.identify_for(credentials, &[rpc], issuers, now).await
+    }
+
+    /// As [`Clients::identify`], for a call any of `rpcs` allows (reading an approval: its requester or an
+    /// approver).
+    pub async fn identify_for<'a>(
+        &'a self,
+        credentials: &Credentials,
+        rpcs: &[Rpc],
+        issuers: &Issuers,
+        now: u64,
+    ) -> Result<Caller<'a>> {
         let Some(presented) = &credentials.assertion else {
-            return self.authenticate(credentials, rpc).map(Caller::from);
+            return self.authenticate_for(credentials, rpcs).map(Caller::from);
         };
         let failed = |why: &str| Error::new(ErrorCode::InvalidClient, format!("client authentication failed: {why}"));
         let token = presented.assertion.expose();
@@ -450,7 +470,7 @@ impl Clients {
         if !names_client {
             return Err(failed("the client_assertion does not name this client"));
         }
-        if !client.rpcs.contains(&rpc) {
+        if !rpcs.iter().any(|rpc| client.rpcs.contains(rpc)) {
             return Err(Error::new(ErrorCode::UnauthorizedClient, "client may not call this RPC"));
         }
         Ok(Caller { client, assertion: Some(verified.spend) })
@@ -459,6 +479,11 @@ impl Clients {
     /// Identifies a caller that presented a secret or nothing (loopback), and checks it may call `rpc`. A
     /// client assertion needs [`Clients::identify`], which can verify it.
     pub fn authenticate(&self, credentials: &Credentials, rpc: Rpc) -> Result<&Client> {
+        self.authenticate_for(credentials, &[rpc])
+    }
+
+    /// As [`Clients::authenticate`], for a call any of `rpcs` allows.
+    fn authenticate_for(&self, credentials: &Credentials, rpcs: &[Rpc]) -> Result<&Client> {
         let failed = || Error::new(ErrorCode::InvalidClient, "client authentication failed");
         if credentials.assertion.is_some() {
             return Err(failed());
@@ -493,7 +518,7 @@ impl Clients {
                 return Err(Error::new(ErrorCode::InvalidClient, "client authentication required"));
             }
         };
-        if !client.rpcs.contains(&rpc) {
+        if !rpcs.iter().any(|rpc| client.rpcs.contains(rpc)) {
             return Err(Error::new(ErrorCode::UnauthorizedClient, "client may not call this RPC"));
         }
         Ok(client)

@@ -41,6 +41,15 @@ pub enum ErrorCode {
     /// array of typed objects, names a type the audience does not accept, breaks that type's schema, is too
     /// large, or widens the subject token's details.
     InvalidAuthorizationDetails,
+    /// [RFC 8628 §3.5](https://www.rfc-editor.org/rfc/rfc8628#section-3.5) (as OpenID CIBA §11 uses it): the
+    /// grant needs a human's approval, which is pending; the answer names the approval and where to poll it
+    /// ([`Error::approval`]). Retry the same request once it is approved.
+    AuthorizationPending,
+    /// [RFC 8628 §3.5](https://www.rfc-editor.org/rfc/rfc8628#section-3.5): the approver denied the grant; the
+    /// same request stays refused.
+    AccessDenied,
+    /// The approval named does not exist (or has expired and been forgotten).
+    NotFound,
     /// The caller exceeded its rate limit.
     RateLimited,
     /// The broker is at its concurrency limit and shed the call: retry shortly.
@@ -64,6 +73,9 @@ impl ErrorCode {
             ErrorCode::InvalidTarget => "invalid_target",
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::InvalidAuthorizationDetails => "invalid_authorization_details",
+            ErrorCode::AuthorizationPending => "authorization_pending",
+            ErrorCode::AccessDenied => "access_denied",
+            ErrorCode::NotFound => "not_found",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "temporarily_unavailable",
             ErrorCode::Unavailable => "temporarily_unavailable",
@@ -75,8 +87,10 @@ impl ErrorCode {
 /// gRPC status codes (the wire values of `google.rpc.Code`) used by [`ErrorCode::grpc_code`].
 mod grpc_code {
     pub(super) const INVALID_ARGUMENT: i32 = 3;
+    pub(super) const NOT_FOUND: i32 = 5;
     pub(super) const PERMISSION_DENIED: i32 = 7;
     pub(super) const RESOURCE_EXHAUSTED: i32 = 8;
+    pub(super) const FAILED_PRECONDITION: i32 = 9;
     pub(super) const INTERNAL: i32 = 13;
     pub(super) const UNAVAILABLE: i32 = 14;
     pub(super) const UNAUTHENTICATED: i32 = 16;
@@ -85,7 +99,7 @@ mod grpc_code {
 impl ErrorCode {
     /// Every code, for tables and tests.
     #[cfg(test)]
-    const ALL: [ErrorCode; 13] = [
+    const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidClient,
         ErrorCode::InvalidGrant,
@@ -95,6 +109,9 @@ impl ErrorCode {
         ErrorCode::InvalidTarget,
         ErrorCode::InvalidDpopProof,
         ErrorCode::InvalidAuthorizationDetails,
+        ErrorCode::AuthorizationPending,
+        ErrorCode::AccessDenied,
+        ErrorCode::NotFound,
         ErrorCode::RateLimited,
         ErrorCode::Overloaded,
         ErrorCode::Unavailable,
@@ -111,7 +128,13 @@ impl ErrorCode {
             }
             // A failed proof of possession is a credential that does not hold, like a bad subject token.
             ErrorCode::InvalidClient | ErrorCode::InvalidGrant | ErrorCode::InvalidDpopProof => UNAUTHENTICATED,
-            ErrorCode::UnauthorizedClient | ErrorCode::InvalidScope | ErrorCode::InvalidTarget => PERMISSION_DENIED,
+            ErrorCode::UnauthorizedClient
+            | ErrorCode::InvalidScope
+            | ErrorCode::InvalidTarget
+            | ErrorCode::AccessDenied => PERMISSION_DENIED,
+            // Not refused, not yet granted: the system is not in the state the grant needs (a human's yes).
+            ErrorCode::AuthorizationPending => FAILED_PRECONDITION,
+            ErrorCode::NotFound => NOT_FOUND,
             ErrorCode::RateLimited | ErrorCode::Overloaded => RESOURCE_EXHAUSTED,
             ErrorCode::Unavailable => UNAVAILABLE,
             ErrorCode::Internal => INTERNAL,
@@ -128,7 +151,10 @@ impl ErrorCode {
             ErrorCode::Overloaded => 503,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
-            ErrorCode::InvalidRequest
+            ErrorCode::NotFound => 404,
+            ErrorCode::AuthorizationPending
+            | ErrorCode::AccessDenied
+            | ErrorCode::InvalidRequest
             | ErrorCode::InvalidGrant
             | ErrorCode::UnauthorizedClient
             | ErrorCode::UnsupportedGrantType
@@ -156,11 +182,24 @@ pub struct Error {
     /// When retrying can succeed, if the broker knows (a rate limit): each face hands it on (HTTP
     /// `Retry-After`, gRPC `RetryInfo`), so well-behaved callers back off exactly as long as needed.
     pub(crate) retry_after: Option<std::time::Duration>,
+    /// `authorization_pending`: the approval that waits, and where to poll it; each face hands it on.
+    pub(crate) approval: Option<Box<Pending>>,
+}
+
+/// A pending approval as an `authorization_pending` answer names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// The approval's id: what an approver approves (`tessera approve ID`).
+    pub approval_id: String,
+    /// Where its state can be read (`GET`), under the broker's HTTP face.
+    pub approval_uri: String,
+    /// Seconds a client should wait between polls (RFC 8628 §3.5 `interval`).
+    pub interval: u64,
 }
 
 impl Error {
     pub(crate) fn new(code: ErrorCode, description: impl Into<String>) -> Self {
-        Error { code, description: description.into(), retry_after: None }
+        Error { code, description: description.into(), retry_after: None, approval: None }
     }
     /// `rate_limited`, with how long until a retry can be admitted.
     pub(crate) fn rate_limited(description: impl Into<String>, retry_after: std::time::Duration) -> Self {
@@ -169,6 +208,14 @@ impl Error {
     /// How long until a retry can succeed, when the broker knows (a rate limit).
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         self.retry_after
+    }
+    /// `authorization_pending`, naming the approval that waits.
+    pub(crate) fn pending(description: impl Into<String>, pending: Pending) -> Self {
+        Error { approval: Some(Box::new(pending)), ..Error::new(ErrorCode::AuthorizationPending, description) }
+    }
+    /// The pending approval an `authorization_pending` answer names.
+    pub fn approval(&self) -> Option<&Pending> {
+        self.approval.as_deref()
     }
 }
 
@@ -217,6 +264,9 @@ mod tests {
             (ErrorCode::InvalidTarget, "invalid_target", PERMISSION_DENIED, 400),
             (ErrorCode::InvalidDpopProof, "invalid_dpop_proof", UNAUTHENTICATED, 400),
             (ErrorCode::InvalidAuthorizationDetails, "invalid_authorization_details", INVALID_ARGUMENT, 400),
+            (ErrorCode::AuthorizationPending, "authorization_pending", FAILED_PRECONDITION, 400),
+            (ErrorCode::AccessDenied, "access_denied", PERMISSION_DENIED, 400),
+            (ErrorCode::NotFound, "not_found", NOT_FOUND, 404),
             (ErrorCode::RateLimited, "rate_limited", RESOURCE_EXHAUSTED, 429),
             (ErrorCode::Overloaded, "temporarily_unavailable", RESOURCE_EXHAUSTED, 503),
             (ErrorCode::Unavailable, "temporarily_unavailable", UNAVAILABLE, 503),

@@ -13,6 +13,9 @@
 //! 7. details: `Exchange::grant_details` — RFC 9396 `authorization_details` are of a type the audience accepts,
 //!    satisfy its schema, and only keep, drop or narrow the subject token's ([`crate::rar::narrow`]).
 //!
+//! 8. approvals: a grant policy allows only with a human's approval (`@approval`) is issued only when an
+//!    approval bound to exactly this request exists, and spends it ([`crate::approval`]).
+//!
 //! Claims are built in one place, `Exchange::decide`.
 //!
 //! Sender constraint (RFC 9449 DPoP, RFC 8705 mTLS): `confirmation` decides the issued token's `cnf` — a
@@ -21,6 +24,7 @@
 //! checked on the result. The proof itself is verified by [`crate::dpop`] once the subject and actor tokens
 //! are, and its replay marker is spent in the same single store lookup as every revocation.
 
+use crate::approval::{Approvals, Binding, Draft, Named, Needed};
 use crate::audit::{AuditEvent, AuditSink, truncate};
 use crate::catalog::{Catalog, Destination, Grant, SenderConstraint};
 use crate::client::Caller;
@@ -185,6 +189,8 @@ pub struct Exchange<'a> {
     pub revocations: Revocations<'a>,
     /// The rate limits per client, principal and task (all off unless configured).
     pub rate_limits: &'a RateLimits,
+    /// Step-up approvals: consulted only when policy says a grant needs one.
+    pub approvals: Approvals<'a>,
     /// Receives one event per exchange, granted or refused.
     pub audit: &'a dyn AuditSink,
     /// Counts exchanges by outcome.
@@ -291,7 +297,35 @@ impl Exchange<'_> {
             now,
             authorization_details: authorization_details.as_ref(),
         });
-        let scope = self.grant_scopes(&requested, target, &subject, &question, trail)?;
+        let (scope, needed) = self.grant_scopes(&requested, target, &subject, &question, trail)?;
+        let jti = new_jti()?;
+        if !needed.scopes.is_empty() {
+            let mut sorted: Vec<&str> = requested.iter().collect();
+            sorted.sort_unstable();
+            let named = |p: Party| Named { iss: p.iss, sub: p.sub };
+            let binding = Binding {
+                client_id: &client.id,
+                subject: named(party(&subject.principal)),
+                actors: delegation
+                    .act
+                    .iter()
+                    .flat_map(|a| a.chain())
+                    .map(|a| named(a.party(&subject.principal.iss)))
+                    .collect(),
+                audience: target.id(),
+                scope: sorted,
+                authorization_details: authorization_details
+                    .as_ref()
+                    .map(serde_json::to_value)
+                    .transpose()
+                    .map_err(|e| Error::internal(format!("authorization_details: {e}")))?,
+                task_id: &task_id,
+                session_id: session_id.as_deref(),
+                purpose: (!req.purpose.is_empty()).then_some(req.purpose.as_str()),
+            };
+            let id = self.approvals.require(&binding, Draft { needed }, &jti, now).await?;
+            trail.approval(&id);
+        }
         let claims = AccessClaims {
             iss: self.broker_issuer.to_string(),
             sub: subject.principal.sub.clone(),
@@ -299,7 +333,7 @@ impl Exchange<'_> {
             exp,
             iat: now,
             nbf: now,
-            jti: new_jti()?,
+            jti,
             client_id: client.id.clone(),
             scope,
             act: delegation.act,
@@ -634,13 +668,23 @@ impl Exchange<'_> {
         subject: &Verified,
         q: &Question<'_>,
         trail: &mut Trail,
-    ) -> Result<Scopes> {
+    ) -> Result<(Scopes, Needed)> {
         if requested.is_empty() {
             return Err(Error::invalid_scope("scope is required"));
         }
         self.offered_and_held(requested, target, subject)?;
         let decisions = self.policy.decide(q, requested)?;
         trail.policies(&decisions);
+        let mut needed = Needed::default();
+        for d in decisions.iter().filter(|d| d.allowed && !d.approval.is_empty()) {
+            needed.scopes.push(d.scope.clone());
+            needed
+                .reasons
+                .extend(d.approval.iter().filter(|r| !needed.reasons.contains(r)).cloned().collect::<Vec<_>>());
+            needed
+                .policies
+                .extend(d.policies.iter().filter(|p| !needed.policies.contains(p)).cloned().collect::<Vec<_>>());
+        }
         let granted = crate::policy::allowed_scopes(requested, &decisions);
         if granted.is_empty() {
             return Err(Error::invalid_scope("policy grants none of the requested scopes"));
@@ -653,7 +697,7 @@ impl Exchange<'_> {
                 denied.scope
             )));
         }
-        Ok(granted)
+        Ok((granted, needed))
     }
 }
 
@@ -821,12 +865,20 @@ impl Trail {
                 e.exp = issued.claims.exp;
             }
             Err(error) => {
-                e.decision = "denied".into();
+                e.decision = if error.approval().is_some() { "pending" } else { "denied" }.into();
                 e.reason = error.code.as_str().into();
                 e.detail = error.description.clone();
+                if let Some(pending) = error.approval() {
+                    e.approval_id = pending.approval_id.clone();
+                }
             }
         }
         e
+    }
+
+    /// The approval that granted the exchange.
+    fn approval(&mut self, id: &str) {
+        self.0.approval_id = id.to_string();
     }
 }
 

@@ -50,9 +50,22 @@ const ERROR_DOMAIN: &str = "tessera";
 /// A refusal that knows when a retry can succeed (a rate limit) also carries a `google.rpc.RetryInfo`
 /// detail with that delay, which gRPC clients' retry helpers read, and a `retry-after` metadata entry in
 /// whole seconds rounded up (as HTTP's `Retry-After`), for clients that do not decode status details.
+///
+/// `authorization_pending` names its approval in the `ErrorInfo` metadata (`approval_id`, `approval_uri`,
+/// `interval`) and asks for that interval between polls in a `RetryInfo`.
 fn status(error: Error) -> Status {
-    let Error { code, description, retry_after } = error;
-    let mut details = ErrorDetails::with_error_info(code.as_str(), ERROR_DOMAIN, HashMap::new());
+    let Error { code, description, retry_after, approval } = error;
+    let mut metadata = HashMap::new();
+    let retry_after = match approval {
+        Some(pending) => {
+            metadata.insert("approval_id".to_string(), pending.approval_id);
+            metadata.insert("approval_uri".to_string(), pending.approval_uri);
+            metadata.insert("interval".to_string(), pending.interval.to_string());
+            Some(std::time::Duration::from_secs(pending.interval))
+        }
+        None => retry_after,
+    };
+    let mut details = ErrorDetails::with_error_info(code.as_str(), ERROR_DOMAIN, metadata);
     if retry_after.is_some() {
         details.set_retry_info(retry_after);
     }
@@ -194,7 +207,19 @@ impl TokenBrokerService {
         request: &Request<T>,
         rpc: Rpc,
     ) -> Result<Caller<'b>, Status> {
-        self.caller_over(broker, request, peer_certificate(request).map(Arc::new), rpc).await
+        self.caller_over(broker, request, peer_certificate(request).map(Arc::new), &[rpc]).await
+    }
+
+    /// Approve or Deny: an approver's decision.
+    async fn decide(
+        &self,
+        request: Request<pb::DecideApprovalRequest>,
+        verdict: crate::approval::Verdict,
+    ) -> Result<pb::Approval, Status> {
+        let broker = self.broker.current();
+        let client = self.caller(&broker, &request, Rpc::Approve).await?;
+        let pb::DecideApprovalRequest { approval_id, reason } = request.into_inner();
+        Ok(broker.decide_approval(client, &approval_id, verdict, &reason, now()).await.map_err(status)?.into())
     }
 
     /// As [`Self::caller`], with the connection's client certificate already read (an exchange also binds
@@ -204,7 +229,7 @@ impl TokenBrokerService {
         broker: &'b Current<'_>,
         request: &Request<T>,
         certificate: Option<Arc<crate::client::PeerCertificate>>,
-        rpc: Rpc,
+        rpcs: &[Rpc],
     ) -> Result<Caller<'b>, Status> {
         let metadata = request.metadata();
         // A value that is not visible ASCII cannot be a credential: it fails as a malformed one.
@@ -219,7 +244,37 @@ impl TokenBrokerService {
         };
         let credentials = Credentials::from_presented(&presented).map_err(status)?;
         let credentials = credentials.over(certificate);
-        broker.authenticate(&credentials, rpc, now()).await.map_err(status)
+        broker.authenticate_for(&credentials, rpcs, now()).await.map_err(status)
+    }
+}
+
+impl From<crate::approval::Approval> for pb::Approval {
+    fn from(a: crate::approval::Approval) -> Self {
+        let state = a.state(now()).to_string();
+        let named = |n: crate::approval::Named| pb::Subject { issuer: n.iss, sub: n.sub };
+        pb::Approval {
+            approval_id: a.approval_id,
+            status: state,
+            client_id: a.client_id,
+            subject: Some(named(a.subject)),
+            actors: a.actors.into_iter().map(named).collect(),
+            audience: a.audience,
+            scope: a.scope,
+            approval_scope: a.approval_scope,
+            authorization_details: a.authorization_details.map(|d| d.to_string()).unwrap_or_default(),
+            task_id: a.task_id,
+            session_id: a.session_id.unwrap_or_default(),
+            purpose: a.purpose.unwrap_or_default(),
+            reasons: a.reasons,
+            policies: a.policies,
+            created_at: a.created_at,
+            expires_at: a.expires_at,
+            decided_by: a.decided_by.unwrap_or_default(),
+            decided_at: a.decided_at.unwrap_or_default(),
+            decision_reason: a.decision_reason.unwrap_or_default(),
+            used_at: a.used_at.unwrap_or_default(),
+            jti: a.jti.unwrap_or_default(),
+        }
     }
 }
 
@@ -240,7 +295,7 @@ impl TokenBroker for TokenBrokerService {
             let certificate = peer_certificate(&request).map(Arc::new);
             // RFC 8705 §3: over mTLS, a token for an audience that wants it is bound to this certificate.
             let bound_to = certificate.as_ref().map(|c| c.sha256);
-            let client = self.caller_over(&broker, &request, certificate, Rpc::Exchange).await?;
+            let client = self.caller_over(&broker, &request, certificate, &[Rpc::Exchange]).await?;
             let proof = self.dpop(request.metadata()).map_err(status)?;
             let mut exchange: ExchangeRequest = request.into_inner().into();
             exchange.dpop = proof;
@@ -300,6 +355,31 @@ impl TokenBroker for TokenBrokerService {
             let target = suspension_target(target.map(Into::into))?;
             let resumed = broker.resume(client, target, &reason, now()).await.map_err(status)?;
             Ok(pb::ResumeResponse { kind: resumed.kind().into() })
+        })
+        .await
+    }
+
+    async fn get_approval(&self, request: Request<pb::GetApprovalRequest>) -> Result<Response<pb::Approval>, Status> {
+        self.rpc("GetApproval", "tessera.v1.TokenBroker/GetApproval", request, async |request| {
+            let broker = self.broker.current();
+            let certificate = peer_certificate(&request).map(Arc::new);
+            let client = self.caller_over(&broker, &request, certificate, &[Rpc::Exchange, Rpc::Approve]).await?;
+            let id = request.into_inner().approval_id;
+            Ok(broker.approval(client, &id, now()).await.map_err(status)?.into())
+        })
+        .await
+    }
+
+    async fn approve(&self, request: Request<pb::DecideApprovalRequest>) -> Result<Response<pb::Approval>, Status> {
+        self.rpc("Approve", "tessera.v1.TokenBroker/Approve", request, async |request| {
+            self.decide(request, crate::approval::Verdict::Approve).await
+        })
+        .await
+    }
+
+    async fn deny(&self, request: Request<pb::DecideApprovalRequest>) -> Result<Response<pb::Approval>, Status> {
+        self.rpc("Deny", "tessera.v1.TokenBroker/Deny", request, async |request| {
+            self.decide(request, crate::approval::Verdict::Deny).await
         })
         .await
     }

@@ -52,6 +52,7 @@
 //! snapshot on SIGHUP and when the config on disk changes. [`config`] reads and validates the configuration;
 //! [`dev`] is the dev-mode setup.
 
+pub mod approval;
 pub mod audit;
 pub mod broker;
 pub mod catalog;

@@ -36,6 +36,10 @@ pub struct Metrics {
     /// `tessera.config.loaded` (s): Unix time the configuration in force was loaded (at start or by the
     /// last successful reload), so a replica left behind shows.
     pub config_loaded: Gauge<u64>,
+    /// `tessera.approvals` {step = requested|approved|denied|used}: step-up approvals by step.
+    pub approvals: Counter<u64>,
+    /// `tessera.approvals.webhook` {outcome = delivered|failed}: approval announcements to the webhook.
+    pub approval_webhooks: Counter<u64>,
 }
 
 impl Metrics {
@@ -96,6 +100,14 @@ impl Metrics {
                 .with_unit("s")
                 .with_description("Unix time the configuration in force was loaded (start or last reload)")
                 .build(),
+            approvals: meter
+                .u64_counter("tessera.approvals")
+                .with_description("Step-up approvals by step (requested, approved, denied, used)")
+                .build(),
+            approval_webhooks: meter
+                .u64_counter("tessera.approvals.webhook")
+                .with_description("Approval announcements to the webhook by outcome (after retries)")
+                .build(),
         }
     }
 
@@ -116,6 +128,11 @@ impl Metrics {
     /// One exchange refused by the rate limit of `dimension` (`client`, `principal` or `task`).
     pub fn throttled(&self, dimension: &'static str) {
         self.exchanges_throttled.add(1, &[KeyValue::new("dimension", dimension)]);
+    }
+
+    /// One step of a step-up approval.
+    pub fn approval(&self, step: &'static str) {
+        self.approvals.add(1, &[KeyValue::new("step", step)]);
     }
 
     /// One configuration reload: whether it took (then the configuration in force was loaded at `now`, Unix

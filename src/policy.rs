@@ -147,6 +147,10 @@ pub struct Decision {
     pub policies: Vec<String>,
     /// Evaluation errors (`error while evaluating policy `id`: …`); any refuses the scope.
     pub errors: Vec<String>,
+    /// Step-up: the scope is allowed, but only by policies annotated `@approval("why")` — a human must
+    /// approve the grant first ([`crate::approval`]). Their reasons, in policy order; empty when any policy
+    /// without the annotation allows it (or it is not allowed).
+    pub approval: Vec<String>,
 }
 
 impl Decision {
@@ -154,6 +158,7 @@ impl Decision {
     /// events and logs write a decision.
     pub fn summary(&self) -> String {
         let (word, ids) = match (self.allowed, self.errors.is_empty()) {
+            (true, _) if !self.approval.is_empty() => ("approval", self.policies.join(",")),
             (true, _) => ("allow", self.policies.join(",")),
             (false, false) => ("error", self.errors.iter().map(|e| error_policy(e)).collect::<Vec<_>>().join(",")),
             (false, true) if self.policies.is_empty() => ("deny", "-".to_string()),
@@ -182,6 +187,9 @@ pub struct Policy {
     by_audience: std::collections::HashMap<EntityUid, PolicySet>,
     /// The policies whose head names no audience: all that can apply to an audience no policy names.
     unscoped: PolicySet,
+    /// The `@approval("why")` annotation of each policy that has one, by policy id: a grant allowed only by
+    /// such policies waits for a human ([`Decision::approval`]).
+    approvals: std::collections::HashMap<String, String>,
     schema: Schema,
     authorizer: Authorizer,
     principal_type: EntityTypeName,
@@ -243,10 +251,31 @@ impl Policy {
         }
         let name = |s: &str| EntityTypeName::from_str(s).map_err(|e| vec![e.to_string()]);
         let (by_audience, unscoped) = slices(&policies);
+        let mut approvals = std::collections::HashMap::new();
+        let mut problems = Vec::new();
+        for p in policies.policies() {
+            let Some(why) = p.annotation("approval") else { continue };
+            match p.effect() {
+                cedar_policy::Effect::Permit if !why.trim().is_empty() => {
+                    approvals.insert(p.id().to_string(), why.to_string());
+                }
+                cedar_policy::Effect::Permit => {
+                    problems.push(format!("policy `{}`: `@approval` needs a reason for the approver", p.id()))
+                }
+                cedar_policy::Effect::Forbid => problems.push(format!(
+                    "policy `{}`: `@approval` marks a `permit` (a grant that needs a human); a `forbid` always refuses",
+                    p.id()
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         Ok(Policy {
             policies,
             by_audience,
             unscoped,
+            approvals,
             schema,
             authorizer: Authorizer::new(),
             principal_type: name("Tessera::Principal")?,
@@ -387,12 +416,14 @@ impl Policy {
             }
             let mut policies: Vec<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
             policies.sort();
-            decisions.push(Decision {
-                scope: scope.to_string(),
-                allowed: response.decision() == CedarDecision::Allow && errors.is_empty(),
-                policies,
-                errors,
-            });
+            let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
+            // Step-up only when every permit that matched asks for it: any other permit grants outright.
+            let approval: Vec<String> = match allowed {
+                true => policies.iter().map(|id| self.approvals.get(id).cloned()).collect::<Option<_>>(),
+                false => None,
+            }
+            .unwrap_or_default();
+            decisions.push(Decision { scope: scope.to_string(), allowed, policies, errors, approval });
         }
         Ok(decisions)
     }

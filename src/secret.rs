@@ -28,6 +28,9 @@ pub enum UrlKind {}
 /// A private key, PEM-encoded.
 #[derive(Debug)]
 pub enum PrivateKeyKind {}
+/// A shared key that signs outgoing messages (the approvals webhook's HMAC key).
+#[derive(Debug)]
+pub enum SigningSecretKind {}
 
 /// A bearer token or assertion.
 pub type Token = Secret<TokenKind>;
@@ -37,6 +40,8 @@ pub type ClientSecret = Secret<ClientSecretKind>;
 pub type SecretUrl = Secret<UrlKind>;
 /// A PEM-encoded private key, as `tessera keygen` writes it.
 pub type PrivateKeyPem = Secret<PrivateKeyKind>;
+/// The HMAC key of the approvals webhook (`approvals.webhook_secret_file`).
+pub type SigningSecret = Secret<SigningSecretKind>;
 
 impl<K> Secret<K> {
     /// Wraps `value`; from here on it is redacted under `Debug` and wiped on drop.

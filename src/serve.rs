@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
+use crate::approval::{Announcer, Ledger, Silent, webhook};
 use crate::audit::Audit;
 use crate::broker::{Broker, Parts, Snapshot};
 use crate::catalog::Catalog;
@@ -128,6 +129,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         store,
         tls: _,
         rate_limits,
+        approvals,
         telemetry: _,
         log: _,
     } = config;
@@ -145,13 +147,26 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         client_auth,
     };
     let snapshot = snapshot(reloadable, &keyring, &metrics);
-    let (store, audit): (Arc<dyn Store>, Audit) = match &store {
-        None => (Arc::new(MemoryStore::new()), Audit::log_only()),
+    // One store behind both ports: the revocation list and the approvals ledger.
+    let (store, ledger, audit): (Arc<dyn Store>, Arc<dyn Ledger>, Audit) = match &store {
+        None => {
+            let store = Arc::new(MemoryStore::new());
+            (store.clone(), store, Audit::log_only())
+        }
         Some(settings) => {
-            let store = RedisStore::connect_with_lag_histogram(settings, Some(metrics.mirror_lag.clone()))?;
+            let store = Arc::new(RedisStore::connect_with_lag_histogram(settings, Some(metrics.mirror_lag.clone()))?);
             let (audit, events) = Audit::with_stream(metrics.clone());
             crate::audit::stream::spawn_writer(settings, events, metrics.audit_dropped.clone())?;
-            (Arc::new(store), audit)
+            (store.clone(), store, audit)
+        }
+    };
+    // The webhook's delivery task ends when the broker (holding its queue) is dropped.
+    let announcer: Arc<dyn Announcer> = match approvals.webhook {
+        None => Arc::new(Silent),
+        Some((url, secret)) => {
+            let settings = webhook::Settings { url, secret, broker_issuer: broker_issuer.clone() };
+            let (webhook, _task) = webhook::spawn(settings, metrics.clone())?;
+            webhook
         }
     };
     Ok(Broker::new(Parts {
@@ -164,6 +179,9 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         dpop,
         store,
         rate_limits,
+        ledger,
+        announcer,
+        approvals: approvals.settings,
         audit: Arc::new(audit),
         metrics,
         slots: crate::load::Slots::new(server.max_concurrent_requests, server.max_queue_wait, server.request_timeout),

@@ -59,6 +59,8 @@ pub struct AuditEvent {
     pub(crate) policies: String,
     /// The task.
     pub(crate) task_id: String,
+    /// The step-up approval the event concerns (an exchange it granted or left pending, or a step of it).
+    pub(crate) approval_id: String,
     /// The token issued, introspected or revoked.
     pub(crate) jti: String,
     /// The token's expiry, or when a revocation expires (Unix seconds).
@@ -99,6 +101,7 @@ impl AuditEvent {
             ("details_granted", self.details_granted.clone()),
             ("policies", self.policies.clone()),
             ("task_id", self.task_id.clone()),
+            ("approval_id", self.approval_id.clone()),
             ("jti", self.jti.clone()),
             ("exp", self.exp.to_string()),
             ("trace_id", self.trace_id.clone()),
@@ -126,6 +129,7 @@ impl AuditEvent {
                 "details_granted" => e.details_granted = v,
                 "policies" => e.policies = v,
                 "task_id" => e.task_id = v,
+                "approval_id" => e.approval_id = v,
                 "jti" => e.jti = v,
                 "exp" => e.exp = v.parse().unwrap_or_default(),
                 "trace_id" => e.trace_id = v,
@@ -187,6 +191,7 @@ impl Audit {
             details_granted = e.details_granted.as_str(),
             policies = e.policies.as_str(),
             task_id = e.task_id.as_str(),
+            approval_id = e.approval_id.as_str(),
             jti = e.jti.as_str(),
             exp = e.exp,
             trace_id = %e.trace_id,

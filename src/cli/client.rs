@@ -135,8 +135,15 @@ pub(super) fn form_encode(value: &str) -> String {
 /// retry can succeed (a rate limit's `RetryInfo`), so scripts can back off exactly that long.
 fn print_status(status: &tonic::Status) -> Result<ExitCode, String> {
     use tonic_types::StatusExt as _;
-    let error = status.get_details_error_info().map(|i| i.reason).unwrap_or_else(|| status.code().to_string());
+    let info = status.get_details_error_info();
+    let error = info.as_ref().map(|i| i.reason.clone()).unwrap_or_else(|| status.code().to_string());
     let mut json = serde_json::json!({ "error": error, "error_description": status.message(), "grpc_status": status.code() as i32 });
+    // authorization_pending names its approval: what to poll (`tessera approval ID`) and hand an approver.
+    for key in ["approval_id", "approval_uri", "interval"] {
+        if let Some(value) = info.as_ref().and_then(|i| i.metadata.get(key)) {
+            json[key] = value.parse::<u64>().map_or_else(|_| value.clone().into(), Into::into);
+        }
+    }
     if let Some(wait) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
         json["retry_after_ms"] = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).into();
     }
@@ -367,6 +374,63 @@ pub(super) async fn resume(
     let request = client.request(pb::ResumeRequest { target: Some(target), reason })?;
     match client.connect().await?.resume(request).await {
         Ok(response) => print_json(&serde_json::json!({ "resumed": response.into_inner().kind })),
+        Err(status) => print_status(&status),
+    }
+}
+
+/// An approval as JSON (the same fields as the HTTP face's `GET /approvals/{id}`).
+fn approval_json(a: pb::Approval) -> serde_json::Value {
+    let named = |s: pb::Subject| serde_json::json!({ "iss": s.issuer, "sub": s.sub });
+    let mut json = serde_json::json!({
+        "approval_id": a.approval_id,
+        "status": a.status,
+        "client_id": a.client_id,
+        "subject": a.subject.map(named),
+        "actors": a.actors.into_iter().map(named).collect::<Vec<_>>(),
+        "audience": a.audience,
+        "scope": a.scope,
+        "approval_scope": a.approval_scope,
+        "task_id": a.task_id,
+        "reasons": a.reasons,
+        "policies": a.policies,
+        "created_at": a.created_at,
+        "expires_at": a.expires_at,
+    });
+    let details = serde_json::from_str::<serde_json::Value>(&a.authorization_details).ok();
+    let optional = [
+        ("authorization_details", details),
+        ("session_id", (!a.session_id.is_empty()).then(|| a.session_id.into())),
+        ("purpose", (!a.purpose.is_empty()).then(|| a.purpose.into())),
+        ("decided_by", (!a.decided_by.is_empty()).then(|| a.decided_by.into())),
+        ("decided_at", (a.decided_at > 0).then(|| a.decided_at.into())),
+        ("decision_reason", (!a.decision_reason.is_empty()).then(|| a.decision_reason.into())),
+        ("used_at", (a.used_at > 0).then(|| a.used_at.into())),
+        ("jti", (!a.jti.is_empty()).then(|| a.jti.into())),
+    ];
+    for (key, value) in optional {
+        if let Some(value) = value {
+            json[key] = value;
+        }
+    }
+    json
+}
+
+/// `tessera approval ID`: an approval's record and state.
+pub(super) async fn approval(id: String, client: ClientArgs) -> Result<ExitCode, String> {
+    let request = client.request(pb::GetApprovalRequest { approval_id: id })?;
+    match client.connect().await?.get_approval(request).await {
+        Ok(response) => print_json(&approval_json(response.into_inner())),
+        Err(status) => print_status(&status),
+    }
+}
+
+/// `tessera approve ID` / `tessera deny ID`: an approver's decision.
+pub(super) async fn decide(id: String, approve: bool, reason: String, client: ClientArgs) -> Result<ExitCode, String> {
+    let request = client.request(pb::DecideApprovalRequest { approval_id: id, reason })?;
+    let mut broker = client.connect().await?;
+    let answer = if approve { broker.approve(request).await } else { broker.deny(request).await };
+    match answer {
+        Ok(response) => print_json(&approval_json(response.into_inner())),
         Err(status) => print_status(&status),
     }
 }

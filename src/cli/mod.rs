@@ -89,6 +89,34 @@ enum Command {
     /// Exchange a subject token (and optionally an actor token) for a narrower token; prints the RFC 8693
     /// response as JSON.
     Exchange(Box<ExchangeArgs>),
+    /// Show a step-up approval (what was asked, why, where it stands); prints JSON. For its requester or an
+    /// approver.
+    Approval {
+        /// The approval id an `authorization_pending` answer named.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Approve a pending step-up approval (approvers only): the identical exchange retried then succeeds once.
+    Approve {
+        /// The approval id an `authorization_pending` answer named.
+        id: String,
+        /// Recorded in the approval and the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deny a pending step-up approval (approvers only): the identical exchange stays refused.
+    Deny {
+        /// The approval id an `authorization_pending` answer named.
+        id: String,
+        /// Recorded in the approval and the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print the audit trail from the Redis stream (oldest first, JSON lines): which agent got which
     /// credential for a task, when, and what happened to it.
     Audit {
@@ -191,6 +219,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Resume { target, issuer, reason, client } => {
             runtime()?.block_on(client::resume(target, issuer, reason, client))
         }
+        Command::Approval { id, client } => runtime()?.block_on(client::approval(id, client)),
+        Command::Approve { id, reason, client } => runtime()?.block_on(client::decide(id, true, reason, client)),
+        Command::Deny { id, reason, client } => runtime()?.block_on(client::decide(id, false, reason, client)),
         Command::Audit { redis_url, task, sub, jti } => {
             runtime()?.block_on(tools::audit(&redis_url, tessera::audit::Filter { task_id: task, sub, jti }))
         }

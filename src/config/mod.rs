@@ -7,6 +7,7 @@
 //! (every key in docs/config.md): [`server`], [`broker`], [`keys`] (`[signing]`, `[policy]`), [`issuers`],
 //! [`audiences`], [`clients`], [`routes`], [`store`], [`tls`], [`rate_limits`], [`telemetry`], [`log`].
 
+pub mod approvals;
 pub mod audiences;
 pub mod broker;
 pub mod clients;
@@ -26,6 +27,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+pub use approvals::{ApprovalsBuilder, ApprovalsConfig};
 pub use audiences::AudienceBuilder;
 pub use broker::{BrokerBuilder, DEFAULT_BROKER_LEEWAY, DEFAULT_TASK_REVOCATION_RETENTION, MAX_LEEWAY};
 pub use clients::ClientBuilder;
@@ -77,6 +79,8 @@ pub struct ConfigBuilder {
     pub tls: TlsBuilder,
     /// `[rate_limits]`: exchanges per client, principal and task (default: off).
     pub rate_limits: RateLimitsBuilder,
+    /// `[approvals]`: step-up approvals' lifetimes and webhook (defaults: no webhook).
+    pub approvals: ApprovalsBuilder,
     /// `[telemetry]`: OTLP export and the Prometheus endpoint.
     pub telemetry: TelemetryBuilder,
     /// `[log]`: log format and level.
@@ -123,6 +127,8 @@ pub struct Config {
     pub tls: Option<crate::net::tls::TlsConfig>,
     /// The rate limits on `ExchangeToken` (each off unless configured).
     pub rate_limits: RateLimits,
+    /// Step-up approvals: lifetimes, poll interval, webhook.
+    pub approvals: ApprovalsConfig,
     /// Tracing and metrics export.
     pub telemetry: TelemetryConfig,
     /// Log format and level.
@@ -155,8 +161,8 @@ impl Context<'_> {
 /// reload on their own), rate limits, telemetry and logging. A reload that changes one of them is refused
 /// whole (the section must be applied by a restart), so what is in force is always one config that passed
 /// validation in full, never a mix of two.
-pub const FIXED_SECTIONS: [&str; 8] =
-    ["server", "broker", "signing", "store", "tls", "rate_limits", "telemetry", "log"];
+pub const FIXED_SECTIONS: [&str; 9] =
+    ["server", "broker", "signing", "store", "tls", "rate_limits", "approvals", "telemetry", "log"];
 
 /// The `[broker]` keys a reload does take: they shape the catalog (task tokens' lifetime, who may introspect
 /// them) and the clients (how they may authenticate), which are rebuilt on every reload.
@@ -232,6 +238,7 @@ impl ConfigBuilder {
             .chain(issuers.flatten())
             .chain(tls.into_iter().flatten())
             .chain(self.telemetry.otlp_ca_file.as_deref())
+            .chain(self.approvals.webhook_secret_file.as_deref())
             .chain(
                 self.audiences
                     .iter()
@@ -266,6 +273,7 @@ impl ConfigBuilder {
             problems.push("clients: tls_identities need [tls] with client_ca_file".into());
         }
         let rate_limits = self.rate_limits.build(&mut problems);
+        let approvals = self.approvals.build(&cx, &mut problems);
         let log = self.log.build(&mut problems);
         let telemetry = self.telemetry.build(&cx, &mut problems);
         match policy {
@@ -288,6 +296,7 @@ impl ConfigBuilder {
                 store,
                 tls,
                 rate_limits,
+                approvals,
                 telemetry,
                 log,
             }),

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -63,6 +63,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/oauth2/revoke", post(revoke))
         .route("/oauth2/suspend", post(suspend))
         .route("/oauth2/resume", post(resume))
+        .route("/approvals/{id}", get(approval))
+        .route("/approvals/{id}/approve", post(approve))
+        .route("/approvals/{id}/deny", post(deny))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         // A body past the limit is refused before it is read in full.
@@ -145,8 +148,19 @@ async fn caller<'b>(
     broker: &'b Current<'_>,
     headers: &HeaderMap,
     form: &Form,
-    Peer(peer, certificate): &Peer,
+    peer: &Peer,
     rpc: Rpc,
+) -> Result<Caller<'b>, Error> {
+    caller_for(broker, headers, form, peer, &[rpc]).await
+}
+
+/// As [`caller`], for a call any of `rpcs` allows.
+async fn caller_for<'b>(
+    broker: &'b Current<'_>,
+    headers: &HeaderMap,
+    form: &Form,
+    Peer(peer, certificate): &Peer,
+    rpcs: &[Rpc],
 ) -> Result<Caller<'b>, Error> {
     let authorization = match headers.get(header::AUTHORIZATION) {
         None => None,
@@ -161,7 +175,7 @@ async fn caller<'b>(
         peer_is_loopback: peer.ip().is_loopback(),
     };
     let credentials = Credentials::from_presented(&presented)?.over(certificate.clone());
-    broker.authenticate(&credentials, rpc, now()).await
+    broker.authenticate_for(&credentials, rpcs, now()).await
 }
 
 /// The body, or `invalid_request` when it could not be read (larger than the limit, or cut short).
@@ -189,12 +203,19 @@ pub(super) async fn within_limits(
 /// An RFC 6749 §5.2 error response, with the status its code names. A rate limit says in `Retry-After`
 /// (RFC 9110 §10.2.3, whole seconds, rounded up) when a retry can be admitted; a shed or unavailable broker
 /// says 1.
-fn error_response(error: Error) -> Response {
-    let Error { code, description, retry_after } = error;
+///
+/// `authorization_pending` also names its approval (`approval_id`, `approval_uri`, and the RFC 8628 §3.5
+/// `interval` to poll at).
+pub(super) fn error_response(error: Error) -> Response {
+    let Error { code, description, retry_after, approval } = error;
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response =
-        (status, no_store(), axum::Json(json!({ "error": code.as_str(), "error_description": description })))
-            .into_response();
+    let mut body = json!({ "error": code.as_str(), "error_description": description });
+    if let (Some(pending), Some(fields)) = (approval, body.as_object_mut()) {
+        fields.insert("approval_id".into(), pending.approval_id.into());
+        fields.insert("approval_uri".into(), pending.approval_uri.into());
+        fields.insert("interval".into(), pending.interval.into());
+    }
+    let mut response = (status, no_store(), axum::Json(body)).into_response();
     let headers = response.headers_mut();
     match code {
         ErrorCode::InvalidClient => {
@@ -486,6 +507,81 @@ async fn resume(
     }
     .await;
     answer(result)
+}
+
+/// A step-up approval as JSON: its record, with `status` as of now (`expired` once past `expires_at`).
+fn approval_json(approval: crate::approval::Approval) -> Result<Value, Error> {
+    let state = approval.state(now());
+    let mut body = serde_json::to_value(approval).map_err(|e| Error::internal(format!("approval: {e}")))?;
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("status".into(), state.into());
+    }
+    Ok(body)
+}
+
+/// The approval id of the path; one that does not decode is `invalid_request`.
+fn approval_id(id: Result<Path<String>, PathRejection>) -> Result<String, Error> {
+    id.map(|Path(id)| id).map_err(|_| Error::invalid_request("approval_id is not an approval id"))
+}
+
+/// `GET /approvals/{id}`: the requester (its own exchange's approval) or an approver polls it. Credentials
+/// as on every endpoint (Basic, mTLS, the loopback client); a GET has no form for client assertions.
+async fn approval(
+    State(broker): State<Arc<Broker>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let id = approval_id(id)?;
+        let current = broker.current();
+        let client = caller_for(&current, &headers, &Form(Vec::new()), &peer, &[Rpc::Exchange, Rpc::Approve]).await?;
+        approval_json(current.approval(client, &id, now()).await?)
+    }
+    .await;
+    answer(result)
+}
+
+/// `POST /approvals/{id}/approve` and `/deny`: an approver's decision, with an optional `reason` in the
+/// form (an empty body is an empty form).
+async fn decide(
+    broker: Arc<Broker>,
+    peer: Peer,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    verdict: crate::approval::Verdict,
+) -> Response {
+    let result = async {
+        let id = approval_id(id)?;
+        let body = read(body)?;
+        let form = if body.is_empty() { Form(Vec::new()) } else { Form::parse(&headers, &body)? };
+        let current = broker.current();
+        let client = caller(&current, &headers, &form, &peer, Rpc::Approve).await?;
+        approval_json(current.decide_approval(client, &id, verdict, &form.text("reason")?, now()).await?)
+    }
+    .await;
+    answer(result)
+}
+
+async fn approve(
+    State(broker): State<Arc<Broker>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    decide(broker, peer, id, headers, body, crate::approval::Verdict::Approve).await
+}
+
+async fn deny(
+    State(broker): State<Arc<Broker>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    decide(broker, peer, id, headers, body, crate::approval::Verdict::Deny).await
 }
 
 async fn jwks(State(broker): State<Arc<Broker>>) -> Response {

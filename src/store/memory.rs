@@ -139,6 +139,8 @@ impl Buckets {
 pub struct MemoryStore {
     list: RwLock<RevocationList>,
     buckets: Mutex<Buckets>,
+    /// The approvals ledger: record and binding keys → (value, expires_at).
+    approvals: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl MemoryStore {
@@ -249,6 +251,91 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, Admission> {
         Box::pin(std::future::ready(self.admit_now(keys, spends, limits, now, now_ms)))
     }
+}
+
+/// The approvals ledger in memory: each call holds the one lock for its whole compare-and-set, and every
+/// write forgets what has expired (approvals are few: a scan is cheap, and the map stays as small as the live
+/// set).
+impl crate::approval::Ledger for MemoryStore {
+    fn open<'a>(
+        &'a self,
+        binding: &'a str,
+        id: &'a str,
+        record: &'a str,
+        expires_at: u64,
+        now: u64,
+    ) -> StoreFuture<'a, Option<String>> {
+        let result = self.approvals.lock().map_err(poisoned).map(|mut map| {
+            map.retain(|_, (_, exp)| *exp > now);
+            let (b, r) = (approval_binding_key(binding), approval_record_key(id));
+            if let Some((held, _)) = map.get(&b) {
+                return Some(held.clone());
+            }
+            map.insert(b, (id.to_string(), expires_at));
+            map.insert(r, (record.to_string(), expires_at));
+            None
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn load<'a>(&'a self, id: &'a str, now: u64) -> StoreFuture<'a, Option<String>> {
+        let result = self
+            .approvals
+            .lock()
+            .map_err(poisoned)
+            .map(|map| map.get(&approval_record_key(id)).filter(|(_, exp)| *exp > now).map(|(v, _)| v.clone()));
+        Box::pin(std::future::ready(result))
+    }
+
+    fn swap<'a>(
+        &'a self,
+        id: &'a str,
+        binding: &'a str,
+        expected: &'a str,
+        record: &'a str,
+        expires_at: u64,
+        keep_binding: bool,
+        now: u64,
+    ) -> StoreFuture<'a, bool> {
+        let result = self.approvals.lock().map_err(poisoned).map(|mut map| {
+            map.retain(|_, (_, exp)| *exp > now);
+            let r = approval_record_key(id);
+            if map.get(&r).map(|(v, _)| v.as_str()) != Some(expected) {
+                return false;
+            }
+            map.insert(r, (record.to_string(), expires_at));
+            let b = approval_binding_key(binding);
+            if map.get(&b).is_some_and(|(held, _)| held == id) {
+                if keep_binding {
+                    map.insert(b, (id.to_string(), expires_at));
+                } else {
+                    map.remove(&b);
+                }
+            }
+            true
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn release<'a>(&'a self, binding: &'a str, id: &'a str, _now: u64) -> StoreFuture<'a, ()> {
+        let result = self.approvals.lock().map_err(poisoned).map(|mut map| {
+            let b = approval_binding_key(binding);
+            if map.get(&b).is_some_and(|(held, _)| held == id) {
+                map.remove(&b);
+            }
+        });
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// The store key of an approval's binding (its digest → its id).
+pub(crate) fn approval_binding_key(digest: &str) -> String {
+    format!("{{tessera}}:appr:b:{digest}")
+}
+
+/// The store key of an approval's record.
+pub(crate) fn approval_record_key(id: &str) -> String {
+    format!("{{tessera}}:appr:r:{id}")
 }
 
 #[cfg(test)]

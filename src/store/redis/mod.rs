@@ -6,6 +6,7 @@
 //! that does not answer within the timeout fails the lookup, and the broker fails closed. Connections:
 //! `conn`.
 
+mod approvals;
 mod conn;
 mod mirror;
 
