@@ -323,7 +323,8 @@ impl Exchange<'_> {
                 session_id: session_id.as_deref(),
                 purpose: (!req.purpose.is_empty()).then_some(req.purpose.as_str()),
             };
-            let id = self.approvals.require(&binding, Draft { needed }, &jti, now).await?;
+            let id =
+                self.approvals.require(&binding, Draft { needed, scope: requested.to_string() }, &jti, now).await?;
             trail.approval(&id);
         }
         let claims = AccessClaims {

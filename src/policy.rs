@@ -733,4 +733,35 @@ mod tests {
                 .unwrap_err();
         assert!(typed.iter().any(|p| p.contains("typo")), "validation names the policy by its @id: {typed:?}");
     }
+
+    #[test]
+    fn approval_annotations_mark_grants_that_wait_for_a_human() {
+        let policy = Policy::new(
+            r#"
+            @id("read") permit (principal, action, resource) when { context.scope == "crm:read" };
+            @id("export") @approval("exports need a supervisor")
+            permit (principal, action, resource) when { context.scope == "crm:export" || context.scope == "crm:write" };
+            @id("write") permit (principal, action, resource) when { context.scope == "crm:write" };
+            "#,
+        )
+        .unwrap();
+        let principal = principal("kubernetes", "agents");
+        let labels = Labels::default();
+        let q = question(&principal, 0, &crm_scopes(), &labels);
+        let decisions = policy.decide(&q, &Scopes::parse("crm:read crm:export crm:write").unwrap()).unwrap();
+        let approval: Vec<(&str, &[String])> = decisions.iter().map(|d| (d.scope.as_str(), &d.approval[..])).collect();
+        assert_eq!(approval[0], ("crm:read", &[][..]));
+        assert_eq!(approval[1], ("crm:export", &["exports need a supervisor".to_string()][..]));
+        // Another permit without the annotation grants outright.
+        assert_eq!(approval[2], ("crm:write", &[][..]));
+        assert_eq!(decisions[1].summary(), "crm:export=approval:export");
+
+        for (source, expected) in [
+            (r#"@id("f") @approval("why") forbid (principal, action, resource);"#, "marks a `permit`"),
+            (r#"@id("p") @approval("") permit (principal, action, resource);"#, "needs a reason"),
+        ] {
+            let problems = Policy::new(source).unwrap_err().join("\n");
+            assert!(problems.contains(expected), "{problems}");
+        }
+    }
 }

@@ -467,6 +467,8 @@ impl Approvals<'_> {
 pub struct Draft {
     /// What needs approval, and why.
     pub needed: Needed,
+    /// The requested scopes as asked (space-separated, in request order).
+    pub scope: String,
 }
 
 impl Draft {
@@ -479,7 +481,7 @@ impl Draft {
             subject: b.subject.clone(),
             actors: b.actors.clone(),
             audience: b.audience.to_string(),
-            scope: b.scope.join(" "),
+            scope: self.scope.clone(),
             approval_scope: self.needed.scopes.join(" "),
             authorization_details: b.authorization_details.clone(),
             task_id: b.task_id.to_string(),

@@ -3,6 +3,7 @@
 // Support modules are shared across the suite's modules; `pub` there is for them, not for another crate.
 #![allow(unreachable_pub)]
 
+mod approvals;
 mod attacks;
 mod bad_input;
 mod cli;
