@@ -129,6 +129,13 @@ pub fn config(
     builder.build(Path::new(""))
 }
 
+/// The dev issuer's public JWK Set (`tessera dev jwks`), generating its key first if it does not exist: so a
+/// config file's `[[issuers]]` entry can trust what `tessera dev assertion` signs (docs/approvals.md).
+pub fn issuer_jwks(dir: &Path) -> Result<String, String> {
+    let (key, _) = key(dir, ISSUER_KEY_FILE)?;
+    serde_json::to_string_pretty(&JwkSet { keys: vec![key.jwk().clone()] }).map_err(|e| e.to_string())
+}
+
 /// Mints an assertion from the dev issuer (`tessera dev assertion`), as of `now`.
 pub fn assertion(dir: &Path, sub: &str, scope: Option<&str>, ttl: u64, now: u64) -> Result<String, String> {
     let path = dir.join(ISSUER_KEY_FILE);

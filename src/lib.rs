@@ -27,6 +27,8 @@
 //!   key thumbprints sender-constrained tokens carry in `cnf`.
 //! - [`scopes`]: scope sets (RFC 6749 §3.3), parsed once by one rule wherever they come from.
 //! - [`policy`]: the Cedar policy engine, consulted per scope.
+//! - [`approval`]: step-up approvals — a grant policy marks `@approval` waits for a human; the
+//!   [`approval::Ledger`] port keeps requests and decisions where every replica sees them.
 //! - [`rar`]: RFC 9396 `authorization_details` — their wire form, the catalog's detail types and schemas, and
 //!   the one rule by which they narrow.
 //! - [`catalog`]: the audiences tokens are issued for, their scopes and maximum lifetimes.
@@ -38,7 +40,8 @@
 //!
 //! **Infrastructure** — behind the ports:
 //! - [`store`]: the revocation stores (embedded; Redis strict or mirrored by pub/sub, standalone or Cluster).
-//! - [`issuer::jwks`]: the JWKS fetcher (files, URLs); [`audit::stream`]: the Redis audit stream.
+//! - [`issuer::jwks`]: the JWKS fetcher (files, URLs); [`audit::stream`]: the Redis audit stream;
+//!   [`approval::webhook`]: the signed webhook announcing approval requests.
 //! - [`telemetry`]: tracing and OpenTelemetry export (OTLP, Prometheus).
 //!
 //! **Faces** — thin adapters: [`grpc`] (`tessera.v1.TokenBroker`); [`http`]: the plain-OAuth endpoints

@@ -180,6 +180,13 @@ enum DevCommand {
         #[arg(long, env = "TESSERA_DEV_DIR", default_value = dev::DEV_DIR)]
         dev_dir: PathBuf,
     },
+    /// Print the dev issuer's public JWK Set (generating its key if needed), for a config file's
+    /// `[[issuers]] jwks_file` that should trust `tessera dev assertion`: issuer `https://dev-issuer.tessera.localhost`,
+    /// audience `https://tessera.localhost`.
+    Jwks {
+        #[arg(long, env = "TESSERA_DEV_DIR", default_value = dev::DEV_DIR)]
+        dev_dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -230,6 +237,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Policy { command: PolicyCommand::Check(args) } => tools::policy_check(&args),
         Command::Dev { command: DevCommand::Assertion { sub, scope, ttl, dev_dir } } => {
             tools::dev_assertion(&dev_dir, &sub, scope.as_deref(), ttl)
+        }
+        Command::Dev { command: DevCommand::Jwks { dev_dir } } => {
+            println!("{}", dev::issuer_jwks(&dev_dir)?);
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -344,6 +344,10 @@ fn print_explained(policy: &str, e: &Explained) {
     let width = e.decisions.iter().map(|d| d.scope.len()).max().unwrap_or(0);
     for d in &e.decisions {
         let (word, why) = match (d.allowed, d.errors.is_empty(), d.policies.is_empty()) {
+            (true, _, _) if !d.approval.is_empty() => (
+                "allow",
+                format!("permitted by {} once a human approves: {}", d.policies.join(", "), d.approval.join("; ")),
+            ),
             (true, _, _) => ("allow", format!("permitted by {}", d.policies.join(", "))),
             (false, false, _) => ("deny", format!("evaluation error: {}", d.errors.join("; "))),
             (false, true, true) => ("deny", "no policy permits it".to_string()),
@@ -352,7 +356,11 @@ fn print_explained(policy: &str, e: &Explained) {
         println!("{:width$}  {word:5}  {why}", d.scope);
     }
     let denied = e.decisions.iter().filter(|d| !d.allowed).count();
+    let waiting = e.decisions.iter().filter(|d| d.allowed && !d.approval.is_empty()).count();
     let verdict = match (denied, e.grant) {
+        (n, _) if waiting > 0 && n < e.decisions.len() && (n == 0 || e.grant == Grant::Partial) => {
+            "the exchange would wait for a human's approval: authorization_pending".to_string()
+        }
         (0, _) => "every scope would be granted".to_string(),
         (n, _) if n == e.decisions.len() => "the exchange would be refused: invalid_scope".to_string(),
         (_, Grant::Strict) => "the exchange would be refused (strict audience): invalid_scope".to_string(),

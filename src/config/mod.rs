@@ -409,6 +409,34 @@ mod tests {
         builder.build(Path::new(".")).unwrap_err().0.join("\n")
     }
 
+    #[test]
+    fn approvals_settings_are_bounded_and_the_webhook_needs_its_key() {
+        let all = problems(
+            r#"
+            [approvals]
+            pending_ttl = 0
+            denial_ttl = 100000
+            webhook_url = "http://approvals.example.com/hook"
+            webhook_secret_file = "/nonexistent/webhook.key"
+            "#,
+        );
+        for expected in [
+            "approvals.pending_ttl must be between 1 and 86400 seconds",
+            "approvals.denial_ttl must be between 1 and 86400 seconds",
+            "approvals.webhook_url must be an https:// URL (http:// only on loopback)",
+            "approvals.webhook_secret_file /nonexistent/webhook.key",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("short.key"), "too short").unwrap();
+        let toml = "[approvals]\nwebhook_url = \"http://127.0.0.1:9/hook\"\nwebhook_secret_file = \"short.key\"\n";
+        let builder: ConfigBuilder = Figment::new().merge(Toml::string(toml)).extract().unwrap();
+        let all = builder.build(dir.path()).unwrap_err().0.join("\n");
+        assert!(all.contains("at least 32 bytes") && !all.contains("webhook_url"), "{all}");
+        assert!(problems("[approvals]\nwebhook_url = \"https://a.example/h\"\n").contains("go together"));
+    }
+
     const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","alg":"EdDSA","kid":"k"}]}"#;
 
     #[test]

@@ -433,3 +433,80 @@ when {
     assert_eq!(granted[0]["actions"], serde_json::json!(["read", "write"]));
     assert_eq!(granted[0]["identifier"], "1234");
 }
+
+/// docs/approvals.md's walkthrough, on the files of examples/approvals/ in a fresh folder, as written there.
+#[tokio::test]
+async fn the_escalation_example_runs_as_docs_approvals_md_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/approvals");
+    for entry in std::fs::read_dir(&example).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let run = |args: &[&str]| {
+        let output = tessera().args(args).current_dir(dir.path()).env_remove("TESSERA_DEV_DIR").output().unwrap();
+        assert!(output.status.success(), "tessera {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    std::fs::write(dir.path().join("dev-issuer.jwks.json"), run(&["dev", "jwks"])).unwrap();
+    run(&["keygen", "--out", "signing.pem"]);
+    assert!(run(&["config", "check", "tessera.toml"]).contains("ok"));
+    let explained = run(&[
+        "policy",
+        "check",
+        "--config",
+        "tessera.toml",
+        "--principal",
+        "dev:support-agent",
+        "--audience",
+        CRM,
+        "--scope",
+        "crm:read crm:export",
+        "--task-id",
+        "ticket-77",
+    ]);
+    assert!(explained.contains("=> the exchange would wait for a human's approval"), "{explained}");
+
+    let config = dir.path().join("tessera.toml");
+    let server = Serving::start(&["--config", config.to_str().unwrap()], |c| {
+        c.current_dir(dir.path()).env("TESSERA__LOG__LEVEL", "info").env_remove("RUST_LOG");
+    });
+    let exchange = |task: &str| {
+        let assertion = run(&["dev", "assertion", "--sub", "support-agent"]);
+        form(&[
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token", assertion.trim()),
+            ("subject_token_type", JWT),
+            ("audience", CRM),
+            ("scope", "crm:read crm:export"),
+            ("task_id", task),
+        ])
+    };
+    let token_url = format!("http://{}/oauth2/token", server.http);
+    let desk = |body: String| {
+        reqwest::Client::new()
+            .post(token_url.clone())
+            .basic_auth("support-desk", Some("desk-secret-change-me"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let pending: serde_json::Value = desk(exchange("ticket-77")).await.unwrap().json().await.unwrap();
+    assert_eq!(pending["error"], "authorization_pending", "{pending}");
+    let id = pending["approval_id"].as_str().unwrap();
+    let approve = |who: &str, secret: &str| {
+        tessera()
+            .args(["approve", id, "--addr", &server.url(), "--as-client", who, "--client-secret", secret])
+            .output()
+            .unwrap()
+    };
+    assert!(!approve("support-desk", "desk-secret-change-me").status.success(), "the desk cannot approve");
+    let approved = approve("supervisor-console", "supervisor-secret-change-me");
+    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    let issued = desk(exchange("ticket-77")).await.unwrap();
+    assert_eq!(issued.status(), 200);
+    let issued: serde_json::Value = issued.json().await.unwrap();
+    assert_eq!(issued["scope"], "crm:read crm:export");
+    let again: serde_json::Value = desk(exchange("ticket-77")).await.unwrap().json().await.unwrap();
+    assert_eq!(again["error"], "authorization_pending", "approved once, granted once");
+}
