@@ -142,7 +142,7 @@ def test_default_values_meet_the_schema(chart):
 
 
 # Where each volume is mounted in the pod, relative to /etc/tessera (tessera.toml is in config/).
-MOUNTS = {"config": "config", "signing-keys": "keys", "tls": "tls", "client-ca": "client-ca"}
+MOUNTS = {"config": "config", "signing-keys": "keys", "tls": "tls", "client-ca": "client-ca", "approvals-webhook": "approvals"}
 
 
 def lay_out(tmp_path: Path, rendered: Rendered, keys, pki=None) -> Path:
@@ -166,6 +166,10 @@ def lay_out(tmp_path: Path, rendered: Rendered, keys, pki=None) -> Path:
         source = volumes["client-ca"].get("secret") or volumes["client-ca"]["configMap"]
         for item in source["items"]:
             (tmp_path / "client-ca" / item["path"]).write_text(pki["client-ca.crt"])
+    if "approvals-webhook" in volumes:
+        (tmp_path / "approvals").mkdir()
+        for item in volumes["approvals-webhook"]["secret"]["items"]:
+            (tmp_path / "approvals" / item["path"]).write_text("an HMAC key of at least thirty-two bytes, for the check")
     secret_name = volumes["signing-keys"]["secret"]["secretName"]
     items = [item["path"] for item in volumes["signing-keys"]["secret"]["items"]]
     chart_secrets = [s for s in rendered.all("Secret") if s["metadata"]["name"] == secret_name]
@@ -244,6 +248,26 @@ def test_rendered_toml_mirrors_the_values(rendered, keys):
     # Without rate limits in the values, the config has no [rate_limits] table (every limit off).
     assert "rate_limits" not in tomllib.loads(rendered["minimal"].one("ConfigMap")["data"]["tessera.toml"])
     assert json.loads(data["kubernetes-jwks.json"]) == json.loads(values["files"]["kubernetes-jwks.json"])
+
+
+def test_approvals_render_their_section_and_mount_the_webhook_key(rendered):
+    r = rendered["approvals"]
+    toml = tomllib.loads(r.one("ConfigMap")["data"]["tessera.toml"])
+    assert toml["approvals"] == {
+        "pending_ttl": 600,
+        "approved_ttl": 120,
+        "webhook_url": "https://approvals.example.com/hooks/tessera",
+        "webhook_secret_file": "../approvals/hmac.key",
+    }
+    mounts = {m["name"]: m for m in r.container["volumeMounts"]}
+    assert mounts["approvals-webhook"] == {"name": "approvals-webhook", "mountPath": "/etc/tessera/approvals", "readOnly": True}
+    volume = {v["name"]: v for v in r.pod["spec"]["volumes"]}["approvals-webhook"]["secret"]
+    assert volume["secretName"] == "tessera-approvals-webhook"
+    assert volume["items"] == [{"key": "hmac.key", "path": "hmac.key"}]
+    # Without approvals in the values: no section, no volume.
+    minimal = rendered["minimal"]
+    assert "approvals" not in tomllib.loads(minimal.one("ConfigMap")["data"]["tessera.toml"])
+    assert "approvals-webhook" not in {v["name"] for v in minimal.pod["spec"]["volumes"]}
 
 
 def test_default_broker_issuer_is_the_service_url(rendered):

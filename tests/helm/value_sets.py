@@ -294,6 +294,21 @@ def hot_reload(keys) -> dict[str, Any]:
     }
 
 
+def approvals(keys) -> dict[str, Any]:
+    """Step-up approvals with their lifetimes and the signed webhook, its key from a Secret made outside the chart."""
+    return {
+        "signing": one_key(keys),
+        "config": {
+            "approvals": {
+                "pending_ttl": 600,
+                "approved_ttl": 120,
+                "webhook_url": "https://approvals.example.com/hooks/tessera",
+            },
+        },
+        "approvals": {"webhookSecret": {"name": "tessera-approvals-webhook", "key": "hmac.key"}},
+    }
+
+
 # Value sets that must render, validate against the Kubernetes schemas and pass yamllint.
 GOOD: dict[str, Callable[[Any], dict[str, Any]]] = {
     "minimal": minimal,
@@ -309,6 +324,7 @@ GOOD: dict[str, Callable[[Any], dict[str, Any]]] = {
     "tls-mtls-required": tls_mtls_required,
     "tls-client-ca-secret": tls_client_ca_secret,
     "hot-reload": hot_reload,
+    "approvals": approvals,
 }
 
 # The TLS value sets.
@@ -320,6 +336,10 @@ WITH_CONFIG = [name for name in GOOD if name != "dev-mode"]
 # Value sets the templates refuse (`fail`), with a part of the message the installer sees.
 REFUSED: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
     "defaults-without-signing-key": (lambda keys: {}, "tessera: no signing key"),
+    "approvals-webhook-without-its-secret": (
+        lambda keys: {"signing": one_key(keys), "config": {"approvals": {"webhook_url": "https://a.example/hook"}}},
+        "config.approvals.webhook_url needs approvals.webhookSecret.name",
+    ),
     "replicas-without-redis": (
         lambda keys: {"signing": one_key(keys), "replicaCount": 2},
         "replicaCount > 1 or autoscaling.enabled=true needs a shared Redis",

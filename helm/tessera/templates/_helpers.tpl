@@ -235,6 +235,15 @@ format = "json"
 [rate_limits]
 {{- include "tessera.tomlPairs" . }}
 {{- end }}
+{{- with .Values.config.approvals }}
+
+[approvals]
+{{- include "tessera.tomlPairs" . }}
+{{- if .webhook_url }}
+# The Secret {{ $.Values.approvals.webhookSecret.name }} is mounted at /etc/tessera/approvals.
+webhook_secret_file = {{ printf "../approvals/%s" $.Values.approvals.webhookSecret.key | toJson }}
+{{- end }}
+{{- end }}
 {{- if .Values.tls.enabled }}
 
 [tls]
@@ -293,6 +302,9 @@ Refuses unsafe or incomplete values with a message that says what to set. Includ
 */}}
 {{- define "tessera.validate" -}}
 {{- $v := .Values }}
+{{- if and $v.config.approvals.webhook_url (not $v.approvals.webhookSecret.name) }}
+{{- fail "tessera: config.approvals.webhook_url needs approvals.webhookSecret.name: the Secret holding the webhook's HMAC key" }}
+{{- end }}
 {{- $redis := include "tessera.redisMode" . }}
 {{- $ca := $v.tls.clientCa }}
 {{- $caSources := 0 }}
