@@ -20,6 +20,7 @@ mod policies;
 mod properties;
 mod rar;
 mod rate_limits;
+mod sdk;
 mod reload;
 mod revocation;
 mod store;
