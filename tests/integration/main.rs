@@ -20,6 +20,7 @@ mod policies;
 mod properties;
 mod rar;
 mod rate_limits;
+mod scenarios;
 mod sdk;
 mod reload;
 mod revocation;
