@@ -74,6 +74,7 @@ pub mod rar;
 pub mod ratelimit;
 pub mod revocation;
 pub mod scopes;
+pub mod sdk;
 pub mod secret;
 pub mod serve;
 pub mod store;

@@ -57,3 +57,195 @@ fn the_python_sdk_suite_passes_against_a_real_broker() {
     let summary = stdout.lines().rev().find(|l| l.contains(" passed")).unwrap_or_default().to_string();
     assert!(summary.contains(" passed") && !summary.contains("failed") && !summary.contains("skipped"), "{stdout}");
 }
+
+// The Rust client (`tessera::sdk`), the one the CLI's client commands are built on.
+mod rust {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tessera::sdk::resilience::{Backoff, BreakerState};
+    use tessera::sdk::verify::{Rejected, Verifier};
+    use tessera::sdk::{Broker, Config, Downstream, Exchange, RevokeTarget, SdkError};
+    use tessera::secret::Token;
+
+    use crate::support::*;
+
+    fn client(addr: impl std::fmt::Display) -> Broker {
+        Broker::new(Config::new(format!("http://{addr}"))).unwrap()
+    }
+
+    fn crm_read() -> Exchange {
+        Exchange::new(Token::new(k8s_assertion(600)), CRM, "crm:read")
+    }
+
+    #[tokio::test]
+    async fn exchange_caches_per_request_and_a_task_scope_revokes_every_token_of_the_task() {
+        let broker = TestBroker::start().await;
+        let sdk = client(broker.addr);
+        let (first, again) = sdk
+            .with_task("task-rust", "summarise case 1234", |task| async move {
+                let first = task.exchange(crm_read()).await.unwrap();
+                let again = task.exchange(crm_read()).await.unwrap();
+                let acted = task.exchange(crm_read().actor(Token::new(spiffe_assertion(600)))).await.unwrap();
+                assert!(!Arc::ptr_eq(&first, &acted), "another actor is another cache entry");
+                (first, again)
+            })
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the same request is served from the cache");
+        assert_eq!(decode(first.access_token.expose()).task_id, "task-rust");
+        // The scope ended: the task was revoked, so its tokens are inactive.
+        assert!(!sdk.introspect(&first.access_token).await.unwrap().active);
+        let refused = sdk.exchange_uncached(&crm_read().task("task-rust")).await.unwrap_err();
+        assert_eq!(refused.oauth_error(), Some("invalid_grant"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_typed_and_not_retried() {
+        let broker = TestBroker::start().await;
+        let sdk = client(broker.addr);
+        let error = sdk.exchange(&Exchange::new(Token::new(k8s_assertion(600)), CRM, "crm:admin").task("t")).await;
+        let error = error.unwrap_err();
+        assert_eq!(error.oauth_error(), Some("invalid_scope"), "{error}");
+        assert_eq!(sdk.breaker_state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_downstream_401_is_answered_by_one_fresh_exchange() {
+        let broker = TestBroker::start().await;
+        let sdk = client(broker.addr);
+        let operator = client(broker.addr);
+        let request = crm_read().task("task-401");
+        let revoked = sdk.exchange(&request).await.unwrap();
+        operator.revoke(RevokeTarget::Jti(decode(revoked.access_token.expose()).jti), "test").await.unwrap();
+        let calls = AtomicUsize::new(0);
+        let verifier = Verifier::new(client(broker.addr), BROKER, CRM).await.unwrap();
+        // The downstream API: verifies online; a refused token is a 401.
+        let answer = sdk
+            .call_with_token(&request, |token| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let verifier = &verifier;
+                async move {
+                    match verifier.verify(&token.access_token, &["crm:read"], now()).await {
+                        Ok(claims) => Downstream::Done(Ok(claims)),
+                        Err(e) => Downstream::Unauthorized(Err(e)),
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the refused call and one retry");
+        assert_eq!(answer.unwrap().task_id, "task-401");
+    }
+
+    #[tokio::test]
+    async fn the_verifier_checks_audience_scopes_and_revocation() {
+        let broker = TestBroker::start().await;
+        let sdk = client(broker.addr);
+        let token = sdk.exchange(&crm_read().task("task-verify")).await.unwrap();
+        let crm = Verifier::new(client(broker.addr), BROKER, CRM).await.unwrap();
+        let claims = crm.verify(&token.access_token, &["crm:read"], now()).await.unwrap();
+        assert_eq!(claims.aud, CRM);
+        let scope = crm.verify_offline(&token.access_token, &["crm:write"], now()).await.unwrap_err();
+        assert!(matches!(&scope, Rejected::InsufficientScope(s) if s == "crm:write"), "{scope}");
+        assert_eq!(scope.status(), 403);
+        let other = Verifier::new(client(broker.addr), BROKER, OTHER).await.unwrap();
+        let audience = other.verify_offline(&token.access_token, &[], now()).await.unwrap_err();
+        assert_eq!(audience.status(), 401);
+        let later = crm.verify_offline(&token.access_token, &[], now() + 3600).await.unwrap_err();
+        assert_eq!(later.status(), 401, "expired");
+        assert!(crm.verify_offline(&Token::new(k8s_assertion(600)), &[], now()).await.is_err(), "not a tessera token");
+        sdk.revoke(RevokeTarget::Token(Token::new(token.access_token.expose())), "test").await.unwrap();
+        crm.verify_offline(&token.access_token, &[], now()).await.unwrap();
+        let revoked = crm.verify(&token.access_token, &[], now()).await.unwrap_err();
+        assert!(matches!(revoked, Rejected::InvalidToken("the token is no longer active")), "{revoked}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_opens_the_circuit_and_nothing_is_called() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut config = Config::new(format!("http://{port}"));
+        config.backoff = Backoff { attempts: 3, base: Duration::from_millis(5), cap: Duration::from_millis(20) };
+        config.breaker = (2, Duration::from_secs(60));
+        let sdk = Broker::new(config).unwrap();
+        let calls = AtomicUsize::new(0);
+        for _ in 0..2 {
+            let error = sdk
+                .call_with_token(&crm_read().task("t-down"), |_| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Downstream::Done(()) }
+                })
+                .await
+                .unwrap_err();
+            assert!(matches!(error, SdkError::Unavailable { .. }), "{error}");
+        }
+        assert_eq!(sdk.breaker_state(), BreakerState::Open);
+        let error = sdk.exchange(&crm_read().task("t-down")).await.unwrap_err();
+        assert!(matches!(error, SdkError::CircuitOpen), "{error}");
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "no token, no downstream call, no other credential");
+    }
+
+    /// A dev-mode `tessera serve` on a fixed gRPC port, killed and started again from the same folder (so
+    /// the keys are the same) while the client is in the middle of a task.
+    #[tokio::test]
+    async fn the_client_rides_out_a_broker_restart_mid_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev_dir = dir.path().join(".tessera-dev");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let start = {
+            let dev_dir = dev_dir.clone();
+            move || {
+                process::tessera()
+                    .args(["serve", "--dev-dir", dev_dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0"])
+                    .args(["--grpc-addr", &format!("127.0.0.1:{port}")])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            }
+        };
+        let mut serving = start();
+        let mut config = Config::new(format!("http://127.0.0.1:{port}"));
+        config.backoff = Backoff { attempts: 40, base: Duration::from_millis(50), cap: Duration::from_millis(500) };
+        let sdk = Broker::new(config).unwrap();
+        let assertion = |dev_dir: &std::path::Path| {
+            let out =
+                process::tessera().args(["dev", "assertion", "--sub", "agent-1", "--dev-dir"]).arg(dev_dir).output();
+            Token::new(String::from_utf8(out.unwrap().stdout).unwrap().trim())
+        };
+        // Wait for the first start (the backoff covers it too).
+        while !dev_dir.join("dev-issuer-key.pem").exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let subject = Arc::new(assertion(&dev_dir));
+        let request = |subject: &Arc<Token>| Exchange {
+            subject_token: Arc::clone(subject),
+            ..Exchange::new(Token::new(""), tessera::dev::DEMO_AUDIENCE, "crm:read")
+        };
+        let restarted = sdk
+            .with_task("task-restart", "survive a restart", |task| async move {
+                let before = task.exchange(request(&subject)).await.unwrap();
+                serving.kill().unwrap();
+                serving.wait().unwrap();
+                let restart = tokio::task::spawn_blocking(move || {
+                    std::thread::sleep(Duration::from_millis(500));
+                    start()
+                });
+                let after = task.exchange_uncached(request(&subject)).await;
+                let serving = restart.await.unwrap();
+                (before, after, serving)
+            })
+            .await
+            .unwrap();
+        let (before, after, mut serving) = restarted;
+        let after = after.unwrap();
+        assert_eq!(sdk.breaker_state(), BreakerState::Closed);
+        assert_ne!(after.access_token.expose(), before.access_token.expose());
+        let claims = decode(after.access_token.expose());
+        assert_eq!((claims.aud.as_str(), claims.scope.as_str()), (tessera::dev::DEMO_AUDIENCE, "crm:read"));
+        assert!(!sdk.introspect(&after.access_token).await.unwrap().active, "the task scope's end revoked it");
+        let _ = serving.kill();
+        let _ = serving.wait();
+    }
+}
