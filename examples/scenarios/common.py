@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional
 import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 #: The demo secrets whose SHA-256 the scenarios' tessera.toml lists (never use them outside a demo).
 ORCHESTRATOR_SECRET = "orchestrator-demo-secret"
@@ -58,24 +58,33 @@ def free_port() -> int:
 
 
 class Issuer:
-    """An upstream identity provider (a Kubernetes API server, GitHub Actions' OIDC issuer): an RSA key whose
-    public half tessera reads from `<name>.jwks.json`."""
+    """An upstream identity provider (a Kubernetes API server, GitHub Actions' OIDC issuer) — or a client's
+    own key for `private_key_jwt` — whose public half tessera reads from `<name>.jwks.json`: RSA (RS256) or
+    P-256 (ES256)."""
 
-    def __init__(self, name: str, iss: str) -> None:
-        self.name, self.iss = name, iss
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    def __init__(self, name: str, iss: str, alg: str = "RS256") -> None:
+        self.name, self.iss, self.alg = name, iss, alg
+        if alg == "ES256":
+            self.key: Any = ec.generate_private_key(ec.SECP256R1())
+        else:
+            self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.kid = f"{name}-{uuid.uuid4().hex[:8]}"
 
     def jwks(self) -> Dict[str, Any]:
-        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
-        jwk.update({"kid": self.kid, "use": "sig", "alg": "RS256"})
+        algorithm = jwt.algorithms.ECAlgorithm if self.alg == "ES256" else jwt.algorithms.RSAAlgorithm
+        jwk = json.loads(algorithm.to_jwk(self.key.public_key()))
+        jwk.update({"kid": self.kid, "use": "sig", "alg": self.alg})
         return {"keys": [jwk]}
+
+    def private_pem(self) -> bytes:
+        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
 
     def mint(self, claims: Dict[str, Any], ttl: int = 600) -> str:
         now = int(time.time())
         body = {"iss": self.iss, "aud": BROKER_ISSUER, "iat": now, "nbf": now, "exp": now + ttl,
                 "jti": uuid.uuid4().hex, **claims}
-        return jwt.encode(body, self.key, algorithm="RS256", headers={"kid": self.kid, "typ": "JWT"})
+        return jwt.encode(body, self.key, algorithm=self.alg, headers={"kid": self.kid, "typ": "JWT"})
 
 
 def kubernetes_sa(issuer: Issuer, namespace: str, name: str, ttl: int = 600) -> str:

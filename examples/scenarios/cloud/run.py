@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from common import (Api, Issuer, ORCHESTRATOR_SECRET, RESOURCE_API_SECRET, Tessera, call, expect,
                     kubernetes_sa, say, show)
-from tessera_client import Broker, ClientSecret, OAuthError, Verifier
+from tessera_client import Broker, ClientSecret, OAuthError, PrivateKeyJwt, Verifier
 from tessera_client.starlette import require
 
 BILLING = "https://billing.example"
@@ -42,14 +42,16 @@ def refused(broker: Broker, audience: str, scope: str) -> str:
 
 def main() -> None:
     k8s = Issuer("kubernetes", "https://kubernetes.default.svc.cluster.local")
-    with Tessera(__file__, k8s) as tessera, Api(billing_api(tessera.url)) as api:
+    runtime_key = Issuer("agent-runtime", "agent-runtime", alg="ES256")
+    with Tessera(__file__, k8s, runtime_key) as tessera, Api(billing_api(tessera.url)) as api:
         assertion = kubernetes_sa(k8s, "finops", "cost-reporter", ttl=3600)
         show("workload assertion", {k: v for k, v in jwt.decode(assertion, options={"verify_signature": False}).items()
                                     if k in ("iss", "sub", "aud")})
-        agent = Broker(tessera.url, ClientSecret("agent-runtime", ORCHESTRATOR_SECRET, method="post"),
-                       subject_token=assertion)
+        # private_key_jwt: a fresh assertion signed with the runtime's key for every request.
+        runtime = PrivateKeyJwt("agent-runtime", runtime_key.private_pem(), algorithm="ES256", kid=runtime_key.kid)
+        agent = Broker(tessera.url, runtime, subject_token=assertion)
 
-        say("1. The agent exchanges its service-account token for a billing read token")
+        say("1. The agent runtime (private_key_jwt: no shared secret) exchanges its service-account token")
         token = agent.exchange(BILLING, "billing:read", task_id="cost-report-2026-11")
         show("granted", {"scope": token.scope, "expires_in": token.expires_in})
         expect(token.expires_in <= 120, "it is ephemeral: two minutes at most, though the assertion lives an hour")
@@ -60,7 +62,7 @@ def main() -> None:
                "the raw service-account token is refused by the API (not a tessera token for it)")
         expect(refused(agent, BILLING, "billing:write") == "invalid_scope", "no billing write")
         expect(refused(agent, "https://payroll.example", "payroll:read") == "invalid_scope", "no other API")
-        other = Broker(tessera.url, ClientSecret("agent-runtime", ORCHESTRATOR_SECRET, method="post"),
+        other = Broker(tessera.url, ClientSecret("legacy-runtime", ORCHESTRATOR_SECRET, method="post"),
                        subject_token=kubernetes_sa(k8s, "default", "cost-reporter"))
         expect(refused(other, BILLING, "billing:read") == "invalid_scope",
                "the same service-account name in another namespace gets nothing")

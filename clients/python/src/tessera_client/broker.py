@@ -137,8 +137,9 @@ class Broker:
         return self._ahttp
 
     def _audience_for_assertions(self) -> str:
-        """What a client assertion's `aud` names: the broker's `token_endpoint` as its metadata says (the
-        broker accepts its issuer or its token endpoint, not the URL this client happens to use)."""
+        """What a client assertion's `aud` names, on every endpoint: the broker's `token_endpoint` as its
+        metadata says (the broker accepts its issuer or its token endpoint, not the URL this client happens to
+        use)."""
         if isinstance(self.credentials, (PrivateKeyJwt, SpiffeJwt)):
             return str(self.metadata()["token_endpoint"])
         return self.url + "/oauth2/token"
@@ -159,13 +160,12 @@ class Broker:
 
     def _post(self, path: str, fields: "Fields") -> httpx.Response:
         self.breaker.before()
-        audience = self._audience_for_assertions() if path.endswith("/token") else self.url + path
         last: Optional[Exception] = None
         for attempt in range(self.backoff.attempts):
-            # A fresh client assertion per attempt: the broker accepts each one once.
-            form, headers = self._form(fields, audience)
             retry_after = None
             try:
+                # A fresh client assertion per attempt: the broker accepts each one once.
+                form, headers = self._form(fields, self._audience_for_assertions())
                 response = self._http.post(self.url + path, data=form, headers=headers)
             except httpx.TransportError as e:
                 last = BrokerUnavailable("unavailable", f"cannot reach the broker ({type(e).__name__})")
@@ -182,14 +182,11 @@ class Broker:
 
     async def _apost(self, path: str, fields: "Fields") -> httpx.Response:
         self.breaker.before()
-        audience = (
-            await asyncio.to_thread(self._audience_for_assertions) if path.endswith("/token") else self.url + path
-        )
         last: Optional[Exception] = None
         for attempt in range(self.backoff.attempts):
-            form, headers = self._form(fields, audience)
             retry_after = None
             try:
+                form, headers = self._form(fields, await asyncio.to_thread(self._audience_for_assertions))
                 response = await self._async_http().post(self.url + path, data=form, headers=headers)
             except httpx.TransportError as e:
                 last = BrokerUnavailable("unavailable", f"cannot reach the broker ({type(e).__name__})")
