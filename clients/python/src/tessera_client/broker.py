@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import ssl
 import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -61,6 +62,22 @@ def _error(response: httpx.Response) -> OAuthError:
     return OAuthError(error, description, response.status_code)
 
 
+def _tls(credentials: Credentials, verify: Union[bool, str]) -> Union[bool, ssl.SSLContext]:
+    """What httpx verifies the broker with and presents to it: an SSL context with the CA to trust and, for
+    mTLS, the client certificate (httpx's own `cert=` is deprecated)."""
+    cert = credentials.cert
+    ca = getattr(credentials, "ca_file", None) or (verify if isinstance(verify, str) else None)
+    if cert is None and ca is None:
+        return verify
+    context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+    if verify is False:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        context.load_cert_chain(cert[0], cert[1])
+    return context
+
+
 def _json(response: httpx.Response) -> Dict[str, Any]:
     if response.status_code >= 400:
         raise _error(response)
@@ -103,12 +120,7 @@ class Broker:
         self.backoff = backoff or Backoff()
         self.breaker = breaker or CircuitBreaker()
         self.refresh_margin = refresh_margin
-        ca = getattr(self.credentials, "ca_file", None)
-        self._http_args: Dict[str, Any] = {
-            "timeout": timeout,
-            "verify": ca if ca else verify,
-            "cert": self.credentials.cert,
-        }
+        self._http_args: Dict[str, Any] = {"timeout": timeout, "verify": _tls(self.credentials, verify)}
         self._http = httpx.Client(**self._http_args)
         self._ahttp: Optional[httpx.AsyncClient] = None
         self._cache: Dict[CacheKey, TokenResponse] = {}

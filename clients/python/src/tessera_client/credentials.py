@@ -94,14 +94,18 @@ class PrivateKeyJwt(Credentials):
 @dataclass(repr=False)
 class SpiffeJwt(Credentials):
     """A SPIFFE JWT-SVID (`jwt-spiffe`): `fetch_svid(audience)` returns a fresh JWT-SVID for the broker (from
-    the SPIFFE Workload API, or a file the agent refreshes)."""
+    the SPIFFE Workload API, or a file the agent refreshes); `client_id`, when given, must name the client
+    whose `spiffe_ids` hold the SVID's ID."""
 
     fetch_svid: Callable[[str], str]
     audience: str = ""
+    client_id: Optional[str] = None
 
     def apply(self, form: Dict[str, str], headers: Dict[str, str], endpoint: str) -> None:
         form["client_assertion_type"] = ASSERTION_TYPE_JWT_SPIFFE
         form["client_assertion"] = self.fetch_svid(self.audience or endpoint)
+        if self.client_id:
+            form["client_id"] = self.client_id
 
 
 @dataclass(repr=False)
