@@ -58,6 +58,17 @@ fn the_python_sdk_suite_passes_against_a_real_broker() {
     assert!(summary.contains(" passed") && !summary.contains("failed") && !summary.contains("skipped"), "{stdout}");
 }
 
+/// The package is typed (`py.typed`): its sources pass `mypy --strict`, so a user's type checker can trust
+/// its signatures.
+#[test]
+fn the_python_sdk_type_checks_strictly() {
+    let python = python();
+    let stdout = run(Command::new(python)
+        .args(["-m", "mypy", "--strict", "--no-incremental"])
+        .arg(repo().join("clients/python/src/tessera_client")));
+    assert!(stdout.contains("Success: no issues found"), "{stdout}");
+}
+
 // The Rust client (`tessera::sdk`), the one the CLI's client commands are built on.
 mod rust {
     use std::sync::Arc;

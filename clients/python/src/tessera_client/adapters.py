@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - requests is optional
     AuthBase = object  # type: ignore[assignment, misc]
 
 
-class RequestsAuth(AuthBase):  # type: ignore[misc, valid-type]
+class RequestsAuth(AuthBase):
     """`requests.get(url, auth=RequestsAuth(broker, "https://crm.example", "crm:read", task_id=…))`."""
 
     def __init__(self, broker: "Broker", audience: str, scope: Any = "", **exchange: Any) -> None:

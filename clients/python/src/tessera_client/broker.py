@@ -12,7 +12,7 @@ import json
 import ssl
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import httpx
 
@@ -20,6 +20,9 @@ from .credentials import Credentials, NoCredentials, PrivateKeyJwt, SpiffeJwt, S
 from .errors import ApprovalDenied, ApprovalPending, BrokerUnavailable, OAuthError
 from .models import TOKEN_EXCHANGE, TOKEN_TYPE_JWT, Introspection, TokenResponse
 from .resilience import Backoff, CircuitBreaker
+
+if TYPE_CHECKING:
+    from .task import Task
 
 #: Statuses that say "the broker is not able to answer now": retried with backoff, counted by the breaker.
 _UNAVAILABLE = {502, 503, 504}
@@ -68,7 +71,7 @@ def _tls(credentials: Credentials, verify: Union[bool, str]) -> Union[bool, ssl.
     cert = credentials.cert
     ca = getattr(credentials, "ca_file", None) or (verify if isinstance(verify, str) else None)
     if cert is None and ca is None:
-        return verify
+        return verify if isinstance(verify, bool) else True
     context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
     if verify is False:
         context.check_hostname = False
