@@ -450,8 +450,13 @@ class Broker:
 
     def approval_status(self, pending: ApprovalPending) -> str:
         """`pending`, `approved`, `denied` or `expired`."""
-        response = self._http.get(pending.approval_uri or f"{self.url}/approvals/{pending.approval_id}")
-        return str(_json(response).get("status", ""))
+        # The broker this client talks to, by the approval's id: `approval_uri` names the broker by its
+        # public address, which need not be the one this client reaches it at.
+        url = f"{self.url}/approvals/{pending.approval_id}" if pending.approval_id else pending.approval_uri
+        form: Dict[str, Any] = {}
+        headers: Dict[str, str] = {"Accept": "application/json"}
+        self.credentials.apply(form, headers, self._audience_for_assertions())
+        return str(_json(self._http.get(url, headers=headers)).get("status", ""))
 
     def wait_for_approval(self, pending: ApprovalPending, timeout: float = 300.0) -> None:
         """Polls the approval every `interval` seconds until a human decides: returns once approved (retry

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from .errors import BrokerUnavailable, TokenRejected
+from .errors import TesseraError, TokenRejected
 from .resource import Verifier
 
 
@@ -30,8 +30,8 @@ class McpTokenVerifier:
 
         try:
             v = await self.verifier.averify(token, self.scopes, online=self.online)
-        except (TokenRejected, BrokerUnavailable):
-            return None
+        except (TokenRejected, TesseraError):
+            return None  # fail closed: refused, or the broker could not say
         return AccessToken(
             token=token,
             client_id=v.client_id or v.sub,
