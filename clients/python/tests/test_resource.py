@@ -80,3 +80,44 @@ def test_the_mcp_verifier_answers_access_tokens_for_live_tokens_only(broker_url,
     broker.revoke(token, reason="test")
     assert asyncio.run(verifier.verify_token(token)) is None
     assert asyncio.run(verifier.verify_token(assertion("someone"))) is None
+
+
+async def _call_echo(url: str, token: str):
+    """Calls the MCP server's `echo` tool with `token`: its text, or the exception that refused it."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    try:
+        async with streamablehttp_client(url, headers={"Authorization": f"Bearer {token}"}) as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return (await session.call_tool("echo", {"text": "hello"})).content[0].text
+    except BaseException as e:  # the SDK surfaces a 401/403 as an exception (in a task group)
+        return e
+
+
+def test_an_mcp_server_admits_only_live_tokens_with_its_scope(broker_url, subject, serve):
+    from mcp.server.auth.settings import AuthSettings
+    from mcp.server.fastmcp import FastMCP
+
+    broker = Broker(broker_url, subject_token=subject)
+    port_holder = serve(None)  # a free port for the server's own URL
+    resource = f"http://127.0.0.1:{port_holder.port}/mcp"
+    server = FastMCP("tessera-protected", host="127.0.0.1", port=port_holder.port,
+                     token_verifier=McpTokenVerifier(Verifier(broker_url, CRM)),
+                     auth=AuthSettings(issuer_url=broker.issuer, resource_server_url=resource,
+                                       required_scopes=["crm:read"]))
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Echoes its input."""
+        return f"echo: {text}"
+
+    port_holder.server.config.app = server.streamable_http_app()
+    with port_holder, broker.task("t-mcp-server") as task:
+        read = task.exchange(CRM, "crm:read").access_token
+        write = task.exchange(CRM, "crm:write").access_token
+        assert asyncio.run(_call_echo(resource, read)) == "echo: hello"
+        assert not isinstance(asyncio.run(_call_echo(resource, write)), str), "crm:write lacks the server's scope"
+        Broker(broker_url).revoke(read, reason="test")
+        assert not isinstance(asyncio.run(_call_echo(resource, read)), str), "a revoked token is refused at once"
