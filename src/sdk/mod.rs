@@ -621,6 +621,31 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// An HTTP call to a downstream API with a token for `request` as its bearer — the Rust counterpart of
+    /// the Python client's `httpx`/`requests` adapters. `build` makes the request (again, for the retry); a
+    /// 401 drops the token, exchanges again and sends once more ([`Broker::call_with_token`]).
+    pub async fn send_with_token(
+        &self,
+        request: &Exchange,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SdkError> {
+        let answer = self
+            .call_with_token(request, |token| {
+                let sent = build().bearer_auth(token.access_token.expose()).send();
+                async move {
+                    match sent.await {
+                        Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => Downstream::Unauthorized(Ok(r)),
+                        other => Downstream::Done(other),
+                    }
+                }
+            })
+            .await?;
+        // A failure to reach the API says nothing about the broker; never a token in the message.
+        answer.map_err(|e| SdkError::Client(format!("the downstream call failed: {}", e.without_url())))
+    }
+}
+
 fn refused(status: tonic::Status) -> SdkError {
     let error = status.get_details_error_info().map(|i| i.reason).unwrap_or_else(|| status.code().to_string());
     SdkError::Refused { error, status: Box::new(status) }

@@ -151,6 +151,30 @@ mod rust {
     }
 
     #[tokio::test]
+    async fn send_with_token_attaches_the_token_and_recovers_from_a_401_once() {
+        let broker = TestBroker::start().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(tessera::http::serve(listener, Arc::clone(&broker.broker), None, std::future::pending()));
+        let sdk = client(broker.addr);
+        let request = crm_read().task("task-send");
+        let stale = sdk.exchange(&request).await.unwrap();
+        client(broker.addr).revoke(RevokeTarget::Jti(decode(stale.access_token.expose()).jti), "test").await.unwrap();
+        // The downstream check: the broker's own forward-auth, as a gateway in front of the CRM asks it.
+        let builds = AtomicUsize::new(0);
+        let http = reqwest::Client::new();
+        let answer = sdk
+            .send_with_token(&request, || {
+                builds.fetch_add(1, Ordering::SeqCst);
+                http.get(format!("{base}/forward-auth")).header("x-tessera-audience", CRM)
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(builds.load(Ordering::SeqCst), 2, "the 401 with the revoked token, and one retry");
+    }
+
+    #[tokio::test]
     async fn the_verifier_checks_audience_scopes_and_revocation() {
         let broker = TestBroker::start().await;
         let sdk = client(broker.addr);
