@@ -581,7 +581,8 @@ impl Broker {
     /// A task scope: `f` gets a [`Task`] whose exchanges carry `task_id` (and `purpose`); when `f`'s future
     /// ends, the task is revoked at the broker — every token bound to it, and every token derived from them,
     /// is inactive. `f`'s output is returned once the revocation succeeded; a failed revocation is an error
-    /// (the caller must know the task's tokens live on).
+    /// (the caller must know the task's tokens live on). If `f` panics, or this future is dropped before it
+    /// ends (cancelled, timed out), the task is revoked in the background.
     pub async fn with_task<T, Fut>(
         &self,
         task_id: &str,
@@ -592,7 +593,9 @@ impl Broker {
         Fut: Future<Output = T>,
     {
         let task = Task { broker: self.clone(), task_id: task_id.to_string(), purpose: purpose.to_string() };
+        let mut guard = TaskGuard(Some(task.clone()));
         let output = f(task.clone()).await;
+        guard.0 = None;
         task.end("task ended").await?;
         Ok(output)
     }
@@ -649,6 +652,22 @@ impl Broker {
 fn refused(status: tonic::Status) -> SdkError {
     let error = status.get_details_error_info().map(|i| i.reason).unwrap_or_else(|| status.code().to_string());
     SdkError::Refused { error, status: Box::new(status) }
+}
+
+/// Revokes its task when dropped before [`Broker::with_task`] disarms it: the task's future panicked or was
+/// cancelled (a timeout, a dropped handle). The revocation runs on the current runtime, in the background.
+struct TaskGuard(Option<Task>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if let (Some(task), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                if let Err(error) = task.end("task failed: panicked or cancelled").await {
+                    tracing::warn!(task_id = %task.task_id.escape_debug(), %error, "the task could not be revoked");
+                }
+            });
+        }
+    }
 }
 
 /// One task of [`Broker::with_task`]: its exchanges carry the task.

@@ -113,6 +113,39 @@ mod rust {
     }
 
     #[tokio::test]
+    async fn a_task_whose_future_panics_or_is_cancelled_is_revoked_too() {
+        let broker = TestBroker::start().await;
+        let sdk = client(broker.addr);
+        let (issued, taken) = tokio::sync::mpsc::unbounded_channel::<Arc<tessera::sdk::TokenResponse>>();
+        let mut taken = taken;
+        for (task_id, panics) in [("task-panics", true), ("task-cancelled", false)] {
+            let (scoped, issued) = (sdk.clone(), issued.clone());
+            let run = tokio::spawn(async move {
+                scoped
+                    .with_task(task_id, "", |task| async move {
+                        issued.send(task.exchange(crm_read()).await.unwrap()).unwrap();
+                        if panics {
+                            panic!("the agent crashed");
+                        }
+                        std::future::pending::<()>().await;
+                    })
+                    .await
+            });
+            let token = taken.recv().await.unwrap();
+            if !panics {
+                run.abort();
+            }
+            assert!(run.await.is_err(), "{task_id}: the scope did not end normally");
+            // The guard revokes in the background: wait for it (the assertion is the outcome, not its timing).
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while sdk.introspect(&token.access_token).await.unwrap().active {
+                assert!(std::time::Instant::now() < deadline, "{task_id}: the task was never revoked");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn a_refusal_is_typed_and_not_retried() {
         let broker = TestBroker::start().await;
         let sdk = client(broker.addr);
