@@ -48,7 +48,9 @@
 //! ([`http::oauth`]: token exchange and jwt-bearer, introspection, revocation, JWKS, RFC 8414 metadata), the
 //! gateway's forward-auth and RFC 9728 resource metadata ([`http::gateway`]), metrics and health; [`net`] (how
 //! both faces accept connections: `TCP_NODELAY` on each; [`net::tls`]: TLS and mTLS client certificates, with
-//! the files re-read as they rotate); the CLI lives in the binary.
+//! the files re-read as they rotate); the CLI lives in the binary. [`sdk`] is the client side of the gRPC face:
+//! the Rust SDK (token cache, backoff and circuit breaker, task scopes, a resource-server verifier), which the
+//! CLI's client commands use.
 //!
 //! **Composition root** — [`serve`]: builds the infrastructure from a validated [`config::Config`], hands
 //! it to the core, and serves the gRPC face on a listener the caller binds; [`serve::reload`] swaps in a new
@@ -78,6 +80,7 @@ pub mod rar;
 pub mod ratelimit;
 pub mod revocation;
 pub mod scopes;
+pub mod sdk;
 pub mod secret;
 pub mod serve;
 pub mod store;

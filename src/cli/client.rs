@@ -1,12 +1,14 @@
-//! The client commands: `exchange`, `introspect` and `revoke` against a running broker over gRPC, with
-//! client credentials sent as HTTP Basic (form-urlencoded halves, RFC 6749 §2.3.1), or a client assertion read
-//! from a file and sent in the `client-assertion-type` / `client-assertion` metadata. Answers are JSON on
-//! stdout; a refusal is an OAuth error document on stderr.
+//! The client commands: `exchange`, `introspect`, `revoke`, `suspend` and `resume` against a running broker
+//! over gRPC, through the SDK's client ([`tessera::sdk::Broker`]), with client credentials sent as HTTP Basic
+//! (form-urlencoded halves, RFC 6749 §2.3.1), or a client assertion read from a file and sent in the
+//! `client-assertion-type` / `client-assertion` metadata. Answers are JSON on stdout; a refusal is an OAuth
+//! error document on stderr.
 
 use std::io::Read as _;
 use std::process::ExitCode;
 
 use tessera::grpc::pb;
+use tessera::sdk::{self, Broker, SdkError};
 
 #[derive(clap::Args)]
 #[group(required = true, multiple = false)]
@@ -60,75 +62,61 @@ pub(super) struct ClientArgs {
 }
 
 impl ClientArgs {
-    async fn connect(&self) -> Result<pb::token_broker_client::TokenBrokerClient<tonic::transport::Channel>, String> {
-        let unreachable = |e: &dyn std::fmt::Display| format!("cannot reach {}: {e}", self.addr);
-        let mut endpoint = tonic::transport::Endpoint::from_shared(self.addr.clone()).map_err(|e| unreachable(&e))?;
+    /// The SDK's client for these arguments ([`tessera::sdk`]: the one Rust client). One attempt: a script
+    /// decides what to do with a refusal or an outage.
+    fn broker(&self) -> Result<Broker, String> {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut config = sdk::Config::new(self.addr.clone());
+        config.backoff = sdk::resilience::Backoff::once();
+        config.credentials = if let Some(file) = &self.client_assertion_file {
+            let file = file.clone();
+            // Read from a file, not the command line, so the assertion is not in the process list.
+            let source: sdk::AssertionSource = std::sync::Arc::new(move || {
+                let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                Ok(tessera::secret::Token::new(text.trim()))
+            });
+            let kind = match self.client_assertion_type.as_str() {
+                "jwt-spiffe" => sdk::AssertionKind::JwtSpiffe,
+                _ => sdk::AssertionKind::JwtBearer,
+            };
+            sdk::Credentials::Assertion { kind, client_id: self.as_client.clone(), source }
+        } else if let (Some(id), Some(secret)) = (&self.as_client, &self.client_secret) {
+            sdk::Credentials::ClientSecret {
+                client_id: id.clone(),
+                secret: std::sync::Arc::new(tessera::secret::ClientSecret::new(secret.as_str())),
+            }
+        } else {
+            sdk::Credentials::None
+        };
         if self.addr.starts_with("https://") {
-            tessera::install_crypto_provider();
-            endpoint = endpoint.tls_config(self.tls()?).map_err(|e| unreachable(&e))?;
+            let mut tls = sdk::Tls { domain: self.tls_server_name.clone(), ..sdk::Tls::default() };
+            if let Some(ca) = &self.ca_file {
+                tls.ca_pem = Some(read(ca)?);
+            }
+            if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+                let key = String::from_utf8(read(key)?).map_err(|_| format!("{}: not PEM", key.display()))?;
+                tls.identity = Some((read(cert)?, std::sync::Arc::new(tessera::secret::Token::new(key))));
+            }
+            config.tls = Some(tls);
         } else if self.ca_file.is_some() || self.cert_file.is_some() {
             return Err("--ca-file and --cert-file need an https:// --addr".into());
         }
-        let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
-        Ok(pb::token_broker_client::TokenBrokerClient::new(channel))
+        Broker::new(config).map_err(|e| e.to_string())
     }
 
-    /// TLS for an `https://` --addr: the CA to trust, the client certificate to present (mTLS).
-    fn tls(&self) -> Result<tonic::transport::ClientTlsConfig, String> {
-        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let mut tls = tonic::transport::ClientTlsConfig::new();
-        tls = match &self.ca_file {
-            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?)),
-            None => tls.with_native_roots(),
-        };
-        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
-            tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
-        }
-        if let Some(name) = &self.tls_server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        Ok(tls)
-    }
-
-    fn request<T>(&self, message: T) -> Result<tonic::Request<T>, String> {
-        let mut request = tonic::Request::new(message);
-        if let Some(file) = &self.client_assertion_file {
-            // Read from a file, not the command line, so the assertion is not in the process list.
-            let assertion = tessera::secret::Token::new(
-                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?.trim(),
-            );
-            let kind = match self.client_assertion_type.as_str() {
-                "jwt-spiffe" => tessera::client::ASSERTION_TYPE_JWT_SPIFFE,
-                _ => tessera::client::ASSERTION_TYPE_JWT_BEARER,
-            };
-            let metadata = request.metadata_mut();
-            let invalid = |what: &str| format!("the client assertion's {what} is not valid metadata");
-            metadata.insert(tessera::grpc::METADATA_CLIENT_ASSERTION_TYPE, kind.parse().map_err(|_| invalid("type"))?);
-            let value = assertion.expose().parse().map_err(|_| invalid("JWT"))?;
-            metadata.insert(tessera::grpc::METADATA_CLIENT_ASSERTION, value);
-            if let Some(id) = &self.as_client {
-                metadata.insert(tessera::grpc::METADATA_CLIENT_ID, id.parse().map_err(|_| invalid("client id"))?);
+    /// A refusal or outage as the CLI reports it: the broker's answer as an OAuth error document on stderr
+    /// (exit 1), or, when the broker could not be reached at all, a message.
+    fn failed(&self, error: SdkError) -> Result<ExitCode, String> {
+        use tonic_types::StatusExt as _;
+        match error {
+            SdkError::Refused { status, .. } => print_status(&status),
+            SdkError::Unavailable { status: Some(status), .. } if status.get_details_error_info().is_some() => {
+                print_status(&status)
             }
-            return Ok(request);
+            SdkError::Unavailable { message, .. } => Err(format!("cannot reach {}: {message}", self.addr)),
+            other => Err(other.to_string()),
         }
-        if let (Some(id), Some(secret)) = (&self.as_client, &self.client_secret) {
-            use base64::Engine as _;
-            // RFC 6749 §2.3.1: each half is form-urlencoded before they are joined.
-            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                form_encode(id),
-                form_encode(secret)
-            ));
-            let value = format!("Basic {basic}").parse().map_err(|_| "client credentials are not valid metadata")?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        Ok(request)
     }
-}
-
-/// `application/x-www-form-urlencoded` encoding of one value.
-pub(super) fn form_encode(value: &str) -> String {
-    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 /// Prints a refusal as an OAuth error document on stderr, with `retry_after_ms` when the broker said when a
@@ -200,28 +188,28 @@ pub(super) fn read_token(arg: &str) -> Result<String, String> {
 }
 
 pub(super) async fn exchange(args: ExchangeArgs) -> Result<ExitCode, String> {
-    let request = pb::ExchangeTokenRequest {
-        grant_type: tessera::exchange::GRANT_TYPE_TOKEN_EXCHANGE.into(),
-        resource: args.resource,
+    let request = sdk::Exchange {
         audience: args.audience,
+        resource: args.resource,
         scope: args.scope,
-        requested_token_type: String::new(),
-        subject_token: read_token(&args.subject_token)?,
+        subject_token: std::sync::Arc::new(tessera::secret::Token::new(read_token(&args.subject_token)?)),
         subject_token_type: args.subject_token_type,
-        actor_token: args.actor_token.as_deref().map(read_token).transpose()?.unwrap_or_default(),
-        actor_token_type: if args.actor_token.is_some() { args.actor_token_type } else { String::new() },
+        actor_token: match args.actor_token.as_deref() {
+            Some(token) => Some(std::sync::Arc::new(tessera::secret::Token::new(read_token(token)?))),
+            None => None,
+        },
+        actor_token_type: args.actor_token_type,
         task_id: args.task_id,
         session_id: args.session_id,
         purpose: args.purpose,
-        requested_expires_in: args.expires_in,
+        expires_in: args.expires_in,
         authorization_details: args.authorization_details,
     };
-    let request = args.client.request(request)?;
-    match args.client.connect().await?.exchange_token(request).await {
-        Ok(response) => {
-            let r = response.into_inner();
+    let broker = args.client.broker()?;
+    match broker.exchange_uncached(&request).await {
+        Ok(r) => {
             let mut answer = serde_json::json!({
-                "access_token": r.access_token,
+                "access_token": r.access_token.expose(),
                 "issued_token_type": r.issued_token_type,
                 "token_type": r.token_type,
                 "expires_in": r.expires_in,
@@ -232,7 +220,7 @@ pub(super) async fn exchange(args: ExchangeArgs) -> Result<ExitCode, String> {
             }
             print_json(&answer)
         }
-        Err(status) => print_status(&status),
+        Err(error) => args.client.failed(error),
     }
 }
 
@@ -245,11 +233,9 @@ fn actor_json(a: &pb::Actor) -> serde_json::Value {
 }
 
 pub(super) async fn introspect(token: String, client: ClientArgs) -> Result<ExitCode, String> {
-    let request =
-        client.request(pb::IntrospectRequest { token: read_token(&token)?, token_type_hint: String::new() })?;
-    match client.connect().await?.introspect(request).await {
-        Ok(response) => {
-            let r = response.into_inner();
+    let token = tessera::secret::Token::new(read_token(&token)?);
+    match client.broker()?.introspect(&token).await {
+        Ok(r) => {
             if !r.active {
                 return print_json(&serde_json::json!({ "active": false }));
             }
@@ -279,7 +265,7 @@ pub(super) async fn introspect(token: String, client: ClientArgs) -> Result<Exit
             }
             print_json(&json)
         }
-        Err(status) => print_status(&status),
+        Err(error) => client.failed(error),
     }
 }
 
@@ -289,24 +275,20 @@ pub(super) async fn revoke(
     reason: String,
     client: ClientArgs,
 ) -> Result<ExitCode, String> {
-    use pb::revoke_request::Target as T;
+    use sdk::RevokeTarget as T;
     let target = match target {
-        RevokeTarget { token: Some(token), .. } => T::Token(read_token(&token)?),
+        RevokeTarget { token: Some(token), .. } => T::Token(tessera::secret::Token::new(read_token(&token)?)),
         RevokeTarget { jti: Some(jti), .. } => T::Jti(jti),
-        RevokeTarget { task_id: Some(task), .. } => T::TaskId(task),
+        RevokeTarget { task_id: Some(task), .. } => T::Task(task),
         RevokeTarget { subject: Some(sub), .. } => {
-            T::Subject(pb::Subject { issuer: issuer.ok_or("--subject needs --issuer")?, sub })
+            T::Subject { issuer: issuer.ok_or("--subject needs --issuer")?, sub }
         }
-        RevokeTarget { client_id: Some(id), .. } => T::ClientId(id),
+        RevokeTarget { client_id: Some(id), .. } => T::Client(id),
         _ => return Err("name one target: --token, --jti, --task-id, --subject or --client-id".into()),
     };
-    let request = client.request(pb::RevokeRequest { target: Some(target), reason })?;
-    match client.connect().await?.revoke(request).await {
-        Ok(response) => {
-            let r = response.into_inner();
-            print_json(&serde_json::json!({ "revoked": r.kind, "expires_at": r.expires_at }))
-        }
-        Err(status) => print_status(&status),
+    match client.broker()?.revoke(target, &reason).await {
+        Ok(r) => print_json(&serde_json::json!({ "revoked": r.kind, "expires_at": r.expires_at })),
+        Err(error) => client.failed(error),
     }
 }
 
@@ -348,13 +330,9 @@ pub(super) async fn suspend(
         (None, Some(id)) => T::ClientId(id),
         (None, None) => return Err("name one target".into()),
     };
-    let request = client.request(pb::SuspendRequest { target: Some(target), duration_seconds, reason })?;
-    match client.connect().await?.suspend(request).await {
-        Ok(response) => {
-            let r = response.into_inner();
-            print_json(&serde_json::json!({ "suspended": r.kind, "suspended_until": r.suspended_until }))
-        }
-        Err(status) => print_status(&status),
+    match client.broker()?.suspend(pb::SuspendRequest { target: Some(target), duration_seconds, reason }).await {
+        Ok(r) => print_json(&serde_json::json!({ "suspended": r.kind, "suspended_until": r.suspended_until })),
+        Err(error) => client.failed(error),
     }
 }
 
@@ -371,10 +349,9 @@ pub(super) async fn resume(
         (None, Some(id)) => T::ClientId(id),
         (None, None) => return Err("name one target".into()),
     };
-    let request = client.request(pb::ResumeRequest { target: Some(target), reason })?;
-    match client.connect().await?.resume(request).await {
-        Ok(response) => print_json(&serde_json::json!({ "resumed": response.into_inner().kind })),
-        Err(status) => print_status(&status),
+    match client.broker()?.resume(pb::ResumeRequest { target: Some(target), reason }).await {
+        Ok(r) => print_json(&serde_json::json!({ "resumed": r.kind })),
+        Err(error) => client.failed(error),
     }
 }
 
@@ -417,20 +394,18 @@ fn approval_json(a: pb::Approval) -> serde_json::Value {
 
 /// `tessera approval ID`: an approval's record and state.
 pub(super) async fn approval(id: String, client: ClientArgs) -> Result<ExitCode, String> {
-    let request = client.request(pb::GetApprovalRequest { approval_id: id })?;
-    match client.connect().await?.get_approval(request).await {
-        Ok(response) => print_json(&approval_json(response.into_inner())),
-        Err(status) => print_status(&status),
+    match client.broker()?.approval(&id).await {
+        Ok(approval) => print_json(&approval_json(approval)),
+        Err(error) => client.failed(error),
     }
 }
 
 /// `tessera approve ID` / `tessera deny ID`: an approver's decision.
 pub(super) async fn decide(id: String, approve: bool, reason: String, client: ClientArgs) -> Result<ExitCode, String> {
-    let request = client.request(pb::DecideApprovalRequest { approval_id: id, reason })?;
-    let mut broker = client.connect().await?;
-    let answer = if approve { broker.approve(request).await } else { broker.deny(request).await };
+    let broker = client.broker()?;
+    let answer = if approve { broker.approve(&id, &reason).await } else { broker.deny(&id, &reason).await };
     match answer {
-        Ok(response) => print_json(&approval_json(response.into_inner())),
-        Err(status) => print_status(&status),
+        Ok(approval) => print_json(&approval_json(approval)),
+        Err(error) => client.failed(error),
     }
 }

@@ -249,7 +249,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 mod tests {
     #[test]
     fn credentials_are_form_encoded() {
-        assert_eq!(super::client::form_encode("a+b %:c"), "a%2Bb+%25%3Ac");
+        assert_eq!(tessera::sdk::form_encode("a+b %:c"), "a%2Bb+%25%3Ac");
     }
 
     #[test]

@@ -510,3 +510,35 @@ async fn the_escalation_example_runs_as_docs_approvals_md_shows() {
     let again: serde_json::Value = desk(exchange("ticket-77")).await.unwrap().json().await.unwrap();
     assert_eq!(again["error"], "authorization_pending", "approved once, granted once");
 }
+
+/// The Rust client (`tessera::sdk`, which the CLI uses): a pending exchange names its approval, an approver's
+/// client decides it, and the retried exchange is granted.
+#[tokio::test]
+async fn the_rust_sdk_surfaces_a_pending_approval_and_an_approver_decides_it() {
+    use tessera::sdk::{Broker, Config, Credentials, Exchange};
+    let broker = builder().start().await;
+    let sdk = |id: &str| {
+        let mut config = Config::new(format!("http://{}", broker.addr));
+        config.credentials = Credentials::ClientSecret {
+            client_id: id.into(),
+            secret: std::sync::Arc::new(tessera::secret::ClientSecret::new(CLIENT_SECRET)),
+        };
+        Broker::new(config).unwrap()
+    };
+    let (desk, supervisor) = (sdk("orchestrator"), sdk(SUPERVISOR));
+    let ask = || Exchange::new(tessera::secret::Token::new(k8s_assertion(300)), CRM, "crm:export").task("task-sdk");
+    let error = desk.exchange_uncached(&ask()).await.unwrap_err();
+    let pending = error.approval_pending().expect("authorization_pending names its approval");
+    assert_eq!(
+        (pending.interval, pending.approval_uri.ends_with(&pending.approval_id)),
+        (Duration::from_secs(5), true)
+    );
+    assert_eq!(desk.approval(&pending.approval_id).await.unwrap().status, "pending");
+    assert_eq!(desk.approve(&pending.approval_id, "").await.unwrap_err().oauth_error(), Some("unauthorized_client"));
+    assert_eq!(supervisor.approve(&pending.approval_id, "ok").await.unwrap().status, "approved");
+    assert_eq!(desk.exchange_uncached(&ask()).await.unwrap().scope, "crm:export");
+    let again = desk.exchange_uncached(&ask()).await.unwrap_err();
+    assert!(again.approval_pending().is_some_and(|p| p.approval_id != pending.approval_id), "spent once");
+    assert_eq!(supervisor.deny(&again.approval_pending().unwrap().approval_id, "").await.unwrap().status, "denied");
+    assert_eq!(desk.exchange_uncached(&ask()).await.unwrap_err().oauth_error(), Some("access_denied"));
+}

@@ -920,3 +920,40 @@ async fn the_cli_authenticates_with_a_client_assertion_file() {
     let token = serde_json::from_str::<Value>(&stdout).unwrap()["access_token"].as_str().unwrap().to_string();
     assert_eq!(decode(&token).client_id, ORCH);
 }
+
+/// The Python SDK's `SpiffeJwt` against a real broker's HTTP face: a JWT-SVID per request, naming its client
+/// (`private_key_jwt` is scenario 4's, examples/scenarios/cloud).
+#[tokio::test]
+async fn the_python_sdk_authenticates_with_a_jwt_svid() {
+    let python = crate::sdk::python();
+    let s = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let svids: Vec<String> = (0..2).map(|_| svid(SPIFFE_AGENT)).collect();
+    std::fs::write(dir.path().join("svids"), svids.join("\n")).unwrap();
+    std::fs::write(dir.path().join("subject"), k8s_assertion(600)).unwrap();
+    let script = r#"
+import json, sys
+from tessera_client import Broker, SpiffeJwt
+folder, base, client_id = sys.argv[1:4]
+svids = open(f"{folder}/svids").read().split()
+broker = Broker(base, SpiffeJwt(lambda audience: svids.pop(0), client_id=client_id),
+                subject_token=open(f"{folder}/subject").read().strip())
+token = broker.exchange("https://crm.example", "crm:read", task_id="sdk-svid")
+again = broker.exchange("https://crm.example", "crm:read", task_id="sdk-svid", cache=False)
+print(json.dumps({"first": token.access_token, "second": again.access_token, "left": len(svids)}))
+"#;
+    let (folder, base) = (dir.path().to_path_buf(), s.base.clone());
+    // Off the test's runtime thread, which serves the broker the script calls.
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).args(["-c", script]).arg(folder).args([&base, SUMMARISER]).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let out: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(decode(out["first"].as_str().unwrap()).client_id, SUMMARISER);
+    assert_eq!(decode(out["second"].as_str().unwrap()).client_id, SUMMARISER);
+    assert_eq!(out["left"], 0, "one SVID per request");
+}

@@ -23,6 +23,8 @@ mod rar;
 mod rate_limits;
 mod reload;
 mod revocation;
+mod scenarios;
+mod sdk;
 mod store;
 mod support;
 mod suspension;

@@ -566,3 +566,47 @@ introspect_clients = ["gateway"]
     assert_eq!(forward(None).await, 401, "an mTLS-bound token without a certificate");
     assert_eq!(forward(Some("not base64".into())).await, 500, "a gateway that sends a malformed Client-Cert");
 }
+
+/// The Python SDK's `MutualTls` against the HTTP face over TLS: the client certificate is the client, no
+/// secret; without it the same exchange is `invalid_client`.
+#[tokio::test]
+async fn the_python_sdk_authenticates_with_its_client_certificate() {
+    let python = crate::sdk::python();
+    let pki = Pki::new("tessera sdk CA");
+    let files = tempfile::tempdir().unwrap();
+    let tls = tls_config(files.path(), &pki, Some(ClientAuth::Optional));
+    let builder = TestBroker::builder().extra_toml(&mtls_clients()).without_loopback_client();
+    let (_grpc, http, _dir) = tls_faces(tls, builder).await;
+    let (cert, key) = write_leaf(files.path(), "agent", &pki.client_uri(AGENT_SPIFFE));
+    let ca = files.path().join("clients-ca.pem");
+    let url = format!("https://localhost:{}", http.rsplit(':').next().unwrap());
+    let script = r#"
+import json, sys
+from tessera_client import Backoff, Broker, MutualTls, OAuthError
+url, cert, key, ca, subject = sys.argv[1:6]
+token = Broker(url, MutualTls(cert, key, ca_file=ca), subject_token=subject).exchange(
+    "https://crm.example", "crm:read", task_id="sdk-mtls")
+try:
+    Broker(url, verify=ca, subject_token=subject, backoff=Backoff(attempts=1)).exchange(
+        "https://crm.example", "crm:read", task_id="sdk-mtls")
+    refused = None
+except OAuthError as e:
+    refused = e.error
+print(json.dumps({"token": token.access_token, "without_certificate": refused}))
+"#;
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(["-c", script, &url])
+            .args([&cert, &key, &ca])
+            .arg(k8s_assertion(600))
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let out: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(decode(out["token"].as_str().unwrap()).client_id, "agent-mtls", "{out}");
+    assert_eq!(out["without_certificate"], "invalid_client", "{out}");
+}
