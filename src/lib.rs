@@ -75,6 +75,7 @@ pub mod ratelimit;
 pub mod revocation;
 pub mod scopes;
 pub mod secret;
+pub mod secrets;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

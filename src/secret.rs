@@ -28,6 +28,9 @@ pub enum UrlKind {}
 /// A private key, PEM-encoded.
 #[derive(Debug)]
 pub enum PrivateKeyKind {}
+/// A master credential for an upstream (an API key, a password), from a secret source.
+#[derive(Debug)]
+pub enum CredentialKind {}
 
 /// A bearer token or assertion.
 pub type Token = Secret<TokenKind>;
@@ -37,6 +40,8 @@ pub type ClientSecret = Secret<ClientSecretKind>;
 pub type SecretUrl = Secret<UrlKind>;
 /// A PEM-encoded private key, as `tessera keygen` writes it.
 pub type PrivateKeyPem = Secret<PrivateKeyKind>;
+/// A master credential the broker uses on an agent's behalf and never hands out ([`crate::secrets`]).
+pub type Credential = Secret<CredentialKind>;
 
 impl<K> Secret<K> {
     /// Wraps `value`; from here on it is redacted under `Debug` and wiped on drop.

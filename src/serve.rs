@@ -130,6 +130,8 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         rate_limits,
         telemetry: _,
         log: _,
+        secrets: _,
+        proxy: _,
     } = config;
     let keyring = Keyring::new(signing_keys)?;
     let reloadable = Reloadable {
