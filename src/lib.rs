@@ -27,6 +27,8 @@
 //!   key thumbprints sender-constrained tokens carry in `cnf`.
 //! - [`scopes`]: scope sets (RFC 6749 §3.3), parsed once by one rule wherever they come from.
 //! - [`policy`]: the Cedar policy engine, consulted per scope.
+//! - [`access`]: whether a presented token grants what a protected route needs — the one check behind
+//!   forward-auth and the credential-injecting proxy.
 //! - [`rar`]: RFC 9396 `authorization_details` — their wire form, the catalog's detail types and schemas, and
 //!   the one rule by which they narrow.
 //! - [`catalog`]: the audiences tokens are issued for, their scopes and maximum lifetimes.
@@ -34,10 +36,13 @@
 //! - [`audit`]: an audit event for every decision, through the [`audit::AuditSink`] port.
 //! - [`broker`]: what the operations share, and the one place that hands each its parts; the reloadable parts
 //!   (issuers, catalog, policy, clients) are one [`broker::Snapshot`] a request loads once.
+//! - [`secrets`]: the [`secrets::SecretSource`] port, where master credentials the broker uses on an agent's
+//!   behalf come from (never returned, never logged).
 //! - [`error`] (each OAuth code knows its gRPC and HTTP status), [`metrics`], [`secret`], [`clock`].
 //!
 //! **Infrastructure** — behind the ports:
 //! - [`store`]: the revocation stores (embedded; Redis strict or mirrored by pub/sub, standalone or Cluster).
+//! - [`secrets::file`]: secrets read from files and re-read by content as they rotate.
 //! - [`issuer::jwks`]: the JWKS fetcher (files, URLs); [`audit::stream`]: the Redis audit stream.
 //! - [`telemetry`]: tracing and OpenTelemetry export (OTLP, Prometheus).
 //!
@@ -52,6 +57,7 @@
 //! snapshot on SIGHUP and when the config on disk changes. [`config`] reads and validates the configuration;
 //! [`dev`] is the dev-mode setup.
 
+pub mod access;
 pub mod audit;
 pub mod broker;
 pub mod catalog;
