@@ -95,3 +95,61 @@ pub async fn check(
     }
     Ok(claims)
 }
+
+/// One call made through the credential-injecting proxy, as its audit event records it (the actual API calls
+/// made with a token): which route, method and path, and how it ended.
+#[derive(Clone, Copy, Debug)]
+pub struct Call<'a> {
+    /// The proxy route's `path_prefix`.
+    pub route: &'a str,
+    /// The audience the route needs.
+    pub audience: &'a str,
+    /// The request's method.
+    pub method: &'a str,
+    /// The request's path on the proxy (recorded escaped, as every request-borne audit field).
+    pub path: &'a str,
+}
+
+/// How a proxied call ended.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome<'a> {
+    /// Forwarded; the upstream answered with this status.
+    Forwarded(u16),
+    /// Refused before reaching the upstream, with the reason ([`Denied::reason`] or the proxy's own).
+    Refused(&'a str),
+    /// Forwarded, but the upstream could not be reached or its answer was cut off, with why.
+    Failed(&'a str),
+}
+
+/// Records `call` by `checker` (the proxy's client), keyed by the token's task and `jti` when it was known.
+pub fn record_call(
+    current: &Current<'_>,
+    checker: &str,
+    claims: Option<&AccessClaims>,
+    call: Call<'_>,
+    outcome: Outcome<'_>,
+) {
+    let (decision, reason, status) = match outcome {
+        Outcome::Forwarded(status) => ("forwarded", "", status.to_string()),
+        Outcome::Refused(reason) => ("refused", reason, "-".into()),
+        Outcome::Failed(reason) => ("failed", reason, "-".into()),
+    };
+    let mut e = crate::audit::AuditEvent::new("proxy", decision, checker);
+    e.reason = reason.into();
+    e.detail = format!("{} {} {} -> {status}", call.route, call.method, call.path);
+    e.audience = call.audience.into();
+    if let Some(c) = claims {
+        e.sub_iss = c.sub_iss.clone();
+        e.sub = c.sub.clone();
+        e.actors = c
+            .act
+            .as_ref()
+            .map(|a| a.chain().map(|a| a.sub.as_str()).collect::<Vec<_>>().join(" > "))
+            .unwrap_or_default();
+        e.scope_granted = c.scope.to_string();
+        e.task_id = c.task_id.clone();
+        e.jti = c.jti.clone();
+        e.exp = c.exp;
+    }
+    current.audit().record(e);
+}

@@ -76,6 +76,7 @@ pub mod load;
 pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod proxy;
 pub mod rar;
 pub mod ratelimit;
 pub mod revocation;

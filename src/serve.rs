@@ -267,6 +267,19 @@ pub async fn run_with_tls(
     served.map_err(Into::into)
 }
 
+/// Builds the credential-injecting proxy from its config: the secret files, read now and re-read in the
+/// background by the returned task (abort it to stop), and an HTTPS client per route.
+pub fn proxy(
+    config: crate::config::proxy::ProxyConfig,
+    secrets: (Vec<crate::secrets::file::SecretFile>, std::time::Duration),
+) -> Result<(Arc<crate::proxy::Proxy>, tokio::task::JoinHandle<()>), String> {
+    let (files, interval) = secrets;
+    let files = Arc::new(crate::secrets::file::FileSecrets::load(files)?);
+    let refresh = files.spawn_refresh(interval);
+    let proxy = crate::proxy::Proxy::new(config, files).inspect_err(|_| refresh.abort())?;
+    Ok((Arc::new(proxy), refresh))
+}
+
 /// Resolves on Ctrl-C or SIGTERM (how Kubernetes stops a pod).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

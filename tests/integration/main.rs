@@ -18,6 +18,7 @@ mod jwks;
 mod oauth;
 mod policies;
 mod properties;
+mod proxy;
 mod rar;
 mod rate_limits;
 mod reload;

@@ -7,6 +7,7 @@ pub mod jwks_server;
 pub mod otlp;
 pub mod process;
 pub mod redis;
+pub mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
