@@ -2,8 +2,9 @@
 //! test CA's certificate): the upstream sees the injected key and the agent never does — not in a response
 //! body or header, a redirect, an error or the broker's log; a request without a token, with a token for
 //! another route, for a path or method the route does not allow, or after its token or task is revoked is
-//! refused before it reaches the upstream; a rotated secret file is used from the next request on; every call
-//! is an audit event keyed by task and `jti`.
+//! refused before it reaches the upstream, and a DPoP-bound token passes only with a proof for the request;
+//! a rotated secret file is used from the next request on; every call is an audit event keyed by task and
+//! `jti`.
 
 use std::time::{Duration, Instant};
 
@@ -185,6 +186,38 @@ async fn the_proxy_injects_a_key_the_agent_never_sees_and_refuses_before_the_ups
         assert!(Instant::now() < deadline, "the rotated key was never used");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A DPoP-bound token passes only with a fresh proof for this request at the proxy's URL (RFC 9449).
+    let key = crate::dpop::DpopKey::ec();
+    let mut exchange = tonic::Request::new(request(&k8s_assertion(600), CRM, "crm:read"));
+    let grpc_htu = "https://tessera.test/tessera.v1.TokenBroker/ExchangeToken";
+    exchange.metadata_mut().append("dpop", key.proof("POST", grpc_htu, None).parse().unwrap());
+    let bound = broker.exchange_token(exchange).await.unwrap().into_inner().access_token;
+    let url = format!("{proxy}/crm/v1/customers");
+    let dpop = |proof: Option<String>| {
+        let r = agent.get(&url).header("authorization", format!("DPoP {bound}"));
+        match proof {
+            Some(p) => r.header("dpop", p),
+            None => r,
+        }
+    };
+    let before = upstream.seen().len();
+    for (what, proof) in [
+        ("no proof", None),
+        ("another URL", Some(key.proof("GET", &format!("{proxy}/crm/v1/other"), Some(&bound)))),
+        ("another method", Some(key.proof("POST", &url, Some(&bound)))),
+        ("another key", Some(crate::dpop::DpopKey::ed().proof("GET", &url, Some(&bound)))),
+    ] {
+        let r = dpop(proof).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+        assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("DPoP "), "{what}");
+    }
+    let r = agent.get(&url).bearer_auth(&bound).send().await.unwrap();
+    assert_eq!(r.status(), 401, "a DPoP-bound token presented as Bearer");
+    assert_eq!(upstream.seen().len(), before);
+    let r = dpop(Some(key.proof("GET", &url, Some(&bound)))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(upstream.seen().last().unwrap().header("dpop").is_empty(), "the proof is not forwarded");
 
     // Revoking the task stops the very next request, before the upstream.
     let revoke = pb::RevokeRequest { target: Some(Target::TaskId("task-42".into())), reason: "done".into() };
