@@ -34,8 +34,10 @@ pub use clients::ClientBuilder;
 pub use issuers::{DEFAULT_ISSUER_LEEWAY, DEFAULT_MAX_ASSERTION_LIFETIME, IssuerBuilder};
 pub use keys::{PolicyBuilder, SigningBuilder};
 pub use log::{LogBuilder, LogConfig, LogFormat};
+pub use proxy::{DEFAULT_PROXY_ADDR, ProxyBuilder, ProxyConfig};
 pub use rate_limits::RateLimitsBuilder;
 pub use routes::RouteBuilder;
+pub use secrets::{DEFAULT_SECRET_RELOAD_INTERVAL, SecretBuilder};
 pub use server::{DEFAULT_CONFIG_RELOAD_INTERVAL, DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerBuilder, ServerConfig};
 pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode};
 pub use telemetry::{TelemetryBuilder, TelemetryConfig};
@@ -84,9 +86,9 @@ pub struct ConfigBuilder {
     /// `[log]`: log format and level.
     pub log: LogBuilder,
     /// `[[secrets]]`: master credentials read from files (the proxy's upstream keys).
-    pub secrets: Vec<secrets::SecretBuilder>,
+    pub secrets: Vec<SecretBuilder>,
     /// `[proxy]`: the credential-injecting proxy (default: off).
-    pub proxy: proxy::ProxyBuilder,
+    pub proxy: ProxyBuilder,
 }
 
 /// A validated configuration, with the keys, JWKS and policy it names already loaded.
