@@ -89,6 +89,7 @@ pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod vend;
 
 pub use broker::Broker;
 pub use error::{Error, ErrorCode};

@@ -132,6 +132,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         log: _,
         secrets: _,
         proxy: _,
+        databases: _,
     } = config;
     let keyring = Keyring::new(signing_keys)?;
     let reloadable = Reloadable {
@@ -268,16 +269,32 @@ pub async fn run_with_tls(
 }
 
 /// Builds the credential-injecting proxy from its config: the secret files, read now and re-read in the
-/// background by the returned task (abort it to stop), and an HTTPS client per route.
+/// background, an HTTPS client per route, and for each database its logins, swept in the background against
+/// `broker`'s revocations. Abort the returned tasks to stop the background work.
 pub fn proxy(
     config: crate::config::proxy::ProxyConfig,
     secrets: (Vec<crate::secrets::file::SecretFile>, std::time::Duration),
-) -> Result<(Arc<crate::proxy::Proxy>, tokio::task::JoinHandle<()>), String> {
+    databases: Vec<crate::config::databases::DatabaseConfig>,
+    broker: &Arc<Broker>,
+) -> Result<(Arc<crate::proxy::Proxy>, Vec<tokio::task::JoinHandle<()>>), String> {
     let (files, interval) = secrets;
     let files = Arc::new(crate::secrets::file::FileSecrets::load(files)?);
-    let refresh = files.spawn_refresh(interval);
-    let proxy = crate::proxy::Proxy::new(config, files).inspect_err(|_| refresh.abort())?;
-    Ok((Arc::new(proxy), refresh))
+    let mut tasks = vec![files.spawn_refresh(interval)];
+    let checker = config.client.clone();
+    let mut logins: Vec<Arc<dyn crate::vend::Logins>> = Vec::new();
+    for database in databases {
+        let source: Arc<dyn crate::secrets::SecretSource> = files.clone();
+        let postgres = Arc::new(crate::vend::postgres::PostgresLogins::new(database.spec, database.connection, source));
+        tasks.push(postgres.spawn_sweeper(Arc::clone(broker), checker.clone(), database.sweep_interval));
+        logins.push(postgres);
+    }
+    match crate::proxy::Proxy::new(config, files) {
+        Ok(proxy) => Ok((Arc::new(proxy.with_logins(logins)), tasks)),
+        Err(e) => {
+            tasks.iter().for_each(tokio::task::JoinHandle::abort);
+            Err(e)
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (how Kubernetes stops a pod).

@@ -64,6 +64,7 @@ pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path)
     let tls = config.tls.clone();
     let proxy = config.proxy.take();
     let secrets = std::mem::take(&mut config.secrets);
+    let databases = std::mem::take(&mut config.databases);
     runtime()?.block_on(async move {
         let telemetry = telemetry::init(&config.log, &config.telemetry)?;
         if reloading.is_none() {
@@ -86,7 +87,7 @@ pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path)
             None => None,
             Some(config) => {
                 let listener = bind(config.listen).await?;
-                let (proxy, refresh) = serve::proxy(config, secrets)?;
+                let (proxy, refresh) = serve::proxy(config, secrets, databases, &broker)?;
                 let mut stopped = stop.subscribe();
                 let until = async move {
                     let _ = stopped.changed().await;
@@ -111,9 +112,9 @@ pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path)
         let served = serve::run_with_tls(grpc, broker, settings, tls, grpc_stopped).await.map_err(|e| e.to_string());
         reloads.abort();
         let _ = http.await;
-        if let Some((proxy, refresh)) = proxy {
+        if let Some((proxy, tasks)) = proxy {
             let _ = proxy.await;
-            refresh.abort();
+            tasks.iter().for_each(tokio::task::JoinHandle::abort);
         }
         telemetry.shutdown();
         served

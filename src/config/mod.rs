@@ -10,6 +10,7 @@
 pub mod audiences;
 pub mod broker;
 pub mod clients;
+pub mod databases;
 pub mod issuers;
 pub mod keys;
 pub mod log;
@@ -31,6 +32,7 @@ use serde::Deserialize;
 pub use audiences::AudienceBuilder;
 pub use broker::{BrokerBuilder, DEFAULT_BROKER_LEEWAY, DEFAULT_TASK_REVOCATION_RETENTION, MAX_LEEWAY};
 pub use clients::ClientBuilder;
+pub use databases::DatabaseBuilder;
 pub use issuers::{DEFAULT_ISSUER_LEEWAY, DEFAULT_MAX_ASSERTION_LIFETIME, IssuerBuilder};
 pub use keys::{PolicyBuilder, SigningBuilder};
 pub use log::{LogBuilder, LogConfig, LogFormat};
@@ -89,6 +91,8 @@ pub struct ConfigBuilder {
     pub secrets: Vec<SecretBuilder>,
     /// `[proxy]`: the credential-injecting proxy (default: off).
     pub proxy: ProxyBuilder,
+    /// `[[databases]]`: database audiences whose tokens get short-lived PostgreSQL logins.
+    pub databases: Vec<DatabaseBuilder>,
 }
 
 /// A validated configuration, with the keys, JWKS and policy it names already loaded.
@@ -137,8 +141,10 @@ pub struct Config {
     pub log: LogConfig,
     /// The secret files and how often they are re-read.
     pub secrets: (Vec<crate::secrets::file::SecretFile>, std::time::Duration),
-    /// The credential-injecting proxy, when it has routes.
+    /// The credential-injecting proxy, when it has routes or databases.
     pub proxy: Option<proxy::ProxyConfig>,
+    /// The databases whose logins the proxy's listener vends.
+    pub databases: Vec<databases::DatabaseConfig>,
 }
 
 /// Every problem found, one per line.
@@ -168,8 +174,8 @@ impl Context<'_> {
 /// own) and the proxy. A reload that changes one of them is refused
 /// whole (the section must be applied by a restart), so what is in force is always one config that passed
 /// validation in full, never a mix of two.
-pub const FIXED_SECTIONS: [&str; 10] =
-    ["server", "broker", "signing", "store", "tls", "rate_limits", "telemetry", "log", "secrets", "proxy"];
+pub const FIXED_SECTIONS: [&str; 11] =
+    ["server", "broker", "signing", "store", "tls", "rate_limits", "telemetry", "log", "secrets", "proxy", "databases"];
 
 /// The `[broker]` keys a reload does take: they shape the catalog (task tokens' lifetime, who may introspect
 /// them) and the clients (how they may authenticate), which are rebuilt on every reload.
@@ -282,9 +288,26 @@ impl ConfigBuilder {
         let log = self.log.build(&mut problems);
         let telemetry = self.telemetry.build(&cx, &mut problems);
         let secrets = secrets::build(self.secrets, &cx, &mut problems);
-        let proxy = self.proxy.build(&audiences, &cx, &mut problems);
+        let databases = databases::build(self.databases, &audiences, &mut problems);
+        let proxy = self.proxy.build(&audiences, !databases.is_empty(), &cx, &mut problems);
         if let Some(p) = &proxy {
             check_proxy(p, &server, &secrets.0, &clients, &audiences, &mut problems);
+            for d in &databases {
+                if !audiences.iter().any(|a| a.id == d.spec.audience && a.introspect_clients.contains(&p.client)) {
+                    problems.push(format!(
+                        "databases ({}): proxy.client `{}` may not introspect it (add it to introspect_clients)",
+                        d.spec.audience, p.client
+                    ));
+                }
+            }
+        }
+        for d in &databases {
+            if !secrets.0.iter().any(|s| s.name == d.connection.password_secret) {
+                problems.push(format!(
+                    "databases ({}): password_secret `{}` is not in [[secrets]]",
+                    d.spec.audience, d.connection.password_secret
+                ));
+            }
         }
         match policy {
             Some(policy) if problems.is_empty() => Ok(Config {
@@ -310,6 +333,7 @@ impl ConfigBuilder {
                 log,
                 secrets,
                 proxy,
+                databases,
             }),
             _ => Err(ConfigErrors(problems)),
         }

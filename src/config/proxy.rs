@@ -21,6 +21,8 @@ pub const DEFAULT_PROXY_MAX_REQUEST_BYTES: usize = 1 << 20;
 pub const DEFAULT_PROXY_MAX_RESPONSE_BYTES: u64 = 16 << 20;
 /// How long one proxied call may take, from connecting to the upstream to the last byte of its answer (ms).
 pub const DEFAULT_PROXY_TIMEOUT_MS: u64 = 30_000;
+/// Paths on the proxy's listener that are tessera's own (the database login vend call), never a route's.
+pub const RESERVED_PREFIX: &str = "/_tessera";
 /// The methods a route allows when it names none.
 pub const DEFAULT_PROXY_METHODS: [&str; 2] = ["GET", "HEAD"];
 
@@ -182,15 +184,17 @@ pub fn ambiguous_path(path: &str) -> bool {
 
 impl ProxyBuilder {
     /// `None`: no routes, no proxy.
+    /// `None`: no routes and no databases (whose logins the proxy's listener vends), no proxy.
     pub(super) fn build(
         self,
         audiences: &[Audience],
+        databases: bool,
         cx: &Context<'_>,
         problems: &mut Problems,
     ) -> Option<ProxyConfig> {
-        if self.routes.is_empty() {
+        if self.routes.is_empty() && !databases {
             if self.listen.is_some() || self.client.is_some() {
-                problems.push("proxy: needs at least one [[proxy.routes]]".into());
+                problems.push("proxy: needs at least one [[proxy.routes]] or [[databases]] entry".into());
             }
             return None;
         }
@@ -218,6 +222,9 @@ impl ProxyBuilder {
         let mut routes: Vec<ProxyRoute> = Vec::new();
         for (i, r) in self.routes.into_iter().enumerate() {
             let at = format!("proxy.routes[{i}] ({})", r.path_prefix);
+            if r.path_prefix.starts_with(RESERVED_PREFIX) {
+                problems.push(format!("{at}: `path_prefix` under `{RESERVED_PREFIX}` is tessera's own"));
+            }
             if routes.iter().any(|x| x.route.path_prefix == r.path_prefix) {
                 problems.push(format!("{at}: duplicate `path_prefix`"));
             }

@@ -28,7 +28,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use tokio::net::TcpListener;
 
@@ -39,6 +39,10 @@ use crate::http::gateway::{Scheme, challenge, gateway_error, refusal};
 use crate::introspect::Presentation;
 use crate::secret::{Credential, Token};
 use crate::secrets::SecretSource;
+use crate::vend::{Logins, VendError};
+
+/// Where an agent gets a short-lived database login for its token ([`crate::vend`]).
+pub const VEND_PATH: &str = "/_tessera/database-credentials";
 
 /// Request headers never forwarded: hop-by-hop (RFC 9110 §7.6.1), the host, the length (re-computed), the
 /// agent's token and proof, and proxy credentials.
@@ -63,6 +67,7 @@ pub struct Proxy {
     config: ProxyConfig,
     clients: Vec<reqwest::Client>,
     secrets: Arc<dyn SecretSource>,
+    logins: Vec<Arc<dyn Logins>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -92,7 +97,13 @@ impl Proxy {
                 builder.build().map_err(|_| format!("proxy route {}: no HTTPS client", route.route.path_prefix))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Proxy { config, clients, secrets })
+        Ok(Proxy { config, clients, secrets, logins: Vec::new() })
+    }
+
+    /// The databases whose logins `POST /_tessera/database-credentials` vends.
+    pub fn with_logins(mut self, logins: Vec<Arc<dyn Logins>>) -> Proxy {
+        self.logins = logins;
+        self
     }
 
     /// The route `path` falls under (longest prefix first), with its parameters and the upstream path.
@@ -137,7 +148,7 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = Router::new().fallback(handle).with_state((broker, proxy));
+    let router = Router::new().route(VEND_PATH, axum::routing::post(vend)).fallback(handle).with_state((broker, proxy));
     tracing::info!(addr = %listener.local_addr()?, "tessera serving proxy");
     axum::serve(crate::net::Listener(listener), router).with_graceful_shutdown(shutdown).await
 }
@@ -173,40 +184,14 @@ async fn handle(State((broker, proxy)): State<(Arc<Broker>, Arc<Proxy>)>, reques
         .audience(audience)
         .is_some_and(|a| a.sender_constraint == crate::catalog::SenderConstraint::Dpop);
     let bare = if wants_dpop { Scheme::Dpop } else { Scheme::Bearer };
-    let presented = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::trim);
-    let (scheme, token) = match presented.and_then(|v| v.split_once(' ')) {
-        None if presented.is_none() => {
-            unrouted("no_token", prefix, audience);
-            return challenge(StatusCode::UNAUTHORIZED, &broker, audience, bare, None, None);
-        }
-        Some((s, t)) if s.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
-            (Scheme::Bearer, Token::new(t.trim()))
-        }
-        Some((s, t)) if s.eq_ignore_ascii_case("dpop") && !t.trim().is_empty() => (Scheme::Dpop, Token::new(t.trim())),
-        _ => {
-            unrouted("invalid_request", prefix, audience);
-            let error = ("invalid_request", "the Authorization header is not a Bearer or DPoP token");
-            return challenge(StatusCode::UNAUTHORIZED, &broker, audience, bare, Some(error), None);
+    let (scheme, token, presentation) = match presented(&broker, &proxy, &parts, audience, bare) {
+        Ok(p) => p,
+        Err(refused) => {
+            let (response, reason) = *refused;
+            unrouted(reason, prefix, audience);
+            return response;
         }
     };
-    let mut presentation = Presentation { dpop_scheme: scheme == Scheme::Dpop, ..Presentation::default() };
-    if scheme == Scheme::Dpop {
-        let base = match &proxy.config.public_url {
-            Some(url) => url.clone(),
-            None => {
-                let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
-                format!("http://{host}")
-            }
-        };
-        match crate::http::oauth::dpop_header(&parts.headers, &method, format!("{base}{path}")) {
-            Ok(proof) => presentation.proof = proof,
-            Err(e) => {
-                unrouted("invalid_dpop_proof", prefix, audience);
-                let error = ("invalid_dpop_proof", e.description.as_str());
-                return challenge(StatusCode::UNAUTHORIZED, &broker, audience, Scheme::Dpop, Some(error), None);
-            }
-        }
-    }
     let Some(client) = current.clients().iter().find(|c| c.id == checker).cloned() else {
         unrouted("no_proxy_client", prefix, audience);
         return refused(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the proxy's client is not configured");
@@ -453,6 +438,136 @@ impl Streamed {
                 }
                 Err(e) => return self.cut(if e.is_timeout() { "timeout" } else { "upstream_failed" }),
             }
+        }
+    }
+}
+
+/// A challenge to answer, and the reason to audit.
+type Refused = (Response, &'static str);
+
+/// The token of a request (RFC 6750 §2.1, RFC 9449 §7.1) and how it was presented, with a DPoP proof checked
+/// against this request's method and the proxy's URL; or the challenge to answer.
+fn presented(
+    broker: &Broker,
+    proxy: &Proxy,
+    parts: &axum::http::request::Parts,
+    audience: &str,
+    bare: Scheme,
+) -> Result<(Scheme, Token, Presentation), Box<Refused>> {
+    let value = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::trim);
+    let (scheme, token) = match value.and_then(|v| v.split_once(' ')) {
+        None if value.is_none() => {
+            return Err(Box::new((
+                challenge(StatusCode::UNAUTHORIZED, broker, audience, bare, None, None),
+                "no_token",
+            )));
+        }
+        Some((s, t)) if s.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
+            (Scheme::Bearer, Token::new(t.trim()))
+        }
+        Some((s, t)) if s.eq_ignore_ascii_case("dpop") && !t.trim().is_empty() => (Scheme::Dpop, Token::new(t.trim())),
+        _ => {
+            let error = ("invalid_request", "the Authorization header is not a Bearer or DPoP token");
+            let response = challenge(StatusCode::UNAUTHORIZED, broker, audience, bare, Some(error), None);
+            return Err(Box::new((response, "invalid_request")));
+        }
+    };
+    let mut presentation = Presentation { dpop_scheme: scheme == Scheme::Dpop, ..Presentation::default() };
+    if scheme == Scheme::Dpop {
+        let base = match &proxy.config.public_url {
+            Some(url) => url.clone(),
+            None => {
+                let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                format!("http://{host}")
+            }
+        };
+        let url = format!("{base}{}", parts.uri.path());
+        match crate::http::oauth::dpop_header(&parts.headers, parts.method.as_str(), url) {
+            Ok(proof) => presentation.proof = proof,
+            Err(e) => {
+                let error = ("invalid_dpop_proof", e.description.as_str());
+                let response = challenge(StatusCode::UNAUTHORIZED, broker, audience, Scheme::Dpop, Some(error), None);
+                return Err(Box::new((response, "invalid_dpop_proof")));
+            }
+        }
+    }
+    Ok((scheme, token, presentation))
+}
+
+/// `POST /_tessera/database-credentials?resource=<database audience>` with the agent's token for that
+/// audience: a login created for the token, its password shown once (`Cache-Control: no-store`).
+async fn vend(State((broker, proxy)): State<(Arc<Broker>, Arc<Proxy>)>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    let current = broker.current();
+    let checker = proxy.config.client.as_str();
+    let resource = form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "resource")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let call = Call { route: VEND_PATH, audience: &resource, method: "POST", path: &path };
+    let Some(logins) = proxy.logins.iter().find(|l| l.spec().audience == resource) else {
+        access::record_call(&current, checker, None, call, Outcome::Refused("no_database"));
+        return refused(StatusCode::NOT_FOUND, "invalid_target", "`resource` names no catalogued database");
+    };
+    let (scheme, token, presentation) = match presented(&broker, &proxy, &parts, &resource, Scheme::Bearer) {
+        Ok(p) => p,
+        Err(refused) => {
+            let (response, reason) = *refused;
+            access::record_call(&current, checker, None, call, Outcome::Refused(reason));
+            return response;
+        }
+    };
+    let Some(client) = current.clients().iter().find(|c| c.id == checker).cloned() else {
+        return refused(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the proxy's client is not configured");
+    };
+    let none = crate::scopes::Scopes::default();
+    let need = Need { audience: &resource, scopes: &none, details: None, method: Some("POST") };
+    let claims = match access::check(&current, &client, &token, &presentation, need, crate::clock::now()).await {
+        Ok(claims) => claims,
+        Err(denied) => {
+            access::record_call(&current, checker, None, call, Outcome::Refused(denied.reason()));
+            return refusal(&broker, &resource, scheme, &none, &denied);
+        }
+    };
+    let record = |outcome| access::record_call(&current, checker, Some(&claims), call, outcome);
+    let plan = match crate::vend::plan(logins.spec(), &claims) {
+        Ok(plan) => plan,
+        Err(_) => {
+            record(Outcome::Refused("no_grant"));
+            let error = ("insufficient_scope", "none of the token's scopes grants a database role");
+            return challenge(StatusCode::FORBIDDEN, &broker, &resource, scheme, Some(error), None);
+        }
+    };
+    match logins.create(&plan, token).await {
+        Ok(login) => {
+            record(Outcome::Forwarded(200));
+            let body = serde_json::json!({
+                "username": login.username,
+                "password": login.password.expose(),
+                "host": login.host,
+                "port": login.port,
+                "dbname": login.dbname,
+                "roles": login.roles,
+                "expires_at": login.valid_until,
+                "task_id": claims.task_id,
+            });
+            let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(VendError::AlreadyVended) => {
+            record(Outcome::Refused("already_vended"));
+            refused(StatusCode::CONFLICT, "invalid_request", "a login was already created for this token")
+        }
+        Err(VendError::NoGrant) => {
+            record(Outcome::Refused("no_grant"));
+            refused(StatusCode::FORBIDDEN, "insufficient_scope", "none of the token's scopes grants a database role")
+        }
+        Err(VendError::Unavailable(problem)) => {
+            tracing::warn!(database = %resource, problem = %problem, "no database login created");
+            record(Outcome::Failed("database_unavailable"));
+            refused(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the database is unavailable")
         }
     }
 }

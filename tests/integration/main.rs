@@ -7,6 +7,7 @@ mod attacks;
 mod bad_input;
 mod cli;
 mod client_auth;
+mod database;
 mod delegation;
 mod docs;
 mod dpop;

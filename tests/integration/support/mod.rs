@@ -5,6 +5,7 @@
 
 pub mod jwks_server;
 pub mod otlp;
+pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod upstream;
