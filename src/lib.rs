@@ -38,11 +38,13 @@
 //!   (issuers, catalog, policy, clients) are one [`broker::Snapshot`] a request loads once.
 //! - [`secrets`]: the [`secrets::SecretSource`] port, where master credentials the broker uses on an agent's
 //!   behalf come from (never returned, never logged).
+//! - [`vend`]: short-lived database logins bound to a token's life and lineage, and the [`vend::Logins`] port.
 //! - [`error`] (each OAuth code knows its gRPC and HTTP status), [`metrics`], [`secret`], [`clock`].
 //!
 //! **Infrastructure** — behind the ports:
 //! - [`store`]: the revocation stores (embedded; Redis strict or mirrored by pub/sub, standalone or Cluster).
-//! - [`secrets::file`]: secrets read from files and re-read by content as they rotate.
+//! - [`secrets::file`]: secrets read from files and re-read by content as they rotate; [`vend::postgres`]:
+//!   PostgreSQL login roles and their sweeper.
 //! - [`issuer::jwks`]: the JWKS fetcher (files, URLs); [`audit::stream`]: the Redis audit stream.
 //! - [`telemetry`]: tracing and OpenTelemetry export (OTLP, Prometheus).
 //!
