@@ -196,3 +196,51 @@ async fn a_vended_login_reads_exactly_the_granted_tables_until_its_task_is_revok
     }
     assert!(logs.contains("database login dropped"), "{logs}");
 }
+
+#[test]
+fn databases_are_validated_with_every_problem_at_once() {
+    let toml = r#"
+[[audiences]]
+id = "postgres://support-db"
+scopes = ["tickets:read"]
+max_ttl = 300
+introspect_clients = ["local"]
+
+[proxy]
+client = "gateway"
+
+[[databases]]
+audience = "postgres://support-db"
+user = "tessera_broker"
+password_secret = "nowhere"
+role_prefix = "Bad-Prefix"
+sweep_interval_ms = 0
+
+[databases.grants]
+"tickets:read" = ["support_read", "x\"; DROP ROLE postgres; --"]
+"tickets:delete" = ["support_admin"]
+
+[[databases]]
+audience = "postgres://unknown"
+user = ""
+password_secret = ""
+"#;
+    let dir = TestBroker::builder().extra_toml(toml).write_config();
+    let errors = tessera::config::ConfigBuilder::load(&dir.path().join("tessera.toml"))
+        .and_then(|b| b.build(dir.path()))
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "databases[0] (postgres://support-db): grants: scope `tickets:delete` is not offered",
+        "databases[0] (postgres://support-db): grants.tickets:read: roles are lower-case SQL identifiers",
+        "databases[0] (postgres://support-db): `role_prefix` is a lower-case SQL identifier",
+        "databases[0] (postgres://support-db): `sweep_interval_ms` and `port` must be at least 1",
+        "databases (postgres://support-db): proxy.client `gateway` may not introspect it",
+        "databases (postgres://support-db): password_secret `nowhere` is not in [[secrets]]",
+        "databases[1] (postgres://unknown): `audience` is not in the catalog",
+        "databases[1] (postgres://unknown): `grants` must map at least one scope",
+        "databases[1] (postgres://unknown): needs `user` and `password_secret`",
+    ] {
+        assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+    }
+}
