@@ -4,7 +4,7 @@
 //! another route, for a path or method the route does not allow, or after its token or task is revoked is
 //! refused before it reaches the upstream, and a DPoP-bound token passes only with a proof for the request;
 //! a rotated secret file is used from the next request on; every call is an audit event keyed by task and
-//! `jti`.
+//! `jti`; request bodies past the limit get 413 and a slow upstream 504.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,8 @@ file = "other-key"
 [proxy]
 client = "gateway"
 max_response_bytes = 32768
+max_request_bytes = 4096
+timeout_ms = 2000
 
 [[proxy.routes]]
 path_prefix = "/crm"
@@ -149,6 +151,16 @@ async fn the_proxy_injects_a_key_the_agent_never_sees_and_refuses_before_the_ups
     assert!(r.bytes().await.is_err(), "a 64 KiB streamed answer over a 32 KiB limit is cut off");
     assert_eq!(upstream.seen().len(), before + 2);
 
+    // A body over max_request_bytes is refused before the upstream; an upstream slower than timeout_ms is 504.
+    let before = upstream.seen().len();
+    let r = agent.post(format!("{proxy}/crm/v1/notes")).bearer_auth(&crm.access_token).body(vec![b'z'; 8192]).send();
+    assert_eq!(r.await.unwrap().status(), 413);
+    assert_eq!(upstream.seen().len(), before);
+    let r = agent.get(format!("{proxy}/crm/v1/slow")).bearer_auth(&crm.access_token).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    keep(&mut answers, &r, "");
+    answers.push_str(&r.text().await.unwrap());
+
     // Refused before the upstream: no token, a token for another route, a path or method the route does not
     // allow, a path the upstream could read otherwise.
     let before = upstream.seen().len();
@@ -233,7 +245,7 @@ async fn the_proxy_injects_a_key_the_agent_never_sees_and_refuses_before_the_ups
     let (_, logs) = serving.terminate();
     let jti = decode(&crm.access_token).jti;
     let audited = logs.lines().filter(|l| l.contains("event=proxy") && l.contains(&jti)).count();
-    assert!(audited >= 10, "proxied calls are audited with their jti:\n{logs}");
+    assert!(audited >= 12, "proxied calls are audited with their jti:\n{logs}");
     assert!(logs.lines().any(|l| l.contains("event=proxy") && l.contains("decision=refused") && l.contains(&jti)));
     assert!(logs.contains("credential_echoed"), "the echo is audited");
     for key in [CRM_KEY, CRM_KEY_ROTATED, OTHER_KEY] {

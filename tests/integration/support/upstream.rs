@@ -5,7 +5,7 @@
 //! Paths under `/api/v1/` answer 200 with a small JSON body; a few do something an upstream might:
 //! `…/echo` answers with the `x-api-key` it received in its body, `…/header` puts it in a response header,
 //! `…/redirect` answers 302 to another host, `…/big` answers with 64 KiB, `…/stream` with 64 KiB
-//! of chunks and no length.
+//! of chunks and no length, `…/slow` after 10 s.
 
 use std::sync::{Arc, Mutex};
 
@@ -93,6 +93,10 @@ async fn record(
         "/api/v1/header" => (StatusCode::OK, [("x-debug-key", key)], "{}").into_response(),
         "/api/v1/redirect" => {
             (StatusCode::FOUND, [("location", "https://elsewhere.example/collect")], "").into_response()
+        }
+        "/api/v1/slow" => {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            (StatusCode::OK, "late").into_response()
         }
         "/api/v1/big" => (StatusCode::OK, "x".repeat(64 * 1024)).into_response(),
         "/api/v1/stream" => {
