@@ -9,6 +9,9 @@
 //! UNTIL` still ends new logins at the token's expiry, and every sweep drops expired roles with the prefix,
 //! whoever made them, closing their connections.
 //!
+//! The password is sent as its SCRAM-SHA-256 verifier (what `psql`'s `\password` sends), so no statement
+//! text — in a debug log or the server's statement log — holds it.
+//!
 //! Every identifier is quoted ([`super::quote_ident`]), every literal too ([`super::quote_literal`]); role
 //! names are a digest of the token's `jti`, and member roles come from the validated config, never from a
 //! request.
@@ -210,7 +213,11 @@ impl Logins for PostgresLogins {
             let create = zeroize::Zeroizing::new(format!(
                 "CREATE ROLE {} LOGIN PASSWORD {} VALID UNTIL {} IN ROLE {}",
                 quote_ident(&plan.role),
-                quote_literal(password.expose()),
+                // The SCRAM-SHA-256 verifier, never the password: the statement's text can reach a debug log
+                // (the client library logs what it runs) and the server's statement log.
+                quote_literal(&zeroize::Zeroizing::new(postgres_protocol::password::scram_sha_256(
+                    password.expose().as_bytes()
+                ))),
                 quote_literal(&valid_until),
                 member_of.join(", "),
             ));

@@ -110,7 +110,8 @@ async fn a_vended_login_reads_exactly_the_granted_tables_until_its_task_is_revok
     std::fs::write(dir.path().join("support-db-broker-password"), format!("{BROKER_PASSWORD}\n")).unwrap();
     let config = dir.path().join("tessera.toml");
     let serving = Serving::start(&["--config", config.to_str().unwrap(), "--proxy-addr", "127.0.0.1:0"], |c| {
-        c.env("TESSERA__LOG__LEVEL", "info");
+        // Debug: the database client logs every statement it runs; no password may be among them.
+        c.env("TESSERA__LOG__LEVEL", "debug");
     });
     let proxy = format!("http://{}", proxy_addr(&serving));
     let mut broker = pb::token_broker_client::TokenBrokerClient::connect(serving.url()).await.unwrap();
@@ -195,6 +196,7 @@ async fn a_vended_login_reads_exactly_the_granted_tables_until_its_task_is_revok
         assert!(!logs.contains(secret), "a database password reached the log");
     }
     assert!(logs.contains("database login dropped"), "{logs}");
+    assert!(logs.contains("CREATE ROLE"), "the debug log shows the statements (so the check above means something)");
 }
 
 #[test]
