@@ -55,6 +55,14 @@ audience = "{OTHER}"
 scopes = ["other:read"]
 upstream_ca_file = "{ca}"
 credential = {{ secret = "other-key", kind = "basic" }}
+
+[[proxy.routes]]
+path_prefix = "/query"
+upstream = "{url}/api"
+audience = "{OTHER}"
+scopes = ["other:read"]
+upstream_ca_file = "{ca}"
+credential = {{ secret = "other-key", kind = "query", name = "api_key" }}
 "#
     )
 }
@@ -81,7 +89,8 @@ async fn the_proxy_injects_a_key_the_agent_never_sees_and_refuses_before_the_ups
     std::fs::write(dir.path().join("other-key"), OTHER_KEY).unwrap();
     let config = dir.path().join("tessera.toml");
     let serving = Serving::start(&["--config", config.to_str().unwrap(), "--proxy-addr", "127.0.0.1:0"], |c| {
-        c.env("TESSERA__LOG__LEVEL", "info");
+        // Debug: the HTTP client libraries log at debug too; no key may be in any of it.
+        c.env("TESSERA__LOG__LEVEL", "debug");
     });
     let proxy = format!("http://{}", proxy_addr(&serving));
     let mut broker = pb::token_broker_client::TokenBrokerClient::connect(serving.url()).await.unwrap();
@@ -124,6 +133,11 @@ async fn the_proxy_injects_a_key_the_agent_never_sees_and_refuses_before_the_ups
     assert_eq!(r.status(), 200);
     let basic = format!("Basic {}", base64_std(&format!("{OTHER_KEY}:")));
     assert_eq!(upstream.seen()[2].header("authorization"), [basic.as_str()]);
+
+    // A query-parameter credential replaces the agent's own value of that parameter.
+    let r = agent.get(format!("{proxy}/query/v1/x?page=2&api_key=forged")).bearer_auth(&other.access_token).send();
+    assert_eq!(r.await.unwrap().status(), 200);
+    assert_eq!(upstream.seen().last().unwrap().uri, format!("/api/v1/x?page=2&api_key={OTHER_KEY}"));
 
     // An upstream that echoes the key in its body or a header, or redirects elsewhere: the agent never gets it.
     // (The answer is cut off before the echo: here before even its head went out, so the agent sees a
