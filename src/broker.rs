@@ -272,6 +272,11 @@ impl Broker {
 }
 
 impl<'b> Current<'b> {
+    /// Where audit events go (for the access checks' own events: proxied calls).
+    pub(crate) fn audit(&self) -> &dyn crate::audit::AuditSink {
+        self.fixed.audit.as_ref()
+    }
+
     fn revocations(&self) -> Revocations<'b> {
         Revocations { store: self.fixed.store.as_ref(), metrics: &self.fixed.metrics }
     }

@@ -135,6 +135,11 @@ impl Client {
         }
     }
 
+    /// Whether the client may call `rpc`.
+    pub fn may_call(&self, rpc: Rpc) -> bool {
+        self.rpcs.contains(&rpc)
+    }
+
     /// The client, also known by these certificate identities over mTLS.
     pub fn with_tls_identities(mut self, identities: Vec<String>) -> Self {
         self.tls_identities = identities;

@@ -29,6 +29,8 @@
 //! - [`policy`]: the Cedar policy engine, consulted per scope.
 //! - [`approval`]: step-up approvals — a grant policy marks `@approval` waits for a human; the
 //!   [`approval::Ledger`] port keeps requests and decisions where every replica sees them.
+//! - [`access`]: whether a presented token grants what a protected route needs — the one check behind
+//!   forward-auth and the credential-injecting proxy.
 //! - [`rar`]: RFC 9396 `authorization_details` — their wire form, the catalog's detail types and schemas, and
 //!   the one rule by which they narrow.
 //! - [`catalog`]: the audiences tokens are issued for, their scopes and maximum lifetimes.
@@ -36,15 +38,23 @@
 //! - [`audit`]: an audit event for every decision, through the [`audit::AuditSink`] port.
 //! - [`broker`]: what the operations share, and the one place that hands each its parts; the reloadable parts
 //!   (issuers, catalog, policy, clients) are one [`broker::Snapshot`] a request loads once.
+//! - [`secrets`]: the [`secrets::SecretSource`] port, where master credentials the broker uses on an agent's
+//!   behalf come from (never returned, never logged).
+//! - [`vend`]: short-lived database logins bound to a token's life and lineage, and the [`vend::Logins`] port.
 //! - [`error`] (each OAuth code knows its gRPC and HTTP status), [`metrics`], [`secret`], [`clock`].
 //!
 //! **Infrastructure** — behind the ports:
 //! - [`store`]: the revocation stores (embedded; Redis strict or mirrored by pub/sub, standalone or Cluster).
 //! - [`issuer::jwks`]: the JWKS fetcher (files, URLs); [`audit::stream`]: the Redis audit stream;
 //!   [`approval::webhook`]: the signed webhook announcing approval requests.
+//! - [`secrets::file`]: secrets read from files and re-read by content as they rotate; [`vend::postgres`]:
+//!   PostgreSQL login roles and their sweeper.
+//! - [`issuer::jwks`]: the JWKS fetcher (files, URLs); [`audit::stream`]: the Redis audit stream.
 //! - [`telemetry`]: tracing and OpenTelemetry export (OTLP, Prometheus).
 //!
-//! **Faces** — thin adapters: [`grpc`] (`tessera.v1.TokenBroker`); [`http`]: the plain-OAuth endpoints
+//! **Faces** — thin adapters: [`grpc`] (`tessera.v1.TokenBroker`); [`proxy`]: the credential-injecting
+//! proxy on its own listener (tokens checked by [`access`], the upstream's key injected from a
+//! [`secrets::SecretSource`]); [`http`]: the plain-OAuth endpoints
 //! ([`http::oauth`]: token exchange and jwt-bearer, introspection, revocation, JWKS, RFC 8414 metadata), the
 //! gateway's forward-auth and RFC 9728 resource metadata ([`http::gateway`]), metrics and health; [`net`] (how
 //! both faces accept connections: `TCP_NODELAY` on each; [`net::tls`]: TLS and mTLS client certificates, with
@@ -57,6 +67,7 @@
 //! snapshot on SIGHUP and when the config on disk changes. [`config`] reads and validates the configuration;
 //! [`dev`] is the dev-mode setup.
 
+pub mod access;
 pub mod approval;
 pub mod audit;
 pub mod broker;
@@ -76,16 +87,19 @@ pub mod load;
 pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod proxy;
 pub mod rar;
 pub mod ratelimit;
 pub mod revocation;
 pub mod scopes;
 pub mod sdk;
 pub mod secret;
+pub mod secrets;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod vend;
 
 pub use broker::Broker;
 pub use error::{Error, ErrorCode};

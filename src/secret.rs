@@ -31,6 +31,9 @@ pub enum PrivateKeyKind {}
 /// A shared key that signs outgoing messages (the approvals webhook's HMAC key).
 #[derive(Debug)]
 pub enum SigningSecretKind {}
+/// A master credential for an upstream (an API key, a password), from a secret source.
+#[derive(Debug)]
+pub enum CredentialKind {}
 
 /// A bearer token or assertion.
 pub type Token = Secret<TokenKind>;
@@ -42,6 +45,8 @@ pub type SecretUrl = Secret<UrlKind>;
 pub type PrivateKeyPem = Secret<PrivateKeyKind>;
 /// The HMAC key of the approvals webhook (`approvals.webhook_secret_file`).
 pub type SigningSecret = Secret<SigningSecretKind>;
+/// A master credential the broker uses on an agent's behalf and never hands out ([`crate::secrets`]).
+pub type Credential = Secret<CredentialKind>;
 
 impl<K> Secret<K> {
     /// Wraps `value`; from here on it is redacted under `Debug` and wiped on drop.

@@ -132,6 +132,9 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         approvals,
         telemetry: _,
         log: _,
+        secrets: _,
+        proxy: _,
+        databases: _,
     } = config;
     let keyring = Keyring::new(signing_keys)?;
     let reloadable = Reloadable {
@@ -281,6 +284,35 @@ pub async fn run_with_tls(
     };
     refresh.abort();
     served.map_err(Into::into)
+}
+
+/// Builds the credential-injecting proxy from its config: the secret files, read now and re-read in the
+/// background, an HTTPS client per route, and for each database its logins, swept in the background against
+/// `broker`'s revocations. Abort the returned tasks to stop the background work.
+pub fn proxy(
+    config: crate::config::proxy::ProxyConfig,
+    secrets: (Vec<crate::secrets::file::SecretFile>, std::time::Duration),
+    databases: Vec<crate::config::databases::DatabaseConfig>,
+    broker: &Arc<Broker>,
+) -> Result<(Arc<crate::proxy::Proxy>, Vec<tokio::task::JoinHandle<()>>), String> {
+    let (files, interval) = secrets;
+    let files = Arc::new(crate::secrets::file::FileSecrets::load(files)?);
+    let mut tasks = vec![files.spawn_refresh(interval)];
+    let checker = config.client.clone();
+    let mut logins: Vec<Arc<dyn crate::vend::Logins>> = Vec::new();
+    for database in databases {
+        let source: Arc<dyn crate::secrets::SecretSource> = files.clone();
+        let postgres = Arc::new(crate::vend::postgres::PostgresLogins::new(database.spec, database.connection, source));
+        tasks.push(postgres.spawn_sweeper(Arc::clone(broker), checker.clone(), database.sweep_interval));
+        logins.push(postgres);
+    }
+    match crate::proxy::Proxy::new(config, files) {
+        Ok(proxy) => Ok((Arc::new(proxy.with_logins(logins)), tasks)),
+        Err(e) => {
+            tasks.iter().for_each(tokio::task::JoinHandle::abort);
+            Err(e)
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (how Kubernetes stops a pod).

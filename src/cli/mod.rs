@@ -33,6 +33,10 @@ enum Command {
         /// HTTP listen address (`/metrics`, `/healthz`) [default: 127.0.0.1:8080, or server.http_addr].
         #[arg(long, env = "TESSERA_HTTP_ADDR")]
         http_addr: Option<String>,
+        /// The credential-injecting proxy's listen address [default: 127.0.0.1:8081, or proxy.listen]; the
+        /// proxy runs when the config has [[proxy.routes]].
+        #[arg(long, env = "TESSERA_PROXY_ADDR")]
+        proxy_addr: Option<String>,
         /// Redis for the revocation list (`redis://host:port`), overriding the config's store.redis_url.
         #[arg(long, env = "TESSERA_REDIS_URL", hide_env_values = true)]
         redis_url: Option<String>,
@@ -212,8 +216,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Serve { config, grpc_addr, http_addr, redis_url, dev_dir } => {
-            serve::serve(config.as_deref(), serve::Overrides { grpc_addr, http_addr, redis_url }, &dev_dir)
+        Command::Serve { config, grpc_addr, http_addr, proxy_addr, redis_url, dev_dir } => {
+            serve::serve(config.as_deref(), serve::Overrides { grpc_addr, http_addr, proxy_addr, redis_url }, &dev_dir)
         }
         Command::Exchange(args) => runtime()?.block_on(client::exchange(*args)),
         Command::Introspect { token, client } => runtime()?.block_on(client::introspect(token, client)),

@@ -16,6 +16,7 @@ use super::runtime;
 pub(super) struct Overrides {
     pub(super) grpc_addr: Option<String>,
     pub(super) http_addr: Option<String>,
+    pub(super) proxy_addr: Option<String>,
     pub(super) redis_url: Option<String>,
 }
 
@@ -26,6 +27,9 @@ impl Overrides {
         }
         if self.http_addr.is_some() {
             builder.server.http_addr.clone_from(&self.http_addr);
+        }
+        if self.proxy_addr.is_some() {
+            builder.proxy.listen.clone_from(&self.proxy_addr);
         }
         if let Some(url) = &self.redis_url {
             builder.store.redis_url = Some(url.clone().into());
@@ -44,7 +48,7 @@ fn source(file: &Path, overrides: Overrides) -> reload::Source {
 }
 
 pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path) -> Result<ExitCode, String> {
-    let (config, reloading) = match &config {
+    let (mut config, reloading) = match &config {
         Some(file) => {
             let source = source(file, overrides);
             let (digest, loaded) = source.load();
@@ -52,12 +56,15 @@ pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path)
             (loaded.config, Some((source, loaded.fixed, digest)))
         }
         None => {
-            let Overrides { grpc_addr, http_addr, redis_url } = overrides;
+            let Overrides { grpc_addr, http_addr, redis_url, .. } = overrides;
             (dev::config(dev_dir, grpc_addr, http_addr, redis_url).map_err(|e| e.to_string())?, None)
         }
     };
     let settings = config.server;
     let tls = config.tls.clone();
+    let proxy = config.proxy.take();
+    let secrets = std::mem::take(&mut config.secrets);
+    let databases = std::mem::take(&mut config.databases);
     runtime()?.block_on(async move {
         let telemetry = telemetry::init(&config.log, &config.telemetry)?;
         if reloading.is_none() {
@@ -74,8 +81,20 @@ pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path)
             None => serve::reload::spawn_dev_hangup(&broker),
         };
         let (grpc, http) = (bind(settings.grpc_addr).await?, bind(settings.http_addr).await?);
-        // One signal stops both faces: gRPC drains in-flight RPCs, HTTP finishes its requests.
+        // One signal stops every face: gRPC drains in-flight RPCs, HTTP and the proxy finish their requests.
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let proxy = match proxy {
+            None => None,
+            Some(config) => {
+                let listener = bind(config.listen).await?;
+                let (proxy, refresh) = serve::proxy(config, secrets, databases, &broker)?;
+                let mut stopped = stop.subscribe();
+                let until = async move {
+                    let _ = stopped.changed().await;
+                };
+                Some((tokio::spawn(tessera::proxy::serve(listener, Arc::clone(&broker), proxy, until)), refresh))
+            }
+        };
         let http_stopped = async move {
             let _ = stopped.changed().await;
         };
@@ -93,6 +112,10 @@ pub(super) fn serve(config: Option<&Path>, overrides: Overrides, dev_dir: &Path)
         let served = serve::run_with_tls(grpc, broker, settings, tls, grpc_stopped).await.map_err(|e| e.to_string());
         reloads.abort();
         let _ = http.await;
+        if let Some((proxy, tasks)) = proxy {
+            let _ = proxy.await;
+            tasks.iter().for_each(tokio::task::JoinHandle::abort);
+        }
         telemetry.shutdown();
         served
     })?;

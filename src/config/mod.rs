@@ -11,11 +11,14 @@ pub mod approvals;
 pub mod audiences;
 pub mod broker;
 pub mod clients;
+pub mod databases;
 pub mod issuers;
 pub mod keys;
 pub mod log;
+pub mod proxy;
 pub mod rate_limits;
 pub mod routes;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod telemetry;
@@ -31,11 +34,14 @@ pub use approvals::{ApprovalsBuilder, ApprovalsConfig};
 pub use audiences::AudienceBuilder;
 pub use broker::{BrokerBuilder, DEFAULT_BROKER_LEEWAY, DEFAULT_TASK_REVOCATION_RETENTION, MAX_LEEWAY};
 pub use clients::ClientBuilder;
+pub use databases::DatabaseBuilder;
 pub use issuers::{DEFAULT_ISSUER_LEEWAY, DEFAULT_MAX_ASSERTION_LIFETIME, IssuerBuilder};
 pub use keys::{PolicyBuilder, SigningBuilder};
 pub use log::{LogBuilder, LogConfig, LogFormat};
+pub use proxy::{DEFAULT_PROXY_ADDR, ProxyBuilder, ProxyConfig};
 pub use rate_limits::RateLimitsBuilder;
 pub use routes::RouteBuilder;
+pub use secrets::{DEFAULT_SECRET_RELOAD_INTERVAL, SecretBuilder};
 pub use server::{DEFAULT_CONFIG_RELOAD_INTERVAL, DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerBuilder, ServerConfig};
 pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode};
 pub use telemetry::{TelemetryBuilder, TelemetryConfig};
@@ -85,6 +91,12 @@ pub struct ConfigBuilder {
     pub telemetry: TelemetryBuilder,
     /// `[log]`: log format and level.
     pub log: LogBuilder,
+    /// `[[secrets]]`: master credentials read from files (the proxy's upstream keys).
+    pub secrets: Vec<SecretBuilder>,
+    /// `[proxy]`: the credential-injecting proxy (default: off).
+    pub proxy: ProxyBuilder,
+    /// `[[databases]]`: database audiences whose tokens get short-lived PostgreSQL logins.
+    pub databases: Vec<DatabaseBuilder>,
 }
 
 /// A validated configuration, with the keys, JWKS and policy it names already loaded.
@@ -133,6 +145,12 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Log format and level.
     pub log: LogConfig,
+    /// The secret files and how often they are re-read.
+    pub secrets: (Vec<crate::secrets::file::SecretFile>, std::time::Duration),
+    /// The credential-injecting proxy, when it has routes or databases.
+    pub proxy: Option<proxy::ProxyConfig>,
+    /// The databases whose logins the proxy's listener vends.
+    pub databases: Vec<databases::DatabaseConfig>,
 }
 
 /// Every problem found, one per line.
@@ -158,11 +176,24 @@ impl Context<'_> {
 
 /// The sections a running broker keeps as they were at start: the listeners and request bounds, its
 /// identity and delegation limits, its signing keys, the store, TLS settings (the TLS files themselves
-/// reload on their own), rate limits, telemetry and logging. A reload that changes one of them is refused
+/// reload on their own), rate limits, telemetry, logging, the secret files (their contents reload on their
+/// own) and the proxy. A reload that changes one of them is refused
 /// whole (the section must be applied by a restart), so what is in force is always one config that passed
 /// validation in full, never a mix of two.
-pub const FIXED_SECTIONS: [&str; 9] =
-    ["server", "broker", "signing", "store", "tls", "rate_limits", "approvals", "telemetry", "log"];
+pub const FIXED_SECTIONS: [&str; 12] = [
+    "server",
+    "broker",
+    "signing",
+    "store",
+    "tls",
+    "rate_limits",
+    "approvals",
+    "telemetry",
+    "log",
+    "secrets",
+    "proxy",
+    "databases",
+];
 
 /// The `[broker]` keys a reload does take: they shape the catalog (task tokens' lifetime, who may introspect
 /// them) and the clients (how they may authenticate), which are rebuilt on every reload.
@@ -276,6 +307,28 @@ impl ConfigBuilder {
         let approvals = self.approvals.build(&cx, &mut problems);
         let log = self.log.build(&mut problems);
         let telemetry = self.telemetry.build(&cx, &mut problems);
+        let secrets = secrets::build(self.secrets, &cx, &mut problems);
+        let databases = databases::build(self.databases, &audiences, &mut problems);
+        let proxy = self.proxy.build(&audiences, !databases.is_empty(), &cx, &mut problems);
+        if let Some(p) = &proxy {
+            check_proxy(p, &server, &secrets.0, &clients, &audiences, &mut problems);
+            for d in &databases {
+                if !audiences.iter().any(|a| a.id == d.spec.audience && a.introspect_clients.contains(&p.client)) {
+                    problems.push(format!(
+                        "databases ({}): proxy.client `{}` may not introspect it (add it to introspect_clients)",
+                        d.spec.audience, p.client
+                    ));
+                }
+            }
+        }
+        for d in &databases {
+            if !secrets.0.iter().any(|s| s.name == d.connection.password_secret) {
+                problems.push(format!(
+                    "databases ({}): password_secret `{}` is not in [[secrets]]",
+                    d.spec.audience, d.connection.password_secret
+                ));
+            }
+        }
         match policy {
             Some(policy) if problems.is_empty() => Ok(Config {
                 server,
@@ -299,9 +352,57 @@ impl ConfigBuilder {
                 approvals,
                 telemetry,
                 log,
+                secrets,
+                proxy,
+                databases,
             }),
             _ => Err(ConfigErrors(problems)),
         }
+    }
+}
+
+/// What the proxy names elsewhere: its client, its secrets, and a port of its own.
+fn check_proxy(
+    p: &proxy::ProxyConfig,
+    server: &ServerConfig,
+    secrets: &[crate::secrets::file::SecretFile],
+    clients: &[Client],
+    audiences: &[Audience],
+    problems: &mut Problems,
+) {
+    match clients.iter().find(|c| c.id == p.client) {
+        None if !p.client.is_empty() => problems.push(format!("proxy.client `{}` is not a client", p.client)),
+        None => {}
+        Some(client) if !client.may_call(crate::client::Rpc::Introspect) => {
+            problems.push(format!("proxy.client `{}` needs the `introspect` RPC", p.client));
+        }
+        Some(_) => {
+            for r in &p.routes {
+                let allowed = audiences
+                    .iter()
+                    .find(|a| a.id == r.route.audience)
+                    .is_some_and(|a| a.introspect_clients.contains(&p.client));
+                if !allowed {
+                    problems.push(format!(
+                        "proxy.routes ({}): proxy.client `{}` may not introspect `{}` (add it to the audience's \
+                         introspect_clients)",
+                        r.route.path_prefix, p.client, r.route.audience
+                    ));
+                }
+            }
+        }
+    }
+    for r in &p.routes {
+        if !secrets.iter().any(|s| s.name == r.credential.secret) {
+            problems.push(format!(
+                "proxy.routes ({}): credential.secret `{}` is not in [[secrets]]",
+                r.route.path_prefix, r.credential.secret
+            ));
+        }
+    }
+    let port = p.listen.port();
+    if port != 0 && (port == server.grpc_addr.port() || port == server.http_addr.port()) {
+        problems.push("proxy.listen must not share a port with server.grpc_addr or server.http_addr".into());
     }
 }
 

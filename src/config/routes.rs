@@ -43,21 +43,32 @@ pub(super) fn build(builders: Vec<RouteBuilder>, audiences: &[Audience], problem
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in builders.into_iter().enumerate() {
         let at = format!("routes[{i}] ({})", r.path_prefix);
-        if !r.path_prefix.starts_with('/') || r.path_prefix.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            problems.push(format!("{at}: `path_prefix` must start with `/` and hold no spaces"));
-        }
         if routes.iter().any(|x| x.path_prefix == r.path_prefix) {
             problems.push(format!("{at}: duplicate `path_prefix`"));
         }
+        if let Some(route) = build_route(r, &at, audiences, problems) {
+            routes.push(route);
+        }
+    }
+    routes
+}
+
+/// One route, validated against the catalog; problems are reported under `at` (the proxy's routes take the
+/// same rules).
+pub(super) fn build_route(r: RouteBuilder, at: &str, audiences: &[Audience], problems: &mut Problems) -> Option<Route> {
+    {
+        if !r.path_prefix.starts_with('/') || r.path_prefix.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            problems.push(format!("{at}: `path_prefix` must start with `/` and hold no spaces"));
+        }
         let Some(audience) = audiences.iter().find(|a| a.id == r.audience) else {
             problems.push(format!("{at}: `audience` `{}` is not in the catalog", r.audience));
-            continue;
+            return None;
         };
         let scopes = match Scopes::from_tokens(&r.scopes) {
             Ok(scopes) => scopes,
             Err(_) => {
                 problems.push(format!("{at}: `scopes` must be scope tokens (RFC 6749 §3.3)"));
-                continue;
+                return None;
             }
         };
         for scope in scopes.iter().filter(|s| !audience.scopes.contains(s)) {
@@ -96,7 +107,6 @@ pub(super) fn build(builders: Vec<RouteBuilder>, audiences: &[Audience], problem
                 })
             }
         };
-        routes.push(Route { path_prefix: r.path_prefix, audience: r.audience, scopes, details });
+        Some(Route { path_prefix: r.path_prefix, audience: r.audience, scopes, details })
     }
-    routes
 }

@@ -47,12 +47,13 @@ use base64::Engine as _;
 use serde_json::json;
 
 use super::oauth::Peer;
+use crate::access::{self, Denied, Need};
 use crate::broker::Broker;
 use crate::catalog::SenderConstraint;
 use crate::client::{Credentials, Rpc};
 use crate::clock::now;
 use crate::error::ErrorCode;
-use crate::introspect::{Introspection, Presentation};
+use crate::introspect::Presentation;
 use crate::scopes::Scopes;
 use crate::secret::Token;
 
@@ -93,13 +94,13 @@ fn metadata_url(broker: &Broker, resource: &str) -> String {
 
 /// How the caller presented its token, which names the scheme of the challenge it gets back.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Scheme {
+pub(crate) enum Scheme {
     Bearer,
     Dpop,
 }
 
 /// An RFC 6750 §3 challenge (401 or 403), or its RFC 9449 §7.1 DPoP counterpart.
-fn challenge(
+pub(crate) fn challenge(
     status: StatusCode,
     broker: &Broker,
     audience: &str,
@@ -126,8 +127,45 @@ fn challenge(
 }
 
 /// A failure that is not the caller's: gateways treat anything but 2xx, 401 and 403 as an error.
-fn gateway_error(status: StatusCode, code: &str, description: &str) -> Response {
+pub(crate) fn gateway_error(status: StatusCode, code: &str, description: &str) -> Response {
     (status, axum::Json(json!({ "error": code, "error_description": description }))).into_response()
+}
+
+/// The answer to a token that does not grant the route: 401/403 challenges for the caller's faults, 5xx
+/// for the rest (gateways treat those as errors: closed).
+pub(crate) fn refusal(broker: &Broker, audience: &str, scheme: Scheme, required: &Scopes, denied: &Denied) -> Response {
+    let (status, error, scope) = match denied {
+        Denied::Inactive => (StatusCode::UNAUTHORIZED, ("invalid_token", "the token is not active"), None),
+        Denied::InvalidToken(why) => (StatusCode::UNAUTHORIZED, ("invalid_token", why.as_str()), None),
+        Denied::InvalidDpopProof(why) => {
+            let error = ("invalid_dpop_proof", why.as_str());
+            return challenge(StatusCode::UNAUTHORIZED, broker, audience, Scheme::Dpop, Some(error), None);
+        }
+        Denied::OtherAudience => {
+            (StatusCode::UNAUTHORIZED, ("invalid_token", "the token is for another audience"), None)
+        }
+        Denied::InsufficientScope => (
+            StatusCode::FORBIDDEN,
+            ("insufficient_scope", "the token lacks a scope this route needs"),
+            Some(required.as_str()),
+        ),
+        Denied::InsufficientDetails => (
+            StatusCode::FORBIDDEN,
+            ("insufficient_scope", "the token's authorization_details do not cover this request"),
+            (!required.is_empty()).then(|| required.as_str()),
+        ),
+        Denied::Failed(e) if e.code == ErrorCode::Unavailable => {
+            return gateway_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.code.as_str(),
+                "the revocation store is unavailable",
+            );
+        }
+        Denied::Failed(e) => {
+            return gateway_error(StatusCode::INTERNAL_SERVER_ERROR, e.code.as_str(), "the token could not be checked");
+        }
+    };
+    challenge(status, broker, audience, scheme, Some(error), scope)
 }
 
 async fn forward_auth(
@@ -214,48 +252,17 @@ async fn forward_auth(
             return challenge(StatusCode::UNAUTHORIZED, &broker, audience, Scheme::Dpop, Some(error), None);
         }
     };
-    let claims = match current.introspect_presented(&gateway, &token, &presentation, now()).await {
-        Ok(Introspection::Active(claims)) => claims,
-        Ok(Introspection::Inactive) => {
-            let error = ("invalid_token", "the token is not active");
-            return challenge(StatusCode::UNAUTHORIZED, &broker, audience, scheme, Some(error), None);
-        }
-        Err(e) if e.code == ErrorCode::InvalidDpopProof => {
-            let error = ("invalid_dpop_proof", e.description.as_str());
-            return challenge(StatusCode::UNAUTHORIZED, &broker, audience, Scheme::Dpop, Some(error), None);
-        }
-        Err(e) if e.code == ErrorCode::InvalidGrant => {
-            let error = ("invalid_token", e.description.as_str());
-            return challenge(StatusCode::UNAUTHORIZED, &broker, audience, scheme, Some(error), None);
-        }
-        Err(e) if e.code == ErrorCode::Unavailable => {
-            return gateway_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                e.code.as_str(),
-                "the revocation store is unavailable",
-            );
-        }
-        Err(e) => {
-            return gateway_error(StatusCode::INTERNAL_SERVER_ERROR, e.code.as_str(), "the token could not be checked");
-        }
+    let method = ORIGINAL_METHOD.iter().find_map(|h| text(h));
+    let need = Need {
+        audience,
+        scopes: &required,
+        details: details.as_ref().map(|(requirement, params)| (requirement, params)),
+        method,
     };
-    if claims.aud != audience {
-        let error = ("invalid_token", "the token is for another audience");
-        return challenge(StatusCode::UNAUTHORIZED, &broker, audience, scheme, Some(error), None);
-    }
-    if !required.iter().all(|s| claims.scope.contains(s)) {
-        let error = ("insufficient_scope", "the token lacks a scope this route needs");
-        return challenge(StatusCode::FORBIDDEN, &broker, audience, scheme, Some(error), Some(required.as_str()));
-    }
-    // RFC 9396: the route's requirement on the token's details, with the path's parameters and the method.
-    if let Some((requirement, params)) = &details {
-        let method = ORIGINAL_METHOD.iter().find_map(|h| text(h));
-        if !requirement.satisfied_by(claims.authorization_details.as_ref(), params, method) {
-            let error = ("insufficient_scope", "the token's authorization_details do not cover this request");
-            let scope = (!required.is_empty()).then(|| required.as_str());
-            return challenge(StatusCode::FORBIDDEN, &broker, audience, scheme, Some(error), scope);
-        }
-    }
+    let claims = match access::check(&current, &gateway, &token, &presentation, need, now()).await {
+        Ok(claims) => claims,
+        Err(denied) => return refusal(&broker, audience, scheme, &required, &denied),
+    };
     // Who is calling, for the upstream. Values come from a verified token; a header value that cannot be sent
     // (it would need a control character) is left out rather than altered.
     let actors = claims.act.as_ref().map(|a| a.chain().map(|a| a.sub.as_str()).collect::<Vec<_>>().join(" > "));

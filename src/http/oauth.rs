@@ -256,7 +256,7 @@ async fn token(
 
 /// The `DPoP` header of a request (RFC 9449 §4.1), with the method and URL its proof must name: at most one
 /// (RFC 9449 §4.3, check 1); more is `invalid_dpop_proof`.
-pub(super) fn dpop_header(headers: &HeaderMap, htm: &str, htu: String) -> Result<Option<dpop::Presented>, Error> {
+pub(crate) fn dpop_header(headers: &HeaderMap, htm: &str, htu: String) -> Result<Option<dpop::Presented>, Error> {
     let mut values = headers.get_all("dpop").iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Ok(None),

@@ -5,8 +5,10 @@
 
 pub mod jwks_server;
 pub mod otlp;
+pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
