@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use crate::audit::AuditSink;
 use crate::catalog::Catalog;
 use crate::client::{Caller, Clients, Credentials, Rpc};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exchange::{Exchange, ExchangeRequest, Issued, Limits};
 use crate::introspect::{Introspect, Introspection, Presentation};
 use crate::issuer::Issuers;
@@ -25,6 +25,7 @@ use crate::load::Slots;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
+use crate::revocation::watch::Watch;
 use crate::revocation::{Revocations, Revoke, RevokeRequest, Revoked, Store, SuspendRequest, Suspendable, Suspended};
 use crate::secret::Token;
 use crate::token::Keyring;
@@ -87,6 +88,8 @@ pub(crate) struct Parts {
     pub(crate) metrics: Metrics,
     /// The slots broker operations run in, on every face (load protection).
     pub(crate) slots: Slots,
+    /// How often a quiet revocation watch stream sends a heartbeat.
+    pub(crate) watch_heartbeat: std::time::Duration,
 }
 
 /// The parts fixed for the life of the process.
@@ -102,6 +105,7 @@ struct Fixed {
     audit: Arc<dyn AuditSink>,
     metrics: Metrics,
     slots: Slots,
+    watch_heartbeat: std::time::Duration,
 }
 
 /// The broker: its parts (built by the composition root, [`crate::serve`]), shared by every operation.
@@ -147,6 +151,7 @@ impl Broker {
             audit,
             metrics,
             slots,
+            watch_heartbeat,
         } = parts;
         Broker {
             fixed: Fixed {
@@ -161,6 +166,7 @@ impl Broker {
                 audit,
                 metrics,
                 slots,
+                watch_heartbeat,
             },
             current: ArcSwap::from_pointee(snapshot),
             generation: tokio::sync::watch::Sender::new(0),
@@ -383,6 +389,37 @@ impl<'b> Current<'b> {
         now: u64,
     ) -> Result<Suspendable> {
         self.revoke_op().resume(&caller.into(), request, reason, now).await
+    }
+
+    /// Opens a revocation watch for a caller with the `watch` role, from `cursor` (`""`: from now on): spends
+    /// the caller's client assertion, if any, checks the cursor against the log ([`Watch::open`]: an expired
+    /// one is refused here), and audits the watch. The stream itself is
+    /// the face's to run ([`Watch::next`]); it owns its reader, so it outlives this request's snapshot.
+    pub async fn watch<'c>(&self, caller: impl Into<Caller<'c>>, cursor: &str, now: u64) -> Result<Watch> {
+        let caller = caller.into();
+        let outcome = async {
+            self.revocations().spend_client_assertion(&caller, now).await?;
+            crate::revocation::watch::check_cursor(cursor)?;
+            let reader = self.fixed.store.watch_reader().ok_or_else(|| {
+                Error::new(crate::error::ErrorCode::Unavailable, "this revocation store keeps no revocation log")
+            })?;
+            Watch::open(reader, cursor, self.fixed.watch_heartbeat).await
+        }
+        .await;
+        let mut event = crate::audit::AuditEvent::new("watch", "", &caller.client.id);
+        match &outcome {
+            Ok(_) => {
+                event.decision = "granted".into();
+                event.detail = crate::audit::truncate(cursor, 64);
+            }
+            Err(e) => {
+                event.decision = "denied".into();
+                event.reason = e.code.as_str().into();
+                event.detail = e.description.clone();
+            }
+        }
+        self.fixed.audit.record(event);
+        outcome
     }
 
     fn revoke_op(&self) -> Revoke<'_> {

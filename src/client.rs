@@ -85,6 +85,9 @@ pub enum Rpc {
     Revoke,
     /// `Suspend` and `Resume`: the kill switch (operators).
     Suspend,
+    /// `WatchRevocations` (and `GET /revocations/watch`): the stream of every revocation, for gateways and
+    /// verifiers that cache or verify offline.
+    Watch,
 }
 
 /// One configured client: its id, how it may authenticate, and what it may call.

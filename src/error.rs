@@ -49,6 +49,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A fault of the broker itself (a signing failure, a broken invariant). Never caused by input alone.
     Internal,
+    /// A revocation watch resumed from a cursor the log no longer covers (or never handed out): the client
+    /// must drop what it cached and watch from now.
+    CursorExpired,
 }
 
 impl ErrorCode {
@@ -68,6 +71,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "temporarily_unavailable",
             ErrorCode::Unavailable => "temporarily_unavailable",
             ErrorCode::Internal => "server_error",
+            ErrorCode::CursorExpired => "cursor_expired",
         }
     }
 }
@@ -77,6 +81,7 @@ mod grpc_code {
     pub(super) const INVALID_ARGUMENT: i32 = 3;
     pub(super) const PERMISSION_DENIED: i32 = 7;
     pub(super) const RESOURCE_EXHAUSTED: i32 = 8;
+    pub(super) const OUT_OF_RANGE: i32 = 11;
     pub(super) const INTERNAL: i32 = 13;
     pub(super) const UNAVAILABLE: i32 = 14;
     pub(super) const UNAUTHENTICATED: i32 = 16;
@@ -85,7 +90,7 @@ mod grpc_code {
 impl ErrorCode {
     /// Every code, for tables and tests.
     #[cfg(test)]
-    const ALL: [ErrorCode; 13] = [
+    const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidClient,
         ErrorCode::InvalidGrant,
@@ -99,6 +104,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::CursorExpired,
     ];
 
     /// The gRPC status code a caller sees (the design's API contract).
@@ -115,6 +121,7 @@ impl ErrorCode {
             ErrorCode::RateLimited | ErrorCode::Overloaded => RESOURCE_EXHAUSTED,
             ErrorCode::Unavailable => UNAVAILABLE,
             ErrorCode::Internal => INTERNAL,
+            ErrorCode::CursorExpired => OUT_OF_RANGE,
         }
     }
 
@@ -128,6 +135,8 @@ impl ErrorCode {
             ErrorCode::Overloaded => 503,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            // RFC 9110 §15.5.11: what the cursor pointed at is gone for good.
+            ErrorCode::CursorExpired => 410,
             ErrorCode::InvalidRequest
             | ErrorCode::InvalidGrant
             | ErrorCode::UnauthorizedClient
@@ -221,6 +230,7 @@ mod tests {
             (ErrorCode::Overloaded, "temporarily_unavailable", RESOURCE_EXHAUSTED, 503),
             (ErrorCode::Unavailable, "temporarily_unavailable", UNAVAILABLE, 503),
             (ErrorCode::Internal, "server_error", INTERNAL, 500),
+            (ErrorCode::CursorExpired, "cursor_expired", OUT_OF_RANGE, 410),
         ];
         assert_eq!(table.len(), ErrorCode::ALL.len());
         for (code, (listed, name, grpc, http)) in ErrorCode::ALL.iter().zip(table) {

@@ -130,6 +130,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         rate_limits,
         telemetry: _,
         log: _,
+        watch,
     } = config;
     let keyring = Keyring::new(signing_keys)?;
     let reloadable = Reloadable {
@@ -146,9 +147,13 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
     };
     let snapshot = snapshot(reloadable, &keyring, &metrics);
     let (store, audit): (Arc<dyn Store>, Audit) = match &store {
-        None => (Arc::new(MemoryStore::new()), Audit::log_only()),
+        None => {
+            let log = usize::try_from(watch.max_events).unwrap_or(usize::MAX);
+            (Arc::new(MemoryStore::with_log(log)), Audit::log_only())
+        }
         Some(settings) => {
-            let store = RedisStore::connect_with_lag_histogram(settings, Some(metrics.mirror_lag.clone()))?;
+            let store = RedisStore::connect_with_lag_histogram(settings, Some(metrics.mirror_lag.clone()))?
+                .with_log_max_events(watch.max_events);
             let (audit, events) = Audit::with_stream(metrics.clone());
             crate::audit::stream::spawn_writer(settings, events, metrics.audit_dropped.clone())?;
             (Arc::new(store), audit)
@@ -167,6 +172,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         audit: Arc::new(audit),
         metrics,
         slots: crate::load::Slots::new(server.max_concurrent_requests, server.max_queue_wait, server.request_timeout),
+        watch_heartbeat: watch.heartbeat,
     }))
 }
 

@@ -5,7 +5,8 @@
 //!
 //! One module a section, each with its builder, its validated form and its defaults, named and documented
 //! (every key in docs/config.md): [`server`], [`broker`], [`keys`] (`[signing]`, `[policy]`), [`issuers`],
-//! [`audiences`], [`clients`], [`routes`], [`store`], [`tls`], [`rate_limits`], [`telemetry`], [`log`].
+//! [`audiences`], [`clients`], [`routes`], [`store`], [`tls`], [`rate_limits`], [`telemetry`], [`log`],
+//! [`watch`].
 
 pub mod audiences;
 pub mod broker;
@@ -19,6 +20,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +40,7 @@ pub use server::{DEFAULT_CONFIG_RELOAD_INTERVAL, DEFAULT_GRPC_ADDR, DEFAULT_HTTP
 pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode};
 pub use telemetry::{TelemetryBuilder, TelemetryConfig};
 pub use tls::{DEFAULT_TLS_RELOAD_INTERVAL, TlsBuilder};
+pub use watch::{WatchBuilder, WatchConfig};
 
 use crate::catalog::Audience;
 use crate::client::{Client, ClientAuth};
@@ -81,6 +84,8 @@ pub struct ConfigBuilder {
     pub telemetry: TelemetryBuilder,
     /// `[log]`: log format and level.
     pub log: LogBuilder,
+    /// `[watch]`: the revocation watch stream's heartbeat and log size.
+    pub watch: WatchBuilder,
 }
 
 /// A validated configuration, with the keys, JWKS and policy it names already loaded.
@@ -127,6 +132,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Log format and level.
     pub log: LogConfig,
+    /// The revocation watch stream.
+    pub watch: WatchConfig,
 }
 
 /// Every problem found, one per line.
@@ -155,8 +162,8 @@ impl Context<'_> {
 /// reload on their own), rate limits, telemetry and logging. A reload that changes one of them is refused
 /// whole (the section must be applied by a restart), so what is in force is always one config that passed
 /// validation in full, never a mix of two.
-pub const FIXED_SECTIONS: [&str; 8] =
-    ["server", "broker", "signing", "store", "tls", "rate_limits", "telemetry", "log"];
+pub const FIXED_SECTIONS: [&str; 9] =
+    ["server", "broker", "signing", "store", "tls", "rate_limits", "telemetry", "log", "watch"];
 
 /// The `[broker]` keys a reload does take: they shape the catalog (task tokens' lifetime, who may introspect
 /// them) and the clients (how they may authenticate), which are rebuilt on every reload.
@@ -268,6 +275,7 @@ impl ConfigBuilder {
         let rate_limits = self.rate_limits.build(&mut problems);
         let log = self.log.build(&mut problems);
         let telemetry = self.telemetry.build(&cx, &mut problems);
+        let watch = self.watch.build(&mut problems);
         match policy {
             Some(policy) if problems.is_empty() => Ok(Config {
                 server,
@@ -290,6 +298,7 @@ impl ConfigBuilder {
                 rate_limits,
                 telemetry,
                 log,
+                watch,
             }),
             _ => Err(ConfigErrors(problems)),
         }

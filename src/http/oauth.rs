@@ -189,7 +189,7 @@ pub(super) async fn within_limits(
 /// An RFC 6749 §5.2 error response, with the status its code names. A rate limit says in `Retry-After`
 /// (RFC 9110 §10.2.3, whole seconds, rounded up) when a retry can be admitted; a shed or unavailable broker
 /// says 1.
-fn error_response(error: Error) -> Response {
+pub(super) fn error_response(error: Error) -> Response {
     let Error { code, description, retry_after } = error;
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response =

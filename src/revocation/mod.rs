@@ -10,6 +10,8 @@
 //!
 //! Every key expires when the longest-lived token it can affect expires, so the list stays bounded.
 
+pub mod watch;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -59,7 +61,7 @@ impl Target {
     }
 
     /// A bounded label for metrics and audit.
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Target::Jti(_) => "jti",
             Target::Task(_) => "task",
@@ -80,6 +82,9 @@ pub struct Entry {
     pub expires_at: u64,
     /// Why, as the operator put it (at most 256 bytes); kept for the record, never interpreted.
     pub reason: String,
+    /// What the revocation log announces to watchers ([`watch`]), written in the same atomic step; `None`
+    /// for an entry that is not a revocation of its own (a suspension's marker).
+    pub notice: Option<watch::Notice>,
 }
 
 impl Entry {
@@ -144,6 +149,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn lift<'a>(&'a self, keys: &'a [String], now: u64) -> StoreFuture<'a, ()>;
     /// Mirror mode: whether lookups are served from the replica's own copy right now (`None`: no mirror).
     fn mirror_trusted(&self) -> Option<bool> {
+        None
+    }
+    /// A reader of the revocation log ([`watch`]) of its own, for one watch stream; `None` when the store
+    /// keeps no log.
+    fn watch_reader(&self) -> Option<Box<dyn watch::Reader>> {
         None
     }
 }
@@ -547,7 +557,13 @@ impl Revoke<'_> {
             RevokeRequest::Client(id) if name_ok(&id) => self.until(Target::Client(id), now),
             _ => return Err(Error::invalid_request("the revocation target is empty or malformed")),
         };
-        let entry = Entry { key: target.key(), revoked_at: now, expires_at, reason: reason.to_string() };
+        let entry = Entry {
+            key: target.key(),
+            revoked_at: now,
+            expires_at,
+            reason: reason.to_string(),
+            notice: Some(watch::Notice { target: target.clone(), cause: watch::Cause::Revoke }),
+        };
         self.revocations.revoke(std::slice::from_ref(&entry), now).await?;
         Ok(Revoked { target, expires_at, task_id })
     }
@@ -593,8 +609,20 @@ impl Revoke<'_> {
             let revocation = target.revocation();
             let revoked_until = now.saturating_add(self.retention(&revocation));
             let entries = [
-                Entry { key: target.key(), revoked_at: now, expires_at: until, reason: reason.to_string() },
-                Entry { key: revocation.key(), revoked_at: now, expires_at: revoked_until, reason: reason.to_string() },
+                Entry {
+                    key: target.key(),
+                    revoked_at: now,
+                    expires_at: until,
+                    reason: reason.to_string(),
+                    notice: None,
+                },
+                Entry {
+                    key: revocation.key(),
+                    revoked_at: now,
+                    expires_at: revoked_until,
+                    reason: reason.to_string(),
+                    notice: Some(watch::Notice { target: revocation.clone(), cause: watch::Cause::Suspend }),
+                },
             ];
             self.revocations.revoke(&entries, now).await?;
             Ok(Suspended { target, until })
@@ -741,7 +769,8 @@ mod tests {
 
     #[test]
     fn values_round_trip() {
-        let e = Entry { key: "k".into(), revoked_at: 42, expires_at: 50, reason: "leaked|in a log".into() };
+        let e =
+            Entry { key: "k".into(), revoked_at: 42, expires_at: 50, reason: "leaked|in a log".into(), notice: None };
         assert_eq!(revoked_at(&e.value()), 42);
         assert_eq!(revoked_at("17"), 17);
         assert_eq!(revoked_at("x|y"), u64::MAX, "a value that does not parse revokes everything");

@@ -5,9 +5,11 @@
 //! Its [`RevocationList`] is also what a Redis mirror keeps in each replica.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+use super::revocation_log::RevocationLog;
 use crate::ratelimit::{Decision, Limit, Throttled, gcra};
+use crate::revocation::watch::{DEFAULT_MAX_EVENTS, Reader};
 use crate::revocation::{Admission, Entry, Store, StoreError, StoreFuture};
 
 /// A revocation list in memory: key → (revoked_at, expires_at), with an index by expiry so every write
@@ -34,6 +36,11 @@ impl RevocationList {
             slot.1 = expires_at;
             self.expiries.entry(expires_at).or_default().push(key);
         }
+    }
+
+    /// `(revoked_at, expires_at)` of `key` as held (whether or not still in force).
+    pub(crate) fn get(&self, key: &str) -> Option<(u64, u64)> {
+        self.entries.get(key).copied()
     }
 
     /// Forgets `key` (a lifted suspension).
@@ -134,17 +141,33 @@ impl Buckets {
     }
 }
 
-/// The embedded [`Store`]: one [`RevocationList`] behind a lock, for a single replica.
-#[derive(Debug, Default)]
+/// The embedded [`Store`]: one [`RevocationList`] behind a lock, for a single replica, and its revocation log.
+#[derive(Debug)]
 pub struct MemoryStore {
     list: RwLock<RevocationList>,
     buckets: Mutex<Buckets>,
+    log: Arc<RevocationLog>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::with_log(usize::try_from(DEFAULT_MAX_EVENTS).unwrap_or(usize::MAX))
+    }
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store whose revocation log keeps the default number of events.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// An empty store whose revocation log keeps the last `max_events` events.
+    pub fn with_log(max_events: usize) -> MemoryStore {
+        MemoryStore {
+            list: RwLock::default(),
+            buckets: Mutex::default(),
+            log: RevocationLog::new(max_events, crate::clock::now_ms()),
+        }
     }
 
     /// Entries held, for tests that check the store stays bounded.
@@ -163,6 +186,13 @@ impl MemoryStore {
         let mut list = self.list.write().map_err(poisoned)?;
         for e in entries {
             list.apply(e.key.clone(), e.revoked_at, e.expires_at, now);
+            // Logged under the list's lock, with the values as applied (never moved back), and only when in
+            // force: the log holds exactly the revocations the list does, in the order they were applied.
+            if let (Some(notice), Some((revoked_at, expires_at))) = (&e.notice, list.get(&e.key))
+                && expires_at > now
+            {
+                self.log.append(notice, revoked_at, expires_at, &e.reason);
+            }
         }
         Ok(())
     }
@@ -228,6 +258,10 @@ impl Store for MemoryStore {
 
     fn lift<'a>(&'a self, keys: &'a [String], _now: u64) -> StoreFuture<'a, ()> {
         Box::pin(std::future::ready(self.lift_now(keys)))
+    }
+
+    fn watch_reader(&self) -> Option<Box<dyn Reader>> {
+        Some(self.log.reader())
     }
 
     fn lookup_and_spend<'a>(

@@ -8,6 +8,7 @@
 
 mod conn;
 mod mirror;
+mod watch;
 
 use std::fmt;
 use std::future::Future;
@@ -21,6 +22,7 @@ use crate::clock::now_ms;
 pub use crate::config::{Backend, MirrorSettings, RedisSettings};
 use crate::ratelimit::{Limit, Throttled};
 use crate::revocation::{Admission, Entry, Store, StoreError, StoreFuture, revoked_at};
+pub use watch::LOG;
 
 /// Revocations are announced here (and heartbeats, so a mirror can measure its own freshness).
 pub const CHANNEL: &str = "{tessera}:revocations";
@@ -35,7 +37,9 @@ redis.call('PUBLISH', ARGV[1], 'l|' .. ARGV[2] .. '|' .. KEYS[1])
 return 1
 ";
 
-/// Records a revocation without ever shortening an existing one, indexes it, and announces it.
+/// Records a revocation without ever shortening an existing one, indexes it, and announces it; when it is a
+/// revocation of its own (`ARGV[8]`, the target's kind, is set) and in force, appends it to the revocation log
+/// (`KEYS[3]`, capped near `ARGV[7]` entries) in the same step, with the values as recorded.
 const REVOKE_SCRIPT: &str = r"
 local expires_at = tonumber(ARGV[2])
 local current = redis.call('EXPIRETIME', KEYS[1])
@@ -50,6 +54,10 @@ redis.call('SET', KEYS[1], revoked_at .. '|' .. ARGV[1], 'EXAT', expires_at)
 redis.call('ZADD', KEYS[2], expires_at, KEYS[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
 redis.call('PUBLISH', ARGV[5], 'r|' .. revoked_at .. '|' .. expires_at .. '|' .. ARGV[6] .. '|' .. KEYS[1])
+if ARGV[8] ~= '' and expires_at > tonumber(ARGV[4]) then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'kind', ARGV[8], 'value', ARGV[9], 'iss', ARGV[10],
+    'cause', ARGV[11], 'revoked_at', revoked_at, 'expires_at', expires_at, 'reason', ARGV[1])
+end
 return expires_at
 ";
 
@@ -107,6 +115,10 @@ pub struct RedisStore {
     admit_script: redis::Script,
     mirror: Option<Arc<Mirror>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// For the watch streams' readers, each of which opens a connection of its own.
+    settings: RedisSettings,
+    /// How many events the revocation log keeps (about: `MAXLEN ~`).
+    log_max_events: u64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -156,6 +168,8 @@ impl RedisStore {
             admit_script: redis::Script::new(ADMIT_SCRIPT),
             mirror: None,
             tasks: Vec::new(),
+            settings: settings.clone(),
+            log_max_events: crate::revocation::watch::DEFAULT_MAX_EVENTS,
         };
         if let Some(m) = settings.mirror {
             let mirror = Arc::new(Mirror::new(m.max_staleness));
@@ -171,6 +185,13 @@ impl RedisStore {
             store.mirror = Some(mirror);
         }
         Ok(store)
+    }
+
+    /// Keeps about the last `max_events` events in the revocation log (default
+    /// [`crate::revocation::watch::DEFAULT_MAX_EVENTS`]).
+    pub fn with_log_max_events(mut self, max_events: u64) -> RedisStore {
+        self.log_max_events = max_events.max(1);
+        self
     }
 
     /// Mirror mode: whether lookups are currently served from the local copy.
@@ -193,12 +214,15 @@ impl RedisStore {
             let mut inv = self.script.prepare_invoke();
             inv.key(&e.key)
                 .key(INDEX)
+                .key(LOG)
                 .arg(&e.reason)
                 .arg(e.expires_at)
                 .arg(e.revoked_at)
                 .arg(now)
                 .arg(CHANNEL)
-                .arg(now_ms());
+                .arg(now_ms())
+                .arg(self.log_max_events)
+                .arg(&e.notice.as_ref().map_or(["", "", "", ""], watch::notice_args)[..]);
             self.with_timeout(inv.invoke_async::<u64>(&mut handle)).await?;
         }
         // Apply locally at once, so this replica never lags its own revocations.
@@ -360,5 +384,9 @@ impl Store for RedisStore {
 
     fn mirror_trusted(&self) -> Option<bool> {
         RedisStore::mirror_trusted(self)
+    }
+
+    fn watch_reader(&self) -> Option<Box<dyn crate::revocation::watch::Reader>> {
+        Some(Box::new(watch::StreamReader::new(self.settings.clone())))
     }
 }
