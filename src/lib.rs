@@ -15,8 +15,9 @@
 //! - [`introspect`]: RFC 7662 introspection ([`introspect::Introspect`]): signature, time and every
 //!   applicable revocation, in one lookup.
 //! - [`revocation`]: what can be revoked, the cascade over delegation lineages ([`revocation::Probe`]),
-//!   `Revoke` and the kill switch (`Suspend`/`Resume`, in [`revocation::Revoke`]), and the
-//!   [`revocation::Store`] port.
+//!   `Revoke` and the kill switch (`Suspend`/`Resume`, in [`revocation::Revoke`]), the
+//!   [`revocation::Store`] port, and the revocation watch ([`revocation::watch`]: the ordered log of
+//!   revocations a watch stream reads from a cursor).
 //! - [`issuer`]: trusted upstream issuers and the verification of assertions (and of tessera's own tokens)
 //!   into a [`policy::Principal`]; keys come through the [`issuer::KeySource`] port.
 //! - [`token`]: tessera's access tokens (RFC 9068), their claims and lineage, signing keys and the JWK Set
@@ -37,13 +38,15 @@
 //! - [`error`] (each OAuth code knows its gRPC and HTTP status), [`metrics`], [`secret`], [`clock`].
 //!
 //! **Infrastructure** — behind the ports:
-//! - [`store`]: the revocation stores (embedded; Redis strict or mirrored by pub/sub, standalone or Cluster).
+//! - [`store`]: the revocation stores (embedded; Redis strict or mirrored by pub/sub, standalone or Cluster),
+//!   each with its revocation log (a ring in memory; a Redis stream).
 //! - [`issuer::jwks`]: the JWKS fetcher (files, URLs); [`audit::stream`]: the Redis audit stream.
 //! - [`telemetry`]: tracing and OpenTelemetry export (OTLP, Prometheus).
 //!
 //! **Faces** — thin adapters: [`grpc`] (`tessera.v1.TokenBroker`); [`http`]: the plain-OAuth endpoints
 //! ([`http::oauth`]: token exchange and jwt-bearer, introspection, revocation, JWKS, RFC 8414 metadata), the
-//! gateway's forward-auth and RFC 9728 resource metadata ([`http::gateway`]), metrics and health; [`net`] (how
+//! gateway's forward-auth and RFC 9728 resource metadata ([`http::gateway`]), the revocation watch as
+//! Server-Sent Events ([`http::watch`]), metrics and health; [`net`] (how
 //! both faces accept connections: `TCP_NODELAY` on each; [`net::tls`]: TLS and mTLS client certificates, with
 //! the files re-read as they rotate); the CLI lives in the binary.
 //!

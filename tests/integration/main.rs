@@ -27,3 +27,4 @@ mod support;
 mod suspension;
 mod telemetry;
 mod tls;
+mod watch;

@@ -133,8 +133,8 @@ impl Reader for StreamReader {
             let conn = match &self.conn {
                 Some(conn) => conn.clone(),
                 None => {
-                    let conn = Conn::open_with_response_timeout(&self.settings, wait + self.settings.timeout)
-                        .map_err(Self::err)?;
+                    // Each command is bounded here: the store's timeout, or the wait plus it for `XREAD BLOCK`.
+                    let conn = Conn::open_with_response_timeout(&self.settings, None).map_err(Self::err)?;
                     self.conn = Some(conn.clone());
                     conn
                 }
