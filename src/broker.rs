@@ -90,6 +90,8 @@ pub(crate) struct Parts {
     pub(crate) slots: Slots,
     /// How often a quiet revocation watch stream sends a heartbeat.
     pub(crate) watch_heartbeat: std::time::Duration,
+    /// The status lists issued tokens are placed in (`None`: off).
+    pub(crate) status_lists: Option<Arc<crate::status_list::StatusLists>>,
 }
 
 /// The parts fixed for the life of the process.
@@ -106,6 +108,7 @@ struct Fixed {
     metrics: Metrics,
     slots: Slots,
     watch_heartbeat: std::time::Duration,
+    status_lists: Option<Arc<crate::status_list::StatusLists>>,
 }
 
 /// The broker: its parts (built by the composition root, [`crate::serve`]), shared by every operation.
@@ -152,6 +155,7 @@ impl Broker {
             metrics,
             slots,
             watch_heartbeat,
+            status_lists,
         } = parts;
         Broker {
             fixed: Fixed {
@@ -167,6 +171,7 @@ impl Broker {
                 metrics,
                 slots,
                 watch_heartbeat,
+                status_lists,
             },
             current: ArcSwap::from_pointee(snapshot),
             generation: tokio::sync::watch::Sender::new(0),
@@ -321,7 +326,17 @@ impl<'b> Current<'b> {
             rate_limits: &fixed.rate_limits,
             audit: fixed.audit.as_ref(),
             metrics: &fixed.metrics,
+            status_lists: fixed.status_lists.as_deref(),
         }
+    }
+
+    /// List `n`'s status list token (draft-ietf-oauth-status-list §5.1), signed now; `None` when status lists
+    /// are off. A list no token was placed in yet, or whose tokens have all expired, shows every token valid.
+    pub async fn status_list_token(&self, n: u64, now: u64) -> Result<Option<(String, u64)>> {
+        let Some(lists) = &self.fixed.status_lists else { return Ok(None) };
+        let bits = self.fixed.store.status_bits(n).await?;
+        let claims = crate::status_list::token_claims(&self.fixed.broker_issuer, n, &bits, now, lists.ttl)?;
+        Ok(Some((self.fixed.keyring.sign_document(crate::status_list::TYP, &claims)?, lists.ttl)))
     }
 
     /// RFC 7662 introspection, as of `now`: [`Introspect::run`].

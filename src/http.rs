@@ -1,5 +1,6 @@
 //! The plain HTTP face, on its own listener next to gRPC: the OAuth endpoints ([`oauth`]), forward-auth and
-//! resource metadata for gateways ([`gateway`]), the revocation watch as Server-Sent Events ([`watch`]),
+//! resource metadata for gateways ([`gateway`]), the revocation watch as Server-Sent Events ([`watch`]), the
+//! signed Token Status Lists ([`status_list`]),
 //! `GET /metrics` (Prometheus text) and `GET /healthz`.
 
 use std::future::Future;
@@ -12,6 +13,7 @@ use tokio::net::TcpListener;
 
 pub mod gateway;
 pub mod oauth;
+pub mod status_list;
 pub mod watch;
 
 /// Serves the HTTP face in plaintext on `listener` until `shutdown` completes. Connections are accepted by
@@ -43,7 +45,8 @@ pub async fn serve_with_tls(
     let mut router = Router::new()
         .merge(oauth::router(std::sync::Arc::clone(&broker)))
         .merge(gateway::router(std::sync::Arc::clone(&broker)))
-        .merge(watch::router(broker))
+        .merge(watch::router(std::sync::Arc::clone(&broker)))
+        .merge(status_list::router(broker))
         .layer(limit)
         .route("/healthz", get(|| async { "ok\n" }));
     if let Some(registry) = registry {

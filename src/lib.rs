@@ -18,6 +18,8 @@
 //!   `Revoke` and the kill switch (`Suspend`/`Resume`, in [`revocation::Revoke`]), the
 //!   [`revocation::Store`] port, and the revocation watch ([`revocation::watch`]: the ordered log of
 //!   revocations a watch stream reads from a cursor).
+//! - [`status_list`]: OAuth Token Status Lists: each token's place in a list, the indices a replica holds,
+//!   the registrations that let a revocation flip the bits of every token it ends, and the list tokens.
 //! - [`issuer`]: trusted upstream issuers and the verification of assertions (and of tessera's own tokens)
 //!   into a [`policy::Principal`]; keys come through the [`issuer::KeySource`] port.
 //! - [`token`]: tessera's access tokens (RFC 9068), their claims and lineage, signing keys and the JWK Set
@@ -46,7 +48,7 @@
 //! **Faces** — thin adapters: [`grpc`] (`tessera.v1.TokenBroker`); [`http`]: the plain-OAuth endpoints
 //! ([`http::oauth`]: token exchange and jwt-bearer, introspection, revocation, JWKS, RFC 8414 metadata), the
 //! gateway's forward-auth and RFC 9728 resource metadata ([`http::gateway`]), the revocation watch as
-//! Server-Sent Events ([`http::watch`]), metrics and health; [`net`] (how
+//! Server-Sent Events ([`http::watch`]), the signed status lists ([`http::status_list`]), metrics and health; [`net`] (how
 //! both faces accept connections: `TCP_NODELAY` on each; [`net::tls`]: TLS and mTLS client certificates, with
 //! the files re-read as they rotate); the CLI lives in the binary.
 //!
@@ -79,6 +81,7 @@ pub mod revocation;
 pub mod scopes;
 pub mod secret;
 pub mod serve;
+pub mod status_list;
 pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -131,6 +131,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         telemetry: _,
         log: _,
         watch,
+        status_list,
     } = config;
     let keyring = Keyring::new(signing_keys)?;
     let reloadable = Reloadable {
@@ -159,6 +160,14 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
             (Arc::new(store), audit)
         }
     };
+    // Status lists: each replica's pool of indices kept ahead, and its registrations written, in the background.
+    let status_lists = status_list.map(|settings| {
+        let (lists, registrations) = crate::status_list::StatusLists::new(&broker_issuer, settings.ttl);
+        let lists = Arc::new(lists);
+        tokio::spawn(crate::status_list::refill(Arc::clone(&lists), Arc::clone(&store)));
+        tokio::spawn(crate::status_list::write_registrations(registrations, Arc::clone(&store)));
+        lists
+    });
     Ok(Broker::new(Parts {
         broker_issuer,
         keyring,
@@ -173,6 +182,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         metrics,
         slots: crate::load::Slots::new(server.max_concurrent_requests, server.max_queue_wait, server.request_timeout),
         watch_heartbeat: watch.heartbeat,
+        status_lists,
     }))
 }
 

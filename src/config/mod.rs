@@ -6,7 +6,7 @@
 //! One module a section, each with its builder, its validated form and its defaults, named and documented
 //! (every key in docs/config.md): [`server`], [`broker`], [`keys`] (`[signing]`, `[policy]`), [`issuers`],
 //! [`audiences`], [`clients`], [`routes`], [`store`], [`tls`], [`rate_limits`], [`telemetry`], [`log`],
-//! [`watch`].
+//! [`watch`], [`status_list`].
 
 pub mod audiences;
 pub mod broker;
@@ -17,6 +17,7 @@ pub mod log;
 pub mod rate_limits;
 pub mod routes;
 pub mod server;
+pub mod status_list;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
@@ -37,6 +38,7 @@ pub use log::{LogBuilder, LogConfig, LogFormat};
 pub use rate_limits::RateLimitsBuilder;
 pub use routes::RouteBuilder;
 pub use server::{DEFAULT_CONFIG_RELOAD_INTERVAL, DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerBuilder, ServerConfig};
+pub use status_list::{StatusListBuilder, StatusListConfig};
 pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode};
 pub use telemetry::{TelemetryBuilder, TelemetryConfig};
 pub use tls::{DEFAULT_TLS_RELOAD_INTERVAL, TlsBuilder};
@@ -86,6 +88,8 @@ pub struct ConfigBuilder {
     pub log: LogBuilder,
     /// `[watch]`: the revocation watch stream's heartbeat and log size.
     pub watch: WatchBuilder,
+    /// `[status_list]`: OAuth Token Status Lists (default: on).
+    pub status_list: StatusListBuilder,
 }
 
 /// A validated configuration, with the keys, JWKS and policy it names already loaded.
@@ -134,6 +138,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The revocation watch stream.
     pub watch: WatchConfig,
+    /// Token Status Lists (`None`: off).
+    pub status_list: Option<StatusListConfig>,
 }
 
 /// Every problem found, one per line.
@@ -162,8 +168,8 @@ impl Context<'_> {
 /// reload on their own), rate limits, telemetry and logging. A reload that changes one of them is refused
 /// whole (the section must be applied by a restart), so what is in force is always one config that passed
 /// validation in full, never a mix of two.
-pub const FIXED_SECTIONS: [&str; 9] =
-    ["server", "broker", "signing", "store", "tls", "rate_limits", "telemetry", "log", "watch"];
+pub const FIXED_SECTIONS: [&str; 10] =
+    ["server", "broker", "signing", "store", "tls", "rate_limits", "telemetry", "log", "watch", "status_list"];
 
 /// The `[broker]` keys a reload does take: they shape the catalog (task tokens' lifetime, who may introspect
 /// them) and the clients (how they may authenticate), which are rebuilt on every reload.
@@ -276,6 +282,7 @@ impl ConfigBuilder {
         let log = self.log.build(&mut problems);
         let telemetry = self.telemetry.build(&cx, &mut problems);
         let watch = self.watch.build(&mut problems);
+        let status_list = self.status_list.build(&mut problems);
         match policy {
             Some(policy) if problems.is_empty() => Ok(Config {
                 server,
@@ -299,6 +306,7 @@ impl ConfigBuilder {
                 telemetry,
                 log,
                 watch,
+                status_list,
             }),
             _ => Err(ConfigErrors(problems)),
         }

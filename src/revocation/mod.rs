@@ -156,6 +156,34 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn watch_reader(&self) -> Option<Box<dyn watch::Reader>> {
         None
     }
+    /// Status lists: the first of `count` fresh global indices, never handed out before (by any replica).
+    fn allocate_status(&self, _count: u64) -> StoreFuture<'_, u64> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no status lists".into()))))
+    }
+    /// Status lists: registers tokens under their revocation keys, so a later revocation flips their bits; a
+    /// token a revocation already ends has its bit flipped now, in the same atomic step.
+    fn register_status<'a>(&'a self, _registrations: &'a [StatusRegistration]) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no status lists".into()))))
+    }
+    /// Status lists: the bytes of list `n` (bit 0 the least significant of byte 0; a missing tail is all valid).
+    fn status_bits(&self, _n: u64) -> StoreFuture<'_, Vec<u8>> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no status lists".into()))))
+    }
+}
+
+/// One token to register in the status lists ([`crate::status_list`]): its global index, when it expires,
+/// and the revocation keys that can end it, each judged as [`Probe`] judges it (`None`: whenever present;
+/// `Some(iat)`: when revoked at or after `iat`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusRegistration {
+    /// Its global index: list `index / LIST_BITS`, bit `index % LIST_BITS`.
+    pub index: u64,
+    /// When it expires (Unix seconds): its registrations may be forgotten then.
+    pub exp: u64,
+    /// The revocation keys that apply to it.
+    pub keys: Vec<String>,
+    /// How each key is judged.
+    pub issued_at: Vec<Option<u64>>,
 }
 
 /// What [`Store::admit`] answers.
@@ -345,6 +373,11 @@ impl Probe {
         }
         self.push(Suspendable::Client(client_id.to_string()).key(), None);
         start
+    }
+
+    /// The keys and how each is judged, taken apart (a status list registration keeps both).
+    pub fn into_parts(self) -> (Vec<String>, Vec<Option<u64>>) {
+        (self.keys, self.issued_at)
     }
 
     /// The keys to look up, in the order [`Probe::revoked`] expects the answers in.

@@ -141,12 +141,54 @@ impl Buckets {
     }
 }
 
-/// The embedded [`Store`]: one [`RevocationList`] behind a lock, for a single replica, and its revocation log.
+/// The status lists of one process ([`crate::status_list`]): the next index, the tokens registered under each
+/// revocation key, and the flipped bits of each list, each forgotten once every token it concerns expired.
+#[derive(Debug, Default)]
+struct StatusState {
+    next: u64,
+    /// Revocation key → (indices registered under it, the latest `exp` among them).
+    registered: HashMap<String, (Vec<u64>, u64)>,
+    /// List → (its bytes, the latest `exp` of a token whose bit is set).
+    lists: HashMap<u64, (Vec<u8>, u64)>,
+    sweep_above: usize,
+}
+
+impl StatusState {
+    fn flip(&mut self, g: u64, exp: u64) {
+        let (n, bit) = crate::status_list::locate(g);
+        let size = usize::try_from(crate::status_list::LIST_BITS / 8).unwrap_or(usize::MAX);
+        let (bytes, until) = self.lists.entry(n).or_insert_with(|| (vec![0; size], 0));
+        crate::status_list::set_bit(bytes, bit);
+        *until = (*until).max(exp);
+    }
+
+    /// Flips every token registered under `key` (a revocation of it was just recorded, lasting to `exp`).
+    fn revoked(&mut self, key: &str, exp: u64) {
+        let Some((indices, _)) = self.registered.get(key) else { return };
+        for g in indices.clone() {
+            self.flip(g, exp);
+        }
+    }
+
+    /// Forgets what concerns only expired tokens, whenever the maps have doubled since the last sweep.
+    fn sweep(&mut self, now: u64) {
+        if self.registered.len() + self.lists.len() > self.sweep_above.max(1024) {
+            self.registered.retain(|_, (_, exp)| *exp > now);
+            self.lists.retain(|_, (_, exp)| *exp > now);
+            self.sweep_above = (self.registered.len() + self.lists.len()) * 2;
+        }
+    }
+}
+
+/// The embedded [`Store`]: one [`RevocationList`] behind a lock, for a single replica, its revocation log and
+/// its status lists.
 #[derive(Debug)]
 pub struct MemoryStore {
     list: RwLock<RevocationList>,
     buckets: Mutex<Buckets>,
     log: Arc<RevocationLog>,
+    /// Locked only while the list's write lock is held, so revocations and registrations are one order.
+    status: Mutex<StatusState>,
 }
 
 impl Default for MemoryStore {
@@ -167,6 +209,7 @@ impl MemoryStore {
             list: RwLock::default(),
             buckets: Mutex::default(),
             log: RevocationLog::new(max_events, crate::clock::now_ms()),
+            status: Mutex::default(),
         }
     }
 
@@ -184,7 +227,11 @@ fn poisoned<T>(_: T) -> StoreError {
 impl MemoryStore {
     fn revoke_now(&self, entries: &[Entry], now: u64) -> Result<(), StoreError> {
         let mut list = self.list.write().map_err(poisoned)?;
+        let mut status = self.status.lock().map_err(poisoned)?;
         for e in entries {
+            if e.expires_at > now {
+                status.revoked(&e.key, e.expires_at);
+            }
             list.apply(e.key.clone(), e.revoked_at, e.expires_at, now);
             // Logged under the list's lock, with the values as applied (never moved back), and only when in
             // force: the log holds exactly the revocations the list does, in the order they were applied.
@@ -195,6 +242,45 @@ impl MemoryStore {
             }
         }
         Ok(())
+    }
+
+    /// Under the list's write lock, as a revocation: a token registered after a revocation that ends it has its
+    /// bit flipped here; one registered before, by the revocation.
+    fn register_now(&self, registrations: &[crate::revocation::StatusRegistration]) -> Result<(), StoreError> {
+        let now = crate::clock::now();
+        let list = self.list.write().map_err(poisoned)?;
+        let mut status = self.status.lock().map_err(poisoned)?;
+        for r in registrations {
+            for key in &r.keys {
+                let (indices, exp) = status.registered.entry(key.clone()).or_default();
+                indices.push(r.index);
+                *exp = (*exp).max(r.exp);
+            }
+            let found = list.lookup(&r.keys, now);
+            let revoked = found.iter().zip(&r.issued_at).any(|(found, iat)| match (found, iat) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(at), Some(iat)) => iat <= at,
+            });
+            if revoked {
+                status.flip(r.index, r.exp);
+            }
+        }
+        status.sweep(now);
+        Ok(())
+    }
+
+    fn allocate_now(&self, count: u64) -> Result<u64, StoreError> {
+        let mut status = self.status.lock().map_err(poisoned)?;
+        let start = status.next;
+        status.next = start.saturating_add(count);
+        Ok(start)
+    }
+
+    fn bits_now(&self, n: u64) -> Result<Vec<u8>, StoreError> {
+        let now = crate::clock::now();
+        let status = self.status.lock().map_err(poisoned)?;
+        Ok(status.lists.get(&n).filter(|(_, exp)| *exp > now).map(|(bytes, _)| bytes.clone()).unwrap_or_default())
     }
 
     fn lift_now(&self, keys: &[String]) -> Result<(), StoreError> {
@@ -262,6 +348,21 @@ impl Store for MemoryStore {
 
     fn watch_reader(&self) -> Option<Box<dyn Reader>> {
         Some(self.log.reader())
+    }
+
+    fn allocate_status(&self, count: u64) -> StoreFuture<'_, u64> {
+        Box::pin(std::future::ready(self.allocate_now(count)))
+    }
+
+    fn register_status<'a>(
+        &'a self,
+        registrations: &'a [crate::revocation::StatusRegistration],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(self.register_now(registrations)))
+    }
+
+    fn status_bits(&self, n: u64) -> StoreFuture<'_, Vec<u8>> {
+        Box::pin(std::future::ready(self.bits_now(n)))
     }
 
     fn lookup_and_spend<'a>(

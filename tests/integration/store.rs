@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use tessera::ratelimit::{Dimension, Limit, Rate, RateLimits};
 use tessera::revocation::watch::{Cause, Event, Notice, WatchError};
-use tessera::revocation::{Entry, Store, Target, spent_key};
+use tessera::revocation::{Entry, StatusRegistration, Store, Target, spent_key};
+use tessera::status_list::LIST_BITS;
 use tessera::store::memory::MemoryStore;
 use tessera::store::redis::{Backend, RedisSettings, RedisStore};
 
@@ -206,10 +207,63 @@ async fn admission(store: &impl Store, keys: &[String], now: u64) {
     assert_eq!(store.admit(&[], &[], &odd, now, now_ms).await.unwrap().throttled, None);
 }
 
+/// Whether bit `g` of its list is set, as the store holds the list.
+async fn flipped(store: &impl Store, g: u64) -> bool {
+    let bytes = store.status_bits(g / LIST_BITS).await.unwrap();
+    let bit = g % LIST_BITS;
+    bytes.get(usize::try_from(bit / 8).unwrap()).is_some_and(|b| b & (1 << (bit % 8)) != 0)
+}
+
+/// Status lists: blocks of indices never overlap; a revocation flips the tokens registered under its key, a
+/// registration after a revocation that ends it flips at once, and a subject or client revocation spares
+/// tokens issued after it.
+async fn status_suite(store: &impl Store) {
+    let now = now();
+    let (a, b) = (store.allocate_status(1024).await.unwrap(), store.allocate_status(1024).await.unwrap());
+    assert!(a + 1024 <= b || b + 1024 <= a, "blocks {a} and {b} overlap");
+    let (parent, child, other) = (Target::Jti("sl-p".into()), Target::Jti("sl-c".into()), Target::Jti("sl-o".into()));
+    let subject = Target::Subject { iss: "https://i".into(), sub: "sl-s".into() };
+    let reg = |g: u64, keys: &[(&Target, Option<u64>)]| StatusRegistration {
+        index: g,
+        exp: now + 600,
+        keys: keys.iter().map(|(t, _)| t.key()).collect(),
+        issued_at: keys.iter().map(|(_, iat)| *iat).collect(),
+    };
+    // A parent, its child (registered under both jtis), an unrelated token, one in the next list.
+    let (g_parent, g_child, g_other, g_far) = (a, a + 1, a + 2, a + LIST_BITS + 5);
+    store
+        .register_status(&[
+            reg(g_parent, &[(&parent, None), (&subject, Some(now))]),
+            reg(g_child, &[(&child, None), (&parent, None)]),
+            reg(g_other, &[(&other, None)]),
+            reg(g_far, &[(&child, None), (&parent, None)]),
+        ])
+        .await
+        .unwrap();
+    for g in [g_parent, g_child, g_other, g_far] {
+        assert!(!flipped(store, g).await, "{g} is valid before any revocation");
+    }
+    store.revoke(&[entry(&parent, now, now + 600)], now).await.unwrap();
+    assert!(flipped(store, g_parent).await && flipped(store, g_child).await && flipped(store, g_far).await);
+    assert!(!flipped(store, g_other).await, "an unrelated token stays valid");
+    // Registered after its revocation: flipped by the registration itself.
+    let late = a + 3;
+    store.register_status(&[reg(late, &[(&other, None), (&parent, None)])]).await.unwrap();
+    assert!(flipped(store, late).await);
+    // A subject revoked before a token was issued does not end it.
+    store.revoke(&[entry(&subject, now - 5, now + 600)], now).await.unwrap();
+    let after = a + 4;
+    store.register_status(&[reg(after, &[(&subject, Some(now))])]).await.unwrap();
+    assert!(!flipped(store, after).await, "issued after the subject's revocation");
+    // A list nothing was flipped in reads as all valid.
+    assert!(store.status_bits(a / LIST_BITS + 7).await.unwrap().iter().all(|b| *b == 0));
+}
+
 #[tokio::test]
 async fn memory_store() {
     suite(&MemoryStore::new()).await;
     watch_suite(&MemoryStore::with_log(10)).await;
+    status_suite(&MemoryStore::new()).await;
 }
 
 fn settings(backend: Backend) -> RedisSettings {
@@ -223,6 +277,7 @@ async fn redis_store() {
         RedisStore::connect(&settings(Backend::Standalone(redis.url().into()))).unwrap().with_log_max_events(10);
     suite(&store).await;
     watch_suite(&store).await;
+    status_suite(&store).await;
     // The log is capped near its size (`MAXLEN ~` trims whole nodes of a hundred entries).
     let len: u64 = redis.cmd(&["XLEN", tessera::store::redis::LOG]).parse().unwrap();
     assert!(len < 200, "XLEN {len}");
@@ -244,4 +299,5 @@ async fn redis_cluster_store() {
     let store = RedisStore::connect(&settings(Backend::Cluster(nodes))).unwrap().with_log_max_events(10);
     suite(&store).await;
     watch_suite(&store).await;
+    status_suite(&store).await;
 }

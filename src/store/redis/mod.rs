@@ -8,6 +8,7 @@
 
 mod conn;
 mod mirror;
+mod status;
 mod watch;
 
 use std::fmt;
@@ -39,8 +40,9 @@ return 1
 
 /// Records a revocation without ever shortening an existing one, indexes it, and announces it; when it is a
 /// revocation of its own (`ARGV[8]`, the target's kind, is set) and in force, appends it to the revocation log
-/// (`KEYS[3]`, capped near `ARGV[7]` entries) in the same step, with the values as recorded.
-const REVOKE_SCRIPT: &str = r"
+/// (`KEYS[3]`, capped near `ARGV[7]` entries) in the same step, with the values as recorded; and flips the
+/// status list bit of every token registered under the key (`ARGV[12]`: `LIST_BITS`; see [`status`]).
+const REVOKE_SCRIPT_BODY: &str = r"
 local expires_at = tonumber(ARGV[2])
 local current = redis.call('EXPIRETIME', KEYS[1])
 if current > expires_at then expires_at = current end
@@ -58,8 +60,17 @@ if ARGV[8] ~= '' and expires_at > tonumber(ARGV[4]) then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'kind', ARGV[8], 'value', ARGV[9], 'iss', ARGV[10],
     'cause', ARGV[11], 'revoked_at', revoked_at, 'expires_at', expires_at, 'reason', ARGV[1])
 end
+if expires_at > tonumber(ARGV[4]) then
+  for _, g in ipairs(redis.call('SMEMBERS', '{tessera}:sl:idx:' .. KEYS[1])) do
+    flip(tonumber(g), expires_at)
+  end
+end
 return expires_at
 ";
+
+fn revoke_script() -> String {
+    format!("local bits_per_list = tonumber(ARGV[12])\n{}{REVOKE_SCRIPT_BODY}", status::FLIP_LUA)
+}
 
 /// An exchange's one round trip when rate limits are on: the revocation `MGET`, GCRA over each limit (see
 /// [`crate::ratelimit`]), and the spend markers, atomically.
@@ -111,6 +122,7 @@ pub struct RedisStore {
     background: Conn,
     timeout: Duration,
     script: redis::Script,
+    register_script: redis::Script,
     lift_script: redis::Script,
     admit_script: redis::Script,
     mirror: Option<Arc<Mirror>>,
@@ -163,7 +175,8 @@ impl RedisStore {
             conn,
             background,
             timeout: settings.timeout,
-            script: redis::Script::new(REVOKE_SCRIPT),
+            script: redis::Script::new(&revoke_script()),
+            register_script: redis::Script::new(&status::register_script()),
             lift_script: redis::Script::new(LIFT_SCRIPT),
             admit_script: redis::Script::new(ADMIT_SCRIPT),
             mirror: None,
@@ -222,7 +235,8 @@ impl RedisStore {
                 .arg(CHANNEL)
                 .arg(now_ms())
                 .arg(self.log_max_events)
-                .arg(&e.notice.as_ref().map_or(["", "", "", ""], watch::notice_args)[..]);
+                .arg(&e.notice.as_ref().map_or(["", "", "", ""], watch::notice_args)[..])
+                .arg(crate::status_list::LIST_BITS);
             self.with_timeout(inv.invoke_async::<u64>(&mut handle)).await?;
         }
         // Apply locally at once, so this replica never lags its own revocations.
@@ -232,6 +246,38 @@ impl RedisStore {
             }
         }
         Ok(())
+    }
+
+    /// On the background connection: status list work is never on the request path.
+    async fn allocate(&self, count: u64) -> Result<u64, StoreError> {
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        let end: u64 =
+            self.with_timeout(redis::cmd("INCRBY").arg(status::NEXT).arg(count).query_async(&mut handle)).await?;
+        Ok(end.saturating_sub(count))
+    }
+
+    async fn register(&self, registrations: &[crate::revocation::StatusRegistration]) -> Result<(), StoreError> {
+        if registrations.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.register_script.prepare_invoke();
+        inv.key(status::NEXT).arg(crate::status_list::LIST_BITS);
+        for r in registrations {
+            inv.arg(r.index).arg(r.exp).arg(r.keys.len());
+            for (key, judged) in r.keys.iter().zip(&r.issued_at) {
+                inv.arg(key).arg(judged.map_or(-1, |iat| i64::try_from(iat).unwrap_or(i64::MAX)));
+            }
+        }
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        self.with_timeout(inv.invoke_async::<i64>(&mut handle)).await?;
+        Ok(())
+    }
+
+    async fn bits(&self, n: u64) -> Result<Vec<u8>, StoreError> {
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        let bytes: Option<Vec<u8>> =
+            self.with_timeout(redis::cmd("GET").arg(status::bits_key(n)).query_async(&mut handle)).await?;
+        Ok(bytes.unwrap_or_default())
     }
 
     async fn lift_entries(&self, keys: &[String]) -> Result<(), StoreError> {
@@ -388,5 +434,20 @@ impl Store for RedisStore {
 
     fn watch_reader(&self) -> Option<Box<dyn crate::revocation::watch::Reader>> {
         Some(Box::new(watch::StreamReader::new(self.settings.clone())))
+    }
+
+    fn allocate_status(&self, count: u64) -> StoreFuture<'_, u64> {
+        Box::pin(self.allocate(count))
+    }
+
+    fn register_status<'a>(
+        &'a self,
+        registrations: &'a [crate::revocation::StatusRegistration],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.register(registrations))
+    }
+
+    fn status_bits(&self, n: u64) -> StoreFuture<'_, Vec<u8>> {
+        Box::pin(self.bits(n))
     }
 }
