@@ -153,3 +153,51 @@ async fn status_lists_are_served_as_the_draft_says_and_can_be_turned_off() {
     let token = exchange(&off, &k8s_assertion(600), CRM, None, "task-off").await;
     assert!(decode_any(&token).get("status").is_none(), "no status claim when status lists are off");
 }
+
+#[tokio::test]
+async fn status_list_work_stays_off_the_request_paths_redis_connection() {
+    use std::io::BufRead as _;
+    let redis = RedisServer::start();
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli (bash scripts/test installs redis-tools)");
+    let mut stdout = std::io::BufReader::new(monitor.stdout.take().unwrap());
+    // MONITOR answers OK once it is watching: only then start the broker, whose first block is taken at once.
+    let mut ok = String::new();
+    stdout.read_line(&mut ok).unwrap();
+    assert_eq!(ok.trim(), "OK");
+    let lines = std::thread::spawn(move || stdout.lines().map_while(Result::ok).collect());
+    let broker = TestBroker::builder().redis(&redis.url(), "strict").start().await;
+    let mut tokens = Vec::new();
+    for i in 0..5 {
+        tokens.push(exchange(&broker, &k8s_assertion(600), CRM, None, &format!("task-mon-{i}")).await);
+    }
+    for token in &tokens {
+        let req = pb::IntrospectRequest { token: token.clone(), token_type_hint: String::new() };
+        assert!(broker.client().await.introspect(req).await.unwrap().into_inner().active);
+    }
+    // Every token registered: each is under its task's key.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (0..5).any(|i| redis.cmd(&["SCARD", &format!("{{tessera}}:sl:idx:{{tessera}}:rev:task:task-mon-{i}")]) != "1")
+    {
+        assert!(Instant::now() < deadline, "the registrations were not written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let lines: Vec<String> = lines.join().unwrap();
+    // `<time> [<db> <client address>] "COMMAND" …`
+    let by_command = |command: &str| -> BTreeSet<String> {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!("] \"{command}\"")))
+            .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.to_string()))
+            .collect()
+    };
+    let (lookups, allocations, registrations) = (by_command("MGET"), by_command("INCRBY"), by_command("EVALSHA"));
+    assert!(!lookups.is_empty() && !allocations.is_empty() && !registrations.is_empty(), "{lines:#?}");
+    assert!(lookups.is_disjoint(&allocations), "index blocks taken on the request path's connection");
+    assert!(lookups.is_disjoint(&registrations), "registrations written on the request path's connection");
+}
