@@ -71,7 +71,7 @@ pub(crate) struct Parts {
     /// The broker's own issuer: `iss` of its tokens, the `aud` upstream assertions carry, and the audience of
     /// task tokens.
     pub(crate) broker_issuer: String,
-    pub(crate) keyring: Keyring,
+    pub(crate) keyring: Arc<Keyring>,
     /// The reloadable parts, as the configuration read at start has them.
     pub(crate) snapshot: Snapshot,
     pub(crate) limits: Limits,
@@ -92,12 +92,14 @@ pub(crate) struct Parts {
     pub(crate) watch_heartbeat: std::time::Duration,
     /// The status lists issued tokens are placed in (`None`: off).
     pub(crate) status_lists: Option<Arc<crate::status_list::StatusLists>>,
+    /// The Shared Signals receivers of every revocation.
+    pub(crate) ssf: crate::ssf::Receivers,
 }
 
 /// The parts fixed for the life of the process.
 struct Fixed {
     broker_issuer: String,
-    keyring: Keyring,
+    keyring: Arc<Keyring>,
     limits: Limits,
     leeway: u64,
     task_revocation_retention: u64,
@@ -109,6 +111,7 @@ struct Fixed {
     slots: Slots,
     watch_heartbeat: std::time::Duration,
     status_lists: Option<Arc<crate::status_list::StatusLists>>,
+    ssf: crate::ssf::Receivers,
 }
 
 /// The broker: its parts (built by the composition root, [`crate::serve`]), shared by every operation.
@@ -156,6 +159,7 @@ impl Broker {
             slots,
             watch_heartbeat,
             status_lists,
+            ssf,
         } = parts;
         Broker {
             fixed: Fixed {
@@ -172,6 +176,7 @@ impl Broker {
                 slots,
                 watch_heartbeat,
                 status_lists,
+                ssf,
             },
             current: ArcSwap::from_pointee(snapshot),
             generation: tokio::sync::watch::Sender::new(0),
@@ -337,6 +342,45 @@ impl<'b> Current<'b> {
         let bits = self.fixed.store.status_bits(n).await?;
         let claims = crate::status_list::token_claims(&self.fixed.broker_issuer, n, &bits, now, lists.ttl)?;
         Ok(Some((self.fixed.keyring.sign_document(crate::status_list::TYP, &claims)?, lists.ttl)))
+    }
+
+    /// An RFC 8936 poll by receiver `id` (authenticated by its bearer token): acknowledges what it acked
+    /// (advancing its delivery cursor), then answers the SETs after it, signed now.
+    pub async fn ssf_poll(
+        &self,
+        id: &str,
+        bearer: Option<&str>,
+        request: crate::ssf::PollRequest,
+        now: u64,
+    ) -> Result<serde_json::Value> {
+        let receiver = self.fixed.ssf.poller(id, bearer)?;
+        let store = self.fixed.store.as_ref();
+        let mut reader = store.watch_reader().ok_or_else(|| {
+            Error::new(crate::error::ErrorCode::Unavailable, "this revocation store keeps no revocation log")
+        })?;
+        let mut cursor = match store.ssf_cursor(id).await? {
+            Some(cursor) => cursor,
+            None => reader.read("", 1, std::time::Duration::ZERO).await?.cursor,
+        };
+        // An acknowledgement only moves the cursor forward (delivery is in order).
+        let position = |c: &str| crate::revocation::watch::parse_cursor(c).unwrap_or_default();
+        for acked in request.ack.iter().filter_map(|jti| crate::ssf::cursor_of(id, jti)) {
+            if position(&acked) > position(&cursor) {
+                cursor = acked;
+            }
+        }
+        store.ssf_set_cursor(id, &cursor).await?;
+        let max = request.max_events.unwrap_or(crate::ssf::MAX_POLL).clamp(1, crate::ssf::MAX_POLL);
+        let wait = if request.return_immediately { 0 } else { 1 };
+        let batch = reader.read(&cursor, max + 1, std::time::Duration::from_secs(wait)).await?;
+        let more = batch.events.len() > max;
+        let mut sets = serde_json::Map::new();
+        for event in batch.events.iter().take(max) {
+            let claims = crate::ssf::set_claims(&self.fixed.broker_issuer, receiver, event, now);
+            let set = self.fixed.keyring.sign_document(crate::ssf::SET_TYP, &claims)?;
+            sets.insert(crate::ssf::set_jti(id, &event.cursor), set.into());
+        }
+        Ok(serde_json::json!({ "sets": sets, "moreAvailable": more }))
     }
 
     /// RFC 7662 introspection, as of `now`: [`Introspect::run`].

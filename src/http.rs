@@ -1,6 +1,6 @@
 //! The plain HTTP face, on its own listener next to gRPC: the OAuth endpoints ([`oauth`]), forward-auth and
 //! resource metadata for gateways ([`gateway`]), the revocation watch as Server-Sent Events ([`watch`]), the
-//! signed Token Status Lists ([`status_list`]),
+//! signed Token Status Lists ([`status_list`]), Shared Signals metadata and polling ([`ssf`]),
 //! `GET /metrics` (Prometheus text) and `GET /healthz`.
 
 use std::future::Future;
@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 pub mod gateway;
 pub mod oauth;
+pub mod ssf;
 pub mod status_list;
 pub mod watch;
 
@@ -46,7 +47,8 @@ pub async fn serve_with_tls(
         .merge(oauth::router(std::sync::Arc::clone(&broker)))
         .merge(gateway::router(std::sync::Arc::clone(&broker)))
         .merge(watch::router(std::sync::Arc::clone(&broker)))
-        .merge(status_list::router(broker))
+        .merge(status_list::router(std::sync::Arc::clone(&broker)))
+        .merge(ssf::router(broker))
         .layer(limit)
         .route("/healthz", get(|| async { "ok\n" }));
     if let Some(registry) = registry {

@@ -20,6 +20,8 @@
 //!   revocations a watch stream reads from a cursor).
 //! - [`status_list`]: OAuth Token Status Lists: each token's place in a list, the indices a replica holds,
 //!   the registrations that let a revocation flip the bits of every token it ends, and the list tokens.
+//! - [`ssf`]: OpenID Shared Signals as transmitter: each revocation as a CAEP `session-revoked` SET for each
+//!   configured receiver, the transmitter metadata, RFC 8936 polling; [`ssf::push`] (infrastructure) pushes.
 //! - [`issuer`]: trusted upstream issuers and the verification of assertions (and of tessera's own tokens)
 //!   into a [`policy::Principal`]; keys come through the [`issuer::KeySource`] port.
 //! - [`token`]: tessera's access tokens (RFC 9068), their claims and lineage, signing keys and the JWK Set
@@ -81,6 +83,7 @@ pub mod revocation;
 pub mod scopes;
 pub mod secret;
 pub mod serve;
+pub mod ssf;
 pub mod status_list;
 pub mod store;
 pub mod telemetry;

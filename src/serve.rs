@@ -132,8 +132,9 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         log: _,
         watch,
         status_list,
+        ssf_receivers,
     } = config;
-    let keyring = Keyring::new(signing_keys)?;
+    let keyring = Arc::new(Keyring::new(signing_keys)?);
     let reloadable = Reloadable {
         broker_issuer: broker_issuer.clone(),
         leeway,
@@ -168,6 +169,22 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         tokio::spawn(crate::status_list::write_registrations(registrations, Arc::clone(&store)));
         lists
     });
+    // Shared Signals: a delivery task per push receiver (the replica holding its lease delivers).
+    if !ssf_receivers.is_empty() {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("ssf: {e}"))?;
+        for receiver in ssf_receivers.iter().filter(|r| matches!(r.delivery, crate::ssf::Delivery::Push { .. })) {
+            tokio::spawn(crate::ssf::push::deliver(
+                receiver.clone(),
+                broker_issuer.clone(),
+                Arc::clone(&keyring),
+                Arc::clone(&store),
+                client.clone(),
+            ));
+        }
+    }
     Ok(Broker::new(Parts {
         broker_issuer,
         keyring,
@@ -183,6 +200,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         slots: crate::load::Slots::new(server.max_concurrent_requests, server.max_queue_wait, server.request_timeout),
         watch_heartbeat: watch.heartbeat,
         status_lists,
+        ssf: crate::ssf::Receivers::new(ssf_receivers),
     }))
 }
 

@@ -6,7 +6,7 @@
 //! One module a section, each with its builder, its validated form and its defaults, named and documented
 //! (every key in docs/config.md): [`server`], [`broker`], [`keys`] (`[signing]`, `[policy]`), [`issuers`],
 //! [`audiences`], [`clients`], [`routes`], [`store`], [`tls`], [`rate_limits`], [`telemetry`], [`log`],
-//! [`watch`], [`status_list`].
+//! [`watch`], [`status_list`], [`ssf`].
 
 pub mod audiences;
 pub mod broker;
@@ -17,6 +17,7 @@ pub mod log;
 pub mod rate_limits;
 pub mod routes;
 pub mod server;
+pub mod ssf;
 pub mod status_list;
 pub mod store;
 pub mod telemetry;
@@ -38,6 +39,7 @@ pub use log::{LogBuilder, LogConfig, LogFormat};
 pub use rate_limits::RateLimitsBuilder;
 pub use routes::RouteBuilder;
 pub use server::{DEFAULT_CONFIG_RELOAD_INTERVAL, DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerBuilder, ServerConfig};
+pub use ssf::SsfBuilder;
 pub use status_list::{StatusListBuilder, StatusListConfig};
 pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode};
 pub use telemetry::{TelemetryBuilder, TelemetryConfig};
@@ -90,6 +92,8 @@ pub struct ConfigBuilder {
     pub watch: WatchBuilder,
     /// `[status_list]`: OAuth Token Status Lists (default: on).
     pub status_list: StatusListBuilder,
+    /// `[ssf]`: Shared Signals receivers of every revocation.
+    pub ssf: SsfBuilder,
 }
 
 /// A validated configuration, with the keys, JWKS and policy it names already loaded.
@@ -140,6 +144,8 @@ pub struct Config {
     pub watch: WatchConfig,
     /// Token Status Lists (`None`: off).
     pub status_list: Option<StatusListConfig>,
+    /// Shared Signals receivers.
+    pub ssf_receivers: Vec<crate::ssf::Receiver>,
 }
 
 /// Every problem found, one per line.
@@ -168,8 +174,8 @@ impl Context<'_> {
 /// reload on their own), rate limits, telemetry and logging. A reload that changes one of them is refused
 /// whole (the section must be applied by a restart), so what is in force is always one config that passed
 /// validation in full, never a mix of two.
-pub const FIXED_SECTIONS: [&str; 10] =
-    ["server", "broker", "signing", "store", "tls", "rate_limits", "telemetry", "log", "watch", "status_list"];
+pub const FIXED_SECTIONS: [&str; 11] =
+    ["server", "broker", "signing", "store", "tls", "rate_limits", "telemetry", "log", "watch", "status_list", "ssf"];
 
 /// The `[broker]` keys a reload does take: they shape the catalog (task tokens' lifetime, who may introspect
 /// them) and the clients (how they may authenticate), which are rebuilt on every reload.
@@ -283,6 +289,7 @@ impl ConfigBuilder {
         let telemetry = self.telemetry.build(&cx, &mut problems);
         let watch = self.watch.build(&mut problems);
         let status_list = self.status_list.build(&mut problems);
+        let ssf_receivers = self.ssf.build(&cx, &mut problems);
         match policy {
             Some(policy) if problems.is_empty() => Ok(Config {
                 server,
@@ -307,6 +314,7 @@ impl ConfigBuilder {
                 log,
                 watch,
                 status_list,
+                ssf_receivers,
             }),
             _ => Err(ConfigErrors(problems)),
         }

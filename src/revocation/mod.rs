@@ -169,6 +169,19 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn status_bits(&self, _n: u64) -> StoreFuture<'_, Vec<u8>> {
         Box::pin(std::future::ready(Err(StoreError("this store keeps no status lists".into()))))
     }
+    /// Shared Signals: takes or renews the lease on delivering to `receiver` for `ttl_ms`, for `holder` (one
+    /// replica at a time delivers to a push receiver); whether `holder` holds it now.
+    fn ssf_lease<'a>(&'a self, _receiver: &'a str, _holder: &'a str, _ttl_ms: u64) -> StoreFuture<'a, bool> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no delivery state".into()))))
+    }
+    /// Shared Signals: the revocation log cursor `receiver` has been delivered up to, if any.
+    fn ssf_cursor<'a>(&'a self, _receiver: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no delivery state".into()))))
+    }
+    /// Shared Signals: records that `receiver` has been delivered up to `cursor`.
+    fn ssf_set_cursor<'a>(&'a self, _receiver: &'a str, _cursor: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no delivery state".into()))))
+    }
 }
 
 /// One token to register in the status lists ([`crate::status_list`]): its global index, when it expires,

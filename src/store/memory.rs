@@ -189,6 +189,8 @@ pub struct MemoryStore {
     log: Arc<RevocationLog>,
     /// Locked only while the list's write lock is held, so revocations and registrations are one order.
     status: Mutex<StatusState>,
+    /// Shared Signals: each receiver's delivery cursor (one process: it always holds every lease).
+    ssf_cursors: Mutex<HashMap<String, String>>,
 }
 
 impl Default for MemoryStore {
@@ -210,6 +212,7 @@ impl MemoryStore {
             buckets: Mutex::default(),
             log: RevocationLog::new(max_events, crate::clock::now_ms()),
             status: Mutex::default(),
+            ssf_cursors: Mutex::default(),
         }
     }
 
@@ -363,6 +366,22 @@ impl Store for MemoryStore {
 
     fn status_bits(&self, n: u64) -> StoreFuture<'_, Vec<u8>> {
         Box::pin(std::future::ready(self.bits_now(n)))
+    }
+
+    fn ssf_lease<'a>(&'a self, _receiver: &'a str, _holder: &'a str, _ttl_ms: u64) -> StoreFuture<'a, bool> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    fn ssf_cursor<'a>(&'a self, receiver: &'a str) -> StoreFuture<'a, Option<String>> {
+        let cursor = self.ssf_cursors.lock().map_err(poisoned).map(|c| c.get(receiver).cloned());
+        Box::pin(std::future::ready(cursor))
+    }
+
+    fn ssf_set_cursor<'a>(&'a self, receiver: &'a str, cursor: &'a str) -> StoreFuture<'a, ()> {
+        let set = self.ssf_cursors.lock().map_err(poisoned).map(|mut c| {
+            c.insert(receiver.to_string(), cursor.to_string());
+        });
+        Box::pin(std::future::ready(set))
     }
 
     fn lookup_and_spend<'a>(

@@ -22,6 +22,7 @@ mod rar;
 mod rate_limits;
 mod reload;
 mod revocation;
+mod ssf;
 mod status_list;
 mod store;
 mod support;

@@ -30,6 +30,16 @@ pub const CHANNEL: &str = "{tessera}:revocations";
 /// A sorted set of live revocation keys scored by expiry, from which a mirror resyncs.
 pub const INDEX: &str = "{tessera}:rev-index";
 
+/// Takes or renews a Shared Signals delivery lease (`KEYS[1]`) for holder `ARGV[1]`, for `ARGV[2]` ms.
+const LEASE_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
 /// Forgets an entry (a lifted suspension), unindexes it, and announces it.
 const LIFT_SCRIPT: &str = r"
 redis.call('DEL', KEYS[1])
@@ -123,6 +133,7 @@ pub struct RedisStore {
     timeout: Duration,
     script: redis::Script,
     register_script: redis::Script,
+    lease_script: redis::Script,
     lift_script: redis::Script,
     admit_script: redis::Script,
     mirror: Option<Arc<Mirror>>,
@@ -177,6 +188,7 @@ impl RedisStore {
             timeout: settings.timeout,
             script: redis::Script::new(&revoke_script()),
             register_script: redis::Script::new(&status::register_script()),
+            lease_script: redis::Script::new(LEASE_SCRIPT),
             lift_script: redis::Script::new(LIFT_SCRIPT),
             admit_script: redis::Script::new(ADMIT_SCRIPT),
             mirror: None,
@@ -278,6 +290,26 @@ impl RedisStore {
         let bytes: Option<Vec<u8>> =
             self.with_timeout(redis::cmd("GET").arg(status::bits_key(n)).query_async(&mut handle)).await?;
         Ok(bytes.unwrap_or_default())
+    }
+
+    /// Shared Signals delivery state, on the background connection.
+    async fn lease(&self, receiver: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let mut inv = self.lease_script.prepare_invoke();
+        inv.key(format!("{{tessera}}:ssf:lease:{receiver}")).arg(holder).arg(ttl_ms.max(1));
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        Ok(self.with_timeout(inv.invoke_async::<i64>(&mut handle)).await? == 1)
+    }
+
+    async fn delivered(&self, receiver: &str) -> Result<Option<String>, StoreError> {
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        let key = format!("{{tessera}}:ssf:cursor:{receiver}");
+        self.with_timeout(redis::cmd("GET").arg(key).query_async(&mut handle)).await
+    }
+
+    async fn set_delivered(&self, receiver: &str, cursor: &str) -> Result<(), StoreError> {
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        let key = format!("{{tessera}}:ssf:cursor:{receiver}");
+        self.with_timeout(redis::cmd("SET").arg(key).arg(cursor).query_async::<()>(&mut handle)).await
     }
 
     async fn lift_entries(&self, keys: &[String]) -> Result<(), StoreError> {
@@ -449,5 +481,17 @@ impl Store for RedisStore {
 
     fn status_bits(&self, n: u64) -> StoreFuture<'_, Vec<u8>> {
         Box::pin(self.bits(n))
+    }
+
+    fn ssf_lease<'a>(&'a self, receiver: &'a str, holder: &'a str, ttl_ms: u64) -> StoreFuture<'a, bool> {
+        Box::pin(self.lease(receiver, holder, ttl_ms))
+    }
+
+    fn ssf_cursor<'a>(&'a self, receiver: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(self.delivered(receiver))
+    }
+
+    fn ssf_set_cursor<'a>(&'a self, receiver: &'a str, cursor: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(self.set_delivered(receiver, cursor))
     }
 }
