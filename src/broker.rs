@@ -94,6 +94,8 @@ pub(crate) struct Parts {
     pub(crate) status_lists: Option<Arc<crate::status_list::StatusLists>>,
     /// The Shared Signals receivers of every revocation.
     pub(crate) ssf: crate::ssf::Receivers,
+    /// The upstream Shared Signals transmitters whose SETs are acted on.
+    pub(crate) ssf_transmitters: Vec<crate::ssf::receive::Transmitter>,
 }
 
 /// The parts fixed for the life of the process.
@@ -112,6 +114,7 @@ struct Fixed {
     watch_heartbeat: std::time::Duration,
     status_lists: Option<Arc<crate::status_list::StatusLists>>,
     ssf: crate::ssf::Receivers,
+    ssf_transmitters: Vec<crate::ssf::receive::Transmitter>,
 }
 
 /// The broker: its parts (built by the composition root, [`crate::serve`]), shared by every operation.
@@ -160,6 +163,7 @@ impl Broker {
             watch_heartbeat,
             status_lists,
             ssf,
+            ssf_transmitters,
         } = parts;
         Broker {
             fixed: Fixed {
@@ -177,6 +181,7 @@ impl Broker {
                 watch_heartbeat,
                 status_lists,
                 ssf,
+                ssf_transmitters,
             },
             current: ArcSwap::from_pointee(snapshot),
             generation: tokio::sync::watch::Sender::new(0),
@@ -342,6 +347,22 @@ impl<'b> Current<'b> {
         let bits = self.fixed.store.status_bits(n).await?;
         let claims = crate::status_list::token_claims(&self.fixed.broker_issuer, n, &bits, now, lists.ttl)?;
         Ok(Some((self.fixed.keyring.sign_document(crate::status_list::TYP, &claims)?, lists.ttl)))
+    }
+
+    /// A Security Event Token pushed by an upstream transmitter (RFC 8935): [`crate::ssf::receive::Receive`].
+    pub async fn ssf_receive(
+        &self,
+        set: &str,
+        now: u64,
+    ) -> std::result::Result<crate::ssf::receive::Received, std::result::Result<crate::ssf::receive::Refused, Error>>
+    {
+        let receive = crate::ssf::receive::Receive {
+            issuers: &self.snapshot.issuers,
+            transmitters: &self.fixed.ssf_transmitters,
+            revoke: self.revoke_op(),
+            audit: self.fixed.audit.as_ref(),
+        };
+        receive.run(set, now).await
     }
 
     /// An RFC 8936 poll by receiver `id` (authenticated by its bearer token): acknowledges what it acked

@@ -21,7 +21,8 @@
 //! - [`status_list`]: OAuth Token Status Lists: each token's place in a list, the indices a replica holds,
 //!   the registrations that let a revocation flip the bits of every token it ends, and the list tokens.
 //! - [`ssf`]: OpenID Shared Signals as transmitter: each revocation as a CAEP `session-revoked` SET for each
-//!   configured receiver, the transmitter metadata, RFC 8936 polling; [`ssf::push`] (infrastructure) pushes.
+//!   configured receiver, the transmitter metadata, RFC 8936 polling; [`ssf::push`] (infrastructure) pushes;
+//!   and as a receiver ([`ssf::receive`]): SETs from upstream identity providers revoke their principals.
 //! - [`issuer`]: trusted upstream issuers and the verification of assertions (and of tessera's own tokens)
 //!   into a [`policy::Principal`]; keys come through the [`issuer::KeySource`] port.
 //! - [`token`]: tessera's access tokens (RFC 9068), their claims and lineage, signing keys and the JWK Set

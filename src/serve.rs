@@ -133,6 +133,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         watch,
         status_list,
         ssf_receivers,
+        ssf_transmitters,
     } = config;
     let keyring = Arc::new(Keyring::new(signing_keys)?);
     let reloadable = Reloadable {
@@ -201,6 +202,7 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         watch_heartbeat: watch.heartbeat,
         status_lists,
         ssf: crate::ssf::Receivers::new(ssf_receivers),
+        ssf_transmitters,
     }))
 }
 

@@ -146,6 +146,8 @@ pub struct Config {
     pub status_list: Option<StatusListConfig>,
     /// Shared Signals receivers.
     pub ssf_receivers: Vec<crate::ssf::Receiver>,
+    /// Shared Signals transmitters tessera receives from.
+    pub ssf_transmitters: Vec<crate::ssf::receive::Transmitter>,
 }
 
 /// Every problem found, one per line.
@@ -262,7 +264,7 @@ impl ConfigBuilder {
 
     /// Validates into a [`Config`]; relative paths are resolved against `base_dir` (the config's folder).
     /// Every section is validated, so every problem is reported at once.
-    pub fn build(self, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    pub fn build(mut self, base_dir: &Path) -> Result<Config, ConfigErrors> {
         let mut problems = Problems::new();
         let server = self.server.build(&mut problems);
         let broker = self.broker.build(&mut problems);
@@ -289,6 +291,13 @@ impl ConfigBuilder {
         let telemetry = self.telemetry.build(&cx, &mut problems);
         let watch = self.watch.build(&mut problems);
         let status_list = self.status_list.build(&mut problems);
+        let issuer_names: Vec<&str> = issuers.iter().map(|(spec, _)| spec.name.as_str()).collect();
+        let ssf_transmitters = SsfBuilder::build_transmitters(
+            std::mem::take(&mut self.ssf.transmitters),
+            &issuer_names,
+            &broker.issuer,
+            &mut problems,
+        );
         let ssf_receivers = self.ssf.build(&cx, &mut problems);
         match policy {
             Some(policy) if problems.is_empty() => Ok(Config {
@@ -315,6 +324,7 @@ impl ConfigBuilder {
                 watch,
                 status_list,
                 ssf_receivers,
+                ssf_transmitters,
             }),
             _ => Err(ConfigErrors(problems)),
         }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{Context, Problems};
+use crate::ssf::receive::Transmitter;
 use crate::ssf::{Delivery, Receiver};
 
 /// `[ssf]` as read; see docs/config.md `[ssf]`.
@@ -14,6 +15,22 @@ use crate::ssf::{Delivery, Receiver};
 pub struct SsfBuilder {
     /// `[[ssf.receivers]]`: who gets a SET for every revocation.
     pub receivers: Vec<SsfReceiverBuilder>,
+    /// `[[ssf.transmitters]]`: upstream identity providers whose SETs tessera acts on.
+    pub transmitters: Vec<SsfTransmitterBuilder>,
+}
+
+/// One `[[ssf.transmitters]]` as read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsfTransmitterBuilder {
+    /// The `[[issuers]]` entry (by `name`) whose keys verify its SETs and whose principals it speaks for.
+    pub issuer: String,
+    /// The `aud` its SETs must carry (default: the broker's issuer).
+    pub audience: Option<String>,
+    /// Also suspend a principal it signals (default false: revoke only).
+    pub suspend: Option<bool>,
+    /// How long such a suspension lasts, in seconds (default a day; at most 30 days).
+    pub suspend_seconds: Option<u64>,
 }
 
 /// One `[[ssf.receivers]]` as read.
@@ -33,6 +50,38 @@ pub struct SsfReceiverBuilder {
 }
 
 impl SsfBuilder {
+    /// The transmitters, each naming one of `issuers` (the configured `[[issuers]]` names).
+    pub(super) fn build_transmitters(
+        transmitters: Vec<SsfTransmitterBuilder>,
+        issuers: &[&str],
+        broker_issuer: &str,
+        problems: &mut Problems,
+    ) -> Vec<Transmitter> {
+        let mut out: Vec<Transmitter> = Vec::new();
+        for (i, t) in transmitters.into_iter().enumerate() {
+            let at = format!("ssf.transmitters[{i}]");
+            if !issuers.contains(&t.issuer.as_str()) {
+                problems.push(format!("{at}.issuer: `{}` is not the name of an [[issuers]] entry", t.issuer));
+                continue;
+            }
+            if out.iter().any(|o| o.issuer == t.issuer) {
+                problems.push(format!("{at}.issuer: `{}` names more than one transmitter", t.issuer));
+                continue;
+            }
+            let seconds = t.suspend_seconds.unwrap_or(crate::revocation::DEFAULT_SUSPENSION);
+            if seconds == 0 || seconds > crate::revocation::MAX_SUSPENSION {
+                problems.push(format!("{at}.suspend_seconds: 1 to {}", crate::revocation::MAX_SUSPENSION));
+            }
+            if t.suspend_seconds.is_some() && t.suspend != Some(true) {
+                problems.push(format!("{at}.suspend_seconds: only with suspend = true"));
+            }
+            let suspend = (t.suspend == Some(true)).then_some(seconds);
+            let audience = t.audience.unwrap_or_else(|| broker_issuer.to_string());
+            out.push(Transmitter { issuer: t.issuer, audience, suspend });
+        }
+        out
+    }
+
     pub(super) fn build(self, cx: &Context<'_>, problems: &mut Problems) -> Vec<Receiver> {
         let mut receivers: Vec<Receiver> = Vec::new();
         for (i, r) in self.receivers.into_iter().enumerate() {

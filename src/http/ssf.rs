@@ -1,6 +1,7 @@
 //! Shared Signals on the HTTP face: the transmitter's metadata (`GET /.well-known/ssf-configuration`, SSF 1.0
 //! §7.1) and RFC 8936 poll delivery (`POST /ssf/poll/{receiver}`, JSON, `Authorization: Bearer` the receiver's
-//! token): the body acknowledges SETs (`ack`), and the answer holds the next ones (`sets`, `moreAvailable`).
+//! token): the body acknowledges SETs (`ack`), and the answer holds the next ones (`sets`, `moreAvailable`);
+//! and, as a receiver, `POST /ssf/events` (RFC 8935) for SETs pushed by upstream transmitters.
 
 use std::sync::Arc;
 
@@ -21,7 +22,30 @@ pub(super) fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/.well-known/ssf-configuration", get(metadata))
         .route("/ssf/poll/{receiver}", post(poll))
+        .route("/ssf/events", post(receive))
         .with_state(broker)
+}
+
+/// RFC 8935 §2: a SET pushed by an upstream transmitter. 202 once acted on (or acknowledged); 400 with the
+/// RFC 8935 §2.4 error (`invalid_request`, `invalid_key`, `invalid_issuer`, `invalid_audience`) when it does
+/// not verify — nothing changed; 503 when the store is down (the transmitter retries).
+async fn receive(State(broker): State<Arc<Broker>>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_set = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| {
+        t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/secevent+jwt"))
+    });
+    let refusal = |err: &str, description: &str| {
+        (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({ "err": err, "description": description })))
+            .into_response()
+    };
+    if !is_set {
+        return refusal("invalid_request", "the body must be application/secevent+jwt");
+    }
+    let Ok(set) = std::str::from_utf8(&body) else { return refusal("invalid_request", "the SET is not text") };
+    match broker.current().ssf_receive(set.trim(), now()).await {
+        Ok(_) => StatusCode::ACCEPTED.into_response(),
+        Err(Ok(refused)) => refusal(refused.err, &refused.description),
+        Err(Err(e)) => error_response(e),
+    }
 }
 
 async fn metadata(State(broker): State<Arc<Broker>>) -> Response {

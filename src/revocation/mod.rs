@@ -707,6 +707,32 @@ impl Revoke<'_> {
     }
 }
 
+impl Revoke<'_> {
+    /// What a Shared Signal from an upstream identity provider asks ([`crate::ssf::receive`]): revokes every
+    /// token of the principal `(iss, sub)` up to now and, with `suspend`, suspends it for that many seconds — in
+    /// one store call, announced with cause [`watch::Cause::Signal`]. The caller audits.
+    pub async fn signal(&self, iss: &str, sub: &str, suspend: Option<u64>, reason: &str, now: u64) -> Result<()> {
+        if !name_ok(sub) {
+            return Err(Error::invalid_request("the subject's `sub` is empty or malformed"));
+        }
+        let reason = crate::audit::truncate(reason, MAX_REASON_BYTES);
+        let revocation = Target::Subject { iss: iss.to_string(), sub: sub.to_string() };
+        let mut entries = vec![Entry {
+            key: revocation.key(),
+            revoked_at: now,
+            expires_at: now.saturating_add(self.retention(&revocation)),
+            reason: reason.clone(),
+            notice: Some(watch::Notice { target: revocation, cause: watch::Cause::Signal }),
+        }];
+        if let Some(seconds) = suspend {
+            let marker = Suspendable::Subject { iss: iss.to_string(), sub: sub.to_string() };
+            let until = now.saturating_add(seconds.clamp(1, MAX_SUSPENSION));
+            entries.push(Entry { key: marker.key(), revoked_at: now, expires_at: until, reason, notice: None });
+        }
+        self.revocations.revoke(&entries, now).await
+    }
+}
+
 /// A reason is short text: it goes into the store and the audit trail.
 fn check_reason(reason: &str) -> Result<()> {
     if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {

@@ -26,6 +26,8 @@ pub enum Cause {
     Revoke,
     /// `Suspend`: the kill switch, which also revokes everything the target held.
     Suspend,
+    /// A Shared Signal from an upstream identity provider ([`crate::ssf::receive`]).
+    Signal,
 }
 
 impl Cause {
@@ -34,6 +36,7 @@ impl Cause {
         match self {
             Cause::Revoke => "revoke",
             Cause::Suspend => "suspend",
+            Cause::Signal => "signal",
         }
     }
 
@@ -42,6 +45,7 @@ impl Cause {
         match s {
             "revoke" => Some(Cause::Revoke),
             "suspend" => Some(Cause::Suspend),
+            "signal" => Some(Cause::Signal),
             _ => None,
         }
     }
@@ -202,7 +206,7 @@ mod tests {
 
     #[test]
     fn causes_round_trip() {
-        for c in [Cause::Revoke, Cause::Suspend] {
+        for c in [Cause::Revoke, Cause::Suspend, Cause::Signal] {
             assert_eq!(Cause::parse(c.as_str()), Some(c));
         }
         assert_eq!(Cause::parse("other"), None);

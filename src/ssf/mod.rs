@@ -15,6 +15,7 @@
 //! tessera's own reading of it in the event's `tessera` member (`kind`, `value`, `expires_at`, `reason_class`).
 
 pub mod push;
+pub mod receive;
 
 use std::collections::HashMap;
 

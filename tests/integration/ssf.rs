@@ -218,3 +218,127 @@ async fn a_poll_receiver_gets_sets_until_it_acknowledges_them() {
     let (_, after) = poll(json!({ "ack": [last], "returnImmediately": true }), "poll-secret").await;
     assert_eq!(after["sets"].as_object().map(|s| s.len()), Some(0));
 }
+
+async fn active(broker: &TestBroker, token: String) -> bool {
+    let req = pb::IntrospectRequest { token, token_type_hint: String::new() };
+    broker.client().await.introspect(req).await.unwrap().into_inner().active
+}
+
+/// A SET from the test IdP (the Kubernetes issuer's key), or from `signer` with `header`.
+fn set_from(signer: &Signer, header: Value, claims: &Value) -> String {
+    signer.token_with_header(header, claims)
+}
+
+fn idp_set(events: &Value, sub_id: &Value, aud: &str, jti: &str) -> Value {
+    json!({ "iss": K8S_ISS, "aud": aud, "iat": now(), "jti": jti, "sub_id": sub_id, "events": events })
+}
+
+#[tokio::test]
+async fn a_set_from_an_upstream_idp_revokes_its_subject_on_every_replica_and_a_forged_one_changes_nothing() {
+    let redis = RedisServer::start();
+    let key = shared_signing_key();
+    let transmitter = "\n[[ssf.transmitters]]\nissuer = \"kubernetes\"\nsuspend = true\nsuspend_seconds = 600\n";
+    let replica = || TestBroker::builder().signing_key(&key).redis(&redis.url(), "strict").extra_toml(transmitter);
+    let (a, b) = (replica().start().await, replica().start().await);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let events_url = format!("http://{}/ssf/events", listener.local_addr().unwrap());
+    tokio::spawn(tessera::http::serve(listener, std::sync::Arc::clone(&b.broker), None, std::future::pending()));
+    let http = reqwest::Client::new();
+    let push = |set: String| {
+        let request = http.post(&events_url).header("content-type", "application/secevent+jwt").body(set);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let orchestrator = a.client().await.exchange_token(request(&k8s_assertion(600), CRM, "crm:read")).await.unwrap();
+    let orchestrator = orchestrator.into_inner().access_token;
+    let bystander = a.client().await.exchange_token(request(&spiffe_assertion(600), CRM, "crm:read")).await.unwrap();
+    let bystander = bystander.into_inner().access_token;
+
+    let idp = Signer::rs256("kubernetes.key.pem");
+    let kid = kid("kubernetes.jwks.json");
+    let header = json!({ "typ": "secevent+jwt", "kid": kid });
+    let revoked = json!({ SESSION_REVOKED: { "event_timestamp": now() } });
+    let disabled = json!({ "https://schemas.openid.net/secevent/risc/event-type/account-disabled": {} });
+    let orchestrator_id = json!({ "format": "iss_sub", "iss": K8S_ISS, "sub": ORCHESTRATOR });
+
+    // Forged or wrong: each refused with its RFC 8935 error, and nothing changes.
+    let forgeries = [
+        // Signed by another key (GitHub's) under the IdP's kid.
+        (
+            set_from(
+                &Signer::rs256("github.key.pem"),
+                header.clone(),
+                &idp_set(&revoked, &orchestrator_id, BROKER, "f1"),
+            ),
+            "invalid_key",
+        ),
+        // For another receiver.
+        (
+            set_from(&idp, header.clone(), &idp_set(&revoked, &orchestrator_id, "https://elsewhere.example", "f2")),
+            "invalid_audience",
+        ),
+        // Not typed as a SET (an ID token or access token must never pass for one).
+        (set_from(&idp, json!({ "kid": kid }), &idp_set(&revoked, &orchestrator_id, BROKER, "f3")), "invalid_request"),
+        // About a principal of another issuer: the IdP speaks only for its own.
+        (
+            set_from(
+                &idp,
+                header.clone(),
+                &idp_set(
+                    &revoked,
+                    &json!({ "format": "iss_sub", "iss": "spiffe://agents.example.org", "sub": SPIFFE_AGENT }),
+                    BROKER,
+                    "f4",
+                ),
+            ),
+            "invalid_request",
+        ),
+        // From an issuer that is not a configured transmitter (GitHub is an issuer, not a transmitter).
+        (
+            set_from(
+                &Signer::rs256("github.key.pem"),
+                json!({ "typ": "secevent+jwt", "kid": crate::support::kid("github.jwks.json") }),
+                &json!({ "iss": GITHUB_ISS, "aud": BROKER, "iat": now(), "jti": "f5", "sub_id": orchestrator_id, "events": revoked }),
+            ),
+            "invalid_issuer",
+        ),
+    ];
+    for (set, err) in forgeries {
+        let (status, body) = push(set).await;
+        assert_eq!((status, body["err"].as_str()), (400, Some(err)), "{body}");
+    }
+    for broker in [&a, &b] {
+        assert!(active(broker, orchestrator.clone()).await, "a refused SET revoked nothing");
+    }
+
+    // The IdP disables the account: its tokens die on every replica, and it is suspended.
+    let genuine = set_from(&idp, header.clone(), &idp_set(&disabled, &orchestrator_id, BROKER, "disable-1"));
+    assert_eq!(push(genuine.clone()).await.0, 202);
+    for broker in [&a, &b] {
+        assert!(!active(broker, orchestrator.clone()).await, "the signalled subject's token is revoked");
+        assert!(active(broker, bystander.clone()).await, "another principal's token is untouched");
+        let refused = broker.client().await.exchange_token(request(&k8s_assertion(600), CRM, "crm:read")).await;
+        assert_eq!(oauth_error(&refused.unwrap_err()), "invalid_grant", "the subject is suspended");
+    }
+    // The same SET again: acknowledged, nothing more.
+    assert_eq!(push(genuine).await.0, 202);
+
+    // Every SET received is audited, refused or not.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let audit = redis.cmd(&["XRANGE", "{tessera}:audit", "-", "+"]);
+        let received = audit.matches("ssf_receive").count();
+        if received >= 7 {
+            assert!(
+                audit.contains("revoked") && audit.contains("replayed") && audit.contains("invalid_key"),
+                "{audit}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{received} ssf_receive audit events:\n{audit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
