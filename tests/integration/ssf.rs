@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tessera::grpc::pb::{self, revoke_request::Target};
 
+use tessera::grpc::pb::token_broker_client::TokenBrokerClient;
+
+use crate::support::process::Serving;
 use crate::support::redis::RedisServer;
 use crate::support::*;
 
@@ -219,9 +222,10 @@ async fn a_poll_receiver_gets_sets_until_it_acknowledges_them() {
     assert_eq!(after["sets"].as_object().map(|s| s.len()), Some(0));
 }
 
-async fn active(broker: &TestBroker, token: String) -> bool {
+async fn active(server: &Serving, token: String) -> bool {
     let req = pb::IntrospectRequest { token, token_type_hint: String::new() };
-    broker.client().await.introspect(req).await.unwrap().into_inner().active
+    let mut client = TokenBrokerClient::connect(server.url()).await.unwrap();
+    client.introspect(req).await.unwrap().into_inner().active
 }
 
 /// A SET from the test IdP (the Kubernetes issuer's key), or from `signer` with `header`.
@@ -238,11 +242,21 @@ async fn a_set_from_an_upstream_idp_revokes_its_subject_on_every_replica_and_a_f
     let redis = RedisServer::start();
     let key = shared_signing_key();
     let transmitter = "\n[[ssf.transmitters]]\nissuer = \"kubernetes\"\nsuspend = true\nsuspend_seconds = 600\n";
-    let replica = || TestBroker::builder().signing_key(&key).redis(&redis.url(), "strict").extra_toml(transmitter);
-    let (a, b) = (replica().start().await, replica().start().await);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let events_url = format!("http://{}/ssf/events", listener.local_addr().unwrap());
-    tokio::spawn(tessera::http::serve(listener, std::sync::Arc::clone(&b.broker), None, std::future::pending()));
+    // Two `tessera serve` processes: replicas of one broker (one config, one signing key, one Redis).
+    let dir =
+        TestBroker::builder().signing_key(&key).redis(&redis.url(), "strict").extra_toml(transmitter).write_config();
+    let config = dir.path().join("tessera.toml");
+    let serve = || {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            Serving::start(&["--config", config.to_str().unwrap()], |c| {
+                c.env("TESSERA__LOG__LEVEL", "info").env_remove("RUST_LOG");
+            })
+        })
+    };
+    let (a, b) = (serve().await.unwrap(), serve().await.unwrap());
+    let events_url = format!("http://{}/ssf/events", b.http);
+    let client = |server: &Serving| TokenBrokerClient::connect(server.url());
     let http = reqwest::Client::new();
     let push = |set: String| {
         let request = http.post(&events_url).header("content-type", "application/secevent+jwt").body(set);
@@ -252,9 +266,11 @@ async fn a_set_from_an_upstream_idp_revokes_its_subject_on_every_replica_and_a_f
             (status, response.json::<Value>().await.unwrap_or(Value::Null))
         }
     };
-    let orchestrator = a.client().await.exchange_token(request(&k8s_assertion(600), CRM, "crm:read")).await.unwrap();
+    let orchestrator =
+        client(&a).await.unwrap().exchange_token(request(&k8s_assertion(600), CRM, "crm:read")).await.unwrap();
     let orchestrator = orchestrator.into_inner().access_token;
-    let bystander = a.client().await.exchange_token(request(&spiffe_assertion(600), CRM, "crm:read")).await.unwrap();
+    let bystander =
+        client(&a).await.unwrap().exchange_token(request(&spiffe_assertion(600), CRM, "crm:read")).await.unwrap();
     let bystander = bystander.into_inner().access_token;
 
     let idp = Signer::rs256("kubernetes.key.pem");
@@ -320,7 +336,7 @@ async fn a_set_from_an_upstream_idp_revokes_its_subject_on_every_replica_and_a_f
     for broker in [&a, &b] {
         assert!(!active(broker, orchestrator.clone()).await, "the signalled subject's token is revoked");
         assert!(active(broker, bystander.clone()).await, "another principal's token is untouched");
-        let refused = broker.client().await.exchange_token(request(&k8s_assertion(600), CRM, "crm:read")).await;
+        let refused = client(broker).await.unwrap().exchange_token(request(&k8s_assertion(600), CRM, "crm:read")).await;
         assert_eq!(oauth_error(&refused.unwrap_err()), "invalid_grant", "the subject is suspended");
     }
     // The same SET again: acknowledged, nothing more.
