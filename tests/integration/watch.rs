@@ -189,8 +189,11 @@ async fn a_grpc_watcher_killed_mid_stream_resumes_on_another_replica_with_every_
         ]
     );
     assert_eq!(missed[0]["issuer"], K8S_ISS);
+    let revoked_at = std::time::Instant::now();
     revoke(&b, Target::TaskId("task-w2".into()), "").await;
     let next = second.events(1).await;
+    // A measurement for the record, not an assertion: revoked through B → the event at a watcher of A.
+    eprintln!("watch: revocation → event at the other replica's watcher in {:?}", revoked_at.elapsed());
     assert_eq!(named(&next), [triple("task", "task-w2", "revoke")]);
     // Nothing more, not even a repeat: the next message is a heartbeat standing at the last event.
     assert_eq!(second.heartbeat().await, next[0]["cursor"].as_str().unwrap());

@@ -56,6 +56,9 @@ end
 return {cursor, redis.call('XRANGE', KEYS[1], '(' .. cursor, '+', 'COUNT', ARGV[2])}
 ";
 
+/// The least time a watch reader's command may take before it counts as failed.
+const MIN_BOUND: Duration = Duration::from_secs(5);
+
 /// One watch stream's reader, with its own connection (opened on first use).
 pub(super) struct StreamReader {
     settings: RedisSettings,
@@ -88,8 +91,14 @@ impl StreamReader {
         }
     }
 
+    /// The bound on one command: the store's timeout, but at least [`MIN_BOUND`] — a watch reader is in the
+    /// background, where a slow answer only delays a heartbeat, and failing would end the client's stream.
+    fn timeout(&self) -> Duration {
+        self.settings.timeout.max(MIN_BOUND)
+    }
+
     async fn range(&mut self, conn: &Conn, after: &str, max: usize) -> Result<Batch, WatchError> {
-        let timeout = self.settings.timeout;
+        let timeout = self.timeout();
         let mut handle = Self::bounded(timeout, conn.handle()).await?;
         let mut inv = self.script.prepare_invoke();
         inv.key(LOG).arg(after).arg(max.max(1));
@@ -144,8 +153,8 @@ impl Reader for StreamReader {
                 return Ok(batch);
             }
             let block_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            let limit = wait + self.settings.timeout;
-            let mut handle = Self::bounded(self.settings.timeout, conn.handle()).await?;
+            let limit = wait + self.timeout();
+            let mut handle = Self::bounded(self.timeout(), conn.handle()).await?;
             let woke: redis::Value = Self::bounded(
                 limit,
                 redis::cmd("XREAD")
