@@ -1,7 +1,8 @@
-//! OpenID Shared Signals (SSF 1.0, CAEP 1.0): tessera as a transmitter. Every revocation (the revocation
+//! OpenID Shared Signals (SSF 1.0, CAEP 1.0): tessera as a transmitter (here) and as a receiver of upstream
+//! identity providers' signals ([`receive`]). Every revocation (the revocation
 //! log, [`crate::revocation::watch`]) becomes a Security Event Token (RFC 8417, `typ: secevent+jwt`) signed
 //! with tessera's signing key — so a receiver verifies it with tessera's JWKS — for each configured receiver:
-//! pushed to it (RFC 8935, [`push`], with retries) or kept for it to poll (RFC 8936, [`Receivers::poll`]).
+//! pushed to it (RFC 8935, [`push`], with retries) or kept for it to poll (RFC 8936, `Current::ssf_poll`).
 //! The transmitter's metadata ([`metadata`]) is served at `/.well-known/ssf-configuration`.
 //!
 //! Each receiver has a delivery cursor in the store, so every replica delivers from the same place: for push,

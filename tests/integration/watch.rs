@@ -251,3 +251,21 @@ async fn an_sse_watcher_resumes_with_last_event_id_on_the_embedded_store() {
     let mut wrong = Watcher::sse(&url, "", &basic("gateway", "wrong"));
     assert_eq!(wrong.error().await, serde_json::json!({ "code": 401, "status": "invalid_client" }));
 }
+
+#[tokio::test]
+async fn a_watch_stream_outlives_the_request_timeout() {
+    // Heartbeats for longer than the request timeout: a stream is not a request that ran too long.
+    let toml = "\n[server]\nrequest_timeout_ms = 1000\n\n[watch]\nheartbeat_seconds = 1\n";
+    let broker = TestBroker::builder().extra_toml(toml).start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/revocations/watch", listener.local_addr().unwrap());
+    tokio::spawn(tessera::http::serve(listener, std::sync::Arc::clone(&broker.broker), None, std::future::pending()));
+    let (mut grpc, mut sse) = (Watcher::grpc(&broker.addr.to_string(), ""), Watcher::sse(&url, "", ""));
+    for _ in 0..4 {
+        grpc.heartbeat().await;
+        sse.heartbeat().await;
+    }
+    revoke(&broker, Target::Jti("late".into()), "").await;
+    assert_eq!(named(&grpc.events(1).await), [triple("jti", "late", "revoke")]);
+    assert_eq!(named(&sse.events(1).await), [triple("jti", "late", "revoke")]);
+}
