@@ -18,7 +18,7 @@ use crate::approval::{Announcer, Approval, Approvals, Ledger, Verdict};
 use crate::audit::AuditSink;
 use crate::catalog::Catalog;
 use crate::client::{Caller, Clients, Credentials, Rpc};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exchange::{Exchange, ExchangeRequest, Issued, Limits};
 use crate::introspect::{Introspect, Introspection, Presentation};
 use crate::issuer::Issuers;
@@ -26,6 +26,7 @@ use crate::load::Slots;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::ratelimit::RateLimits;
+use crate::revocation::watch::Watch;
 use crate::revocation::{Revocations, Revoke, RevokeRequest, Revoked, Store, SuspendRequest, Suspendable, Suspended};
 use crate::secret::Token;
 use crate::token::Keyring;
@@ -71,7 +72,7 @@ pub(crate) struct Parts {
     /// The broker's own issuer: `iss` of its tokens, the `aud` upstream assertions carry, and the audience of
     /// task tokens.
     pub(crate) broker_issuer: String,
-    pub(crate) keyring: Keyring,
+    pub(crate) keyring: Arc<Keyring>,
     /// The reloadable parts, as the configuration read at start has them.
     pub(crate) snapshot: Snapshot,
     pub(crate) limits: Limits,
@@ -92,12 +93,20 @@ pub(crate) struct Parts {
     pub(crate) metrics: Metrics,
     /// The slots broker operations run in, on every face (load protection).
     pub(crate) slots: Slots,
+    /// How often a quiet revocation watch stream sends a heartbeat.
+    pub(crate) watch_heartbeat: std::time::Duration,
+    /// The status lists issued tokens are placed in (`None`: off).
+    pub(crate) status_lists: Option<Arc<crate::status_list::StatusLists>>,
+    /// The Shared Signals receivers of every revocation.
+    pub(crate) ssf: crate::ssf::Receivers,
+    /// The upstream Shared Signals transmitters whose SETs are acted on.
+    pub(crate) ssf_transmitters: Vec<crate::ssf::receive::Transmitter>,
 }
 
 /// The parts fixed for the life of the process.
 struct Fixed {
     broker_issuer: String,
-    keyring: Keyring,
+    keyring: Arc<Keyring>,
     limits: Limits,
     leeway: u64,
     task_revocation_retention: u64,
@@ -110,6 +119,10 @@ struct Fixed {
     audit: Arc<dyn AuditSink>,
     metrics: Metrics,
     slots: Slots,
+    watch_heartbeat: std::time::Duration,
+    status_lists: Option<Arc<crate::status_list::StatusLists>>,
+    ssf: crate::ssf::Receivers,
+    ssf_transmitters: Vec<crate::ssf::receive::Transmitter>,
 }
 
 /// The broker: its parts (built by the composition root, [`crate::serve`]), shared by every operation.
@@ -158,6 +171,10 @@ impl Broker {
             audit,
             metrics,
             slots,
+            watch_heartbeat,
+            status_lists,
+            ssf,
+            ssf_transmitters,
         } = parts;
         Broker {
             fixed: Fixed {
@@ -175,6 +192,10 @@ impl Broker {
                 audit,
                 metrics,
                 slots,
+                watch_heartbeat,
+                status_lists,
+                ssf,
+                ssf_transmitters,
             },
             current: ArcSwap::from_pointee(snapshot),
             generation: tokio::sync::watch::Sender::new(0),
@@ -335,6 +356,7 @@ impl<'b> Current<'b> {
             approvals: self.approvals_op(),
             audit: fixed.audit.as_ref(),
             metrics: &fixed.metrics,
+            status_lists: fixed.status_lists.as_deref(),
         }
     }
 
@@ -372,6 +394,70 @@ impl<'b> Current<'b> {
         now: u64,
     ) -> Result<Approval> {
         self.approvals_op().decide(&caller.into(), id, verdict, reason, now).await
+    }
+
+    /// List `n`'s status list token (draft-ietf-oauth-status-list §5.1), signed now; `None` when status lists
+    /// are off. A list no token was placed in yet, or whose tokens have all expired, shows every token valid.
+    pub async fn status_list_token(&self, n: u64, now: u64) -> Result<Option<(String, u64)>> {
+        let Some(lists) = &self.fixed.status_lists else { return Ok(None) };
+        let bits = self.fixed.store.status_bits(n).await?;
+        let claims = crate::status_list::token_claims(&self.fixed.broker_issuer, n, &bits, now, lists.ttl)?;
+        Ok(Some((self.fixed.keyring.sign_document(crate::status_list::TYP, &claims)?, lists.ttl)))
+    }
+
+    /// A Security Event Token pushed by an upstream transmitter (RFC 8935): [`crate::ssf::receive::Receive`].
+    pub async fn ssf_receive(
+        &self,
+        set: &str,
+        now: u64,
+    ) -> std::result::Result<crate::ssf::receive::Received, std::result::Result<crate::ssf::receive::Refused, Error>>
+    {
+        let receive = crate::ssf::receive::Receive {
+            issuers: &self.snapshot.issuers,
+            transmitters: &self.fixed.ssf_transmitters,
+            revoke: self.revoke_op(),
+            audit: self.fixed.audit.as_ref(),
+        };
+        receive.run(set, now).await
+    }
+
+    /// An RFC 8936 poll by receiver `id` (authenticated by its bearer token): acknowledges what it acked
+    /// (advancing its delivery cursor), then answers the SETs after it, signed now.
+    pub async fn ssf_poll(
+        &self,
+        id: &str,
+        bearer: Option<&str>,
+        request: crate::ssf::PollRequest,
+        now: u64,
+    ) -> Result<serde_json::Value> {
+        let receiver = self.fixed.ssf.poller(id, bearer)?;
+        let store = self.fixed.store.as_ref();
+        let mut reader = store.watch_reader().ok_or_else(|| {
+            Error::new(crate::error::ErrorCode::Unavailable, "this revocation store keeps no revocation log")
+        })?;
+        let mut cursor = match store.ssf_cursor(id).await? {
+            Some(cursor) => cursor,
+            None => reader.read("", 1, std::time::Duration::ZERO).await?.cursor,
+        };
+        // An acknowledgement only moves the cursor forward (delivery is in order).
+        let position = |c: &str| crate::revocation::watch::parse_cursor(c).unwrap_or_default();
+        for acked in request.ack.iter().filter_map(|jti| crate::ssf::cursor_of(id, jti)) {
+            if position(&acked) > position(&cursor) {
+                cursor = acked;
+            }
+        }
+        store.ssf_set_cursor(id, &cursor).await?;
+        let max = request.max_events.unwrap_or(crate::ssf::MAX_POLL).clamp(1, crate::ssf::MAX_POLL);
+        let wait = if request.return_immediately { 0 } else { 1 };
+        let batch = reader.read(&cursor, max + 1, std::time::Duration::from_secs(wait)).await?;
+        let more = batch.events.len() > max;
+        let mut sets = serde_json::Map::new();
+        for event in batch.events.iter().take(max) {
+            let claims = crate::ssf::set_claims(&self.fixed.broker_issuer, receiver, event, now);
+            let set = self.fixed.keyring.sign_document(crate::ssf::SET_TYP, &claims)?;
+            sets.insert(crate::ssf::set_jti(id, &event.cursor), set.into());
+        }
+        Ok(serde_json::json!({ "sets": sets, "moreAvailable": more }))
     }
 
     /// RFC 7662 introspection, as of `now`: [`Introspect::run`].
@@ -439,6 +525,37 @@ impl<'b> Current<'b> {
         now: u64,
     ) -> Result<Suspendable> {
         self.revoke_op().resume(&caller.into(), request, reason, now).await
+    }
+
+    /// Opens a revocation watch for a caller with the `watch` role, from `cursor` (`""`: from now on): spends
+    /// the caller's client assertion, if any, checks the cursor against the log ([`Watch::open`]: an expired
+    /// one is refused here), and audits the watch. The stream itself is
+    /// the face's to run ([`Watch::next`]); it owns its reader, so it outlives this request's snapshot.
+    pub async fn watch<'c>(&self, caller: impl Into<Caller<'c>>, cursor: &str, now: u64) -> Result<Watch> {
+        let caller = caller.into();
+        let outcome = async {
+            self.revocations().spend_client_assertion(&caller, now).await?;
+            crate::revocation::watch::check_cursor(cursor)?;
+            let reader = self.fixed.store.watch_reader().ok_or_else(|| {
+                Error::new(crate::error::ErrorCode::Unavailable, "this revocation store keeps no revocation log")
+            })?;
+            Watch::open(reader, cursor, self.fixed.watch_heartbeat).await
+        }
+        .await;
+        let mut event = crate::audit::AuditEvent::new("watch", "", &caller.client.id);
+        match &outcome {
+            Ok(_) => {
+                event.decision = "granted".into();
+                event.detail = crate::audit::truncate(cursor, 64);
+            }
+            Err(e) => {
+                event.decision = "denied".into();
+                event.reason = e.code.as_str().into();
+                event.detail = e.description.clone();
+            }
+        }
+        self.fixed.audit.record(event);
+        outcome
     }
 
     fn revoke_op(&self) -> Revoke<'_> {

@@ -88,6 +88,9 @@ pub enum Rpc {
     /// `Approve` and `Deny`: deciding step-up approvals ([`crate::approval`]), and reading any of them
     /// (`GetApproval`; a client that may exchange reads the approvals its own exchanges opened).
     Approve,
+    /// `WatchRevocations` (and `GET /revocations/watch`): the stream of every revocation, for gateways and
+    /// verifiers that cache or verify offline.
+    Watch,
 }
 
 /// One configured client: its id, how it may authenticate, and what it may call.

@@ -121,6 +121,7 @@ pub fn config(
             crate::client::Rpc::Introspect,
             crate::client::Rpc::Revoke,
             crate::client::Rpc::Suspend,
+            crate::client::Rpc::Watch,
         ],
         loopback_anonymous: true,
         ..ClientBuilder::default()

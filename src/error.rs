@@ -58,6 +58,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A fault of the broker itself (a signing failure, a broken invariant). Never caused by input alone.
     Internal,
+    /// A revocation watch resumed from a cursor the log no longer covers (or never handed out): the client
+    /// must drop what it cached and watch from now.
+    CursorExpired,
 }
 
 impl ErrorCode {
@@ -80,6 +83,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "temporarily_unavailable",
             ErrorCode::Unavailable => "temporarily_unavailable",
             ErrorCode::Internal => "server_error",
+            ErrorCode::CursorExpired => "cursor_expired",
         }
     }
 }
@@ -91,6 +95,7 @@ mod grpc_code {
     pub(super) const PERMISSION_DENIED: i32 = 7;
     pub(super) const RESOURCE_EXHAUSTED: i32 = 8;
     pub(super) const FAILED_PRECONDITION: i32 = 9;
+    pub(super) const OUT_OF_RANGE: i32 = 11;
     pub(super) const INTERNAL: i32 = 13;
     pub(super) const UNAVAILABLE: i32 = 14;
     pub(super) const UNAUTHENTICATED: i32 = 16;
@@ -99,7 +104,7 @@ mod grpc_code {
 impl ErrorCode {
     /// Every code, for tables and tests.
     #[cfg(test)]
-    const ALL: [ErrorCode; 16] = [
+    const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidClient,
         ErrorCode::InvalidGrant,
@@ -116,6 +121,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::CursorExpired,
     ];
 
     /// The gRPC status code a caller sees (the design's API contract).
@@ -138,6 +144,7 @@ impl ErrorCode {
             ErrorCode::RateLimited | ErrorCode::Overloaded => RESOURCE_EXHAUSTED,
             ErrorCode::Unavailable => UNAVAILABLE,
             ErrorCode::Internal => INTERNAL,
+            ErrorCode::CursorExpired => OUT_OF_RANGE,
         }
     }
 
@@ -152,6 +159,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
             ErrorCode::NotFound => 404,
+            // RFC 9110 §15.5.11: what the cursor pointed at is gone for good.
+            ErrorCode::CursorExpired => 410,
             ErrorCode::AuthorizationPending
             | ErrorCode::AccessDenied
             | ErrorCode::InvalidRequest
@@ -271,6 +280,7 @@ mod tests {
             (ErrorCode::Overloaded, "temporarily_unavailable", RESOURCE_EXHAUSTED, 503),
             (ErrorCode::Unavailable, "temporarily_unavailable", UNAVAILABLE, 503),
             (ErrorCode::Internal, "server_error", INTERNAL, 500),
+            (ErrorCode::CursorExpired, "cursor_expired", OUT_OF_RANGE, 410),
         ];
         assert_eq!(table.len(), ErrorCode::ALL.len());
         for (code, (listed, name, grpc, http)) in ErrorCode::ALL.iter().zip(table) {

@@ -195,6 +195,8 @@ pub struct Exchange<'a> {
     pub audit: &'a dyn AuditSink,
     /// Counts exchanges by outcome.
     pub metrics: &'a Metrics,
+    /// The status lists every issued token gets a place in (`None`: off).
+    pub status_lists: Option<&'a crate::status_list::StatusLists>,
 }
 
 impl Exchange<'_> {
@@ -348,7 +350,9 @@ impl Exchange<'_> {
             lin: delegation.lin,
             cnf,
             authorization_details,
+            status: None,
         };
+        let claims = self.with_status(claims).await?;
         let access_token = Token::new(self.keyring.mint(&claims)?);
         if access_token.expose().len() > crate::issuer::MAX_OWN_TOKEN_BYTES {
             if claims.authorization_details.as_ref().is_some_and(|d| !d.is_empty()) {
@@ -359,6 +363,7 @@ impl Exchange<'_> {
             }
             return Err(Error::invalid_grant("the delegation history is too large for one more token"));
         }
+        self.register_status(&claims).await;
         Ok(Issued {
             access_token,
             token_type: claims.token_type(),
@@ -366,6 +371,22 @@ impl Exchange<'_> {
             scope: claims.scope.clone(),
             claims,
         })
+    }
+
+    /// Gives the token its place in a status list: an index from the replica's pool (no store round trip).
+    async fn with_status(&self, mut claims: AccessClaims) -> Result<AccessClaims> {
+        if let Some(lists) = self.status_lists {
+            let g = lists.take(self.revocations.store).await?;
+            claims.status = Some(lists.status(g));
+        }
+        Ok(claims)
+    }
+
+    /// Queues the issued token's status list registration for the background writer.
+    async fn register_status(&self, claims: &AccessClaims) {
+        if let (Some(lists), Some(status)) = (self.status_lists, &claims.status) {
+            lists.register(crate::status_list::registration(claims, lists.index(status))).await;
+        }
     }
 
     /// What policy would decide for `req`, as the calling client `client_id`, as of `now` — for `tessera policy

@@ -283,8 +283,82 @@ fn peer_certificate<T>(request: &Request<T>) -> Option<crate::client::PeerCertif
     crate::net::tls::peer_certificate(request.peer_certs().as_deref().map(Vec::as_slice))
 }
 
+/// A watch stream as gRPC sends it: each event, a heartbeat when a read finds none, and the error that ends it.
+fn watch_stream(watch: crate::revocation::watch::Watch) -> WatchStream {
+    use crate::revocation::watch::Event;
+    use pb::watch_revocations_response::Kind;
+    let state = (watch, std::collections::VecDeque::<Event>::new(), false);
+    Box::pin(futures_util::stream::unfold(state, |(mut watch, mut pending, ended)| async move {
+        if ended {
+            return None;
+        }
+        if let Some(event) = pending.pop_front() {
+            return Some((
+                Ok(pb::WatchRevocationsResponse { kind: Some(Kind::Event(event.into())) }),
+                (watch, pending, false),
+            ));
+        }
+        match watch.next().await {
+            Ok(events) if events.is_empty() => {
+                let heartbeat = pb::WatchHeartbeat { cursor: watch.cursor().to_string(), server_time: now() };
+                Some((
+                    Ok(pb::WatchRevocationsResponse { kind: Some(Kind::Heartbeat(heartbeat)) }),
+                    (watch, pending, false),
+                ))
+            }
+            Ok(events) => {
+                pending.extend(events);
+                let first = pending.pop_front().map(|e| Kind::Event(e.into()));
+                Some((Ok(pb::WatchRevocationsResponse { kind: first }), (watch, pending, false)))
+            }
+            Err(e) => Some((Err(status(e)), (watch, pending, true))),
+        }
+    }))
+}
+
+type WatchStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send>>;
+
+impl From<crate::revocation::watch::Event> for pb::RevocationEvent {
+    fn from(e: crate::revocation::watch::Event) -> Self {
+        use crate::revocation::Target;
+        let kind = e.target.kind().to_string();
+        let (value, issuer) = match e.target {
+            Target::Jti(v) | Target::Task(v) | Target::Client(v) => (v, String::new()),
+            Target::Subject { iss, sub } => (sub, iss),
+        };
+        pb::RevocationEvent {
+            cursor: e.cursor,
+            kind,
+            value,
+            issuer,
+            revoked_at: e.revoked_at,
+            expires_at: e.expires_at,
+            reason_class: e.cause.as_str().into(),
+            reason: e.reason,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl TokenBroker for TokenBrokerService {
+    type WatchRevocationsStream = WatchStream;
+
+    /// Authenticated and opened in a slot like any RPC; the stream then runs outside the slots, which bound
+    /// work in flight, not idle watchers.
+    async fn watch_revocations(
+        &self,
+        request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        self.rpc("WatchRevocations", "tessera.v1.TokenBroker/WatchRevocations", request, async |request| {
+            let broker = self.broker.current();
+            let client = self.caller(&broker, &request, Rpc::Watch).await?;
+            let watch = broker.watch(client, &request.into_inner().cursor, now()).await.map_err(status)?;
+            Ok(watch_stream(watch))
+        })
+        .await
+    }
+
     async fn exchange_token(
         &self,
         request: Request<pb::ExchangeTokenRequest>,

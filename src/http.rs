@@ -1,5 +1,7 @@
 //! The plain HTTP face, on its own listener next to gRPC: the OAuth endpoints ([`oauth`]), forward-auth and
-//! resource metadata for gateways ([`gateway`]), `GET /metrics` (Prometheus text) and `GET /healthz`.
+//! resource metadata for gateways ([`gateway`]), the revocation watch as Server-Sent Events ([`watch`]), the
+//! signed Token Status Lists ([`status_list`]), Shared Signals metadata and polling ([`ssf`]),
+//! `GET /metrics` (Prometheus text) and `GET /healthz`.
 
 use std::future::Future;
 
@@ -11,6 +13,9 @@ use tokio::net::TcpListener;
 
 pub mod gateway;
 pub mod oauth;
+pub mod ssf;
+pub mod status_list;
+pub mod watch;
 
 /// Serves the HTTP face in plaintext on `listener` until `shutdown` completes. Connections are accepted by
 /// [`crate::net`], which sets `TCP_NODELAY` on each.
@@ -40,7 +45,10 @@ pub async fn serve_with_tls(
     let limit = axum::middleware::from_fn_with_state(std::sync::Arc::clone(&broker), oauth::within_limits);
     let mut router = Router::new()
         .merge(oauth::router(std::sync::Arc::clone(&broker)))
-        .merge(gateway::router(broker))
+        .merge(gateway::router(std::sync::Arc::clone(&broker)))
+        .merge(watch::router(std::sync::Arc::clone(&broker)))
+        .merge(status_list::router(std::sync::Arc::clone(&broker)))
+        .merge(ssf::router(broker))
         .layer(limit)
         .route("/healthz", get(|| async { "ok\n" }));
     if let Some(registry) = registry {

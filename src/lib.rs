@@ -15,8 +15,14 @@
 //! - [`introspect`]: RFC 7662 introspection ([`introspect::Introspect`]): signature, time and every
 //!   applicable revocation, in one lookup.
 //! - [`revocation`]: what can be revoked, the cascade over delegation lineages ([`revocation::Probe`]),
-//!   `Revoke` and the kill switch (`Suspend`/`Resume`, in [`revocation::Revoke`]), and the
-//!   [`revocation::Store`] port.
+//!   `Revoke` and the kill switch (`Suspend`/`Resume`, in [`revocation::Revoke`]), the
+//!   [`revocation::Store`] port, and the revocation watch ([`revocation::watch`]: the ordered log of
+//!   revocations a watch stream reads from a cursor).
+//! - [`status_list`]: OAuth Token Status Lists: each token's place in a list, the indices a replica holds,
+//!   the registrations that let a revocation flip the bits of every token it ends, and the list tokens.
+//! - [`ssf`]: OpenID Shared Signals as transmitter: each revocation as a CAEP `session-revoked` SET for each
+//!   configured receiver, the transmitter metadata, RFC 8936 polling; [`ssf::push`] (infrastructure) pushes;
+//!   and as a receiver ([`ssf::receive`]): SETs from upstream identity providers revoke their principals.
 //! - [`issuer`]: trusted upstream issuers and the verification of assertions (and of tessera's own tokens)
 //!   into a [`policy::Principal`]; keys come through the [`issuer::KeySource`] port.
 //! - [`token`]: tessera's access tokens (RFC 9068), their claims and lineage, signing keys and the JWK Set
@@ -44,7 +50,8 @@
 //! - [`error`] (each OAuth code knows its gRPC and HTTP status), [`metrics`], [`secret`], [`clock`].
 //!
 //! **Infrastructure** — behind the ports:
-//! - [`store`]: the revocation stores (embedded; Redis strict or mirrored by pub/sub, standalone or Cluster).
+//! - [`store`]: the revocation stores (embedded; Redis strict or mirrored by pub/sub, standalone or Cluster),
+//!   each with its revocation log (a ring in memory; a Redis stream).
 //! - [`issuer::jwks`]: the JWKS fetcher (files, URLs); [`audit::stream`]: the Redis audit stream;
 //!   [`approval::webhook`]: the signed webhook announcing approval requests.
 //! - [`secrets::file`]: secrets read from files and re-read by content as they rotate; [`vend::postgres`]:
@@ -56,7 +63,8 @@
 //! proxy on its own listener (tokens checked by [`access`], the upstream's key injected from a
 //! [`secrets::SecretSource`]); [`http`]: the plain-OAuth endpoints
 //! ([`http::oauth`]: token exchange and jwt-bearer, introspection, revocation, JWKS, RFC 8414 metadata), the
-//! gateway's forward-auth and RFC 9728 resource metadata ([`http::gateway`]), metrics and health; [`net`] (how
+//! gateway's forward-auth and RFC 9728 resource metadata ([`http::gateway`]), the revocation watch as
+//! Server-Sent Events ([`http::watch`]), the signed status lists ([`http::status_list`]), metrics and health; [`net`] (how
 //! both faces accept connections: `TCP_NODELAY` on each; [`net::tls`]: TLS and mTLS client certificates, with
 //! the files re-read as they rotate); the CLI lives in the binary. [`sdk`] is the client side of the gRPC face:
 //! the Rust SDK (token cache, backoff and circuit breaker, task scopes, a resource-server verifier), which the
@@ -96,6 +104,8 @@ pub mod sdk;
 pub mod secret;
 pub mod secrets;
 pub mod serve;
+pub mod ssf;
+pub mod status_list;
 pub mod store;
 pub mod telemetry;
 pub mod token;

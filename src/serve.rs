@@ -135,8 +135,12 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         secrets: _,
         proxy: _,
         databases: _,
+        watch,
+        status_list,
+        ssf_receivers,
+        ssf_transmitters,
     } = config;
-    let keyring = Keyring::new(signing_keys)?;
+    let keyring = Arc::new(Keyring::new(signing_keys)?);
     let reloadable = Reloadable {
         broker_issuer: broker_issuer.clone(),
         leeway,
@@ -153,11 +157,15 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
     // One store behind both ports: the revocation list and the approvals ledger.
     let (store, ledger, audit): (Arc<dyn Store>, Arc<dyn Ledger>, Audit) = match &store {
         None => {
-            let store = Arc::new(MemoryStore::new());
+            let log = usize::try_from(watch.max_events).unwrap_or(usize::MAX);
+            let store = Arc::new(MemoryStore::with_log(log));
             (store.clone(), store, Audit::log_only())
         }
         Some(settings) => {
-            let store = Arc::new(RedisStore::connect_with_lag_histogram(settings, Some(metrics.mirror_lag.clone()))?);
+            let store = Arc::new(
+                RedisStore::connect_with_lag_histogram(settings, Some(metrics.mirror_lag.clone()))?
+                    .with_log_max_events(watch.max_events),
+            );
             let (audit, events) = Audit::with_stream(metrics.clone());
             crate::audit::stream::spawn_writer(settings, events, metrics.audit_dropped.clone())?;
             (store.clone(), store, audit)
@@ -172,6 +180,30 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
             webhook
         }
     };
+    // Status lists: each replica's pool of indices kept ahead, and its registrations written, in the background.
+    let status_lists = status_list.map(|settings| {
+        let (lists, registrations) = crate::status_list::StatusLists::new(&broker_issuer, settings.ttl);
+        let lists = Arc::new(lists);
+        tokio::spawn(crate::status_list::refill(Arc::clone(&lists), Arc::clone(&store)));
+        tokio::spawn(crate::status_list::write_registrations(registrations, Arc::clone(&store)));
+        lists
+    });
+    // Shared Signals: a delivery task per push receiver (the replica holding its lease delivers).
+    if !ssf_receivers.is_empty() {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("ssf: {e}"))?;
+        for receiver in ssf_receivers.iter().filter(|r| matches!(r.delivery, crate::ssf::Delivery::Push { .. })) {
+            tokio::spawn(crate::ssf::push::deliver(
+                receiver.clone(),
+                broker_issuer.clone(),
+                Arc::clone(&keyring),
+                Arc::clone(&store),
+                client.clone(),
+            ));
+        }
+    }
     Ok(Broker::new(Parts {
         broker_issuer,
         keyring,
@@ -188,6 +220,10 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         audit: Arc::new(audit),
         metrics,
         slots: crate::load::Slots::new(server.max_concurrent_requests, server.max_queue_wait, server.request_timeout),
+        watch_heartbeat: watch.heartbeat,
+        status_lists,
+        ssf: crate::ssf::Receivers::new(ssf_receivers),
+        ssf_transmitters,
     }))
 }
 

@@ -137,7 +137,8 @@ pub(super) fn build(
             ));
         }
         if c.rpcs.is_empty() {
-            problems.push(format!("{at}: `rpcs` must name at least one of exchange, introspect, revoke, suspend"));
+            problems
+                .push(format!("{at}: `rpcs` must name at least one of exchange, introspect, revoke, suspend, watch"));
         }
         clients.push(
             Client::new(c.id, secret, c.rpcs.into_iter().collect(), c.loopback_anonymous)

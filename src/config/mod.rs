@@ -5,7 +5,8 @@
 //!
 //! One module a section, each with its builder, its validated form and its defaults, named and documented
 //! (every key in docs/config.md): [`server`], [`broker`], [`keys`] (`[signing]`, `[policy]`), [`issuers`],
-//! [`audiences`], [`clients`], [`routes`], [`store`], [`tls`], [`rate_limits`], [`telemetry`], [`log`].
+//! [`audiences`], [`clients`], [`routes`], [`store`], [`tls`], [`rate_limits`], [`telemetry`], [`log`],
+//! [`watch`], [`status_list`], [`ssf`].
 
 pub mod approvals;
 pub mod audiences;
@@ -20,9 +21,12 @@ pub mod rate_limits;
 pub mod routes;
 pub mod secrets;
 pub mod server;
+pub mod ssf;
+pub mod status_list;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 
@@ -43,9 +47,12 @@ pub use rate_limits::RateLimitsBuilder;
 pub use routes::RouteBuilder;
 pub use secrets::{DEFAULT_SECRET_RELOAD_INTERVAL, SecretBuilder};
 pub use server::{DEFAULT_CONFIG_RELOAD_INTERVAL, DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerBuilder, ServerConfig};
+pub use ssf::SsfBuilder;
+pub use status_list::{StatusListBuilder, StatusListConfig};
 pub use store::{Backend, MirrorSettings, RedisSettings, StoreBuilder, StoreMode};
 pub use telemetry::{TelemetryBuilder, TelemetryConfig};
 pub use tls::{DEFAULT_TLS_RELOAD_INTERVAL, TlsBuilder};
+pub use watch::{WatchBuilder, WatchConfig};
 
 use crate::catalog::Audience;
 use crate::client::{Client, ClientAuth};
@@ -97,6 +104,12 @@ pub struct ConfigBuilder {
     pub proxy: ProxyBuilder,
     /// `[[databases]]`: database audiences whose tokens get short-lived PostgreSQL logins.
     pub databases: Vec<DatabaseBuilder>,
+    /// `[watch]`: the revocation watch stream's heartbeat and log size.
+    pub watch: WatchBuilder,
+    /// `[status_list]`: OAuth Token Status Lists (default: on).
+    pub status_list: StatusListBuilder,
+    /// `[ssf]`: Shared Signals receivers of every revocation.
+    pub ssf: SsfBuilder,
 }
 
 /// A validated configuration, with the keys, JWKS and policy it names already loaded.
@@ -151,6 +164,14 @@ pub struct Config {
     pub proxy: Option<proxy::ProxyConfig>,
     /// The databases whose logins the proxy's listener vends.
     pub databases: Vec<databases::DatabaseConfig>,
+    /// The revocation watch stream.
+    pub watch: WatchConfig,
+    /// Token Status Lists (`None`: off).
+    pub status_list: Option<StatusListConfig>,
+    /// Shared Signals receivers.
+    pub ssf_receivers: Vec<crate::ssf::Receiver>,
+    /// Shared Signals transmitters tessera receives from.
+    pub ssf_transmitters: Vec<crate::ssf::receive::Transmitter>,
 }
 
 /// Every problem found, one per line.
@@ -180,7 +201,7 @@ impl Context<'_> {
 /// own) and the proxy. A reload that changes one of them is refused
 /// whole (the section must be applied by a restart), so what is in force is always one config that passed
 /// validation in full, never a mix of two.
-pub const FIXED_SECTIONS: [&str; 12] = [
+pub const FIXED_SECTIONS: [&str; 15] = [
     "server",
     "broker",
     "signing",
@@ -193,6 +214,9 @@ pub const FIXED_SECTIONS: [&str; 12] = [
     "secrets",
     "proxy",
     "databases",
+    "watch",
+    "status_list",
+    "ssf",
 ];
 
 /// The `[broker]` keys a reload does take: they shape the catalog (task tokens' lifetime, who may introspect
@@ -281,7 +305,7 @@ impl ConfigBuilder {
 
     /// Validates into a [`Config`]; relative paths are resolved against `base_dir` (the config's folder).
     /// Every section is validated, so every problem is reported at once.
-    pub fn build(self, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    pub fn build(mut self, base_dir: &Path) -> Result<Config, ConfigErrors> {
         let mut problems = Problems::new();
         let server = self.server.build(&mut problems);
         let broker = self.broker.build(&mut problems);
@@ -329,6 +353,16 @@ impl ConfigBuilder {
                 ));
             }
         }
+        let watch = self.watch.build(&mut problems);
+        let status_list = self.status_list.build(&mut problems);
+        let issuer_names: Vec<&str> = issuers.iter().map(|(spec, _)| spec.name.as_str()).collect();
+        let ssf_transmitters = SsfBuilder::build_transmitters(
+            std::mem::take(&mut self.ssf.transmitters),
+            &issuer_names,
+            &broker.issuer,
+            &mut problems,
+        );
+        let ssf_receivers = self.ssf.build(&cx, &mut problems);
         match policy {
             Some(policy) if problems.is_empty() => Ok(Config {
                 server,
@@ -355,6 +389,10 @@ impl ConfigBuilder {
                 secrets,
                 proxy,
                 databases,
+                watch,
+                status_list,
+                ssf_receivers,
+                ssf_transmitters,
             }),
             _ => Err(ConfigErrors(problems)),
         }

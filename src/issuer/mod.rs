@@ -645,6 +645,53 @@ impl Issuers {
         })
     }
 
+    /// Verifies a Security Event Token (RFC 8417) pushed by one of the issuers named in `names` (Shared Signals
+    /// transmitters, [`crate::ssf::receive`]), as of `now`: `typ` `secevent+jwt`, an `iss` that is one of
+    /// theirs, the signature (through the same check as every upstream JWT, with that issuer's keys and
+    /// algorithms), an `aud` among `audiences`, `iat` (required: not ahead beyond the leeway, nor older than the
+    /// issuer's `max_assertion_lifetime`) and `jti` (required). Answers the claims, the issuer's name, and
+    /// what makes it single use.
+    pub async fn verify_security_event(
+        &self,
+        token: &str,
+        names: &[&str],
+        accepted: &[&str],
+        now: u64,
+    ) -> Result<(Map<String, Value>, &str, SingleUse), TokenError> {
+        let parsed = jws::parse(token, MAX_OWN_TOKEN_BYTES)?;
+        if parsed.header.typ.as_deref() != Some("secevent+jwt") {
+            return Err(TokenError::WrongType);
+        }
+        let claims: Map<String, Value> =
+            serde_json::from_slice(&parsed.payload).map_err(|_| JwsError::MalformedClaims)?;
+        let iss = claims.get("iss").and_then(Value::as_str).ok_or(TokenError::MissingClaim("iss"))?;
+        let up = self
+            .upstream
+            .iter()
+            .find(|u| names.contains(&u.spec.name.as_str()) && u.spec.issuer.as_deref() == Some(iss))
+            .ok_or(TokenError::UnknownIssuer)?;
+        let spec = &up.spec;
+        self.check_signature(up, &parsed, token.len()).await?;
+        if !audiences(&claims).any(|a| accepted.contains(&a)) {
+            return Err(TokenError::WrongAudience);
+        }
+        let iat = claims.get("iat").and_then(Value::as_u64).ok_or(TokenError::MissingClaim("iat"))?;
+        if iat > now.saturating_add(spec.leeway) {
+            return Err(TokenError::IssuedInFuture);
+        }
+        if now.saturating_sub(iat) > spec.max_assertion_lifetime {
+            return Err(TokenError::Expired);
+        }
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or(TokenError::MissingClaim("jti"))?;
+        let until = iat.saturating_add(spec.max_assertion_lifetime).saturating_add(spec.leeway);
+        let spend = SingleUse { issuer: spec.id(), jti: jti.to_string(), until };
+        Ok((claims, spec.name.as_str(), spend))
+    }
+
     /// A party as policy sees it: its issuer's short name when the issuer is configured, and its SPIFFE ID's
     /// parts when that issuer is a SPIFFE trust domain (the party's attributes are not known: only a
     /// subject's are carried). An unconfigured issuer's parties go by their `iss` as the name.

@@ -10,6 +10,8 @@
 //!
 //! Every key expires when the longest-lived token it can affect expires, so the list stays bounded.
 
+pub mod watch;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -59,7 +61,7 @@ impl Target {
     }
 
     /// A bounded label for metrics and audit.
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Target::Jti(_) => "jti",
             Target::Task(_) => "task",
@@ -80,6 +82,9 @@ pub struct Entry {
     pub expires_at: u64,
     /// Why, as the operator put it (at most 256 bytes); kept for the record, never interpreted.
     pub reason: String,
+    /// What the revocation log announces to watchers ([`watch`]), written in the same atomic step; `None`
+    /// for an entry that is not a revocation of its own (a suspension's marker).
+    pub notice: Option<watch::Notice>,
 }
 
 impl Entry {
@@ -146,6 +151,52 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn mirror_trusted(&self) -> Option<bool> {
         None
     }
+    /// A reader of the revocation log ([`watch`]) of its own, for one watch stream; `None` when the store
+    /// keeps no log.
+    fn watch_reader(&self) -> Option<Box<dyn watch::Reader>> {
+        None
+    }
+    /// Status lists: the first of `count` fresh global indices, never handed out before (by any replica).
+    fn allocate_status(&self, _count: u64) -> StoreFuture<'_, u64> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no status lists".into()))))
+    }
+    /// Status lists: registers tokens under their revocation keys, so a later revocation flips their bits; a
+    /// token a revocation already ends has its bit flipped now, in the same atomic step.
+    fn register_status<'a>(&'a self, _registrations: &'a [StatusRegistration]) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no status lists".into()))))
+    }
+    /// Status lists: the bytes of list `n` (bit 0 the least significant of byte 0; a missing tail is all valid).
+    fn status_bits(&self, _n: u64) -> StoreFuture<'_, Vec<u8>> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no status lists".into()))))
+    }
+    /// Shared Signals: takes or renews the lease on delivering to `receiver` for `ttl_ms`, for `holder` (one
+    /// replica at a time delivers to a push receiver); whether `holder` holds it now.
+    fn ssf_lease<'a>(&'a self, _receiver: &'a str, _holder: &'a str, _ttl_ms: u64) -> StoreFuture<'a, bool> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no delivery state".into()))))
+    }
+    /// Shared Signals: the revocation log cursor `receiver` has been delivered up to, if any.
+    fn ssf_cursor<'a>(&'a self, _receiver: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no delivery state".into()))))
+    }
+    /// Shared Signals: records that `receiver` has been delivered up to `cursor`.
+    fn ssf_set_cursor<'a>(&'a self, _receiver: &'a str, _cursor: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(Err(StoreError("this store keeps no delivery state".into()))))
+    }
+}
+
+/// One token to register in the status lists ([`crate::status_list`]): its global index, when it expires,
+/// and the revocation keys that can end it, each judged as [`Probe`] judges it (`None`: whenever present;
+/// `Some(iat)`: when revoked at or after `iat`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusRegistration {
+    /// Its global index: list `index / LIST_BITS`, bit `index % LIST_BITS`.
+    pub index: u64,
+    /// When it expires (Unix seconds): its registrations may be forgotten then.
+    pub exp: u64,
+    /// The revocation keys that apply to it.
+    pub keys: Vec<String>,
+    /// How each key is judged.
+    pub issued_at: Vec<Option<u64>>,
 }
 
 /// What [`Store::admit`] answers.
@@ -335,6 +386,11 @@ impl Probe {
         }
         self.push(Suspendable::Client(client_id.to_string()).key(), None);
         start
+    }
+
+    /// The keys and how each is judged, taken apart (a status list registration keeps both).
+    pub fn into_parts(self) -> (Vec<String>, Vec<Option<u64>>) {
+        (self.keys, self.issued_at)
     }
 
     /// The keys to look up, in the order [`Probe::revoked`] expects the answers in.
@@ -547,7 +603,13 @@ impl Revoke<'_> {
             RevokeRequest::Client(id) if name_ok(&id) => self.until(Target::Client(id), now),
             _ => return Err(Error::invalid_request("the revocation target is empty or malformed")),
         };
-        let entry = Entry { key: target.key(), revoked_at: now, expires_at, reason: reason.to_string() };
+        let entry = Entry {
+            key: target.key(),
+            revoked_at: now,
+            expires_at,
+            reason: reason.to_string(),
+            notice: Some(watch::Notice { target: target.clone(), cause: watch::Cause::Revoke }),
+        };
         self.revocations.revoke(std::slice::from_ref(&entry), now).await?;
         Ok(Revoked { target, expires_at, task_id })
     }
@@ -593,8 +655,20 @@ impl Revoke<'_> {
             let revocation = target.revocation();
             let revoked_until = now.saturating_add(self.retention(&revocation));
             let entries = [
-                Entry { key: target.key(), revoked_at: now, expires_at: until, reason: reason.to_string() },
-                Entry { key: revocation.key(), revoked_at: now, expires_at: revoked_until, reason: reason.to_string() },
+                Entry {
+                    key: target.key(),
+                    revoked_at: now,
+                    expires_at: until,
+                    reason: reason.to_string(),
+                    notice: None,
+                },
+                Entry {
+                    key: revocation.key(),
+                    revoked_at: now,
+                    expires_at: revoked_until,
+                    reason: reason.to_string(),
+                    notice: Some(watch::Notice { target: revocation.clone(), cause: watch::Cause::Suspend }),
+                },
             ];
             self.revocations.revoke(&entries, now).await?;
             Ok(Suspended { target, until })
@@ -630,6 +704,32 @@ impl Revoke<'_> {
         .await;
         self.audit.record(suspension_event("resume", &caller.client.id, reason, outcome.as_ref().map(|t| (t, 0))));
         outcome
+    }
+}
+
+impl Revoke<'_> {
+    /// What a Shared Signal from an upstream identity provider asks ([`crate::ssf::receive`]): revokes every
+    /// token of the principal `(iss, sub)` up to now and, with `suspend`, suspends it for that many seconds — in
+    /// one store call, announced with cause [`watch::Cause::Signal`]. The caller audits.
+    pub async fn signal(&self, iss: &str, sub: &str, suspend: Option<u64>, reason: &str, now: u64) -> Result<()> {
+        if !name_ok(sub) {
+            return Err(Error::invalid_request("the subject's `sub` is empty or malformed"));
+        }
+        let reason = crate::audit::truncate(reason, MAX_REASON_BYTES);
+        let revocation = Target::Subject { iss: iss.to_string(), sub: sub.to_string() };
+        let mut entries = vec![Entry {
+            key: revocation.key(),
+            revoked_at: now,
+            expires_at: now.saturating_add(self.retention(&revocation)),
+            reason: reason.clone(),
+            notice: Some(watch::Notice { target: revocation, cause: watch::Cause::Signal }),
+        }];
+        if let Some(seconds) = suspend {
+            let marker = Suspendable::Subject { iss: iss.to_string(), sub: sub.to_string() };
+            let until = now.saturating_add(seconds.clamp(1, MAX_SUSPENSION));
+            entries.push(Entry { key: marker.key(), revoked_at: now, expires_at: until, reason, notice: None });
+        }
+        self.revocations.revoke(&entries, now).await
     }
 }
 
@@ -741,7 +841,8 @@ mod tests {
 
     #[test]
     fn values_round_trip() {
-        let e = Entry { key: "k".into(), revoked_at: 42, expires_at: 50, reason: "leaked|in a log".into() };
+        let e =
+            Entry { key: "k".into(), revoked_at: 42, expires_at: 50, reason: "leaked|in a log".into(), notice: None };
         assert_eq!(revoked_at(&e.value()), 42);
         assert_eq!(revoked_at("17"), 17);
         assert_eq!(revoked_at("x|y"), u64::MAX, "a value that does not parse revokes everything");

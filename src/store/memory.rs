@@ -5,9 +5,11 @@
 //! Its [`RevocationList`] is also what a Redis mirror keeps in each replica.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+use super::revocation_log::RevocationLog;
 use crate::ratelimit::{Decision, Limit, Throttled, gcra};
+use crate::revocation::watch::{DEFAULT_MAX_EVENTS, Reader};
 use crate::revocation::{Admission, Entry, Store, StoreError, StoreFuture};
 
 /// A revocation list in memory: key → (revoked_at, expires_at), with an index by expiry so every write
@@ -34,6 +36,11 @@ impl RevocationList {
             slot.1 = expires_at;
             self.expiries.entry(expires_at).or_default().push(key);
         }
+    }
+
+    /// `(revoked_at, expires_at)` of `key` as held (whether or not still in force).
+    pub(crate) fn get(&self, key: &str) -> Option<(u64, u64)> {
+        self.entries.get(key).copied()
     }
 
     /// Forgets `key` (a lifted suspension).
@@ -134,19 +141,82 @@ impl Buckets {
     }
 }
 
-/// The embedded [`Store`]: one [`RevocationList`] behind a lock, for a single replica.
+/// The status lists of one process ([`crate::status_list`]): the next index, the tokens registered under each
+/// revocation key, and the flipped bits of each list, each forgotten once every token it concerns expired.
 #[derive(Debug, Default)]
+struct StatusState {
+    next: u64,
+    /// Revocation key → (indices registered under it, the latest `exp` among them).
+    registered: HashMap<String, (Vec<u64>, u64)>,
+    /// List → (its bytes, the latest `exp` of a token whose bit is set).
+    lists: HashMap<u64, (Vec<u8>, u64)>,
+    sweep_above: usize,
+}
+
+impl StatusState {
+    fn flip(&mut self, g: u64, exp: u64) {
+        let (n, bit) = crate::status_list::locate(g);
+        let size = usize::try_from(crate::status_list::LIST_BITS / 8).unwrap_or(usize::MAX);
+        let (bytes, until) = self.lists.entry(n).or_insert_with(|| (vec![0; size], 0));
+        crate::status_list::set_bit(bytes, bit);
+        *until = (*until).max(exp);
+    }
+
+    /// Flips every token registered under `key` (a revocation of it was just recorded, lasting to `exp`).
+    fn revoked(&mut self, key: &str, exp: u64) {
+        let Some((indices, _)) = self.registered.get(key) else { return };
+        for g in indices.clone() {
+            self.flip(g, exp);
+        }
+    }
+
+    /// Forgets what concerns only expired tokens, whenever the maps have doubled since the last sweep.
+    fn sweep(&mut self, now: u64) {
+        if self.registered.len() + self.lists.len() > self.sweep_above.max(1024) {
+            self.registered.retain(|_, (_, exp)| *exp > now);
+            self.lists.retain(|_, (_, exp)| *exp > now);
+            self.sweep_above = (self.registered.len() + self.lists.len()) * 2;
+        }
+    }
+}
+
+/// The embedded [`Store`]: one [`RevocationList`] behind a lock, for a single replica, its revocation log and
+/// its status lists.
+#[derive(Debug)]
 pub struct MemoryStore {
     list: RwLock<RevocationList>,
     buckets: Mutex<Buckets>,
     /// The approvals ledger: record and binding keys → (value, expires_at).
     approvals: Mutex<HashMap<String, (String, u64)>>,
+    log: Arc<RevocationLog>,
+    /// Locked only while the list's write lock is held, so revocations and registrations are one order.
+    status: Mutex<StatusState>,
+    /// Shared Signals: each receiver's delivery cursor (one process: it always holds every lease).
+    ssf_cursors: Mutex<HashMap<String, String>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::with_log(usize::try_from(DEFAULT_MAX_EVENTS).unwrap_or(usize::MAX))
+    }
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store whose revocation log keeps the default number of events.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// An empty store whose revocation log keeps the last `max_events` events.
+    pub fn with_log(max_events: usize) -> MemoryStore {
+        MemoryStore {
+            list: RwLock::default(),
+            buckets: Mutex::default(),
+            log: RevocationLog::new(max_events, crate::clock::now_ms()),
+            status: Mutex::default(),
+            approvals: Mutex::default(),
+            ssf_cursors: Mutex::default(),
+        }
     }
 
     /// Entries held, for tests that check the store stays bounded.
@@ -163,10 +233,60 @@ fn poisoned<T>(_: T) -> StoreError {
 impl MemoryStore {
     fn revoke_now(&self, entries: &[Entry], now: u64) -> Result<(), StoreError> {
         let mut list = self.list.write().map_err(poisoned)?;
+        let mut status = self.status.lock().map_err(poisoned)?;
         for e in entries {
+            if e.expires_at > now {
+                status.revoked(&e.key, e.expires_at);
+            }
             list.apply(e.key.clone(), e.revoked_at, e.expires_at, now);
+            // Logged under the list's lock, with the values as applied (never moved back), and only when in
+            // force: the log holds exactly the revocations the list does, in the order they were applied.
+            if let (Some(notice), Some((revoked_at, expires_at))) = (&e.notice, list.get(&e.key))
+                && expires_at > now
+            {
+                self.log.append(notice, revoked_at, expires_at, &e.reason);
+            }
         }
         Ok(())
+    }
+
+    /// Under the list's write lock, as a revocation: a token registered after a revocation that ends it has its
+    /// bit flipped here; one registered before, by the revocation.
+    fn register_now(&self, registrations: &[crate::revocation::StatusRegistration]) -> Result<(), StoreError> {
+        let now = crate::clock::now();
+        let list = self.list.write().map_err(poisoned)?;
+        let mut status = self.status.lock().map_err(poisoned)?;
+        for r in registrations {
+            for key in &r.keys {
+                let (indices, exp) = status.registered.entry(key.clone()).or_default();
+                indices.push(r.index);
+                *exp = (*exp).max(r.exp);
+            }
+            let found = list.lookup(&r.keys, now);
+            let revoked = found.iter().zip(&r.issued_at).any(|(found, iat)| match (found, iat) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(at), Some(iat)) => iat <= at,
+            });
+            if revoked {
+                status.flip(r.index, r.exp);
+            }
+        }
+        status.sweep(now);
+        Ok(())
+    }
+
+    fn allocate_now(&self, count: u64) -> Result<u64, StoreError> {
+        let mut status = self.status.lock().map_err(poisoned)?;
+        let start = status.next;
+        status.next = start.saturating_add(count);
+        Ok(start)
+    }
+
+    fn bits_now(&self, n: u64) -> Result<Vec<u8>, StoreError> {
+        let now = crate::clock::now();
+        let status = self.status.lock().map_err(poisoned)?;
+        Ok(status.lists.get(&n).filter(|(_, exp)| *exp > now).map(|(bytes, _)| bytes.clone()).unwrap_or_default())
     }
 
     fn lift_now(&self, keys: &[String]) -> Result<(), StoreError> {
@@ -230,6 +350,41 @@ impl Store for MemoryStore {
 
     fn lift<'a>(&'a self, keys: &'a [String], _now: u64) -> StoreFuture<'a, ()> {
         Box::pin(std::future::ready(self.lift_now(keys)))
+    }
+
+    fn watch_reader(&self) -> Option<Box<dyn Reader>> {
+        Some(self.log.reader())
+    }
+
+    fn allocate_status(&self, count: u64) -> StoreFuture<'_, u64> {
+        Box::pin(std::future::ready(self.allocate_now(count)))
+    }
+
+    fn register_status<'a>(
+        &'a self,
+        registrations: &'a [crate::revocation::StatusRegistration],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::ready(self.register_now(registrations)))
+    }
+
+    fn status_bits(&self, n: u64) -> StoreFuture<'_, Vec<u8>> {
+        Box::pin(std::future::ready(self.bits_now(n)))
+    }
+
+    fn ssf_lease<'a>(&'a self, _receiver: &'a str, _holder: &'a str, _ttl_ms: u64) -> StoreFuture<'a, bool> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    fn ssf_cursor<'a>(&'a self, receiver: &'a str) -> StoreFuture<'a, Option<String>> {
+        let cursor = self.ssf_cursors.lock().map_err(poisoned).map(|c| c.get(receiver).cloned());
+        Box::pin(std::future::ready(cursor))
+    }
+
+    fn ssf_set_cursor<'a>(&'a self, receiver: &'a str, cursor: &'a str) -> StoreFuture<'a, ()> {
+        let set = self.ssf_cursors.lock().map_err(poisoned).map(|mut c| {
+            c.insert(receiver.to_string(), cursor.to_string());
+        });
+        Box::pin(std::future::ready(set))
     }
 
     fn lookup_and_spend<'a>(

@@ -3,3 +3,4 @@
 
 pub mod memory;
 pub mod redis;
+pub(crate) mod revocation_log;

@@ -164,6 +164,26 @@ pub struct AccessClaims {
     /// empty) it is a ceiling every derived token must stay within ([`crate::rar::narrow`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_details: Option<crate::rar::Details>,
+    /// draft-ietf-oauth-status-list §6.1: where an offline verifier finds this token's status
+    /// ([`crate::status_list`]); absent when status lists are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+/// The `status` claim (draft-ietf-oauth-status-list §6.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The Token Status List mechanism.
+    pub status_list: StatusListRef,
+}
+
+/// Where a token's status is: bit `idx` of the status list token at `uri`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusListRef {
+    /// The bit's index in the list.
+    pub idx: u64,
+    /// The list's URL: `<issuer>/statuslists/<n>`.
+    pub uri: String,
 }
 
 impl AccessClaims {
@@ -220,6 +240,7 @@ impl AccessClaims {
             lin: Lineage::default(),
             cnf: None,
             authorization_details: None,
+            status: None,
         }
     }
 }
@@ -328,6 +349,7 @@ mod tests {
             },
             cnf: Some(Confirmation { jkt: Some("k".into()), x5t_s256: Some("c".into()) }),
             authorization_details: None,
+            status: None,
         }
     }
 

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use tessera::ratelimit::{Dimension, Limit, Rate, RateLimits};
-use tessera::revocation::{Entry, Store, Target, spent_key};
+use tessera::revocation::watch::{Cause, Event, Notice, WatchError};
+use tessera::revocation::{Entry, StatusRegistration, Store, Target, spent_key};
+use tessera::status_list::LIST_BITS;
 use tessera::store::memory::MemoryStore;
 use tessera::store::redis::{Backend, RedisSettings, RedisStore};
 
@@ -11,7 +13,95 @@ use crate::support::now;
 use crate::support::redis::{RedisCluster, RedisServer};
 
 fn entry(target: &Target, revoked_at: u64, expires_at: u64) -> Entry {
-    Entry { key: target.key(), revoked_at, expires_at, reason: "test".into() }
+    Entry { key: target.key(), revoked_at, expires_at, reason: "test".into(), notice: None }
+}
+
+/// A revocation that is announced on the revocation log, as `Revoke` records it.
+fn announced(target: &Target, revoked_at: u64, expires_at: u64, reason: &str) -> Entry {
+    let notice = Some(Notice { target: target.clone(), cause: Cause::Revoke });
+    Entry { key: target.key(), revoked_at, expires_at, reason: reason.into(), notice }
+}
+
+fn targets(events: &[Event]) -> Vec<Target> {
+    events.iter().map(|e| e.target.clone()).collect()
+}
+
+/// The revocation log, on a store that keeps about 10 events: every announced revocation in order, each
+/// once from any cursor handed out, a waiting reader woken by the next one, and a cursor whose successors
+/// were trimmed refused rather than skipped.
+async fn watch_suite(store: &impl Store) {
+    let now = now();
+    let zero = Duration::ZERO;
+    let mut reader = store.watch_reader().expect("the store keeps a revocation log");
+    let start = reader.read("", 100, zero).await.unwrap();
+    assert!(start.events.is_empty(), "an empty cursor starts at the end: {start:?}");
+
+    let (a, b, c) = (
+        Target::Jti("w-a".into()),
+        Target::Subject { iss: "https://i".into(), sub: "w|b".into() },
+        Target::Client("w-c".into()),
+    );
+    store.revoke(&[announced(&a, now, now + 600, "leaked")], now).await.unwrap();
+    // A suspension's marker announces nothing, and neither does a revocation already over.
+    store.revoke(&[entry(&Target::Task("silent".into()), now, now + 600)], now).await.unwrap();
+    store.revoke(&[announced(&Target::Task("over".into()), now - 10, now - 1, "old")], now).await.unwrap();
+    store
+        .revoke(&[announced(&b, now - 3, now + 600, "disabled"), announced(&c, now, now + 900, "")], now)
+        .await
+        .unwrap();
+
+    let all = reader.read(&start.cursor, 100, zero).await.unwrap();
+    assert_eq!(targets(&all.events), [a.clone(), b.clone(), c.clone()]);
+    assert_eq!(
+        (all.events[1].revoked_at, all.events[1].expires_at, all.events[1].reason.as_str(), all.events[1].cause),
+        (now - 3, now + 600, "disabled", Cause::Revoke)
+    );
+    assert_eq!(all.cursor, all.events[2].cursor);
+
+    // Resuming after any event gives exactly the ones after it; `max` bounds a read.
+    let one = reader.read(&start.cursor, 1, zero).await.unwrap();
+    assert_eq!((targets(&one.events), one.cursor.clone()), (vec![a.clone()], all.events[0].cursor.clone()));
+    let rest = reader.read(&one.cursor, 100, zero).await.unwrap();
+    assert_eq!(targets(&rest.events), [b.clone(), c.clone()]);
+    let none = reader.read(&all.cursor, 100, zero).await.unwrap();
+    assert_eq!((none.events.len(), none.cursor.as_str()), (0, all.cursor.as_str()));
+
+    // A revocation of a target already revoked is announced again, with the time as recorded (never back).
+    store.revoke(&[announced(&b, now - 9, now + 60, "again")], now).await.unwrap();
+    let again = reader.read(&all.cursor, 100, zero).await.unwrap();
+    assert_eq!(targets(&again.events), [b]);
+    assert_eq!((again.events[0].revoked_at, again.events[0].expires_at), (now - 3, now + 600));
+
+    // A reader waiting at the end wakes for the next revocation (a second reader: each has its own).
+    let mut waiting = store.watch_reader().unwrap();
+    let from = again.cursor.clone();
+    let read = tokio::spawn(async move {
+        let mut cursor = from;
+        loop {
+            let batch = waiting.read(&cursor, 100, Duration::from_secs(30)).await.unwrap();
+            cursor = batch.cursor;
+            if !batch.events.is_empty() {
+                return batch.events;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = Target::Task("w-late".into());
+    store.revoke(&[announced(&late, now, now + 600, "")], now).await.unwrap();
+    assert_eq!(targets(&read.await.unwrap()), [late]);
+
+    // Hundreds more: the log keeps only about the last ten, and the start's cursor (whose successors are
+    // gone) is refused, never answered with a gap; a recent cursor still reads on exactly.
+    for i in 0..300 {
+        store.revoke(&[announced(&Target::Jti(format!("w-{i}")), now, now + 600, "")], now).await.unwrap();
+    }
+    assert!(matches!(reader.read(&start.cursor, 100, zero).await, Err(WatchError::CursorExpired)));
+    let recent = reader.read("", 100, zero).await.unwrap();
+    store.revoke(&[announced(&Target::Jti("w-last".into()), now, now + 600, "")], now).await.unwrap();
+    let last = reader.read(&recent.cursor, 100, zero).await.unwrap();
+    assert_eq!(targets(&last.events), [Target::Jti("w-last".into())]);
+    // A cursor the log never handed out (ahead of it) is refused too.
+    assert!(matches!(reader.read("99999999999999-0", 100, zero).await, Err(WatchError::CursorExpired)));
 }
 
 async fn suite(store: &impl Store) {
@@ -117,9 +207,63 @@ async fn admission(store: &impl Store, keys: &[String], now: u64) {
     assert_eq!(store.admit(&[], &[], &odd, now, now_ms).await.unwrap().throttled, None);
 }
 
+/// Whether bit `g` of its list is set, as the store holds the list.
+async fn flipped(store: &impl Store, g: u64) -> bool {
+    let bytes = store.status_bits(g / LIST_BITS).await.unwrap();
+    let bit = g % LIST_BITS;
+    bytes.get(usize::try_from(bit / 8).unwrap()).is_some_and(|b| b & (1 << (bit % 8)) != 0)
+}
+
+/// Status lists: blocks of indices never overlap; a revocation flips the tokens registered under its key, a
+/// registration after a revocation that ends it flips at once, and a subject or client revocation spares
+/// tokens issued after it.
+async fn status_suite(store: &impl Store) {
+    let now = now();
+    let (a, b) = (store.allocate_status(1024).await.unwrap(), store.allocate_status(1024).await.unwrap());
+    assert!(a + 1024 <= b || b + 1024 <= a, "blocks {a} and {b} overlap");
+    let (parent, child, other) = (Target::Jti("sl-p".into()), Target::Jti("sl-c".into()), Target::Jti("sl-o".into()));
+    let subject = Target::Subject { iss: "https://i".into(), sub: "sl-s".into() };
+    let reg = |g: u64, keys: &[(&Target, Option<u64>)]| StatusRegistration {
+        index: g,
+        exp: now + 600,
+        keys: keys.iter().map(|(t, _)| t.key()).collect(),
+        issued_at: keys.iter().map(|(_, iat)| *iat).collect(),
+    };
+    // A parent, its child (registered under both jtis), an unrelated token, one in the next list.
+    let (g_parent, g_child, g_other, g_far) = (a, a + 1, a + 2, a + LIST_BITS + 5);
+    store
+        .register_status(&[
+            reg(g_parent, &[(&parent, None), (&subject, Some(now))]),
+            reg(g_child, &[(&child, None), (&parent, None)]),
+            reg(g_other, &[(&other, None)]),
+            reg(g_far, &[(&child, None), (&parent, None)]),
+        ])
+        .await
+        .unwrap();
+    for g in [g_parent, g_child, g_other, g_far] {
+        assert!(!flipped(store, g).await, "{g} is valid before any revocation");
+    }
+    store.revoke(&[entry(&parent, now, now + 600)], now).await.unwrap();
+    assert!(flipped(store, g_parent).await && flipped(store, g_child).await && flipped(store, g_far).await);
+    assert!(!flipped(store, g_other).await, "an unrelated token stays valid");
+    // Registered after its revocation: flipped by the registration itself.
+    let late = a + 3;
+    store.register_status(&[reg(late, &[(&other, None), (&parent, None)])]).await.unwrap();
+    assert!(flipped(store, late).await);
+    // A subject revoked before a token was issued does not end it.
+    store.revoke(&[entry(&subject, now - 5, now + 600)], now).await.unwrap();
+    let after = a + 4;
+    store.register_status(&[reg(after, &[(&subject, Some(now))])]).await.unwrap();
+    assert!(!flipped(store, after).await, "issued after the subject's revocation");
+    // A list nothing was flipped in reads as all valid.
+    assert!(store.status_bits(a / LIST_BITS + 7).await.unwrap().iter().all(|b| *b == 0));
+}
+
 #[tokio::test]
 async fn memory_store() {
     suite(&MemoryStore::new()).await;
+    watch_suite(&MemoryStore::with_log(10)).await;
+    status_suite(&MemoryStore::new()).await;
 }
 
 fn settings(backend: Backend) -> RedisSettings {
@@ -129,8 +273,14 @@ fn settings(backend: Backend) -> RedisSettings {
 #[tokio::test]
 async fn redis_store() {
     let redis = RedisServer::start();
-    let store = RedisStore::connect(&settings(Backend::Standalone(redis.url().into()))).unwrap();
+    let store =
+        RedisStore::connect(&settings(Backend::Standalone(redis.url().into()))).unwrap().with_log_max_events(10);
     suite(&store).await;
+    watch_suite(&store).await;
+    status_suite(&store).await;
+    // The log is capped near its size (`MAXLEN ~` trims whole nodes of a hundred entries).
+    let len: u64 = redis.cmd(&["XLEN", tessera::store::redis::LOG]).parse().unwrap();
+    assert!(len < 200, "XLEN {len}");
     // Keys expire with the tokens they concern: the list never grows without bound.
     let key = Target::Task("b".into()).key();
     let expires: u64 = redis.cmd(&["EXPIRETIME", &key]).parse().unwrap();
@@ -146,6 +296,8 @@ async fn redis_store() {
 async fn redis_cluster_store() {
     let cluster = RedisCluster::start();
     let nodes = cluster.urls().into_iter().map(Into::into).collect();
-    let store = RedisStore::connect(&settings(Backend::Cluster(nodes))).unwrap();
+    let store = RedisStore::connect(&settings(Backend::Cluster(nodes))).unwrap().with_log_max_events(10);
     suite(&store).await;
+    watch_suite(&store).await;
+    status_suite(&store).await;
 }

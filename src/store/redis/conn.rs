@@ -53,15 +53,28 @@ impl redis::aio::ConnectionLike for Handle {
     }
 }
 
+/// A Cluster connection's response timeout when the caller bounds each command itself.
+const UNBOUNDED: Duration = Duration::from_secs(24 * 3600);
+
 impl Conn {
     /// A lazily connecting connection to the configured Redis.
     pub(crate) fn open(settings: &RedisSettings) -> Result<Conn, String> {
+        Conn::open_with_response_timeout(settings, Some(settings.timeout))
+    }
+
+    /// As [`Conn::open`], waiting up to `response_timeout` for a reply (`None`: as long as it takes, the caller
+    /// bounding each command itself): for blocking reads (a watch stream's `XREAD BLOCK`), which need a
+    /// connection of their own, as they hold the connection while they wait.
+    pub(crate) fn open_with_response_timeout(
+        settings: &RedisSettings,
+        response_timeout: Option<Duration>,
+    ) -> Result<Conn, String> {
         match &settings.backend {
             Backend::Standalone(url) => {
                 let client = redis::Client::open(url.expose()).map_err(|e| format!("store.redis_url: {e}"))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(settings.timeout))
-                    .set_response_timeout(Some(settings.timeout))
+                    .set_response_timeout(response_timeout)
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
                 let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
@@ -70,7 +83,7 @@ impl Conn {
             Backend::Cluster(nodes) => {
                 let client = ClusterClient::builder(nodes.iter().map(|n| n.expose().to_string()))
                     .connection_timeout(settings.timeout)
-                    .response_timeout(settings.timeout)
+                    .response_timeout(response_timeout.unwrap_or(UNBOUNDED))
                     .retries(1)
                     .build()
                     .map_err(|e| format!("store.redis_cluster: {e}"))?;

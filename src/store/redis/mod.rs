@@ -9,6 +9,8 @@
 mod approvals;
 mod conn;
 mod mirror;
+mod status;
+mod watch;
 
 use std::fmt;
 use std::future::Future;
@@ -22,11 +24,22 @@ use crate::clock::now_ms;
 pub use crate::config::{Backend, MirrorSettings, RedisSettings};
 use crate::ratelimit::{Limit, Throttled};
 use crate::revocation::{Admission, Entry, Store, StoreError, StoreFuture, revoked_at};
+pub use watch::LOG;
 
 /// Revocations are announced here (and heartbeats, so a mirror can measure its own freshness).
 pub const CHANNEL: &str = "{tessera}:revocations";
 /// A sorted set of live revocation keys scored by expiry, from which a mirror resyncs.
 pub const INDEX: &str = "{tessera}:rev-index";
+
+/// Takes or renews a Shared Signals delivery lease (`KEYS[1]`) for holder `ARGV[1]`, for `ARGV[2]` ms.
+const LEASE_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
 
 /// Forgets an entry (a lifted suspension), unindexes it, and announces it.
 const LIFT_SCRIPT: &str = r"
@@ -36,8 +49,11 @@ redis.call('PUBLISH', ARGV[1], 'l|' .. ARGV[2] .. '|' .. KEYS[1])
 return 1
 ";
 
-/// Records a revocation without ever shortening an existing one, indexes it, and announces it.
-const REVOKE_SCRIPT: &str = r"
+/// Records a revocation without ever shortening an existing one, indexes it, and announces it; when it is a
+/// revocation of its own (`ARGV[8]`, the target's kind, is set) and in force, appends it to the revocation log
+/// (`KEYS[3]`, capped near `ARGV[7]` entries) in the same step, with the values as recorded; and flips the
+/// status list bit of every token registered under the key (`ARGV[12]`: `LIST_BITS`; see [`status`]).
+const REVOKE_SCRIPT_BODY: &str = r"
 local expires_at = tonumber(ARGV[2])
 local current = redis.call('EXPIRETIME', KEYS[1])
 if current > expires_at then expires_at = current end
@@ -51,8 +67,21 @@ redis.call('SET', KEYS[1], revoked_at .. '|' .. ARGV[1], 'EXAT', expires_at)
 redis.call('ZADD', KEYS[2], expires_at, KEYS[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
 redis.call('PUBLISH', ARGV[5], 'r|' .. revoked_at .. '|' .. expires_at .. '|' .. ARGV[6] .. '|' .. KEYS[1])
+if ARGV[8] ~= '' and expires_at > tonumber(ARGV[4]) then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'kind', ARGV[8], 'value', ARGV[9], 'iss', ARGV[10],
+    'cause', ARGV[11], 'revoked_at', revoked_at, 'expires_at', expires_at, 'reason', ARGV[1])
+end
+if expires_at > tonumber(ARGV[4]) then
+  for _, g in ipairs(redis.call('SMEMBERS', '{tessera}:sl:idx:' .. KEYS[1])) do
+    flip(tonumber(g), expires_at)
+  end
+end
 return expires_at
 ";
+
+fn revoke_script() -> String {
+    format!("local bits_per_list = tonumber(ARGV[12])\n{}{REVOKE_SCRIPT_BODY}", status::FLIP_LUA)
+}
 
 /// An exchange's one round trip when rate limits are on: the revocation `MGET`, GCRA over each limit (see
 /// [`crate::ratelimit`]), and the spend markers, atomically.
@@ -104,10 +133,16 @@ pub struct RedisStore {
     background: Conn,
     timeout: Duration,
     script: redis::Script,
+    register_script: redis::Script,
+    lease_script: redis::Script,
     lift_script: redis::Script,
     admit_script: redis::Script,
     mirror: Option<Arc<Mirror>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// For the watch streams' readers, each of which opens a connection of its own.
+    settings: RedisSettings,
+    /// How many events the revocation log keeps (about: `MAXLEN ~`).
+    log_max_events: u64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -152,11 +187,15 @@ impl RedisStore {
             conn,
             background,
             timeout: settings.timeout,
-            script: redis::Script::new(REVOKE_SCRIPT),
+            script: redis::Script::new(&revoke_script()),
+            register_script: redis::Script::new(&status::register_script()),
+            lease_script: redis::Script::new(LEASE_SCRIPT),
             lift_script: redis::Script::new(LIFT_SCRIPT),
             admit_script: redis::Script::new(ADMIT_SCRIPT),
             mirror: None,
             tasks: Vec::new(),
+            settings: settings.clone(),
+            log_max_events: crate::revocation::watch::DEFAULT_MAX_EVENTS,
         };
         if let Some(m) = settings.mirror {
             let mirror = Arc::new(Mirror::new(m.max_staleness));
@@ -172,6 +211,13 @@ impl RedisStore {
             store.mirror = Some(mirror);
         }
         Ok(store)
+    }
+
+    /// Keeps about the last `max_events` events in the revocation log (default
+    /// [`crate::revocation::watch::DEFAULT_MAX_EVENTS`]).
+    pub fn with_log_max_events(mut self, max_events: u64) -> RedisStore {
+        self.log_max_events = max_events.max(1);
+        self
     }
 
     /// Mirror mode: whether lookups are currently served from the local copy.
@@ -194,12 +240,16 @@ impl RedisStore {
             let mut inv = self.script.prepare_invoke();
             inv.key(&e.key)
                 .key(INDEX)
+                .key(LOG)
                 .arg(&e.reason)
                 .arg(e.expires_at)
                 .arg(e.revoked_at)
                 .arg(now)
                 .arg(CHANNEL)
-                .arg(now_ms());
+                .arg(now_ms())
+                .arg(self.log_max_events)
+                .arg(&e.notice.as_ref().map_or(["", "", "", ""], watch::notice_args)[..])
+                .arg(crate::status_list::LIST_BITS);
             self.with_timeout(inv.invoke_async::<u64>(&mut handle)).await?;
         }
         // Apply locally at once, so this replica never lags its own revocations.
@@ -209,6 +259,58 @@ impl RedisStore {
             }
         }
         Ok(())
+    }
+
+    /// On the background connection: status list work is never on the request path.
+    async fn allocate(&self, count: u64) -> Result<u64, StoreError> {
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        let end: u64 =
+            self.with_timeout(redis::cmd("INCRBY").arg(status::NEXT).arg(count).query_async(&mut handle)).await?;
+        Ok(end.saturating_sub(count))
+    }
+
+    async fn register(&self, registrations: &[crate::revocation::StatusRegistration]) -> Result<(), StoreError> {
+        if registrations.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.register_script.prepare_invoke();
+        inv.key(status::NEXT).arg(crate::status_list::LIST_BITS);
+        for r in registrations {
+            inv.arg(r.index).arg(r.exp).arg(r.keys.len());
+            for (key, judged) in r.keys.iter().zip(&r.issued_at) {
+                inv.arg(key).arg(judged.map_or(-1, |iat| i64::try_from(iat).unwrap_or(i64::MAX)));
+            }
+        }
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        self.with_timeout(inv.invoke_async::<i64>(&mut handle)).await?;
+        Ok(())
+    }
+
+    async fn bits(&self, n: u64) -> Result<Vec<u8>, StoreError> {
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        let bytes: Option<Vec<u8>> =
+            self.with_timeout(redis::cmd("GET").arg(status::bits_key(n)).query_async(&mut handle)).await?;
+        Ok(bytes.unwrap_or_default())
+    }
+
+    /// Shared Signals delivery state, on the background connection.
+    async fn lease(&self, receiver: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let mut inv = self.lease_script.prepare_invoke();
+        inv.key(format!("{{tessera}}:ssf:lease:{receiver}")).arg(holder).arg(ttl_ms.max(1));
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        Ok(self.with_timeout(inv.invoke_async::<i64>(&mut handle)).await? == 1)
+    }
+
+    async fn delivered(&self, receiver: &str) -> Result<Option<String>, StoreError> {
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        let key = format!("{{tessera}}:ssf:cursor:{receiver}");
+        self.with_timeout(redis::cmd("GET").arg(key).query_async(&mut handle)).await
+    }
+
+    async fn set_delivered(&self, receiver: &str, cursor: &str) -> Result<(), StoreError> {
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        let key = format!("{{tessera}}:ssf:cursor:{receiver}");
+        self.with_timeout(redis::cmd("SET").arg(key).arg(cursor).query_async::<()>(&mut handle)).await
     }
 
     async fn lift_entries(&self, keys: &[String]) -> Result<(), StoreError> {
@@ -361,5 +463,36 @@ impl Store for RedisStore {
 
     fn mirror_trusted(&self) -> Option<bool> {
         RedisStore::mirror_trusted(self)
+    }
+
+    fn watch_reader(&self) -> Option<Box<dyn crate::revocation::watch::Reader>> {
+        Some(Box::new(watch::StreamReader::new(self.settings.clone())))
+    }
+
+    fn allocate_status(&self, count: u64) -> StoreFuture<'_, u64> {
+        Box::pin(self.allocate(count))
+    }
+
+    fn register_status<'a>(
+        &'a self,
+        registrations: &'a [crate::revocation::StatusRegistration],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.register(registrations))
+    }
+
+    fn status_bits(&self, n: u64) -> StoreFuture<'_, Vec<u8>> {
+        Box::pin(self.bits(n))
+    }
+
+    fn ssf_lease<'a>(&'a self, receiver: &'a str, holder: &'a str, ttl_ms: u64) -> StoreFuture<'a, bool> {
+        Box::pin(self.lease(receiver, holder, ttl_ms))
+    }
+
+    fn ssf_cursor<'a>(&'a self, receiver: &'a str) -> StoreFuture<'a, Option<String>> {
+        Box::pin(self.delivered(receiver))
+    }
+
+    fn ssf_set_cursor<'a>(&'a self, receiver: &'a str, cursor: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(self.set_delivered(receiver, cursor))
     }
 }

@@ -275,7 +275,7 @@ rpcs = ["exchange"]
 [[clients]]
 id = "local"
 loopback_anonymous = true
-rpcs = ["exchange", "introspect", "revoke", "suspend"]
+rpcs = ["exchange", "introspect", "revoke", "suspend", "watch"]
 
 [[clients]]
 id = "gateway"
