@@ -23,6 +23,7 @@ from .errors import (
 from .models import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, Actor, Introspection, TokenResponse
 from .resilience import Backoff, CircuitBreaker
 from .resource import VerifiedToken, Verifier, bearer
+from .revocation import RevocationEvent, RevocationWatch, StatusLists
 from .task import Task
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
     "Credentials",
     "HttpxAuth",
     "Introspection",
+    "RevocationEvent",
+    "RevocationWatch",
+    "StatusLists",
     "MutualTls",
     "NoCredentials",
     "OAuthError",
