@@ -18,9 +18,9 @@ use crate::token::keys::{JwkSet, SigningAlgorithm, SigningKey};
 /// directory.
 pub const DEV_DIR: &str = ".tessera-dev";
 /// The dev broker's `broker.issuer`.
-const BROKER_ISSUER: &str = "https://tessera.localhost";
+pub const BROKER_ISSUER: &str = "https://tessera.localhost";
 /// The `iss` of the dev upstream issuer, whose key signs `tessera dev assertion`.
-const DEV_ISSUER: &str = "https://dev-issuer.tessera.localhost";
+pub const DEV_ISSUER: &str = "https://dev-issuer.tessera.localhost";
 /// The demo catalog's one audience.
 pub const DEMO_AUDIENCE: &str = "https://crm.example";
 
@@ -127,6 +127,15 @@ pub fn config(
     }];
     // The paths above are already relative to the working directory.
     builder.build(Path::new(""))
+}
+
+/// The dev upstream issuer's public key as a JWK Set (JSON), for a config file that trusts the same issuer as
+/// dev mode (`tessera-bench config`).
+pub fn issuer_jwks(dir: &Path) -> Result<String, String> {
+    let path = dir.join(ISSUER_KEY_FILE);
+    let pem = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let key = SigningKey::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::to_string(&JwkSet { keys: vec![key.jwk().clone()] }).map_err(|e| e.to_string())
 }
 
 /// Mints an assertion from the dev issuer (`tessera dev assertion`), as of `now`.
