@@ -14,6 +14,7 @@ mod exchange;
 mod faces;
 mod gateway;
 mod interop;
+mod introspection_cache;
 mod jwks;
 mod oauth;
 mod policies;
