@@ -5,6 +5,7 @@
 
 mod attacks;
 mod bad_input;
+mod bench;
 mod cli;
 mod client_auth;
 mod delegation;

@@ -46,6 +46,7 @@ pub(crate) async fn run(args: PropagationArgs) -> Result<bool, String> {
             scope: "crm:read".into(),
             subject_token: assertion,
             subject_token_type: tessera::exchange::TOKEN_TYPE_JWT.into(),
+            task_id: format!("bench-propagation-{round}"),
             ..pb::ExchangeTokenRequest::default()
         };
         let token = clients[0]

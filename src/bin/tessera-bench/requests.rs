@@ -141,7 +141,8 @@ pub(crate) async fn exchanges(driver: &Driver, subjects: &Subjects<'_>, mix: &Mi
     let mut plan = Vec::with_capacity(mix.distinct);
     let mut tasks = Vec::new();
     for i in 0..mix.distinct {
-        let slot = i % 100;
+        // Spread over the 100 slots (37 is prime to 100), so even a small mix has every kind.
+        let slot = (i * 37) % 100;
         let subject = subjects.get(i)?;
         let refused = slot < mix.refused_percent;
         let delegated = !refused && subjects.can_delegate() && slot >= 100 - mix.delegated_percent;
@@ -210,7 +211,7 @@ pub(crate) async fn introspections(
     }
     let mut out = Vec::with_capacity(tokens.len());
     for (i, (token, depth)) in tokens.iter().zip(depths).enumerate() {
-        let revoked = i % 100 < mix.refused_percent;
+        let revoked = (i * 37) % 100 < mix.refused_percent;
         if revoked {
             driver.revoke(i, token).await?;
         }
