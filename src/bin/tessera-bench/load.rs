@@ -93,8 +93,12 @@ pub(crate) async fn run(args: LoadArgs) -> Result<bool, String> {
         (None, None) if args.introspect_tokens.is_some() => Subjects::File(Vec::new()),
         (None, None) => return Err("--dev-dir or --subject-tokens is needed".into()),
     };
+    let distinct = match &subjects {
+        Subjects::File(tokens) if !tokens.is_empty() => args.distinct.min(tokens.len()),
+        _ => args.distinct,
+    };
     let mix = Mix {
-        distinct: args.distinct.max(1),
+        distinct: distinct.max(1),
         refused_percent: args.refused_percent.min(100),
         delegated_percent: args.delegated_percent.min(100),
         audience: args.audience.clone(),
