@@ -1,6 +1,6 @@
-//! The cache of verified tokens behind introspection: a repeat introspection skips the signature, never
-//! the revocation check (strict mode: still its one Redis round trip), and a token is never kept alive by a
-//! cache that outlives the keys that verified it.
+//! The cache of verified tokens: a token or assertion presented again skips its signature check, never the
+//! revocation check (strict mode: still its one Redis round trip), and nothing is kept alive by a cache that
+//! outlives the keys that verified it — the broker's own, or an upstream issuer's JWKS.
 
 use tessera::grpc::pb::{self, revoke_request::Target};
 
@@ -73,4 +73,35 @@ async fn a_token_whose_signing_key_is_retired_stops_verifying_though_it_was_cach
     let retired = TestBroker::builder().start().await;
     assert!(!active(&retired, &token).await, "the key that signed it is not trusted here");
     assert!(active(&old, &token).await, "where it is trusted, it still is active");
+}
+
+#[tokio::test]
+async fn an_assertion_verified_before_stops_verifying_once_its_key_leaves_the_jwks() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("kubernetes.jwks.json");
+    std::fs::copy(fixtures().join("kubernetes.jwks.json"), &jwks).unwrap();
+    let issuer = format!(
+        "[[issuers]]\nname = \"kubernetes\"\nissuer = \"{K8S_ISS}\"\njwks_file = \"{}\"\nalgorithms = [\"RS256\"]\n\
+         min_refresh_interval = 1\nattributes = {{ namespace = \"/kubernetes.io/namespace\" }}\n",
+        jwks.display()
+    );
+    let broker = TestBroker::builder().issuers_toml(&issuer).start().await;
+    // The same assertion twice: the second exchange is answered from the cache of verified tokens.
+    let assertion = k8s_assertion(600);
+    for _ in 0..2 {
+        let r = broker.client().await.exchange_token(request(&assertion, CRM, "crm:read")).await;
+        assert!(r.is_ok(), "{r:?}");
+    }
+    // The issuer rotates: the file now holds only another key.
+    std::fs::write(&jwks, std::fs::read(fixtures().join("github.jwks.json")).unwrap()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = broker.client().await.exchange_token(request(&assertion, CRM, "crm:read")).await;
+        if let Err(status) = r {
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a cached assertion outlived its key's withdrawal");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
