@@ -18,9 +18,9 @@ use crate::token::keys::{JwkSet, SigningAlgorithm, SigningKey};
 /// directory.
 pub const DEV_DIR: &str = ".tessera-dev";
 /// The dev broker's `broker.issuer`.
-const BROKER_ISSUER: &str = "https://tessera.localhost";
+pub const BROKER_ISSUER: &str = "https://tessera.localhost";
 /// The `iss` of the dev upstream issuer, whose key signs `tessera dev assertion`.
-const DEV_ISSUER: &str = "https://dev-issuer.tessera.localhost";
+pub const DEV_ISSUER: &str = "https://dev-issuer.tessera.localhost";
 /// The demo catalog's one audience.
 pub const DEMO_AUDIENCE: &str = "https://crm.example";
 
@@ -131,7 +131,8 @@ pub fn config(
 }
 
 /// The dev issuer's public JWK Set (`tessera dev jwks`), generating its key first if it does not exist: so a
-/// config file's `[[issuers]]` entry can trust what `tessera dev assertion` signs (docs/approvals.md).
+/// config file's `[[issuers]]` entry can trust what `tessera dev assertion` signs (docs/approvals.md,
+/// `tessera-bench config`).
 pub fn issuer_jwks(dir: &Path) -> Result<String, String> {
     let (key, _) = key(dir, ISSUER_KEY_FILE)?;
     serde_json::to_string_pretty(&JwkSet { keys: vec![key.jwk().clone()] }).map_err(|e| e.to_string())

@@ -24,7 +24,9 @@
 //!   configured receiver, the transmitter metadata, RFC 8936 polling; [`ssf::push`] (infrastructure) pushes;
 //!   and as a receiver ([`ssf::receive`]): SETs from upstream identity providers revoke their principals.
 //! - [`issuer`]: trusted upstream issuers and the verification of assertions (and of tessera's own tokens)
-//!   into a [`policy::Principal`]; keys come through the [`issuer::KeySource`] port.
+//!   into a [`policy::Principal`]; keys come through the [`issuer::KeySource`] port. tessera's own tokens
+//!   already verified are kept in a bounded cache per snapshot (`issuer::verified`), so a repeated
+//!   introspection skips the signature — never the times, the key's trust or the revocation lookup.
 //! - [`token`]: tessera's access tokens (RFC 9068), their claims and lineage, signing keys and the JWK Set
 //!   ([`token::jws`], [`token::keys`]).
 //! - [`ratelimit`]: the rate limits on `ExchangeToken` per client, principal and task (GCRA), applied by the
@@ -74,6 +76,9 @@
 //! it to the core, and serves the gRPC face on a listener the caller binds; [`serve::reload`] swaps in a new
 //! snapshot on SIGHUP and when the config on disk changes. [`config`] reads and validates the configuration;
 //! [`dev`] is the dev-mode setup.
+//!
+//! **Other binaries** — `src/bin/tessera-bench/`: the load generator and benchmarks of `docs/benchmarks.md`
+//! (a separate process driving the faces over the network; `scripts/bench` runs it).
 
 pub mod access;
 pub mod approval;

@@ -13,6 +13,7 @@
 //! the keys already held.
 
 pub mod jwks;
+mod verified;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -283,6 +284,15 @@ pub struct Issuers {
     max_token_bytes: usize,
     source: Arc<dyn KeySource>,
     metrics: Metrics,
+    /// Tokens already verified (what a token presented again skips: the signature).
+    verified: verified::VerifiedTokens<Verified, VerifiedBy>,
+}
+
+/// What verified a cached token, checked again at every hit: one of the broker's keys, or an upstream
+/// issuer's key set exactly as it was (a JWKS refresh replaces the set, and so ends those entries).
+enum VerifiedBy {
+    Own { kid: Option<String>, alg: Algorithm },
+    Upstream { issuer: usize, keys: Arc<KeySet> },
 }
 
 impl std::fmt::Debug for Issuers {
@@ -333,6 +343,7 @@ impl Issuers {
             max_token_bytes,
             source,
             metrics,
+            verified: verified::VerifiedTokens::new(verified::DEFAULT_VERIFIED_TOKENS),
         }
     }
 
@@ -444,12 +455,32 @@ impl Issuers {
     /// Verifies `token` as of `now` (Unix seconds).
     #[tracing::instrument(name = "verify_token", skip_all)]
     pub async fn verify(&self, token: &str, now: u64) -> Result<Verified, TokenError> {
+        // A token verified before: its times and keys are checked again, not its signature.
+        let digest = (token.len() <= self.max_token_bytes).then(|| verified::digest(token));
+        if let Some(d) = &digest
+            && let Some(v) = self.verified.get(d, now, |by| self.still_trusted(by))
+        {
+            return Ok(v);
+        }
         let parsed = jws::parse(token, self.max_token_bytes)?;
         let claims: Map<String, Value> =
             serde_json::from_slice(&parsed.payload).map_err(|_| JwsError::MalformedClaims)?;
         let iss = claims.get("iss").and_then(Value::as_str);
         if iss == Some(self.broker_issuer.as_str()) {
-            return self.verify_own(&parsed, token.len(), claims, Some(now));
+            let not_before = ["nbf", "iat"].iter().filter_map(|c| claims.get(*c).and_then(Value::as_u64)).max();
+            let kid = parsed.header.kid.clone();
+            let v = self.verify_own(&parsed, token.len(), claims, Some(now))?;
+            if let Some(d) = digest {
+                let checked = verified::Checked {
+                    by: VerifiedBy::Own { kid, alg: parsed.alg },
+                    exp: v.exp,
+                    exp_leeway: 0,
+                    not_before: not_before.unwrap_or(0),
+                    skew: self.own_leeway,
+                };
+                self.verified.insert(d, v.clone(), checked, now);
+            }
+            return Ok(v);
         }
         let up = self.route(iss, &claims).ok_or(TokenError::UnknownIssuer)?;
         let spec = &up.spec;
@@ -457,9 +488,10 @@ impl Issuers {
         if !spec.used_for.subject_tokens() {
             return Err(TokenError::UnknownIssuer);
         }
-        self.check_signature(up, &parsed, token.len()).await?;
+        let keys = self.check_signature(up, &parsed, token.len()).await?;
         let exp = check_times(&claims, now, spec.leeway, spec.leeway)?;
         let iat = claims.get("iat").and_then(Value::as_u64);
+        let not_before = ["nbf", "iat"].iter().filter_map(|c| claims.get(*c).and_then(Value::as_u64)).max();
         if exp.saturating_sub(now) > spec.max_assertion_lifetime
             || iat.is_some_and(|iat| exp.saturating_sub(iat) > spec.max_assertion_lifetime)
         {
@@ -516,7 +548,7 @@ impl Issuers {
                 Some(SingleUse { issuer: spec.id(), jti: jti.to_string(), until: exp.saturating_add(spec.leeway) })
             }
         };
-        Ok(Verified {
+        let v = Verified {
             spend,
             origin: Origin::Upstream,
             principal,
@@ -526,13 +558,44 @@ impl Issuers {
             iat,
             scopes: scopes(&claims)?,
             may_act,
-        })
+        };
+        // Once past the checks above it stays past them (its lifetime only shrinks as `now` grows), so a hit
+        // re-checks only its times and its issuer's keys. A single-use assertion's marker is in `v.spend`: each
+        // exchange still spends it in the store, so a replay is refused, cached or not.
+        if let (Some(d), Some(issuer)) = (digest, self.upstream.iter().position(|u| Arc::ptr_eq(u, up))) {
+            let checked = verified::Checked {
+                by: VerifiedBy::Upstream { issuer, keys },
+                exp,
+                exp_leeway: spec.leeway,
+                not_before: not_before.unwrap_or(0),
+                skew: spec.leeway,
+            };
+            self.verified.insert(d, v.clone(), checked, now);
+        }
+        Ok(v)
+    }
+
+    /// Whether what verified a cached token is still trusted: the broker's key is still in its keyring, or the
+    /// issuer still holds the very key set that verified the assertion.
+    fn still_trusted(&self, by: &VerifiedBy) -> bool {
+        match by {
+            VerifiedBy::Own { kid, alg } => self.own_keys.find(kid.as_deref(), *alg).is_some(),
+            VerifiedBy::Upstream { issuer, keys } => {
+                self.upstream.get(*issuer).is_some_and(|up| Arc::ptr_eq(keys, &up.keys()))
+            }
+        }
     }
 
     /// Checks an assertion against its issuer's size limit and algorithms, finds the key (reloading the set
     /// once on an unknown `kid`) and verifies the signature: the one signature check of every upstream JWT,
     /// subject token or client assertion.
-    async fn check_signature(&self, up: &Upstream, parsed: &jws::Unverified<'_>, len: usize) -> Result<(), TokenError> {
+    /// Returns the key set that verified it.
+    async fn check_signature(
+        &self,
+        up: &Upstream,
+        parsed: &jws::Unverified<'_>,
+        len: usize,
+    ) -> Result<Arc<KeySet>, TokenError> {
         let spec = &up.spec;
         if len > spec.max_token_bytes {
             return Err(JwsError::Oversized(spec.max_token_bytes).into());
@@ -550,7 +613,7 @@ impl Issuers {
         }
         let key = keys.find(kid, parsed.alg).ok_or(TokenError::UnknownKey)?;
         parsed.verify(key)?;
-        Ok(())
+        Ok(keys)
     }
 
     /// The `iss` and `sub` a client assertion claims, read before it is verified, only to find which client

@@ -6,6 +6,7 @@
 mod approvals;
 mod attacks;
 mod bad_input;
+mod bench;
 mod cli;
 mod client_auth;
 mod database;
@@ -16,6 +17,7 @@ mod exchange;
 mod faces;
 mod gateway;
 mod interop;
+mod introspection_cache;
 mod jwks;
 mod oauth;
 mod policies;
