@@ -139,17 +139,7 @@ pub fn record_call(
     e.detail = format!("{} {} {} -> {status}", call.route, call.method, call.path);
     e.audience = call.audience.into();
     if let Some(c) = claims {
-        e.sub_iss = c.sub_iss.clone();
-        e.sub = c.sub.clone();
-        e.actors = c
-            .act
-            .as_ref()
-            .map(|a| a.chain().map(|a| a.sub.as_str()).collect::<Vec<_>>().join(" > "))
-            .unwrap_or_default();
-        e.scope_granted = c.scope.to_string();
-        e.task_id = c.task_id.clone();
-        e.jti = c.jti.clone();
-        e.exp = c.exp;
+        e.about(c);
     }
     current.audit().record(e);
 }

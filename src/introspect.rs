@@ -200,19 +200,9 @@ fn audit_event(client_id: &str, outcome: &Result<(Introspection, &'static str)>)
     match outcome {
         Ok((Introspection::Active(c), _)) => {
             e.decision = "active".into();
-            e.sub_iss = c.sub_iss.clone();
-            e.sub = c.sub.clone();
-            e.actors = c
-                .act
-                .as_ref()
-                .map(|a| a.chain().map(|a| a.sub.as_str()).collect::<Vec<_>>().join(" > "))
-                .unwrap_or_default();
+            e.about(c);
             e.audience = c.aud.clone();
-            e.scope_granted = c.scope.to_string();
             e.details_granted = c.authorization_details.as_ref().map(crate::rar::Details::to_json).unwrap_or_default();
-            e.task_id = c.task_id.clone();
-            e.jti = c.jti.clone();
-            e.exp = c.exp;
         }
         Ok((Introspection::Inactive, why)) => {
             e.decision = "inactive".into();

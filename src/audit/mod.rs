@@ -70,6 +70,22 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// Who and what a tessera token names — subject, actor chain, scopes, task, `jti`, expiry — as an event
+    /// about that token records them.
+    pub(crate) fn about(&mut self, c: &crate::token::AccessClaims) {
+        self.sub_iss = c.sub_iss.clone();
+        self.sub = c.sub.clone();
+        self.actors = c
+            .act
+            .as_ref()
+            .map(|a| a.chain().map(|a| a.sub.as_str()).collect::<Vec<_>>().join(" > "))
+            .unwrap_or_default();
+        self.scope_granted = c.scope.to_string();
+        self.task_id = c.task_id.clone();
+        self.jti = c.jti.clone();
+        self.exp = c.exp;
+    }
+
     /// A new event of the current trace, stamped now.
     pub(crate) fn new(event: &str, decision: &str, client_id: &str) -> AuditEvent {
         AuditEvent {
