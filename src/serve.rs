@@ -334,12 +334,11 @@ pub fn proxy(
     let (files, interval) = secrets;
     let files = Arc::new(crate::secrets::file::FileSecrets::load(files)?);
     let mut tasks = vec![files.spawn_refresh(interval)];
-    let checker = config.client.clone();
     let mut logins: Vec<Arc<dyn crate::vend::Logins>> = Vec::new();
     for database in databases {
         let source: Arc<dyn crate::secrets::SecretSource> = files.clone();
         let postgres = Arc::new(crate::vend::postgres::PostgresLogins::new(database.spec, database.connection, source));
-        tasks.push(postgres.spawn_sweeper(Arc::clone(broker), checker.clone(), database.sweep_interval));
+        tasks.push(postgres.spawn_sweeper(Arc::clone(broker), database.sweep_interval));
         logins.push(postgres);
     }
     match crate::proxy::Proxy::new(config, files) {

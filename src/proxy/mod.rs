@@ -539,7 +539,7 @@ async fn vend(State((broker, proxy)): State<(Arc<Broker>, Arc<Proxy>)>, request:
             return challenge(StatusCode::FORBIDDEN, &broker, &resource, scheme, Some(error), None);
         }
     };
-    match logins.create(&plan, token).await {
+    match logins.create(&plan).await {
         Ok(login) => {
             record(Outcome::Forwarded(200));
             let body = serde_json::json!({

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::secret::{Credential, Token};
+use crate::secret::Credential;
 use crate::token::AccessClaims;
 
 /// A catalogued database audience: which database roles each scope grants, and how its logins are named.
@@ -42,6 +42,9 @@ pub struct Plan {
     pub jti: String,
     /// The token's task.
     pub task_id: String,
+    /// The token's claims (JSON): what decides, on any replica and after a restart, whether a revocation has
+    /// ended it ([`crate::revocation::Probe`]). Identifiers only, never the token.
+    pub claims: String,
 }
 
 /// A login as handed to the agent once.
@@ -81,8 +84,9 @@ pub type VendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, VendError>> +
 pub trait Logins: Send + Sync + std::fmt::Debug {
     /// The database's spec.
     fn spec(&self) -> &LoginSpec;
-    /// Creates the login of `plan` for `token` (kept to notice its revocation), with a fresh random password.
-    fn create<'a>(&'a self, plan: &'a Plan, token: Token) -> VendFuture<'a, Login>;
+    /// Creates the login of `plan`, with a fresh random password, and records it with its token's claims
+    /// where every replica's sweeper finds it.
+    fn create<'a>(&'a self, plan: &'a Plan) -> VendFuture<'a, Login>;
 }
 
 /// The login for `claims` (a token already checked for `spec`'s audience): the roles of its granted scopes.
@@ -97,6 +101,7 @@ pub fn plan(spec: &LoginSpec, claims: &AccessClaims) -> Result<Plan, VendError> 
         valid_until: claims.exp,
         jti: claims.jti.clone(),
         task_id: claims.task_id.clone(),
+        claims: serde_json::to_string(claims).map_err(|e| VendError::Unavailable(format!("claims: {e}")))?,
     })
 }
 

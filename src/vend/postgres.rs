@@ -16,14 +16,11 @@
 //! names are a digest of the token's `jti`, and member roles come from the validated config, never from a
 //! request.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Login, LoginSpec, Logins, Plan, VendError, VendFuture, quote_ident, quote_literal};
 use crate::broker::Broker;
-use crate::introspect::Introspection;
-use crate::secret::Token;
 use crate::secrets::SecretSource;
 
 /// How to reach one database as the broker.
@@ -41,18 +38,11 @@ pub struct Connection {
     pub password_secret: String,
 }
 
-/// A login this broker made, and the token it lives by.
-struct Held {
-    token: Arc<Token>,
-    valid_until: u64,
-}
-
 /// Logins in one PostgreSQL database.
 pub struct PostgresLogins {
     spec: LoginSpec,
     connection: Connection,
     secrets: Arc<dyn SecretSource>,
-    held: Mutex<HashMap<String, Held>>,
 }
 
 impl std::fmt::Debug for PostgresLogins {
@@ -72,7 +62,7 @@ fn reduce(e: &tokio_postgres::Error) -> String {
 impl PostgresLogins {
     /// Logins for `spec` in the database at `connection`, the broker's password from `secrets`.
     pub fn new(spec: LoginSpec, connection: Connection, secrets: Arc<dyn SecretSource>) -> PostgresLogins {
-        PostgresLogins { spec, connection, secrets, held: Mutex::new(HashMap::new()) }
+        PostgresLogins { spec, connection, secrets }
     }
 
     /// A connection as the broker.
@@ -119,32 +109,70 @@ impl PostgresLogins {
         Ok(())
     }
 
-    /// One sweep as of `now`: drops this broker's logins whose token is no longer active (as `checker`
-    /// introspects it) or has expired, and every expired login with the prefix. Returns the roles dropped.
-    /// A token whose check fails for want of the revocation store is checked again next sweep.
-    pub async fn sweep(&self, broker: &Broker, checker: &str, now: u64) -> Result<Vec<String>, String> {
-        let held: Vec<(String, Arc<Token>, u64)> = {
-            let held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            held.iter().map(|(role, h)| (role.clone(), Arc::clone(&h.token), h.valid_until)).collect()
-        };
-        let mut doomed = Vec::new();
-        {
-            let current = broker.current();
-            let client = current.clients().iter().find(|c| c.id == checker).cloned();
-            for (role, token, valid_until) in held {
-                let gone = valid_until <= now
-                    || match &client {
-                        Some(client) => {
-                            matches!(current.introspect(client, &token, now).await, Ok(Introspection::Inactive))
-                        }
-                        None => false,
-                    };
-                if gone {
-                    doomed.push(role);
-                }
+    /// The logins ledger, in the database itself: which role lives by which token's claims. Every replica's
+    /// sweeper reads it, so a revocation ends a login whichever replica vended it, and after a restart. Its
+    /// schema is the broker user's alone (the claims are identifiers, but not every database user's business).
+    /// Created on first use; a concurrent creation by another replica is not an error.
+    async fn ensure_ledger(client: &tokio_postgres::Client) -> Result<(), String> {
+        use tokio_postgres::error::SqlState;
+        let statements = [
+            "CREATE SCHEMA IF NOT EXISTS tessera_vend",
+            "REVOKE ALL ON SCHEMA tessera_vend FROM PUBLIC",
+            "CREATE TABLE IF NOT EXISTS tessera_vend.logins \
+             (role text PRIMARY KEY, claims text NOT NULL, valid_until bigint NOT NULL)",
+        ];
+        for statement in statements {
+            match client.batch_execute(statement).await {
+                Ok(()) => {}
+                Err(e)
+                    if [&SqlState::DUPLICATE_SCHEMA, &SqlState::DUPLICATE_TABLE, &SqlState::UNIQUE_VIOLATION]
+                        .iter()
+                        .any(|c| e.code() == Some(*c)) => {}
+                Err(e) => return Err(reduce(&e)),
             }
         }
+        Ok(())
+    }
+
+    /// Whether a revocation in the broker's store has ended the token with `claims` (the same lookup
+    /// Introspect makes: the token, its ancestors, task, subject, actors and client).
+    async fn revoked(broker: &Broker, claims: &str, now: u64) -> Result<bool, String> {
+        let claims: crate::token::AccessClaims =
+            serde_json::from_str(claims).map_err(|e| format!("a login's claims do not parse: {e}"))?;
+        let mut probe = crate::revocation::Probe::default();
+        probe.token(&claims);
+        let found = broker.store().lookup(probe.keys(), now).await.map_err(|e| e.0)?;
+        Ok(probe.revoked(&found))
+    }
+
+    /// One sweep as of `now`: drops every login of the ledger whose token a revocation has ended (in the
+    /// broker's store) or that has expired, and every expired login with the prefix. Returns the roles
+    /// dropped. A login whose check fails (the store unavailable) is checked again next sweep.
+    pub async fn sweep(&self, broker: &Broker, now: u64) -> Result<Vec<String>, String> {
         let client = self.connect().await.map_err(|e| format!("{e:?}"))?;
+        Self::ensure_ledger(&client).await?;
+        let rows = client
+            .query(
+                "SELECT role, claims, valid_until FROM tessera_vend.logins WHERE starts_with(role, $1)",
+                &[&self.spec.role_prefix],
+            )
+            .await
+            .map_err(|e| reduce(&e))?;
+        let mut doomed = Vec::new();
+        for row in rows {
+            let (role, claims, valid_until): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+            let gone = u64::try_from(valid_until).unwrap_or(0) <= now
+                || match Self::revoked(broker, &claims, now).await {
+                    Ok(revoked) => revoked,
+                    Err(problem) => {
+                        tracing::warn!(role = %role, problem = %problem, "database login not checked; retried next sweep");
+                        false
+                    }
+                };
+            if gone {
+                doomed.push(role);
+            }
+        }
         let expired = client
             .query(
                 "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) AND rolvaliduntil IS NOT NULL \
@@ -161,9 +189,15 @@ impl PostgresLogins {
         }
         let mut dropped = Vec::new();
         for role in doomed {
-            match Self::drop_role(&client, &role).await {
-                Ok(()) => {
-                    self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&role);
+            let forgotten = async {
+                Self::drop_role(&client, &role).await?;
+                client
+                    .execute("DELETE FROM tessera_vend.logins WHERE role = $1", &[&role])
+                    .await
+                    .map_err(|e| reduce(&e))
+            };
+            match forgotten.await {
+                Ok(_) => {
                     tracing::info!(role = %role, database = %self.spec.audience, "database login dropped");
                     dropped.push(role);
                 }
@@ -174,19 +208,14 @@ impl PostgresLogins {
     }
 
     /// Sweeps every `interval` until aborted.
-    pub fn spawn_sweeper(
-        self: &Arc<Self>,
-        broker: Arc<Broker>,
-        checker: String,
-        interval: Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_sweeper(self: &Arc<Self>, broker: Arc<Broker>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let logins = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(problem) = logins.sweep(&broker, &checker, crate::clock::now()).await {
+                if let Err(problem) = logins.sweep(&broker, crate::clock::now()).await {
                     tracing::warn!(database = %logins.spec.audience, problem = %problem, "database sweep failed");
                 }
             }
@@ -199,10 +228,11 @@ impl Logins for PostgresLogins {
         &self.spec
     }
 
-    fn create<'a>(&'a self, plan: &'a Plan, token: Token) -> VendFuture<'a, Login> {
+    fn create<'a>(&'a self, plan: &'a Plan) -> VendFuture<'a, Login> {
         Box::pin(async move {
             let password = super::new_password()?;
             let client = self.connect().await?;
+            Self::ensure_ledger(&client).await.map_err(VendError::Unavailable)?;
             // The expiry as PostgreSQL spells a timestamp, from the number (a parameter, not text).
             let row = client
                 .query_one("SELECT to_timestamp($1::float8)::text", &[&(plan.valid_until as f64)])
@@ -232,10 +262,19 @@ impl Logins for PostgresLogins {
             let _ = client
                 .batch_execute(&format!("COMMENT ON ROLE {} IS {}", quote_ident(&plan.role), quote_literal(&comment)))
                 .await;
-            self.held
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(plan.role.clone(), Held { token: Arc::new(token), valid_until: plan.valid_until });
+            // Recorded for every replica's sweeper; a login it cannot record is dropped again at once, so none
+            // outlives a revocation unseen.
+            let valid_until = i64::try_from(plan.valid_until).unwrap_or(i64::MAX);
+            let recorded = client
+                .execute(
+                    "INSERT INTO tessera_vend.logins (role, claims, valid_until) VALUES ($1, $2, $3)",
+                    &[&plan.role, &plan.claims, &valid_until],
+                )
+                .await;
+            if let Err(e) = recorded {
+                let _ = Self::drop_role(&client, &plan.role).await;
+                return Err(VendError::Unavailable(reduce(&e)));
+            }
             Ok(Login {
                 username: plan.role.clone(),
                 password,

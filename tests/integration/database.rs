@@ -102,7 +102,8 @@ async fn a_vended_login_reads_exactly_the_granted_tables_until_its_task_is_revok
              CREATE ROLE support_write NOLOGIN; GRANT INSERT, UPDATE ON tickets TO support_write;
              CREATE ROLE tessera_broker LOGIN CREATEROLE PASSWORD '{BROKER_PASSWORD}';
              GRANT support_read, support_write TO tessera_broker WITH ADMIN OPTION;
-             GRANT pg_signal_backend TO tessera_broker;"
+             GRANT pg_signal_backend TO tessera_broker;
+             DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO tessera_broker', current_database()); END $$;"
         ))
         .await
         .unwrap();
@@ -188,10 +189,41 @@ async fn a_vended_login_reads_exactly_the_granted_tables_until_its_task_is_revok
     assert!(pg.connect(&user, &password).await.is_err(), "an expired login still logs in");
     assert!(admin.query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user]).await.unwrap().is_empty());
 
+    // A login outlives the replica that vended it: another process (here a restart, its embedded store new)
+    // finds it in the ledger, and a revocation there ends it — connection closed, role dropped.
+    let mut r = request(&k8s_assertion(600), DB, "tickets:read");
+    r.task_id = "task-restart".into();
+    let kept = broker.exchange_token(r).await.unwrap().into_inner().access_token;
+    let (status, login) = vend(&proxy, DB, Some(&kept)).await;
+    assert_eq!(status, 200, "{login}");
+    let (user, password) =
+        (login["username"].as_str().unwrap().to_string(), login["password"].as_str().unwrap().to_string());
+    passwords.push(password.clone());
+    let survivor = pg.connect(&user, &password).await.unwrap();
+    let e = survivor.batch_execute("SELECT * FROM tessera_vend.logins").await.unwrap_err();
+    assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "the ledger is the broker's");
+    let (_, first_logs) = serving.terminate();
+    let serving = Serving::start(&["--config", config.to_str().unwrap(), "--proxy-addr", "127.0.0.1:0"], |c| {
+        c.env("TESSERA__LOG__LEVEL", "debug");
+    });
+    let mut broker = pb::token_broker_client::TokenBrokerClient::connect(serving.url()).await.unwrap();
+    survivor.simple_query("SELECT 1").await.expect("the login lives on while its token does");
+    let revoke = pb::RevokeRequest { target: Some(Target::TaskId("task-restart".into())), reason: "done".into() };
+    broker.revoke(revoke).await.unwrap();
+    eventually("a login vended before the restart survives its task's revocation", || async {
+        survivor.simple_query("SELECT 1").await.is_err()
+    })
+    .await;
+    assert!(pg.connect(&user, &password).await.is_err(), "the login still logs in after its task's revocation");
+    assert!(admin.query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user]).await.unwrap().is_empty());
+    let n: i64 = admin.query_one("SELECT count(*) FROM tessera_vend.logins", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "the ledger forgets dropped logins");
+
     // The tables survived every request; no password reached the log.
     let n: i64 = admin.query_one("SELECT count(*) FROM tickets", &[]).await.unwrap().get(0);
     assert_eq!(n, 1);
     let (_, logs) = serving.terminate();
+    let logs = format!("{first_logs}\n{logs}");
     for secret in passwords.iter().map(String::as_str).chain([BROKER_PASSWORD]) {
         assert!(!logs.contains(secret), "a database password reached the log");
     }
