@@ -96,14 +96,16 @@ enum Command {
     /// Show a step-up approval (what was asked, why, where it stands); prints JSON. For its requester or an
     /// approver.
     Approval {
-        /// The approval id an `authorization_pending` answer named.
+        /// The approval id an `authorization_pending` answer named (base64url: it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Approve a pending step-up approval (approvers only): the identical exchange retried then succeeds once.
     Approve {
-        /// The approval id an `authorization_pending` answer named.
+        /// The approval id an `authorization_pending` answer named (base64url: it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// Recorded in the approval and the audit trail.
         #[arg(long, default_value = "")]
@@ -113,7 +115,8 @@ enum Command {
     },
     /// Deny a pending step-up approval (approvers only): the identical exchange stays refused.
     Deny {
-        /// The approval id an `authorization_pending` answer named.
+        /// The approval id an `authorization_pending` answer named (base64url: it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// Recorded in the approval and the audit trail.
         #[arg(long, default_value = "")]
@@ -254,6 +257,15 @@ mod tests {
     #[test]
     fn credentials_are_form_encoded() {
         assert_eq!(tessera::sdk::form_encode("a+b %:c"), "a%2Bb+%25%3Ac");
+    }
+
+    #[test]
+    fn an_approval_id_may_start_with_a_hyphen() {
+        use clap::Parser as _;
+        for command in ["approval", "approve", "deny"] {
+            let parsed = super::Cli::try_parse_from(["tessera", command, "-oTBlr8N0kW1o2K3aQ4wZg"]);
+            assert!(parsed.is_ok(), "{command}: {:?}", parsed.err());
+        }
     }
 
     #[test]
