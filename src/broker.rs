@@ -69,12 +69,18 @@ impl Snapshot {
 
 /// Everything a broker is made of, as the composition root builds it.
 pub(crate) struct Parts {
+    /// The reloadable parts, as the configuration read at start has them.
+    pub(crate) snapshot: Snapshot,
+    /// Everything else, fixed for the life of the process.
+    pub(crate) fixed: Fixed,
+}
+
+/// The parts fixed for the life of the process.
+pub(crate) struct Fixed {
     /// The broker's own issuer: `iss` of its tokens, the `aud` upstream assertions carry, and the audience of
     /// task tokens.
     pub(crate) broker_issuer: String,
     pub(crate) keyring: Arc<Keyring>,
-    /// The reloadable parts, as the configuration read at start has them.
-    pub(crate) snapshot: Snapshot,
     pub(crate) limits: Limits,
     /// Clock skew tolerated on tessera's own `nbf`/`iat`, in seconds.
     pub(crate) leeway: u64,
@@ -101,28 +107,6 @@ pub(crate) struct Parts {
     pub(crate) ssf: crate::ssf::Receivers,
     /// The upstream Shared Signals transmitters whose SETs are acted on.
     pub(crate) ssf_transmitters: Vec<crate::ssf::receive::Transmitter>,
-}
-
-/// The parts fixed for the life of the process.
-struct Fixed {
-    broker_issuer: String,
-    keyring: Arc<Keyring>,
-    limits: Limits,
-    leeway: u64,
-    task_revocation_retention: u64,
-    dpop: crate::dpop::Settings,
-    store: Arc<dyn Store>,
-    rate_limits: RateLimits,
-    ledger: Arc<dyn Ledger>,
-    announcer: Arc<dyn Announcer>,
-    approvals: crate::approval::Settings,
-    audit: Arc<dyn AuditSink>,
-    metrics: Metrics,
-    slots: Slots,
-    watch_heartbeat: std::time::Duration,
-    status_lists: Option<Arc<crate::status_list::StatusLists>>,
-    ssf: crate::ssf::Receivers,
-    ssf_transmitters: Vec<crate::ssf::receive::Transmitter>,
 }
 
 /// The broker: its parts (built by the composition root, [`crate::serve`]), shared by every operation.
@@ -155,51 +139,8 @@ impl std::fmt::Debug for Current<'_> {
 
 impl Broker {
     pub(crate) fn new(parts: Parts) -> Broker {
-        let Parts {
-            broker_issuer,
-            keyring,
-            snapshot,
-            limits,
-            leeway,
-            task_revocation_retention,
-            dpop,
-            store,
-            rate_limits,
-            ledger,
-            announcer,
-            approvals,
-            audit,
-            metrics,
-            slots,
-            watch_heartbeat,
-            status_lists,
-            ssf,
-            ssf_transmitters,
-        } = parts;
-        Broker {
-            fixed: Fixed {
-                broker_issuer,
-                keyring,
-                limits,
-                leeway,
-                task_revocation_retention,
-                dpop,
-                store,
-                rate_limits,
-                ledger,
-                announcer,
-                approvals,
-                audit,
-                metrics,
-                slots,
-                watch_heartbeat,
-                status_lists,
-                ssf,
-                ssf_transmitters,
-            },
-            current: ArcSwap::from_pointee(snapshot),
-            generation: tokio::sync::watch::Sender::new(0),
-        }
+        let Parts { snapshot, fixed } = parts;
+        Broker { fixed, current: ArcSwap::from_pointee(snapshot), generation: tokio::sync::watch::Sender::new(0) }
     }
 
     /// The broker as of now, for one request: load it once and use it for every step of that request.

@@ -171,11 +171,6 @@ impl Client {
         &self.spiffe_ids
     }
 
-    /// Whether it may call `rpc`.
-    pub fn may(&self, rpc: Rpc) -> bool {
-        self.rpcs.contains(&rpc)
-    }
-
     /// Whether it has a secret.
     pub fn has_secret(&self) -> bool {
         self.secret_sha256.is_some()

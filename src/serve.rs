@@ -17,7 +17,7 @@ use tonic::transport::Server;
 
 use crate::approval::{Announcer, Ledger, Silent, webhook};
 use crate::audit::Audit;
-use crate::broker::{Broker, Parts, Snapshot};
+use crate::broker::{Broker, Fixed, Parts, Snapshot};
 use crate::catalog::Catalog;
 use crate::client::Clients;
 use crate::config::{Config, ServerConfig};
@@ -205,25 +205,31 @@ pub async fn broker(config: Config, metrics: Metrics) -> Result<Broker, String> 
         }
     }
     Ok(Broker::new(Parts {
-        broker_issuer,
-        keyring,
         snapshot,
-        limits,
-        leeway,
-        task_revocation_retention,
-        dpop,
-        store,
-        rate_limits,
-        ledger,
-        announcer,
-        approvals: approvals.settings,
-        audit: Arc::new(audit),
-        metrics,
-        slots: crate::load::Slots::new(server.max_concurrent_requests, server.max_queue_wait, server.request_timeout),
-        watch_heartbeat: watch.heartbeat,
-        status_lists,
-        ssf: crate::ssf::Receivers::new(ssf_receivers),
-        ssf_transmitters,
+        fixed: Fixed {
+            broker_issuer,
+            keyring,
+            limits,
+            leeway,
+            task_revocation_retention,
+            dpop,
+            store,
+            rate_limits,
+            ledger,
+            announcer,
+            approvals: approvals.settings,
+            audit: Arc::new(audit),
+            metrics,
+            slots: crate::load::Slots::new(
+                server.max_concurrent_requests,
+                server.max_queue_wait,
+                server.request_timeout,
+            ),
+            watch_heartbeat: watch.heartbeat,
+            status_lists,
+            ssf: crate::ssf::Receivers::new(ssf_receivers),
+            ssf_transmitters,
+        },
     }))
 }
 

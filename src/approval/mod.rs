@@ -371,7 +371,7 @@ impl Approvals<'_> {
         self.revocations.spend_client_assertion(caller, now).await?;
         check_id(id)?;
         let found = self.load(id, now).await?;
-        if found.client_id != caller.client.id && !caller.client.may(Rpc::Approve) {
+        if found.client_id != caller.client.id && !caller.client.may_call(Rpc::Approve) {
             // Indistinguishable from an unknown id: another client's approvals are not its business.
             return Err(Error::new(ErrorCode::NotFound, "no such approval"));
         }

@@ -106,7 +106,7 @@ pub async fn deliver(
                 match post(&client, &receiver, set.clone()).await {
                     Pushed::Accepted => break,
                     Pushed::Refused(err) => {
-                        tracing::warn!(receiver = id, err = %err, "SSF receiver refused a SET; skipping it");
+                        tracing::warn!(receiver = id, err = err.as_str(), "SSF receiver refused a SET; skipping it");
                         break;
                     }
                     Pushed::Failed(why) => {
