@@ -195,6 +195,31 @@ pub struct Policy {
     principal_type: EntityTypeName,
     audience_type: EntityTypeName,
     action: EntityUid,
+    /// Audience entities already built, by audience id ([`Policy::audience_entity`]).
+    audiences: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<AudienceEntity>>>,
+}
+
+/// At most this many audience entities are kept built (a catalog has far fewer audiences); past it, the others
+/// are built at each decision.
+const AUDIENCES_KEPT: usize = 4096;
+
+/// An audience's Cedar entity and what it was built from. The same audience is asked about at nearly every
+/// exchange, and building its entity (its scopes and labels as Cedar values) cost more than cloning it; a
+/// kept one is used only while the catalog still says the same of that audience, so a reload that changes
+/// it is seen at once.
+struct AudienceEntity {
+    scopes: Vec<String>,
+    max_ttl: u64,
+    labels: Labels,
+    entity: Entity,
+}
+
+impl AudienceEntity {
+    fn describes(&self, t: &Target<'_>) -> bool {
+        self.max_ttl == t.max_ttl
+            && self.scopes.iter().map(String::as_str).eq(t.scopes.iter().copied())
+            && self.labels == *t.labels
+    }
 }
 
 impl std::fmt::Debug for Policy {
@@ -281,6 +306,7 @@ impl Policy {
             principal_type: name("Tessera::Principal")?,
             audience_type: name("Tessera::Audience")?,
             action: EntityUid::from_str(r#"Tessera::Action::"exchange""#).map_err(|e| vec![e.to_string()])?,
+            audiences: Default::default(),
         })
     }
 
@@ -321,7 +347,7 @@ impl Policy {
         EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(id))
     }
 
-    fn audience_entity(&self, t: &Target<'_>) -> Result<Entity> {
+    fn build_audience_entity(&self, t: &Target<'_>) -> Result<Entity> {
         let strings = |set: &BTreeSet<String>| {
             RestrictedExpression::new_set(set.iter().map(|v| RestrictedExpression::new_string(v.clone())))
         };
@@ -334,6 +360,24 @@ impl Policy {
             t.labels.iter().map(|(k, v)| (k.clone(), strings(v))),
         )
         .map_err(|e| Error::internal(format!("policy entity: {e}")))
+    }
+
+    /// The audience's entity: the one kept for it while it still describes the audience, else built (and
+    /// kept). The lock is held only to look up or insert, never while building.
+    fn audience_entity(&self, t: &Target<'_>) -> Result<Entity> {
+        let kept = self.audiences.read().ok().and_then(|m| m.get(t.id).cloned());
+        if let Some(kept) = kept.filter(|k| k.describes(t)) {
+            return Ok(kept.entity.clone());
+        }
+        let entity = self.build_audience_entity(t)?;
+        if let Ok(mut m) = self.audiences.write()
+            && (m.len() < AUDIENCES_KEPT || m.contains_key(t.id))
+        {
+            let scopes = t.scopes.iter().map(|s| s.to_string()).collect();
+            let built = AudienceEntity { scopes, max_ttl: t.max_ttl, labels: t.labels.clone(), entity: entity.clone() };
+            m.insert(t.id.to_string(), std::sync::Arc::new(built));
+        }
+        Ok(entity)
     }
 
     /// Decides each scope; returns the scopes allowed, in the order asked.
@@ -395,8 +439,10 @@ impl Policy {
         }
         let applicable = self.by_audience.get(&resource).unwrap_or(&self.unscoped);
         let mut decisions = Vec::new();
-        for scope in scopes.iter() {
-            let mut pairs = base.clone();
+        let mut scopes = scopes.iter().peekable();
+        while let Some(scope) = scopes.next() {
+            // The last scope takes the base pairs themselves; only the others copy them.
+            let mut pairs = if scopes.peek().is_none() { std::mem::take(&mut base) } else { base.clone() };
             pairs.push(("scope".to_string(), s(scope)));
             let context = Context::from_pairs(pairs).map_err(|e| Error::internal(format!("policy context: {e}")))?;
             let request = cedar_policy::Request::new(
@@ -523,6 +569,29 @@ mod tests {
         assert_eq!(policy.allowed(&question(&p, 1, &s, &l), &scopes).unwrap(), "crm:read");
         let other = principal("kubernetes", "default");
         assert!(policy.allowed(&question(&other, 0, &s, &l), &scopes).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_audience_is_seen_as_the_catalog_says_now_though_its_entity_was_kept() {
+        // One policy, one audience id, its catalog entry changed between decisions (as a reload changes it).
+        let policy = Policy::new(
+            r#"permit (principal, action, resource)
+               when { resource.scopes.contains(context.scope) && resource.max_ttl >= 300 &&
+                      resource.hasTag("namespaces") && resource.getTag("namespaces").contains("agents") };"#,
+        )
+        .unwrap();
+        let p = principal("kubernetes", "agents");
+        let read = Scopes::parse("crm:read").unwrap();
+        let labels: Labels = [("namespaces".to_string(), ["agents".to_string()].into())].into();
+        let others: Labels = [("namespaces".to_string(), ["billing".to_string()].into())].into();
+        let allowed = |q: &Question<'_>| !policy.allowed(q, &read).unwrap().is_empty();
+        assert!(allowed(&question(&p, 0, &crm_scopes(), &labels)));
+        assert!(!allowed(&question(&p, 0, &["crm:write"], &labels)), "crm:read left the audience");
+        assert!(!allowed(&question(&p, 0, &crm_scopes(), &others)), "its labels changed");
+        let mut shorter = question(&p, 0, &crm_scopes(), &labels);
+        shorter.audience.max_ttl = 60;
+        assert!(!allowed(&shorter), "its max_ttl changed");
+        assert!(allowed(&question(&p, 0, &crm_scopes(), &labels)), "and back");
     }
 
     #[test]

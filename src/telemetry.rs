@@ -27,6 +27,8 @@ pub struct Telemetry {
     meter_provider: SdkMeterProvider,
     /// Served as Prometheus text at `GET /metrics` on the HTTP port.
     pub registry: Option<prometheus::Registry>,
+    /// The log writer's thread: dropping this writes out every line still queued (see [`log_writer`]).
+    _log_writer: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -39,13 +41,31 @@ impl std::fmt::Debug for Telemetry {
 }
 
 impl Telemetry {
-    /// Flushes and stops the exporters, at exit: spans and metrics still buffered are sent, not lost.
-    pub fn shutdown(&self) {
+    /// Flushes and stops the exporters, at exit: spans and metrics still buffered are sent, not lost; then
+    /// the log lines still queued are written.
+    pub fn shutdown(self) {
         if let Some(t) = &self.tracer_provider {
             let _ = t.shutdown();
         }
         let _ = self.meter_provider.shutdown();
     }
+}
+
+/// Lines queued for the log writer before a logging thread waits for it.
+const LOG_QUEUE_LINES: usize = 64 * 1024;
+
+/// Log lines (audit events among them) are formatted on the thread that logs them and written by one thread
+/// of their own, which takes every line queued, writes them through one buffer and flushes once the queue is
+/// empty: a request never waits on a `write(2)` to stderr, and a burst of lines is one write. Not lossy: a
+/// full queue makes the logging thread wait rather than drop an audit line. The guard flushes what is queued
+/// when it is dropped — at exit, also after an error or a panic that unwinds; only a process killed outright
+/// loses the lines of its last moment.
+fn log_writer() -> (tracing_appender::non_blocking::NonBlocking, tracing_appender::non_blocking::WorkerGuard) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("tessera-log")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()))
 }
 
 /// The OTLP endpoint to export to: the config's, else `OTEL_EXPORTER_OTLP_ENDPOINT`, else none.
@@ -141,11 +161,10 @@ pub fn init(log: &LogConfig, config: &TelemetryConfig) -> Result<Telemetry, Stri
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, log_writer) = log_writer();
     let fmt = match log.format {
-        LogFormat::Json => {
-            tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr).boxed()
-        }
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(writer).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
     };
     // Spans of the broker itself go to OTLP whatever the log level; other crates' spans do not.
     let otel = tracer_provider.as_ref().map(|p| {
@@ -155,5 +174,5 @@ pub fn init(log: &LogConfig, config: &TelemetryConfig) -> Result<Telemetry, Stri
     if let Some(p) = &tracer_provider {
         opentelemetry::global::set_tracer_provider(p.clone());
     }
-    Ok(Telemetry { tracer_provider, meter_provider, registry })
+    Ok(Telemetry { tracer_provider, meter_provider, registry, _log_writer: log_writer })
 }

@@ -255,6 +255,17 @@ async fn status_suite(store: &impl Store) {
     let after = a + 4;
     store.register_status(&[reg(after, &[(&subject, Some(now))])]).await.unwrap();
     assert!(!flipped(store, after).await, "issued after the subject's revocation");
+    // One batch, one shared key, judged per token: the one issued before the revocation ends, the other not.
+    let (before, since) = (a + 5, a + 6);
+    store
+        .register_status(&[reg(before, &[(&subject, Some(now - 10))]), reg(since, &[(&subject, Some(now))])])
+        .await
+        .unwrap();
+    assert!(flipped(store, before).await, "issued before the subject's revocation");
+    assert!(!flipped(store, since).await, "issued after it, in the same batch");
+    // Both are under the subject's key now: a later revocation of the subject ends them both.
+    store.revoke(&[entry(&subject, now + 1, now + 600)], now + 1).await.unwrap();
+    assert!(flipped(store, since).await && flipped(store, after).await);
     // A list nothing was flipped in reads as all valid.
     assert!(store.status_bits(a / LIST_BITS + 7).await.unwrap().iter().all(|b| *b == 0));
 }

@@ -25,6 +25,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The same allocator as the server's: the load generator should spend its share of the machine on requests.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tessera-bench", version, about = "Load generator and benchmarks for tessera (a separate process)")]
 struct Cli {
@@ -79,8 +83,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// One thread: the load generator shares the machine with the server and Redis, and a second worker would
+/// spend much of its time waking the first (futexes, cross-thread task hand-offs) rather than sending.
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
 }
 
 /// The dev mode configuration as a file: dev mode's keys, policy, issuer, catalog and client, plus a store.
