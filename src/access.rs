@@ -74,7 +74,7 @@ pub async fn check(
     presentation: &Presentation,
     need: Need<'_>,
     now: u64,
-) -> Result<Box<AccessClaims>, Denied> {
+) -> Result<std::sync::Arc<AccessClaims>, Denied> {
     let claims = match current.introspect_presented(checker, token, presentation, now).await {
         Ok(Introspection::Active(claims)) => claims,
         Ok(Introspection::Inactive) => return Err(Denied::Inactive),

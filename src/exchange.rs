@@ -264,7 +264,7 @@ impl Exchange<'_> {
             }
         };
         let parent = broker_claims(&subject);
-        if let Some(a) = actor.as_ref().and_then(broker_claims)
+        if let Some(a) = actor.as_deref().and_then(broker_claims)
             && a.aud != self.broker_issuer
         {
             return Err(Error::invalid_grant(
@@ -274,21 +274,21 @@ impl Exchange<'_> {
         let target = self.destination(target_id, parent)?;
         let authorization_details = grant_details(details, target, parent)?;
         let cnf = confirmation(
-            [("subject_token", parent), ("actor_token", actor.as_ref().and_then(broker_claims))],
+            [("subject_token", parent), ("actor_token", actor.as_deref().and_then(broker_claims))],
             proof.as_ref(),
             req.client_certificate_sha256.as_ref(),
             target,
         )?;
         let (task_id, session_id) = task_binding(req, parent)?;
         trail.task(&task_id);
-        let delegation = self.delegate(&subject, actor.as_ref(), &task_id, &client.id)?;
+        let delegation = self.delegate(&subject, actor.as_deref(), &task_id, &client.id)?;
         trail.actors(delegation.act.as_ref());
         *spent = true;
-        self.check_revocations(&subject, actor.as_ref(), proof.as_ref(), &task_id, caller, now_ms).await?;
-        let exp = expiry(now, &subject, actor.as_ref(), target, req.requested_expires_in)?;
+        self.check_revocations(&subject, actor.as_deref(), proof.as_ref(), &task_id, caller, now_ms).await?;
+        let exp = expiry(now, &subject, actor.as_deref(), target, req.requested_expires_in)?;
         let question = self.question(&Asked {
             subject: &subject,
-            actor: actor.as_ref(),
+            actor: actor.as_deref(),
             target,
             delegation: &delegation,
             task_id: &task_id,
@@ -415,12 +415,12 @@ impl Exchange<'_> {
         let target = self.destination(target_id, parent)?;
         let authorization_details = grant_details(requested_details(req)?, target, parent)?;
         let (task_id, session_id) = task_binding(req, parent)?;
-        let delegation = self.delegate(&subject, actor.as_ref(), &task_id, client_id)?;
-        let exp = expiry(now, &subject, actor.as_ref(), target, req.requested_expires_in)?;
+        let delegation = self.delegate(&subject, actor.as_deref(), &task_id, client_id)?;
+        let exp = expiry(now, &subject, actor.as_deref(), target, req.requested_expires_in)?;
         self.offered_and_held(&requested, target, &subject)?;
         let question = self.question(&Asked {
             subject: &subject,
-            actor: actor.as_ref(),
+            actor: actor.as_deref(),
             target,
             delegation: &delegation,
             task_id: &task_id,

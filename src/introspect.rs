@@ -26,7 +26,7 @@ use crate::token::AccessClaims;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Introspection {
     /// `active: true`, with the token's claims (RFC 7662 §2.2).
-    Active(Box<AccessClaims>),
+    Active(std::sync::Arc<AccessClaims>),
     /// `active: false` and nothing else, whatever the reason, so a caller learns nothing about an invalid token.
     Inactive,
 }
@@ -121,8 +121,8 @@ impl Introspect<'_> {
     ) -> Result<(Introspection, &'static str)> {
         let client = caller.client;
         let claims = match self.issuers.verify(token.expose(), now).await {
-            Ok(v) => match v.origin {
-                Origin::Broker(claims) => claims,
+            Ok(v) => match &v.origin {
+                Origin::Broker(claims) => std::sync::Arc::clone(claims),
                 Origin::Upstream => return Ok((Introspection::Inactive, "not a tessera token")),
             },
             Err(_) => return Ok((Introspection::Inactive, "does not verify")),

@@ -211,7 +211,7 @@ pub enum Origin {
     /// An upstream issuer's assertion.
     Upstream,
     /// One of tessera's own tokens, with its claims.
-    Broker(Box<AccessClaims>),
+    Broker(std::sync::Arc<AccessClaims>),
 }
 
 /// A single-use assertion: it may be exchanged once, and must be remembered as spent until `until`.
@@ -285,7 +285,7 @@ pub struct Issuers {
     source: Arc<dyn KeySource>,
     metrics: Metrics,
     /// Tokens already verified (what a token presented again skips: the signature).
-    verified: verified::VerifiedTokens<Verified, VerifiedBy>,
+    verified: verified::VerifiedTokens<Arc<Verified>, VerifiedBy>,
 }
 
 /// What verified a cached token, checked again at every hit: one of the broker's keys, or an upstream
@@ -454,7 +454,7 @@ impl Issuers {
 
     /// Verifies `token` as of `now` (Unix seconds).
     #[tracing::instrument(name = "verify_token", skip_all)]
-    pub async fn verify(&self, token: &str, now: u64) -> Result<Verified, TokenError> {
+    pub async fn verify(&self, token: &str, now: u64) -> Result<Arc<Verified>, TokenError> {
         // A token verified before: its times and keys are checked again, not its signature.
         let digest = (token.len() <= self.max_token_bytes).then(|| verified::digest(token));
         if let Some(d) = &digest
@@ -478,9 +478,11 @@ impl Issuers {
                     not_before: not_before.unwrap_or(0),
                     skew: self.own_leeway,
                 };
-                self.verified.insert(d, v.clone(), checked, now);
+                let v = Arc::new(v);
+                self.verified.insert(d, Arc::clone(&v), checked, now);
+                return Ok(v);
             }
-            return Ok(v);
+            return Ok(Arc::new(v));
         }
         let up = self.route(iss, &claims).ok_or(TokenError::UnknownIssuer)?;
         let spec = &up.spec;
@@ -570,9 +572,11 @@ impl Issuers {
                 not_before: not_before.unwrap_or(0),
                 skew: spec.leeway,
             };
-            self.verified.insert(d, v.clone(), checked, now);
+            let v = Arc::new(v);
+            self.verified.insert(d, Arc::clone(&v), checked, now);
+            return Ok(v);
         }
-        Ok(v)
+        Ok(Arc::new(v))
     }
 
     /// Whether what verified a cached token is still trusted: the broker's key is still in its keyring, or the
@@ -841,7 +845,7 @@ impl Issuers {
             iat: Some(access.iat),
             act: access.act.clone(),
             may_act: access.may_act.clone(),
-            origin: Origin::Broker(Box::new(access)),
+            origin: Origin::Broker(std::sync::Arc::new(access)),
             principal,
             holder,
             scopes,

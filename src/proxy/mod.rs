@@ -392,7 +392,7 @@ struct Streamed {
     done: bool,
     broker: Arc<Broker>,
     checker: String,
-    claims: Box<crate::token::AccessClaims>,
+    claims: std::sync::Arc<crate::token::AccessClaims>,
     route: String,
     audience: String,
     method: String,
