@@ -16,8 +16,14 @@ use std::str::FromStr;
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, RestrictedExpression, Schema, ValidationMode, Validator,
+    PolicySet, Schema, ValidationMode, Validator,
 };
+use cedar_policy_core::ast::{self as core, Literal, PartialValue, Value};
+use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::extensions::Extensions;
+use ref_cast::RefCast as _;
+use smol_str::SmolStr;
+use std::collections::HashSet;
 
 use crate::error::{Error, Result};
 use crate::scopes::Scopes;
@@ -121,17 +127,50 @@ pub struct Question<'a> {
 /// neither compares records with optional attributes nor allows empty set literals). Other fields — the
 /// other RFC 9396 sets, limits such as `amount` — are not projected: the type's schema and the narrowing
 /// rule bound them.
-fn detail_record(entry: &serde_json::Map<String, serde_json::Value>) -> RestrictedExpression {
-    let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+fn detail_record(entry: &serde_json::Map<String, serde_json::Value>) -> Value {
     let actions = entry.get("actions").and_then(serde_json::Value::as_array);
-    let actions = actions.into_iter().flatten().filter_map(serde_json::Value::as_str).map(s);
+    let actions = actions.into_iter().flatten().filter_map(serde_json::Value::as_str);
     let identifier = entry.get("identifier").and_then(serde_json::Value::as_str).unwrap_or_default();
-    let fields = vec![
-        ("type".to_string(), s(crate::rar::type_of(entry))),
-        ("actions".to_string(), RestrictedExpression::new_set(actions)),
-        ("identifier".to_string(), s(identifier)),
-    ];
-    RestrictedExpression::new_record(fields).unwrap_or_else(|_| RestrictedExpression::new_set([]))
+    Value::record(
+        [
+            ("type", string(crate::rar::type_of(entry))),
+            ("actions", strings(actions)),
+            ("identifier", string(identifier)),
+        ],
+        None,
+    )
+}
+
+/// Cedar values, built as values. Cedar's public API takes *expressions* for entity attributes and the
+/// context and evaluates them into values at every request, which cost more than the decision itself
+/// (docs/benchmarks.md); what tessera passes is never more than strings, numbers, booleans, entity
+/// references, sets and records of them, so it builds those values directly (cedar-policy-core, the version
+/// cedar-policy itself pins). In debug builds — every test — each value is still checked against the schema
+/// ([`Policy::decide`]).
+fn string(v: &str) -> Value {
+    Value::from(v)
+}
+
+fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> Value {
+    Value::set_of_lits(values.into_iter().map(Literal::from), None)
+}
+
+fn number(v: u64) -> Value {
+    Value::from(long(v))
+}
+
+fn uid(u: &EntityUid) -> Value {
+    Value::from(core::EntityUID::from(u.clone()))
+}
+
+/// An entity with these attributes and tags and no parent (tessera's entities have none).
+fn entity<'a>(
+    u: &EntityUid,
+    attrs: impl IntoIterator<Item = (&'a str, Value)>,
+    tags: impl IntoIterator<Item = (SmolStr, PartialValue)>,
+) -> core::Entity {
+    let attrs = attrs.into_iter().map(|(k, v)| (SmolStr::new(k), PartialValue::from(v)));
+    core::Entity::new_with_attr_partial_value(u.clone().into(), attrs, HashSet::new(), HashSet::new(), tags)
 }
 
 /// One scope's decision, and why.
@@ -195,31 +234,6 @@ pub struct Policy {
     principal_type: EntityTypeName,
     audience_type: EntityTypeName,
     action: EntityUid,
-    /// Audience entities already built, by audience id ([`Policy::audience_entity`]).
-    audiences: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<AudienceEntity>>>,
-}
-
-/// At most this many audience entities are kept built (a catalog has far fewer audiences); past it, the others
-/// are built at each decision.
-const AUDIENCES_KEPT: usize = 4096;
-
-/// An audience's Cedar entity and what it was built from. The same audience is asked about at nearly every
-/// exchange, and building its entity (its scopes and labels as Cedar values) cost more than cloning it; a
-/// kept one is used only while the catalog still says the same of that audience, so a reload that changes
-/// it is seen at once.
-struct AudienceEntity {
-    scopes: Vec<String>,
-    max_ttl: u64,
-    labels: Labels,
-    entity: Entity,
-}
-
-impl AudienceEntity {
-    fn describes(&self, t: &Target<'_>) -> bool {
-        self.max_ttl == t.max_ttl
-            && self.scopes.iter().map(String::as_str).eq(t.scopes.iter().copied())
-            && self.labels == *t.labels
-    }
 }
 
 impl std::fmt::Debug for Policy {
@@ -306,7 +320,6 @@ impl Policy {
             principal_type: name("Tessera::Principal")?,
             audience_type: name("Tessera::Audience")?,
             action: EntityUid::from_str(r#"Tessera::Action::"exchange""#).map_err(|e| vec![e.to_string()])?,
-            audiences: Default::default(),
         })
     }
 
@@ -327,57 +340,24 @@ impl Policy {
         EntityUid::from_type_name_and_id(self.principal_type.clone(), EntityId::new(format!("{}|{}", p.iss, p.sub)))
     }
 
-    fn principal_entity(&self, p: &Principal) -> Result<Entity> {
-        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        let mut attrs =
-            vec![("issuer".to_string(), s(&p.issuer)), ("iss".to_string(), s(&p.iss)), ("sub".to_string(), s(&p.sub))];
+    fn principal_entity(&self, p: &Principal) -> core::Entity {
+        let mut attrs = vec![("issuer", string(&p.issuer)), ("iss", string(&p.iss)), ("sub", string(&p.sub))];
         if let Some(id) = &p.spiffe {
-            let record = RestrictedExpression::new_record([
-                ("trust_domain".to_string(), s(&id.trust_domain)),
-                ("path".to_string(), s(&id.path)),
-            ])
-            .map_err(|e| Error::internal(format!("policy entity: {e}")))?;
-            attrs.push(("spiffe".to_string(), record));
+            let record = [("trust_domain", string(&id.trust_domain)), ("path", string(&id.path))];
+            attrs.push(("spiffe", Value::record(record, None)));
         }
-        Entity::new_with_tags(self.principal_uid(p), attrs, [], p.attributes.iter().map(|(k, v)| (k.clone(), s(v))))
-            .map_err(|e| Error::internal(format!("policy entity: {e}")))
+        let tags = p.attributes.iter().map(|(k, v)| (SmolStr::new(k), string(v).into()));
+        entity(&self.principal_uid(p), attrs, tags)
     }
 
     fn audience_uid(&self, id: &str) -> EntityUid {
         EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(id))
     }
 
-    fn build_audience_entity(&self, t: &Target<'_>) -> Result<Entity> {
-        let strings = |set: &BTreeSet<String>| {
-            RestrictedExpression::new_set(set.iter().map(|v| RestrictedExpression::new_string(v.clone())))
-        };
-        let scopes =
-            RestrictedExpression::new_set(t.scopes.iter().map(|v| RestrictedExpression::new_string(v.to_string())));
-        Entity::new_with_tags(
-            self.audience_uid(t.id),
-            [("scopes".to_string(), scopes), ("max_ttl".to_string(), RestrictedExpression::new_long(long(t.max_ttl)))],
-            [],
-            t.labels.iter().map(|(k, v)| (k.clone(), strings(v))),
-        )
-        .map_err(|e| Error::internal(format!("policy entity: {e}")))
-    }
-
-    /// The audience's entity: the one kept for it while it still describes the audience, else built (and
-    /// kept). The lock is held only to look up or insert, never while building.
-    fn audience_entity(&self, t: &Target<'_>) -> Result<Entity> {
-        let kept = self.audiences.read().ok().and_then(|m| m.get(t.id).cloned());
-        if let Some(kept) = kept.filter(|k| k.describes(t)) {
-            return Ok(kept.entity.clone());
-        }
-        let entity = self.build_audience_entity(t)?;
-        if let Ok(mut m) = self.audiences.write()
-            && (m.len() < AUDIENCES_KEPT || m.contains_key(t.id))
-        {
-            let scopes = t.scopes.iter().map(|s| s.to_string()).collect();
-            let built = AudienceEntity { scopes, max_ttl: t.max_ttl, labels: t.labels.clone(), entity: entity.clone() };
-            m.insert(t.id.to_string(), std::sync::Arc::new(built));
-        }
-        Ok(entity)
+    fn audience_entity(&self, t: &Target<'_>) -> core::Entity {
+        let attrs = [("scopes", strings(t.scopes.iter().copied())), ("max_ttl", number(t.max_ttl))];
+        let tags = t.labels.iter().map(|(k, v)| (SmolStr::new(k), strings(v.iter().map(String::as_str)).into()));
+        entity(&self.audience_uid(t.id), attrs, tags)
     }
 
     /// Decides each scope; returns the scopes allowed, in the order asked.
@@ -395,56 +375,59 @@ impl Policy {
         let mut entities = Vec::new();
         for p in std::iter::once(q.principal).chain(q.actor).chain(q.chain.iter()) {
             if seen.insert((p.iss.as_str(), p.sub.as_str())) {
-                entities.push(self.principal_entity(p)?);
+                entities.push(self.principal_entity(p));
             }
         }
-        entities.push(self.audience_entity(&q.audience)?);
-        let entities = Entities::from_entities(entities, self.checked())
-            .map_err(|e| Error::internal(format!("policy entities: {e}")))?;
+        entities.push(self.audience_entity(&q.audience));
+        if let Some(schema) = self.checked() {
+            Entities::from_entities(entities.iter().cloned().map(Entity::from), Some(schema))
+                .map_err(|e| Error::internal(format!("policy entities: {e}")))?;
+        }
+        // No entity has a parent, so the hierarchy is closed as it is.
+        let entities = CoreEntities::from_entities(
+            entities,
+            None::<&NoEntitiesSchema>,
+            TCComputation::AssumeAlreadyComputed,
+            Extensions::all_available(),
+        )
+        .map(Entities::from)
+        .map_err(|e| Error::internal(format!("policy entities: {e}")))?;
         let principal = self.principal_uid(q.principal);
         let resource = self.audience_uid(q.audience.id);
-        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        let mut base = vec![
-            ("requested_scopes".to_string(), RestrictedExpression::new_set(scopes.iter().map(s))),
-            ("task_id".to_string(), s(q.task_id)),
-            ("client_id".to_string(), s(q.client_id)),
-            ("depth".to_string(), RestrictedExpression::new_long(long(q.depth as u64))),
-            ("actors".to_string(), RestrictedExpression::new_set(q.chain.iter().map(|a| s(&a.sub)))),
+        let mut base = BTreeMap::from([
+            (SmolStr::new_static("requested_scopes"), strings(scopes.iter())),
+            (SmolStr::new_static("task_id"), string(q.task_id)),
+            (SmolStr::new_static("client_id"), string(q.client_id)),
+            (SmolStr::new_static("depth"), number(q.depth as u64)),
+            (SmolStr::new_static("actors"), strings(q.chain.iter().map(|a| a.sub.as_str()))),
+            (SmolStr::new_static("chain"), Value::set(q.chain.iter().map(|a| uid(&self.principal_uid(a))), None)),
+            (SmolStr::new_static("chain_issuers"), strings(q.chain.iter().map(|a| a.issuer.as_str()))),
+            (SmolStr::new_static("subject_is_tessera_token"), Value::from(q.subject_is_tessera_token)),
+            (SmolStr::new_static("task_token"), Value::from(q.task_token)),
+            (SmolStr::new_static("requested_ttl"), number(q.requested_ttl)),
+            (SmolStr::new_static("now"), number(q.now)),
             (
-                "chain".to_string(),
-                RestrictedExpression::new_set(
-                    q.chain.iter().map(|a| RestrictedExpression::new_entity_uid(self.principal_uid(a))),
-                ),
+                SmolStr::new_static("authorization_details"),
+                Value::set(q.authorization_details.iter().flat_map(|d| d.entries()).map(detail_record), None),
             ),
-            ("chain_issuers".to_string(), RestrictedExpression::new_set(q.chain.iter().map(|a| s(&a.issuer)))),
-            ("subject_is_tessera_token".to_string(), RestrictedExpression::new_bool(q.subject_is_tessera_token)),
-            ("task_token".to_string(), RestrictedExpression::new_bool(q.task_token)),
-            ("requested_ttl".to_string(), RestrictedExpression::new_long(long(q.requested_ttl))),
-            ("now".to_string(), RestrictedExpression::new_long(long(q.now))),
-            (
-                "authorization_details".to_string(),
-                RestrictedExpression::new_set(
-                    q.authorization_details.iter().flat_map(|d| d.entries()).map(detail_record),
-                ),
-            ),
-        ];
+        ]);
         if let Some(actor) = q.actor {
-            base.push(("actor".to_string(), RestrictedExpression::new_entity_uid(self.principal_uid(actor))));
+            base.insert(SmolStr::new_static("actor"), uid(&self.principal_uid(actor)));
         }
         if let Some(purpose) = q.purpose {
-            base.push(("purpose".to_string(), s(purpose)));
+            base.insert(SmolStr::new_static("purpose"), string(purpose));
         }
         if let Some(session) = q.session_id {
-            base.push(("session_id".to_string(), s(session)));
+            base.insert(SmolStr::new_static("session_id"), string(session));
         }
         let applicable = self.by_audience.get(&resource).unwrap_or(&self.unscoped);
         let mut decisions = Vec::new();
         let mut scopes = scopes.iter().peekable();
         while let Some(scope) = scopes.next() {
             // The last scope takes the base pairs themselves; only the others copy them.
-            let mut pairs = if scopes.peek().is_none() { std::mem::take(&mut base) } else { base.clone() };
-            pairs.push(("scope".to_string(), s(scope)));
-            let context = Context::from_pairs(pairs).map_err(|e| Error::internal(format!("policy context: {e}")))?;
+            let mut values = if scopes.peek().is_none() { std::mem::take(&mut base) } else { base.clone() };
+            values.insert(SmolStr::new_static("scope"), string(scope));
+            let context = Context::ref_cast(&core::Context::Value(std::sync::Arc::new(values))).clone();
             let request = cedar_policy::Request::new(
                 principal.clone(),
                 self.action.clone(),
