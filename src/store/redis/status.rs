@@ -23,15 +23,10 @@ end
 
 /// `KEYS[1]`: the counter (for routing); `ARGV[1]`: `LIST_BITS`; then per token: its index, its `exp`, how many
 /// keys, and each key with its judgement (`-1`: whenever present; else the token's `iat`).
-///
-/// A batch's tokens share many keys (their client, often a subject or a task), so each key is read once and
-/// its index set written once, with every index of the batch under it (`SADD` of many members) and the
-/// latest expiry among them: the script's cost follows the distinct keys, not the tokens times their keys.
 pub(super) fn register_script() -> String {
     format!(
         "local bits_per_list = tonumber(ARGV[1])\n{FLIP_LUA}{}",
         r"
-local seen, order = {}, {}
 local i = 2
 while i <= #ARGV do
   local index, exp, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
@@ -40,25 +35,16 @@ while i <= #ARGV do
   for j = 1, n do
     local key, judged = ARGV[i], tonumber(ARGV[i + 1])
     i = i + 2
-    local k = seen[key]
-    if k == nil then
-      local v = redis.call('GET', key)
-      k = { members = {}, exp = 0, present = v ~= false }
-      if v then k.at = tonumber(string.match(v, '^(%d+)')) end
-      seen[key] = k
-      order[#order + 1] = key
+    local set = '{tessera}:sl:idx:' .. key
+    redis.call('SADD', set, index)
+    if redis.call('EXPIRETIME', set) < exp then redis.call('EXPIREAT', set, exp) end
+    local v = redis.call('GET', key)
+    if v then
+      local at = tonumber(string.match(v, '^(%d+)'))
+      if judged < 0 or at == nil or judged <= at then revoked = true end
     end
-    k.members[#k.members + 1] = index
-    if exp > k.exp then k.exp = exp end
-    if k.present and (judged < 0 or k.at == nil or judged <= k.at) then revoked = true end
   end
   if revoked then flip(tonumber(index), exp) end
-end
-for _, key in ipairs(order) do
-  local k = seen[key]
-  local set = '{tessera}:sl:idx:' .. key
-  redis.call('SADD', set, unpack(k.members))
-  if redis.call('EXPIRETIME', set) < k.exp then redis.call('EXPIREAT', set, k.exp) end
 end
 return 1
 "
