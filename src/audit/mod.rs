@@ -124,7 +124,14 @@ impl AuditEvent {
         ]
     }
 
-    /// Rebuilds an event from stream fields (unknown fields are ignored).
+    /// The fields a stream entry holds: those that apply. An empty one is left out (about half of an event's),
+    /// since [`AuditEvent::from_fields`] takes a missing field as empty; Redis then parses and keeps half the
+    /// arguments.
+    pub(crate) fn stream_fields(&self) -> impl Iterator<Item = (&'static str, String)> {
+        self.fields().into_iter().filter(|(_, v)| !v.is_empty())
+    }
+
+    /// Rebuilds an event from stream fields (unknown fields are ignored; a missing one is empty).
     pub(crate) fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, String)>) -> AuditEvent {
         let mut e = AuditEvent::default();
         for (k, v) in fields {
@@ -283,5 +290,9 @@ mod tests {
         };
         let fields = e.fields();
         assert_eq!(AuditEvent::from_fields(fields.iter().map(|(k, v)| (*k, v.clone()))), e);
+        // As the stream keeps it: without the fields that do not apply.
+        let kept: Vec<_> = e.stream_fields().collect();
+        assert!(kept.len() < fields.len() && kept.iter().all(|(_, v)| !v.is_empty()));
+        assert_eq!(AuditEvent::from_fields(kept), e);
     }
 }

@@ -23,7 +23,7 @@ pub(crate) fn spawn_writer(
             let mut pipe = redis::pipe();
             for e in batch.drain(..) {
                 let cmd = pipe.cmd("XADD").arg(STREAM).arg("MAXLEN").arg("~").arg(STREAM_MAX_LEN).arg("*");
-                for (k, v) in e.fields() {
+                for (k, v) in e.stream_fields() {
                     cmd.arg(k).arg(v);
                 }
                 cmd.ignore();
