@@ -15,6 +15,11 @@
 //! bit of every token registered under its key, in the revocation's own atomic step; a registration that
 //! lands after a revocation that applies to it flips its own bit, in its own atomic step. So the bits a list
 //! shows are exactly the tokens Introspect calls revoked. See docs/revocation.md.
+//!
+//! **Bounded registrations.** A key's registrations are kept per [`BUCKET_SECONDS`] of expiry (the bucket
+//! `exp / BUCKET_SECONDS`), each bucket forgotten when its last token expires: a client or a subject that
+//! gets tokens all day long has only its live tokens registered, never every token it ever got. A
+//! revocation flips every bucket a live token can be in, from now to [`crate::token::MAX_LIFETIME`] ahead.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
@@ -26,6 +31,19 @@ use crate::token::AccessClaims;
 
 /// Tokens a list holds: 2^20, 128 KiB of bits before compression (a few hundred bytes while sparse).
 pub const LIST_BITS: u64 = 1 << 20;
+/// The width of a registration bucket, in seconds of expiry (see the module's doc).
+pub const BUCKET_SECONDS: u64 = 300;
+
+/// The bucket of a token that expires at `exp`.
+pub fn bucket(exp: u64) -> u64 {
+    exp / BUCKET_SECONDS
+}
+
+/// The buckets a revocation at `now` flips: every bucket a token still alive can be in.
+pub fn live_buckets(now: u64) -> std::ops::RangeInclusive<u64> {
+    bucket(now)..=bucket(now.saturating_add(crate::token::MAX_LIFETIME))
+}
+
 /// Indices a replica takes from the store at once.
 pub const BLOCK: u64 = 1024;
 /// The default `ttl` of a status list token: how long a verifier may cache it, so how late it may see a

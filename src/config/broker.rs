@@ -23,7 +23,7 @@ pub const DEFAULT_TASK_TOKEN_MAX_TTL: u64 = 3600;
 /// How long a revoked task id stays refused, by default: 24 h.
 pub const DEFAULT_TASK_REVOCATION_RETENTION: u64 = 86_400;
 /// The longest any token may live: a day.
-pub const MAX_TTL: u64 = 86_400;
+pub const MAX_TTL: u64 = crate::token::MAX_LIFETIME;
 
 /// `[broker]` as read; see docs/config.md `[broker]`.
 #[derive(Debug, Default, Deserialize)]

@@ -141,13 +141,20 @@ impl Buckets {
     }
 }
 
+/// Drops the buckets before `live` (every token in them has expired).
+fn forget_ended(buckets: &mut BTreeMap<u64, Vec<u64>>, live: u64) {
+    if buckets.first_key_value().is_some_and(|(b, _)| *b < live) {
+        *buckets = buckets.split_off(&live);
+    }
+}
+
 /// The status lists of one process ([`crate::status_list`]): the next index, the tokens registered under each
 /// revocation key, and the flipped bits of each list, each forgotten once every token it concerns expired.
 #[derive(Debug, Default)]
 struct StatusState {
     next: u64,
-    /// Revocation key → (indices registered under it, the latest `exp` among them).
-    registered: HashMap<String, (Vec<u64>, u64)>,
+    /// Revocation key → expiry bucket ([`crate::status_list::bucket`]) → the indices registered under it.
+    registered: HashMap<String, BTreeMap<u64, Vec<u64>>>,
     /// List → (its bytes, the latest `exp` of a token whose bit is set).
     lists: HashMap<u64, (Vec<u8>, u64)>,
     sweep_above: usize,
@@ -164,16 +171,28 @@ impl StatusState {
 
     /// Flips every token registered under `key` (a revocation of it was just recorded, lasting to `exp`).
     fn revoked(&mut self, key: &str, exp: u64) {
-        let Some((indices, _)) = self.registered.get(key) else { return };
-        for g in indices.clone() {
+        let Some(buckets) = self.registered.get(key) else { return };
+        let indices: Vec<u64> = buckets.values().flatten().copied().collect();
+        for g in indices {
             self.flip(g, exp);
         }
+    }
+
+    /// Registers index `g` of a token expiring at `exp` under `key`, forgetting the key's buckets that ended.
+    fn register(&mut self, key: &str, g: u64, exp: u64, now: u64) {
+        let buckets = self.registered.entry(key.to_string()).or_default();
+        forget_ended(buckets, crate::status_list::bucket(now));
+        buckets.entry(crate::status_list::bucket(exp)).or_default().push(g);
     }
 
     /// Forgets what concerns only expired tokens, whenever the maps have doubled since the last sweep.
     fn sweep(&mut self, now: u64) {
         if self.registered.len() + self.lists.len() > self.sweep_above.max(1024) {
-            self.registered.retain(|_, (_, exp)| *exp > now);
+            let live = crate::status_list::bucket(now);
+            self.registered.retain(|_, buckets| {
+                forget_ended(buckets, live);
+                !buckets.is_empty()
+            });
             self.lists.retain(|_, (_, exp)| *exp > now);
             self.sweep_above = (self.registered.len() + self.lists.len()) * 2;
         }
@@ -258,9 +277,7 @@ impl MemoryStore {
         let mut status = self.status.lock().map_err(poisoned)?;
         for r in registrations {
             for key in &r.keys {
-                let (indices, exp) = status.registered.entry(key.clone()).or_default();
-                indices.push(r.index);
-                *exp = (*exp).max(r.exp);
+                status.register(key, r.index, r.exp, now);
             }
             let found = list.lookup(&r.keys, now);
             let revoked = found.iter().zip(&r.issued_at).any(|(found, iat)| match (found, iat) {

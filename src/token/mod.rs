@@ -5,6 +5,10 @@
 //! subject, and its ancestry (the `jti`s of the tessera tokens it was derived from), which is what lets a
 //! revocation cascade down a delegation tree.
 
+/// The longest any token may live: a day. Config caps every lifetime to it (`broker::MAX_TTL`), and a
+/// revocation's reach into the status list registrations ([`crate::status_list::live_buckets`]) relies on it.
+pub const MAX_LIFETIME: u64 = 86_400;
+
 pub mod jws;
 pub mod keys;
 

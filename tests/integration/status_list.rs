@@ -174,14 +174,17 @@ async fn status_list_work_stays_off_the_request_paths_redis_connection() {
     for i in 0..5 {
         tokens.push(exchange(&broker, &k8s_assertion(600), CRM, None, &format!("task-mon-{i}")).await);
     }
+    let mut buckets = Vec::new();
     for token in &tokens {
         let req = pb::IntrospectRequest { token: token.clone(), token_type_hint: String::new() };
-        assert!(broker.client().await.introspect(req).await.unwrap().into_inner().active);
+        let answer = broker.client().await.introspect(req).await.unwrap().into_inner();
+        assert!(answer.active);
+        buckets.push(tessera::status_list::bucket(answer.exp));
     }
-    // Every token registered: each is under its task's key.
+    // Every token registered: each is under its task's key, in its expiry bucket.
+    let set = |i: usize| format!("{{tessera}}:sl:idx:{{tessera}}:rev:task:task-mon-{i}:{}", buckets[i]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while (0..5).any(|i| redis.cmd(&["SCARD", &format!("{{tessera}}:sl:idx:{{tessera}}:rev:task:task-mon-{i}")]) != "1")
-    {
+    while (0..5).any(|i| redis.cmd(&["SCARD", &set(i)]) != "1") {
         assert!(Instant::now() < deadline, "the registrations were not written");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tessera::ratelimit::{Dimension, Limit, Rate, RateLimits};
 use tessera::revocation::watch::{Cause, Event, Notice, WatchError};
 use tessera::revocation::{Entry, StatusRegistration, Store, Target, spent_key};
-use tessera::status_list::LIST_BITS;
+use tessera::status_list::{BUCKET_SECONDS, LIST_BITS, bucket};
 use tessera::store::memory::MemoryStore;
 use tessera::store::redis::{Backend, RedisSettings, RedisStore};
 
@@ -266,6 +266,16 @@ async fn status_suite(store: &impl Store) {
     // Both are under the subject's key now: a later revocation of the subject ends them both.
     store.revoke(&[entry(&subject, now + 1, now + 600)], now + 1).await.unwrap();
     assert!(flipped(store, since).await && flipped(store, after).await);
+    // A key's tokens in different expiry buckets — one expiring soon, one hours later — are all flipped.
+    let task = Target::Task("sl-buckets".into());
+    let (soon, later) = (a + 7, a + 8);
+    let in_bucket =
+        |g: u64, exp: u64| StatusRegistration { index: g, exp, keys: vec![task.key()], issued_at: vec![None] };
+    let hours = now + 5 * 3600;
+    assert_ne!(bucket(now + 60), bucket(hours));
+    store.register_status(&[in_bucket(soon, now + 60), in_bucket(later, hours)]).await.unwrap();
+    store.revoke(&[entry(&task, now, hours)], now).await.unwrap();
+    assert!(flipped(store, soon).await && flipped(store, later).await, "both buckets are flipped");
     // A list nothing was flipped in reads as all valid.
     assert!(store.status_bits(a / LIST_BITS + 7).await.unwrap().iter().all(|b| *b == 0));
 }
@@ -296,6 +306,26 @@ async fn redis_store() {
     let key = Target::Task("b".into()).key();
     let expires: u64 = redis.cmd(&["EXPIRETIME", &key]).parse().unwrap();
     assert!(expires > now() && expires <= now() + 600, "EXPIRETIME {expires}");
+    // Status list registrations are kept per expiry bucket, each set until its bucket ends (never longer,
+    // however busy the key): here the subject's, registered with `exp = now + 600`.
+    let subject = Target::Subject { iss: "https://i".into(), sub: "sl-s".into() }.key();
+    let legacy = format!("{{tessera}}:sl:idx:{subject}");
+    // The suite registered them a few seconds ago: in the bucket of `now + 600` then.
+    let sets: Vec<(u64, String)> =
+        (bucket(now() + 570)..=bucket(now() + 600)).map(|b| (b, format!("{legacy}:{b}"))).collect();
+    let found: Vec<&(u64, String)> = sets.iter().filter(|(_, set)| redis.cmd(&["EXISTS", set]) == "1").collect();
+    assert!(!found.is_empty(), "the subject's registrations are in {sets:?}");
+    for (b, set) in found {
+        let until: u64 = redis.cmd(&["EXPIRETIME", set]).parse().unwrap();
+        assert_eq!(until, (b + 1) * BUCKET_SECONDS, "{set}");
+    }
+    assert_eq!(redis.cmd(&["EXISTS", &legacy]).trim(), "0", "nothing is registered without a bucket");
+    // A set written by a version that did not bucket registrations is still flipped by a revocation.
+    let g = store.allocate_status(1).await.unwrap();
+    let old_client = Target::Client("sl-legacy".into());
+    redis.cmd(&["SADD", &format!("{{tessera}}:sl:idx:{}", old_client.key()), &g.to_string()]);
+    store.revoke(&[entry(&old_client, now(), now() + 600)], now()).await.unwrap();
+    assert!(flipped(&store, g).await);
     // A bucket expires when it is full again: one a minute with a burst of two, used twice, is full in two
     // minutes (Redis' own clock: within a few seconds of ours).
     let bucket: i64 = redis.cmd(&["EXPIRETIME", "{tessera}:rl:client:rl-client"]).parse().unwrap();

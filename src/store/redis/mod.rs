@@ -71,16 +71,28 @@ if ARGV[8] ~= '' and expires_at > tonumber(ARGV[4]) then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'kind', ARGV[8], 'value', ARGV[9], 'iss', ARGV[10],
     'cause', ARGV[11], 'revoked_at', revoked_at, 'expires_at', expires_at, 'reason', ARGV[1])
 end
-if expires_at > tonumber(ARGV[4]) then
-  for _, g in ipairs(redis.call('SMEMBERS', '{tessera}:sl:idx:' .. KEYS[1])) do
-    flip(tonumber(g), expires_at)
+local now = tonumber(ARGV[4])
+if expires_at > now then
+  -- Every expiry bucket a live token can be in; and the set of a version that did not bucket them.
+  local sets = { '{tessera}:sl:idx:' .. KEYS[1] }
+  for b = math.floor(now / bucket_seconds), math.floor((now + max_lifetime) / bucket_seconds) do
+    sets[#sets + 1] = '{tessera}:sl:idx:' .. KEYS[1] .. ':' .. string.format('%d', b)
+  end
+  for _, set in ipairs(sets) do
+    for _, g in ipairs(redis.call('SMEMBERS', set)) do
+      flip(tonumber(g), expires_at)
+    end
   end
 end
 return expires_at
 ";
 
 fn revoke_script() -> String {
-    format!("local bits_per_list = tonumber(ARGV[12])\n{}{REVOKE_SCRIPT_BODY}", status::FLIP_LUA)
+    format!(
+        "local bits_per_list = tonumber(ARGV[12])\n{}{}{REVOKE_SCRIPT_BODY}",
+        status::buckets_lua(),
+        status::FLIP_LUA
+    )
 }
 
 /// An exchange's one round trip when rate limits are on: the revocation `MGET`, GCRA over each limit (see

@@ -1,6 +1,6 @@
 //! Status lists in Redis ([`crate::status_list`]): the next global index (`{tessera}:sl:next`, `INCRBY` a block
 //! at a time, so replicas never collide), the tokens registered under each revocation key
-//! (`{tessera}:sl:idx:<revocation key>`, a set), and each list's flipped bits (`{tessera}:sl:bits:<n>`, a
+//! (`{tessera}:sl:idx:<revocation key>:<expiry bucket>`, a set), and each list's flipped bits (`{tessera}:sl:bits:<n>`, a
 //! string, bit 0 the least significant of byte 0 as the draft lays it out). Every key expires with the
 //! latest-expiring token it concerns, so the lists stay bounded and rotate.
 //!
@@ -8,6 +8,15 @@
 //! ([`FLIP_LUA`]); the registration script registers and flips the bit of a token a revocation already ends.
 //! Both are atomic and under one hash tag, so whichever runs first, the other sees it. (They name the keys
 //! they derive — all under `{tessera}`, one Cluster slot — rather than declare them.)
+
+/// Lua: the registration buckets' width and the longest a token lives (how far ahead a revocation reaches).
+pub(super) fn buckets_lua() -> String {
+    format!(
+        "local bucket_seconds = {}\nlocal max_lifetime = {}\n",
+        crate::status_list::BUCKET_SECONDS,
+        crate::token::MAX_LIFETIME
+    )
+}
 
 /// Lua: `flip(g, exp)` sets bit `g % LIST_BITS` of list `g / LIST_BITS` and keeps its key until `exp`
 /// (needs `bits_per_list`).
@@ -23,21 +32,27 @@ end
 
 /// `KEYS[1]`: the counter (for routing); `ARGV[1]`: `LIST_BITS`; then per token: its index, its `exp`, how many
 /// keys, and each key with its judgement (`-1`: whenever present; else the token's `iat`).
+///
+/// A token goes into each key's set of its expiry bucket ([`crate::status_list::bucket`]), which expires when
+/// the bucket ends: every token in it gives the same expiry, so setting it is idempotent.
 pub(super) fn register_script() -> String {
     format!(
-        "local bits_per_list = tonumber(ARGV[1])\n{FLIP_LUA}{}",
+        "local bits_per_list = tonumber(ARGV[1])\n{}{FLIP_LUA}{}",
+        buckets_lua(),
         r"
 local i = 2
 while i <= #ARGV do
   local index, exp, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   i = i + 3
   local revoked = false
+  local bucket = math.floor(exp / bucket_seconds)
+  local suffix, until_ = ':' .. string.format('%d', bucket), (bucket + 1) * bucket_seconds
   for j = 1, n do
     local key, judged = ARGV[i], tonumber(ARGV[i + 1])
     i = i + 2
-    local set = '{tessera}:sl:idx:' .. key
+    local set = '{tessera}:sl:idx:' .. key .. suffix
     redis.call('SADD', set, index)
-    if redis.call('EXPIRETIME', set) < exp then redis.call('EXPIREAT', set, exp) end
+    redis.call('EXPIREAT', set, until_)
     local v = redis.call('GET', key)
     if v then
       local at = tonumber(string.match(v, '^(%d+)'))
