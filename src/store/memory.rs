@@ -169,10 +169,12 @@ impl StatusState {
         *until = (*until).max(exp);
     }
 
-    /// Flips every token registered under `key` (a revocation of it was just recorded, lasting to `exp`).
-    fn revoked(&mut self, key: &str, exp: u64) {
+    /// Flips every token registered under `key` in a bucket a live token can be in (a revocation of it was
+    /// just recorded at `now`, lasting to `exp`).
+    fn revoked(&mut self, key: &str, exp: u64, now: u64) {
         let Some(buckets) = self.registered.get(key) else { return };
-        let indices: Vec<u64> = buckets.values().flatten().copied().collect();
+        let live = crate::status_list::live_buckets(now);
+        let indices: Vec<u64> = buckets.range(live).flat_map(|(_, indices)| indices).copied().collect();
         for g in indices {
             self.flip(g, exp);
         }
@@ -255,7 +257,7 @@ impl MemoryStore {
         let mut status = self.status.lock().map_err(poisoned)?;
         for e in entries {
             if e.expires_at > now {
-                status.revoked(&e.key, e.expires_at);
+                status.revoked(&e.key, e.expires_at, now);
             }
             list.apply(e.key.clone(), e.revoked_at, e.expires_at, now);
             // Logged under the list's lock, with the values as applied (never moved back), and only when in

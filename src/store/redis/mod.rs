@@ -73,15 +73,15 @@ if ARGV[8] ~= '' and expires_at > tonumber(ARGV[4]) then
 end
 local now = tonumber(ARGV[4])
 if expires_at > now then
-  -- Every expiry bucket a live token can be in; and the set of a version that did not bucket them.
-  local sets = { '{tessera}:sl:idx:' .. KEYS[1] }
-  for b = math.floor(now / bucket_seconds), math.floor((now + max_lifetime) / bucket_seconds) do
-    sets[#sets + 1] = '{tessera}:sl:idx:' .. KEYS[1] .. ':' .. string.format('%d', b)
+  local function flip_all(set)
+    for _, g in ipairs(redis.call('SMEMBERS', set)) do flip(tonumber(g), expires_at) end
   end
-  for _, set in ipairs(sets) do
-    for _, g in ipairs(redis.call('SMEMBERS', set)) do
-      flip(tonumber(g), expires_at)
-    end
+  -- Every expiry bucket a live token can be in (status_list::live_buckets); and the set of a version that
+  -- did not bucket them.
+  local base = '{tessera}:sl:idx:' .. KEYS[1]
+  flip_all(base)
+  for b = math.floor(now / bucket_seconds), math.floor((now + max_lifetime) / bucket_seconds) do
+    flip_all(base .. ':' .. string.format('%d', b))
   end
 end
 return expires_at

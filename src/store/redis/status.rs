@@ -1,8 +1,8 @@
 //! Status lists in Redis ([`crate::status_list`]): the next global index (`{tessera}:sl:next`, `INCRBY` a block
-//! at a time, so replicas never collide), the tokens registered under each revocation key
-//! (`{tessera}:sl:idx:<revocation key>:<expiry bucket>`, a set), and each list's flipped bits (`{tessera}:sl:bits:<n>`, a
-//! string, bit 0 the least significant of byte 0 as the draft lays it out). Every key expires with the
-//! latest-expiring token it concerns, so the lists stay bounded and rotate.
+//! at a time, so replicas never collide), the tokens registered under each revocation key by expiry bucket
+//! (`{tessera}:sl:idx:<revocation key>:<bucket>`, a set, expiring when its bucket ends), and each list's
+//! flipped bits (`{tessera}:sl:bits:<n>`, a string, bit 0 the least significant of byte 0 as the draft lays it
+//! out, expiring with the latest-expiring token it concerns), so the lists stay bounded and rotate.
 //!
 //! The revocation script flips the bits of the tokens registered under the key it writes
 //! ([`FLIP_LUA`]); the registration script registers and flips the bit of a token a revocation already ends.
