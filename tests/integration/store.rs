@@ -156,6 +156,27 @@ async fn suite(store: &impl Store) {
     admission(store, &keys, now).await;
 }
 
+/// The keys of the `i`th of many lookups: one to six tasks of fifty, in an order of its own.
+fn many_keys(i: usize) -> Vec<String> {
+    (0..1 + i % 6).map(|j| Target::Task(format!("many-{}", (i * 7 + j * 11) % 50)).key()).collect()
+}
+
+/// Two hundred lookups at once, as a loaded replica makes them: each is answered for its own keys, in its
+/// own order, whatever ran beside it (every third task is revoked).
+async fn concurrent_suite(store: &impl Store) {
+    let now = now();
+    let revoked: Vec<Entry> =
+        (0..50).step_by(3).map(|i| entry(&Target::Task(format!("many-{i}")), now - 1, now + 600)).collect();
+    store.revoke(&revoked, now).await.unwrap();
+    let lookups: Vec<Vec<String>> = (0..200).map(many_keys).collect();
+    let answers = futures_util::future::join_all(lookups.iter().map(|keys| store.lookup(keys, now))).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let expected: Vec<Option<u64>> =
+            (0..1 + i % 6).map(|j| ((i * 7 + j * 11) % 50 % 3 == 0).then_some(now - 1)).collect();
+        assert_eq!(answer.unwrap(), expected, "lookup {i}");
+    }
+}
+
 /// The exchange's one store call with rate limits: the lookup is answered either way, limits are all or
 /// nothing, and a throttled call spends nothing. The slow rate (one a minute) keeps the store's own clock,
 /// whichever it reads, from refilling anything while the test runs.
@@ -283,6 +304,7 @@ async fn status_suite(store: &impl Store) {
 #[tokio::test]
 async fn memory_store() {
     suite(&MemoryStore::new()).await;
+    concurrent_suite(&MemoryStore::new()).await;
     watch_suite(&MemoryStore::with_log(10)).await;
     status_suite(&MemoryStore::new()).await;
 }
@@ -299,6 +321,18 @@ async fn redis_store() {
     suite(&store).await;
     watch_suite(&store).await;
     status_suite(&store).await;
+    // Lookups that arrive while one is out go to Redis together: 200 at once took a few MGETs, not 200.
+    redis.cmd(&["CONFIG", "RESETSTAT"]);
+    concurrent_suite(&store).await;
+    let stats = redis.cmd(&["INFO", "commandstats"]);
+    let mgets: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_mget:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MGET in {stats}"));
+    assert!(mgets <= 10, "200 concurrent lookups took {mgets} MGETs");
+    stalled_redis(&store, &redis).await;
     // The log is capped near its size (`MAXLEN ~` trims whole nodes of a hundred entries).
     let len: u64 = redis.cmd(&["XLEN", tessera::store::redis::LOG]).parse().unwrap();
     assert!(len < 200, "XLEN {len}");
@@ -333,12 +367,35 @@ async fn redis_store() {
     assert!((now + 100..=now + 125).contains(&bucket), "EXPIRETIME {bucket} at {now}");
 }
 
+/// While Redis does not answer: lookups given up on (their requests gone) stall nobody, the lookup after
+/// them is answered once Redis is back, and lookups waiting longer than the timeout fail, closed.
+async fn stalled_redis(store: &RedisStore, redis: &RedisServer) {
+    let now = now();
+    let keys = many_keys(3);
+    let expected = store.lookup(&keys, now).await.unwrap();
+    redis.cmd(&["CLIENT", "PAUSE", "300", "ALL"]);
+    let gone = Duration::from_millis(50);
+    let (a, b) = tokio::join!(
+        tokio::time::timeout(gone, store.lookup(&keys, now)),
+        tokio::time::timeout(gone, store.lookup(&keys, now))
+    );
+    assert!(a.is_err() && b.is_err(), "Redis is paused: neither lookup can have been answered");
+    assert_eq!(store.lookup(&keys, now).await.unwrap(), expected);
+    // Paused past the 500 ms timeout: every lookup waiting fails, whether it was sent or queued behind one.
+    redis.cmd(&["CLIENT", "PAUSE", "1500", "ALL"]);
+    let (a, b, c) = tokio::join!(store.lookup(&keys, now), store.lookup(&keys, now), store.lookup(&keys, now));
+    assert!(a.is_err() && b.is_err() && c.is_err(), "{a:?} {b:?} {c:?}");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(store.lookup(&keys, now).await.unwrap(), expected);
+}
+
 #[tokio::test]
 async fn redis_cluster_store() {
     let cluster = RedisCluster::start();
     let nodes = cluster.urls().into_iter().map(Into::into).collect();
     let store = RedisStore::connect(&settings(Backend::Cluster(nodes))).unwrap().with_log_max_events(10);
     suite(&store).await;
+    concurrent_suite(&store).await;
     watch_suite(&store).await;
     status_suite(&store).await;
 }

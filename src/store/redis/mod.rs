@@ -1,13 +1,15 @@
 //! The Redis revocation store: shared by every replica, standalone or Cluster.
 //!
 //! Strict mode asks Redis on every check: one `MGET` per lookup, whatever the token's chain depth (all keys
-//! share one hash tag, so in a Cluster they live on one node); this module. Mirror mode keeps a per-replica
+//! share one hash tag, so in a Cluster they live on one node), and lookups that arrive while one is out share
+//! the next (`lookups`); this module. Mirror mode keeps a per-replica
 //! copy fed by pub/sub (`mirror`) and asks Redis only while that copy is not trusted. Either way, a Redis
 //! that does not answer within the timeout fails the lookup, and the broker fails closed. Connections:
 //! `conn`.
 
 mod approvals;
 mod conn;
+mod lookups;
 mod mirror;
 mod status;
 mod watch;
@@ -143,6 +145,8 @@ pub struct RedisStore {
     conn: Conn,
     /// Everything else: the audit stream, heartbeats, mirror resyncs.
     background: Conn,
+    /// Strict lookups on `conn`, coalesced under load.
+    lookups: lookups::Lookups,
     timeout: Duration,
     script: redis::Script,
     register_script: redis::Script,
@@ -196,6 +200,7 @@ impl RedisStore {
             Backend::Cluster(nodes) => nodes.first().cloned().ok_or("store.redis_cluster: no nodes")?,
         };
         let mut store = RedisStore {
+            lookups: lookups::Lookups::new(conn.clone(), settings.timeout),
             conn,
             background,
             timeout: settings.timeout,
@@ -433,10 +438,7 @@ impl RedisStore {
         {
             return Ok(found);
         }
-        let mut handle = self.with_timeout(self.conn.handle()).await?;
-        let values: Vec<Option<String>> =
-            self.with_timeout(redis::cmd("MGET").arg(keys).query_async(&mut handle)).await?;
-        Ok(values.iter().map(|v| v.as_deref().map(revoked_at)).collect())
+        self.lookups.lookup(keys).await
     }
 }
 
