@@ -149,7 +149,7 @@ pub struct RedisStore {
     lookups: lookups::Lookups,
     timeout: Duration,
     script: redis::Script,
-    register_script: redis::Script,
+    flip_script: redis::Script,
     lease_script: redis::Script,
     lift_script: redis::Script,
     admit_script: redis::Script,
@@ -205,7 +205,7 @@ impl RedisStore {
             background,
             timeout: settings.timeout,
             script: redis::Script::new(&revoke_script()),
-            register_script: redis::Script::new(&status::register_script()),
+            flip_script: redis::Script::new(&status::flip_script()),
             lease_script: redis::Script::new(LEASE_SCRIPT),
             lift_script: redis::Script::new(LIFT_SCRIPT),
             admit_script: redis::Script::new(ADMIT_SCRIPT),
@@ -290,16 +290,31 @@ impl RedisStore {
         if registrations.is_empty() {
             return Ok(());
         }
-        let mut inv = self.register_script.prepare_invoke();
-        inv.key(status::NEXT).arg(crate::status_list::LIST_BITS);
-        for r in registrations {
-            inv.arg(r.index).arg(r.exp).arg(r.keys.len());
-            for (key, judged) in r.keys.iter().zip(&r.issued_at) {
-                inv.arg(key).arg(judged.map_or(-1, |iat| i64::try_from(iat).unwrap_or(i64::MAX)));
+        let batch = status::batch(registrations);
+        let mut handle = self.with_timeout(self.background.handle()).await?;
+        let (values,): (Vec<Option<String>>,) = self.with_timeout(batch.pipeline.query_async(&mut handle)).await?;
+        if values.len() != batch.keys.len() {
+            return Err(StoreError("Redis answered the registration check with the wrong number of values".into()));
+        }
+        // The tokens a revocation already ends, judged as a lookup judges them.
+        let found: Vec<Option<u64>> = values.iter().map(|v| v.as_deref().map(revoked_at)).collect();
+        let mut ended = self.flip_script.prepare_invoke();
+        ended.key(status::NEXT).arg(crate::status_list::LIST_BITS);
+        let mut any = false;
+        for token in &batch.tokens {
+            let revoked = token.keys.iter().any(|(k, issued_at)| match (found.get(*k).copied().flatten(), issued_at) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(at), Some(iat)) => *iat <= at,
+            });
+            if revoked {
+                ended.arg(token.index).arg(token.exp);
+                any = true;
             }
         }
-        let mut handle = self.with_timeout(self.background.handle()).await?;
-        self.with_timeout(inv.invoke_async::<i64>(&mut handle)).await?;
+        if any {
+            self.with_timeout(ended.invoke_async::<i64>(&mut handle)).await?;
+        }
         Ok(())
     }
 

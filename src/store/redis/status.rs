@@ -4,10 +4,11 @@
 //! flipped bits (`{tessera}:sl:bits:<n>`, a string, bit 0 the least significant of byte 0 as the draft lays it
 //! out, expiring with the latest-expiring token it concerns), so the lists stay bounded and rotate.
 //!
-//! The revocation script flips the bits of the tokens registered under the key it writes
-//! ([`FLIP_LUA`]); the registration script registers and flips the bit of a token a revocation already ends.
-//! Both are atomic and under one hash tag, so whichever runs first, the other sees it. (They name the keys
-//! they derive — all under `{tessera}`, one Cluster slot — rather than declare them.)
+//! The revocation script flips the bits of the tokens registered under the key it writes ([`FLIP_LUA`]); a
+//! registration is plain commands followed by a check of the keys it registered under, and flips the bit of a
+//! token a revocation already ends ([`batch`] says why that order is enough). Everything is under one hash
+//! tag, one Cluster slot, so one connection's order holds. (The scripts name the keys they derive rather than
+//! declare them.)
 
 /// Lua: the registration buckets' width and the longest a token lives (how far ahead a revocation reaches).
 pub(super) fn buckets_lua() -> String {
@@ -30,40 +31,81 @@ local function flip(g, exp)
 end
 ";
 
-/// `KEYS[1]`: the counter (for routing); `ARGV[1]`: `LIST_BITS`; then per token: its index, its `exp`, how many
-/// keys, and each key with its judgement (`-1`: whenever present; else the token's `iat`).
-///
-/// A token goes into each key's set of its expiry bucket ([`crate::status_list::bucket`]), which expires when
-/// the bucket ends: every token in it gives the same expiry, so setting it is idempotent.
-pub(super) fn register_script() -> String {
+/// `KEYS[1]`: the counter (for routing); `ARGV[1]`: `LIST_BITS`; then pairs of a token's index and its `exp`:
+/// flips each token's bit (the tokens a registration found already revoked).
+pub(super) fn flip_script() -> String {
     format!(
-        "local bits_per_list = tonumber(ARGV[1])\n{}{FLIP_LUA}{}",
-        buckets_lua(),
+        "local bits_per_list = tonumber(ARGV[1])\n{FLIP_LUA}{}",
         r"
-local i = 2
-while i <= #ARGV do
-  local index, exp, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  i = i + 3
-  local revoked = false
-  local bucket = math.floor(exp / bucket_seconds)
-  local suffix, until_ = ':' .. string.format('%d', bucket), (bucket + 1) * bucket_seconds
-  for j = 1, n do
-    local key, judged = ARGV[i], tonumber(ARGV[i + 1])
-    i = i + 2
-    local set = '{tessera}:sl:idx:' .. key .. suffix
-    redis.call('SADD', set, index)
-    redis.call('EXPIREAT', set, until_)
-    local v = redis.call('GET', key)
-    if v then
-      local at = tonumber(string.match(v, '^(%d+)'))
-      if judged < 0 or at == nil or judged <= at then revoked = true end
-    end
-  end
-  if revoked then flip(tonumber(index), exp) end
-end
+for i = 2, #ARGV, 2 do flip(tonumber(ARGV[i]), tonumber(ARGV[i + 1])) end
 return 1
 "
     )
+}
+
+/// One batch of registrations as Redis is sent it, in one pipeline of plain commands: per set (a revocation
+/// key's expiry bucket, [`crate::status_list::bucket`]) one `SADD` of every index the batch puts in it and one
+/// `EXPIREAT` at the bucket's end (every token in it gives the same, so it is idempotent); then one `MGET` of
+/// every distinct revocation key, which Redis runs after them.
+///
+/// Why that order is enough: a revocation of a key is one script, which flips every index registered under
+/// it. If it runs before the `MGET`, the `MGET` finds it and the broker flips the token ([`flip_script`]); if
+/// after, the `SADD` ran first, so the revocation flips it. A batch that fails anywhere is sent again whole,
+/// so it never counts as registered until its `MGET` answered. Grouping by set means a key the batch's tokens
+/// share (their client, task or subject) is written and read once, not once per token.
+pub(super) struct Batch<'a> {
+    pub(super) pipeline: redis::Pipeline,
+    /// The distinct revocation keys, as the `MGET` asks them.
+    pub(super) keys: Vec<&'a str>,
+    /// The batch's tokens, each with its keys as positions in `keys`.
+    pub(super) tokens: Vec<Registered>,
+}
+
+/// A token of a [`Batch`].
+pub(super) struct Registered {
+    pub(super) index: u64,
+    pub(super) exp: u64,
+    /// Each of its revocation keys, as a position in [`Batch::keys`], with how it is judged (as
+    /// [`crate::revocation::Probe`] judges it).
+    pub(super) keys: Vec<(usize, Option<u64>)>,
+}
+
+pub(super) fn batch(registrations: &[crate::revocation::StatusRegistration]) -> Batch<'_> {
+    use std::collections::HashMap;
+    use std::fmt::Write as _;
+
+    let mut keys: Vec<&str> = Vec::new();
+    let mut key_at: HashMap<&str, usize> = HashMap::new();
+    // Each set's members in first-seen order, so the pipeline is the same for the same batch.
+    let mut sets: Vec<(String, u64, Vec<u64>)> = Vec::new();
+    let mut set_at: HashMap<(usize, u64), usize> = HashMap::new();
+    let mut tokens = Vec::with_capacity(registrations.len());
+    for r in registrations {
+        let bucket = crate::status_list::bucket(r.exp);
+        let mut judged = Vec::with_capacity(r.keys.len());
+        for (key, issued_at) in r.keys.iter().zip(&r.issued_at) {
+            let k = *key_at.entry(key.as_str()).or_insert_with(|| {
+                keys.push(key.as_str());
+                keys.len() - 1
+            });
+            judged.push((k, *issued_at));
+            let set = *set_at.entry((k, bucket)).or_insert_with(|| {
+                let mut name = String::with_capacity(key.len() + 32);
+                let _ = write!(name, "{{tessera}}:sl:idx:{key}:{bucket}");
+                sets.push((name, (bucket + 1) * crate::status_list::BUCKET_SECONDS, Vec::new()));
+                sets.len() - 1
+            });
+            sets[set].2.push(r.index);
+        }
+        tokens.push(Registered { index: r.index, exp: r.exp, keys: judged });
+    }
+    let mut pipeline = redis::pipe();
+    for (name, until, members) in &sets {
+        pipeline.cmd("SADD").arg(name).arg(members).ignore();
+        pipeline.cmd("EXPIREAT").arg(name).arg(until).ignore();
+    }
+    pipeline.cmd("MGET").arg(&keys);
+    Batch { pipeline, keys, tokens }
 }
 
 /// The counter of global indices.
@@ -72,4 +114,30 @@ pub(super) const NEXT: &str = "{tessera}:sl:next";
 /// The key of list `n`'s bits.
 pub(super) fn bits_key(n: u64) -> String {
     format!("{{tessera}}:sl:bits:{n}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revocation::StatusRegistration;
+
+    #[test]
+    fn a_batch_reads_each_key_once_and_keeps_each_tokens_judgement() {
+        let reg = |index: u64, keys: &[&str], issued_at: &[Option<u64>]| StatusRegistration {
+            index,
+            exp: 1_000,
+            keys: keys.iter().map(|k| (*k).to_string()).collect(),
+            issued_at: issued_at.to_vec(),
+        };
+        let regs = [
+            reg(7, &["jti:a", "client:c"], &[None, Some(10)]),
+            reg(8, &["jti:b", "client:c"], &[None, Some(20)]),
+        ];
+        let b = batch(&regs);
+        assert_eq!(b.keys, ["jti:a", "client:c", "jti:b"]);
+        assert_eq!(b.tokens[0].keys, [(0, None), (1, Some(10))]);
+        assert_eq!((b.tokens[1].index, &b.tokens[1].keys[..]), (8, &[(2, None), (1, Some(20))][..]));
+        // Three sets (the client's shared), an SADD and an EXPIREAT each, then the MGET.
+        assert_eq!(b.pipeline.cmd_iter().count(), 7);
+    }
 }
