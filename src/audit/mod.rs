@@ -172,6 +172,11 @@ fn current_trace_id() -> String {
     if span_context.is_valid() { span_context.trace_id().to_string() } else { String::new() }
 }
 
+/// A field's value in the log line: none when it does not apply.
+fn some(v: &str) -> Option<&str> {
+    (!v.is_empty()).then_some(v)
+}
+
 /// Where audit events go besides the log.
 #[derive(Debug, Default)]
 pub struct Audit {
@@ -197,27 +202,29 @@ impl Audit {
         // request or an upstream assertion, so it is recorded as a `&str` value, which the text log writes
         // quoted with control characters and quotes escaped (`task_id="a\nb"`): a newline in a scope cannot
         // start a line of its own that reads as another audit event. JSON logs get the plain string.
+        // A field that does not apply (empty) is left out of the line, as out of the stream entry: half an
+        // event's fields, so half the formatting on the request's thread, and shorter lines to ship.
         tracing::info!(
             target: "tessera::audit",
             event = %e.event,
             decision = %e.decision,
-            reason = %e.reason,
-            detail = e.detail.as_str(),
-            client_id = e.client_id.as_str(),
-            sub_iss = e.sub_iss.as_str(),
-            sub = e.sub.as_str(),
-            actors = e.actors.as_str(),
-            audience = e.audience.as_str(),
-            scope_requested = e.scope_requested.as_str(),
-            scope_granted = e.scope_granted.as_str(),
-            details_requested = e.details_requested.as_str(),
-            details_granted = e.details_granted.as_str(),
-            policies = e.policies.as_str(),
-            task_id = e.task_id.as_str(),
-            approval_id = e.approval_id.as_str(),
-            jti = e.jti.as_str(),
-            exp = e.exp,
-            trace_id = %e.trace_id,
+            reason = some(&e.reason).map(tracing::field::display),
+            detail = some(&e.detail),
+            client_id = some(&e.client_id),
+            sub_iss = some(&e.sub_iss),
+            sub = some(&e.sub),
+            actors = some(&e.actors),
+            audience = some(&e.audience),
+            scope_requested = some(&e.scope_requested),
+            scope_granted = some(&e.scope_granted),
+            details_requested = some(&e.details_requested),
+            details_granted = some(&e.details_granted),
+            policies = some(&e.policies),
+            task_id = some(&e.task_id),
+            approval_id = some(&e.approval_id),
+            jti = some(&e.jti),
+            exp = (e.exp != 0).then_some(e.exp),
+            trace_id = some(&e.trace_id).map(tracing::field::display),
         );
         if let Some(stream) = &self.stream
             && stream.try_send(e).is_err()

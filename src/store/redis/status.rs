@@ -129,10 +129,8 @@ mod tests {
             keys: keys.iter().map(|k| (*k).to_string()).collect(),
             issued_at: issued_at.to_vec(),
         };
-        let regs = [
-            reg(7, &["jti:a", "client:c"], &[None, Some(10)]),
-            reg(8, &["jti:b", "client:c"], &[None, Some(20)]),
-        ];
+        let regs =
+            [reg(7, &["jti:a", "client:c"], &[None, Some(10)]), reg(8, &["jti:b", "client:c"], &[None, Some(20)])];
         let b = batch(&regs);
         assert_eq!(b.keys, ["jti:a", "client:c", "jti:b"]);
         assert_eq!(b.tokens[0].keys, [(0, None), (1, Some(10))]);
