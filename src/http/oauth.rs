@@ -19,6 +19,7 @@
 //! to authenticate, 429 with `Retry-After` (when the limit admits again) for an exchange over a rate limit,
 //! 503 with `Retry-After` when the revocation store is down.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -91,11 +92,12 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crat
     }
 }
 
-/// An `application/x-www-form-urlencoded` body, decoded once (RFC 6749 §3.2, Appendix B).
-struct Form(Vec<(String, String)>);
+/// An `application/x-www-form-urlencoded` body, decoded once (RFC 6749 §3.2, Appendix B). A field with
+/// nothing to decode (a JWT, a client id) is borrowed from the body rather than copied.
+struct Form<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
-impl Form {
-    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Form, Error> {
+impl<'a> Form<'a> {
+    fn parse(headers: &HeaderMap, body: &'a [u8]) -> Result<Form<'a>, Error> {
         let form_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -107,7 +109,8 @@ impl Form {
         if std::str::from_utf8(body).is_err() {
             return Err(Error::invalid_request("the form is not UTF-8"));
         }
-        let mut fields = Vec::new();
+        // A token exchange has up to ten fields.
+        let mut fields = Vec::with_capacity(12);
         for (name, value) in form_urlencoded::parse(body) {
             if fields.len() == MAX_FORM_FIELDS {
                 return Err(Error::invalid_request(format!("the form has more than {MAX_FORM_FIELDS} fields")));
@@ -115,14 +118,14 @@ impl Form {
             if value.contains('\u{FFFD}') {
                 return Err(Error::invalid_request("a form field is not UTF-8 once decoded"));
             }
-            fields.push((name.into_owned(), value.into_owned()));
+            fields.push((name, value));
         }
         Ok(Form(fields))
     }
 
     /// A parameter that may appear at most once (RFC 6749 §3.2); empty counts as absent.
     fn one(&self, name: &str) -> Result<Option<&str>, Error> {
-        let mut values = self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let mut values = self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_ref());
         match (values.next(), values.next()) {
             (_, Some(_)) => Err(Error::invalid_request(format!("`{name}` is repeated"))),
             (Some(v), None) if !v.is_empty() => Ok(Some(v)),
@@ -136,7 +139,7 @@ impl Form {
 
     /// A parameter that may repeat (`resource`, `audience`: RFC 8693 §2.1).
     fn all(&self, name: &str) -> Vec<String> {
-        self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
+        self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v.to_string()).collect()
     }
 }
 
@@ -147,7 +150,7 @@ impl Form {
 async fn caller<'b>(
     broker: &'b Current<'_>,
     headers: &HeaderMap,
-    form: &Form,
+    form: &Form<'_>,
     peer: &Peer,
     rpc: Rpc,
 ) -> Result<Caller<'b>, Error> {
@@ -158,7 +161,7 @@ async fn caller<'b>(
 async fn caller_for<'b>(
     broker: &'b Current<'_>,
     headers: &HeaderMap,
-    form: &Form,
+    form: &Form<'_>,
     Peer(peer, certificate): &Peer,
     rpcs: &[Rpc],
 ) -> Result<Caller<'b>, Error> {
@@ -340,7 +343,8 @@ async fn introspect(
         .is_some_and(|accept| accept.split(',').any(|t| t.trim().starts_with(INTROSPECTION_JWT_MEDIA)));
     let mut audience = String::new();
     let result = async {
-        let form = Form::parse(&headers, &read(body)?)?;
+        let body = read(body)?;
+        let form = Form::parse(&headers, &body)?;
         let current = broker.current();
         let client = caller(&current, &headers, &form, &peer, Rpc::Introspect).await?;
         audience.clone_from(&client.client.id);
@@ -427,7 +431,8 @@ async fn revoke(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let form = Form::parse(&headers, &read(body)?)?;
+        let body = read(body)?;
+        let form = Form::parse(&headers, &body)?;
         let current = broker.current();
         let client = caller(&current, &headers, &form, &peer, Rpc::Revoke).await?;
         form.one("token_type_hint")?;
@@ -462,7 +467,7 @@ async fn revoke(
 
 /// The principal (`subject` with `issuer`) or client (`target_client_id`: `client_id` is the caller's own in
 /// `client_secret_post`) a suspend or resume form names.
-fn suspension_target(form: &Form) -> Result<SuspendRequest, Error> {
+fn suspension_target(form: &Form<'_>) -> Result<SuspendRequest, Error> {
     match (form.one("subject")?, form.one("issuer")?, form.one("target_client_id")?) {
         (Some(sub), Some(issuer), None) => Ok(SuspendRequest::Subject { issuer: issuer.into(), sub: sub.into() }),
         (None, None, Some(id)) => Ok(SuspendRequest::Client(id.into())),
@@ -477,7 +482,8 @@ async fn suspend(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let form = Form::parse(&headers, &read(body)?)?;
+        let body = read(body)?;
+        let form = Form::parse(&headers, &body)?;
         let current = broker.current();
         let client = caller(&current, &headers, &form, &peer, Rpc::Suspend).await?;
         let duration = match form.one("duration_seconds")? {
@@ -499,7 +505,8 @@ async fn resume(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let form = Form::parse(&headers, &read(body)?)?;
+        let body = read(body)?;
+        let form = Form::parse(&headers, &body)?;
         let current = broker.current();
         let client = caller(&current, &headers, &form, &peer, Rpc::Suspend).await?;
         let resumed = current.resume(client, suspension_target(&form)?, &form.text("reason")?, now()).await?;
@@ -692,7 +699,9 @@ mod tests {
             match Form::parse(&form_headers(), body.as_bytes()) {
                 Ok(form) => {
                     prop_assert!(fields.len() <= MAX_FORM_FIELDS);
-                    prop_assert_eq!(form.0, fields);
+                    let read: Vec<(String, String)> =
+                        form.0.into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())).collect();
+                    prop_assert_eq!(read, fields);
                 }
                 Err(e) => {
                     prop_assert!(fields.len() > MAX_FORM_FIELDS, "{:?} refused: {}", fields, e.description);
