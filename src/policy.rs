@@ -234,6 +234,27 @@ pub struct Policy {
     principal_type: EntityTypeName,
     audience_type: EntityTypeName,
     action: EntityUid,
+    /// Each audience's entity as last built, with what it was built from: a catalog entry changes only on a
+    /// reload, and building its sets costs more than comparing them, so a decision reuses the entity while its
+    /// entry is unchanged and rebuilds it when the entry changed. At most [`KEPT_AUDIENCES`].
+    audiences: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<Kept>>>,
+}
+
+/// How many audience entities a [`Policy`] keeps: more than any catalog has; past it, it starts over.
+const KEPT_AUDIENCES: usize = 4096;
+
+/// An audience entity with the catalog entry it was built from.
+struct Kept {
+    scopes: Vec<String>,
+    max_ttl: u64,
+    labels: Labels,
+    entity: core::Entity,
+}
+
+impl Kept {
+    fn is_of(&self, t: &Target<'_>) -> bool {
+        self.max_ttl == t.max_ttl && self.scopes.iter().eq(t.scopes.iter().copied()) && self.labels == *t.labels
+    }
 }
 
 impl std::fmt::Debug for Policy {
@@ -320,6 +341,7 @@ impl Policy {
             principal_type: name("Tessera::Principal")?,
             audience_type: name("Tessera::Audience")?,
             action: EntityUid::from_str(r#"Tessera::Action::"exchange""#).map_err(|e| vec![e.to_string()])?,
+            audiences: std::sync::RwLock::default(),
         })
     }
 
@@ -355,9 +377,22 @@ impl Policy {
     }
 
     fn audience_entity(&self, t: &Target<'_>) -> core::Entity {
+        let kept = self.audiences.read().ok().and_then(|m| m.get(t.id).filter(|k| k.is_of(t)).cloned());
+        if let Some(kept) = kept {
+            return kept.entity.clone();
+        }
         let attrs = [("scopes", strings(t.scopes.iter().copied())), ("max_ttl", number(t.max_ttl))];
         let tags = t.labels.iter().map(|(k, v)| (SmolStr::new(k), strings(v.iter().map(String::as_str)).into()));
-        entity(&self.audience_uid(t.id), attrs, tags)
+        let entity = entity(&self.audience_uid(t.id), attrs, tags);
+        if let Ok(mut kept) = self.audiences.write() {
+            if kept.len() >= KEPT_AUDIENCES {
+                kept.clear();
+            }
+            let scopes = t.scopes.iter().map(|s| (*s).to_string()).collect();
+            let entry = Kept { scopes, max_ttl: t.max_ttl, labels: t.labels.clone(), entity: entity.clone() };
+            kept.insert(t.id.to_string(), std::sync::Arc::new(entry));
+        }
+        entity
     }
 
     /// Decides each scope; returns the scopes allowed, in the order asked.
