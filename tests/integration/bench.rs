@@ -42,8 +42,12 @@ fn the_load_generator_drives_both_faces_without_errors() {
                 "--in-flight",
                 "4",
             ];
-            let (row, report) = bench(&args);
+            let pid = server.pid().to_string();
+            let (row, report) = bench(&[&args[..], &["--server-pid", &pid]].concat());
             assert!(row.starts_with('|'), "a table row: {row}");
+            // The server's CPU per request over the measured window, and no Redis' without its pid.
+            let cpu = report["server_cpu_us"].as_f64().unwrap_or_else(|| panic!("no server CPU: {report}"));
+            assert!(cpu > 0.0 && report["redis_cpu_us"].is_null(), "{report}");
             assert_eq!(report["errors"], 0, "{report}");
             assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
             assert!(report["granted"].as_u64().unwrap() > 0, "{report}");

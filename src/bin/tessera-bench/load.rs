@@ -68,6 +68,14 @@ pub(crate) struct LoadArgs {
     /// Names the run in the table row.
     #[arg(long, default_value = "")]
     label: String,
+    /// The server's process id: its CPU (with its child processes', as a multi-process peer's workers) over
+    /// the measured window, per counted request, goes in the row. A host's speed moves throughput far more than
+    /// the CPU a request costs, so this is what shows a change of a few percent.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Redis' process id: its CPU per counted request, as for --server-pid.
+    #[arg(long)]
+    redis_pid: Option<u32>,
 }
 
 /// What one loop saw.
@@ -118,6 +126,14 @@ pub(crate) async fn run(args: LoadArgs) -> Result<bool, String> {
     let in_flight = args.in_flight.max(1);
     let start = Instant::now() + Duration::from_secs_f64(args.warmup.max(0.0));
     let end = start + Duration::from_secs_f64(args.duration.max(0.1));
+    let pids = [args.server_pid, args.redis_pid];
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(start.into()).await;
+        let before = pids.map(|p| p.and_then(cpu_ticks));
+        tokio::time::sleep_until(end.into()).await;
+        let after = pids.map(|p| p.and_then(cpu_ticks));
+        [0, 1].map(|i| Some(after[i]?.saturating_sub(before[i]?)))
+    });
     let loops: Vec<_> = (0..in_flight)
         .map(|i| {
             let (driver, plan) = (Arc::clone(&driver), Arc::clone(&plan));
@@ -137,13 +153,20 @@ pub(crate) async fn run(args: LoadArgs) -> Result<bool, String> {
     }
     let seconds = args.duration.max(0.1);
     let latencies = Latencies::new(total.latencies);
+    // Clock ticks (USER_HZ: 100 a second on Linux) per counted request, in µs.
+    let per_request = |ticks: Option<u64>| {
+        let requests = latencies.len().max(1) as f64;
+        ticks.map(|t| (t as f64 * 10_000.0 / requests).round())
+    };
+    let [server_cpu, redis_cpu] = cpu.await.map_err(|e| e.to_string())?.map(per_request);
+    let cell = |us: Option<f64>| us.map_or("–".to_string(), |us| format!("{us:.0}"));
     let rate = latencies.len() as f64 / seconds;
     let depth2 = plan.iter().filter(|r| r.depth == 2).count();
     let label = if args.label.is_empty() { format!("{} {}", args.op, args.target) } else { args.label.clone() };
     let result = if total.errors == 0 { "ok" } else { "ERRORS: not a result" };
     // The markdown row docs/benchmarks.md quotes, then a JSON line for scripts.
     println!(
-        "| {label} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {label} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         driver.connections(),
         in_flight,
         rate,
@@ -154,6 +177,8 @@ pub(crate) async fn run(args: LoadArgs) -> Result<bool, String> {
         total.granted,
         total.refused,
         if total.errors == 0 { "0".to_string() } else { format!("**{}**", total.errors) },
+        cell(server_cpu),
+        cell(redis_cpu),
     );
     let json = serde_json::json!({
         "label": label, "op": args.op, "target": args.target, "connections": driver.connections(),
@@ -161,6 +186,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<bool, String> {
         "p50_us": latencies.quantile(0.50), "p90_us": latencies.quantile(0.90), "p99_us": latencies.quantile(0.99),
         "max_us": latencies.max(), "mean_us": latencies.mean().round(), "granted": total.granted,
         "refused": total.refused, "errors": total.errors, "distinct": plan.len(), "depth2": depth2, "result": result,
+        "server_cpu_us": server_cpu, "redis_cpu_us": redis_cpu,
     });
     eprintln!("{json}");
     if let Some(e) = &total.first_error {
@@ -200,6 +226,35 @@ async fn drive(driver: &Driver, plan: &[Request], i: usize, stride: usize, start
         }
         tally.latencies.push(micros(done - began));
     }
+}
+
+/// The CPU time (user and system, in clock ticks) of process `root` and every process descended from it, as
+/// `/proc` has it now; `None` if `root` is gone.
+fn cpu_ticks(root: u32) -> Option<u64> {
+    // Per process: (pid, parent, ticks). The fields after the command (which may hold spaces, so is cut at
+    // its last `)`): state, ppid, … utime and stime are the 12th and 13th.
+    let stat = |pid: u32| -> Option<(u32, u32, u64)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some((pid, fields.get(1)?.parse().ok()?, ticks))
+    };
+    let all: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(stat)
+        .collect();
+    let mut tree = vec![root];
+    let mut total = all.iter().find(|(pid, ..)| *pid == root)?.2;
+    let mut i = 0;
+    while let Some(&parent) = tree.get(i) {
+        for (pid, _, ticks) in all.iter().filter(|(_, ppid, _)| *ppid == parent) {
+            tree.push(*pid);
+            total += ticks;
+        }
+        i += 1;
+    }
+    Some(total)
 }
 
 /// The non-empty lines of a file.
