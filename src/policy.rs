@@ -234,25 +234,27 @@ pub struct Policy {
     principal_type: EntityTypeName,
     audience_type: EntityTypeName,
     action: EntityUid,
-    /// Each audience's entity as last built, with what it was built from: a catalog entry changes only on a
-    /// reload, and building its sets costs more than comparing them, so a decision reuses the entity while its
-    /// entry is unchanged and rebuilds it when the entry changed. At most [`KEPT_AUDIENCES`].
-    audiences: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<Kept>>>,
+    /// Audience entities already built, by audience id ([`Policy::audience_entity`]).
+    audiences: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<AudienceEntity>>>,
 }
 
-/// How many audience entities a [`Policy`] keeps: more than any catalog has; past it, it starts over.
-const KEPT_AUDIENCES: usize = 4096;
+/// At most this many audience entities are kept built (a catalog has far fewer audiences); past it, the others
+/// are built at each decision.
+const AUDIENCES_KEPT: usize = 4096;
 
-/// An audience entity with the catalog entry it was built from.
-struct Kept {
+/// An audience's Cedar entity and what it was built from. The same audience is asked about at nearly every
+/// exchange, and building its entity (its scopes and labels as Cedar sets) cost more than cloning it; a kept
+/// one is used only while the catalog still says the same of that audience, so a reload that changes it is
+/// seen at once.
+struct AudienceEntity {
     scopes: Vec<String>,
     max_ttl: u64,
     labels: Labels,
     entity: core::Entity,
 }
 
-impl Kept {
-    fn is_of(&self, t: &Target<'_>) -> bool {
+impl AudienceEntity {
+    fn describes(&self, t: &Target<'_>) -> bool {
         self.max_ttl == t.max_ttl && self.scopes.iter().eq(t.scopes.iter().copied()) && self.labels == *t.labels
     }
 }
@@ -376,21 +378,22 @@ impl Policy {
         EntityUid::from_type_name_and_id(self.audience_type.clone(), EntityId::new(id))
     }
 
+    /// The audience's entity: the one kept for it while it still describes the audience, else built (and
+    /// kept). The lock is held only to look up or insert, never while building.
     fn audience_entity(&self, t: &Target<'_>) -> core::Entity {
-        let kept = self.audiences.read().ok().and_then(|m| m.get(t.id).filter(|k| k.is_of(t)).cloned());
-        if let Some(kept) = kept {
+        let kept = self.audiences.read().ok().and_then(|m| m.get(t.id).cloned());
+        if let Some(kept) = kept.filter(|k| k.describes(t)) {
             return kept.entity.clone();
         }
         let attrs = [("scopes", strings(t.scopes.iter().copied())), ("max_ttl", number(t.max_ttl))];
         let tags = t.labels.iter().map(|(k, v)| (SmolStr::new(k), strings(v.iter().map(String::as_str)).into()));
         let entity = entity(&self.audience_uid(t.id), attrs, tags);
-        if let Ok(mut kept) = self.audiences.write() {
-            if kept.len() >= KEPT_AUDIENCES {
-                kept.clear();
-            }
+        if let Ok(mut m) = self.audiences.write()
+            && (m.len() < AUDIENCES_KEPT || m.contains_key(t.id))
+        {
             let scopes = t.scopes.iter().map(|s| (*s).to_string()).collect();
-            let entry = Kept { scopes, max_ttl: t.max_ttl, labels: t.labels.clone(), entity: entity.clone() };
-            kept.insert(t.id.to_string(), std::sync::Arc::new(entry));
+            let built = AudienceEntity { scopes, max_ttl: t.max_ttl, labels: t.labels.clone(), entity: entity.clone() };
+            m.insert(t.id.to_string(), std::sync::Arc::new(built));
         }
         entity
     }

@@ -12,9 +12,10 @@
 //! **Which bits a revocation flips.** After it is signed, each token is registered in the background under
 //! every revocation key its introspection would check ([`crate::revocation::Probe::token`]: its own and each
 //! ancestor's `jti`, its tasks, its subject, actors and lineage parties, its clients). A revocation flips the
-//! bit of every token registered under its key, in the revocation's own atomic step; a registration that
-//! lands after a revocation that applies to it flips its own bit, in its own atomic step. So the bits a list
-//! shows are exactly the tokens Introspect calls revoked. See docs/revocation.md.
+//! bit of every token registered under its key, in the revocation's own atomic step; a registration checks
+//! its keys once it is written and flips the bit of a token a revocation already ends (judged by
+//! [`crate::revocation::applies`], as Introspect judges it). So the bits a list shows are exactly the tokens
+//! Introspect calls revoked. See docs/revocation.md.
 //!
 //! **Bounded registrations.** A key's registrations are kept per [`BUCKET_SECONDS`] of expiry (the bucket
 //! `exp / BUCKET_SECONDS`), each bucket forgotten when its last token expires: a client or a subject that

@@ -298,6 +298,17 @@ pub fn replayed_client_assertion() -> Error {
     Error::new(ErrorCode::InvalidClient, "client authentication failed: the client_assertion has already been used")
 }
 
+/// Whether a key's revocation found at `revoked_at` applies to what is judged by `issued_at` (see [`Probe`]):
+/// `None` whenever present; `Some(iat)` when it was revoked at or after `iat`. Every store judges status list
+/// registrations with it too, so the bits a list shows are what Introspect calls revoked.
+pub(crate) fn applies(revoked_at: Option<u64>, issued_at: Option<u64>) -> bool {
+    match (revoked_at, issued_at) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(at), Some(iat)) => iat <= at,
+    }
+}
+
 /// The revocation keys that could apply to one or more tokens, and how each is judged: `None` applies
 /// whenever present; `Some(iat)` applies when the revocation happened at or after `iat`.
 #[derive(Debug, Default)]
@@ -400,11 +411,7 @@ impl Probe {
 
     /// Whether any of the found revocations applies.
     pub fn revoked(&self, found: &[Option<u64>]) -> bool {
-        found.iter().zip(&self.issued_at).any(|(found, issued_at)| match (found, issued_at) {
-            (None, _) => false,
-            (Some(_), None) => true,
-            (Some(revoked_at), Some(iat)) => iat <= revoked_at,
-        })
+        found.iter().zip(&self.issued_at).any(|(found, issued_at)| applies(*found, *issued_at))
     }
 }
 

@@ -282,12 +282,7 @@ impl MemoryStore {
                 status.register(key, r.index, r.exp, now);
             }
             let found = list.lookup(&r.keys, now);
-            let revoked = found.iter().zip(&r.issued_at).any(|(found, iat)| match (found, iat) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some(at), Some(iat)) => iat <= at,
-            });
-            if revoked {
+            if found.iter().zip(&r.issued_at).any(|(found, iat)| crate::revocation::applies(*found, *iat)) {
                 status.flip(r.index, r.exp);
             }
         }

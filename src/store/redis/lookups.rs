@@ -52,18 +52,24 @@ impl Shared {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One `MGET` of these keys, bounded by the store's timeout.
+    /// One `MGET` of these keys, bounded by the store's timeout. An answer of any other length is an error:
+    /// a short one would leave a key unchecked.
     async fn mget<'k>(&self, keys: impl IntoIterator<Item = &'k String>) -> Found {
         let mut cmd = redis::cmd("MGET");
+        let mut asked = 0;
         for key in keys {
             cmd.arg(key);
+            asked += 1;
         }
         let ask = async {
             let mut handle = self.conn.handle().await?;
             cmd.query_async::<Vec<Option<String>>>(&mut handle).await
         };
         match tokio::time::timeout(self.timeout, ask).await {
-            Ok(Ok(values)) => Ok(values.iter().map(|v| v.as_deref().map(revoked_at)).collect()),
+            Ok(Ok(values)) if values.len() == asked => {
+                Ok(values.iter().map(|v| v.as_deref().map(revoked_at)).collect())
+            }
+            Ok(Ok(_)) => Err(StoreError("Redis answered the wrong number of values".into())),
             Ok(Err(e)) => Err(StoreError(e.to_string())),
             Err(_) => Err(StoreError(format!("no answer within {:?}", self.timeout))),
         }
@@ -135,22 +141,18 @@ impl Drop for Turn {
 async fn send_batch(turn: Turn, batch: Vec<Waiter>) {
     let found = turn.0.mget(batch.iter().flat_map(|w| &w.keys)).await;
     drop(turn);
-    let total: usize = batch.iter().map(|w| w.keys.len()).sum();
     match found {
-        Ok(values) if values.len() == total => {
+        Ok(values) => {
             let mut values = values.into_iter();
             for w in batch {
                 let mine = values.by_ref().take(w.keys.len()).collect();
                 let _ = w.reply.send(Ok(mine));
             }
         }
-        Ok(_) => answer_all(batch, &StoreError("Redis answered the wrong number of values".into())),
-        Err(e) => answer_all(batch, &e),
-    }
-}
-
-fn answer_all(batch: Vec<Waiter>, error: &StoreError) {
-    for w in batch {
-        let _ = w.reply.send(Err(StoreError(error.0.clone())));
+        Err(e) => {
+            for w in batch {
+                let _ = w.reply.send(Err(StoreError(e.0.clone())));
+            }
+        }
     }
 }

@@ -302,12 +302,7 @@ impl RedisStore {
         ended.key(status::NEXT).arg(crate::status_list::LIST_BITS);
         let mut any = false;
         for token in &batch.tokens {
-            let revoked = token.keys.iter().any(|(k, issued_at)| match (found.get(*k).copied().flatten(), issued_at) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some(at), Some(iat)) => *iat <= at,
-            });
-            if revoked {
+            if token.keys.iter().any(|(k, iat)| crate::revocation::applies(found.get(*k).copied().flatten(), *iat)) {
                 ended.arg(token.index).arg(token.exp);
                 any = true;
             }
