@@ -289,8 +289,9 @@ fn json_logs_are_one_object_per_line_with_audit_fields() {
     let audit = lines.iter().find(|l| l["target"] == "tessera::audit").expect("an audit line");
     assert_eq!((audit["event"].as_str(), audit["decision"].as_str()), (Some("exchange"), Some("granted")));
     assert_eq!((audit["task_id"].as_str(), audit["sub"].as_str()), (Some("json-1"), Some(ORCHESTRATOR)));
-    // What does not apply to a plain granted exchange is left out, not written empty.
-    for absent in ["reason", "approval_id", "details_requested"] {
+    // What does not apply to a plain granted exchange is left out, not written empty; and a line is its event
+    // alone, as on the HTTP face: no span context (spans go to OTLP).
+    for absent in ["reason", "approval_id", "details_requested", "span", "spans"] {
         assert!(audit.get(absent).is_none(), "{absent} in {audit}");
     }
     assert!(!stderr.contains(&assertion));
