@@ -364,14 +364,14 @@ impl Policy {
         EntityUid::from_type_name_and_id(self.principal_type.clone(), EntityId::new(format!("{}|{}", p.iss, p.sub)))
     }
 
-    fn principal_entity(&self, p: &Principal) -> core::Entity {
+    fn principal_entity(&self, p: &Principal, u: &EntityUid) -> core::Entity {
         let mut attrs = vec![("issuer", string(&p.issuer)), ("iss", string(&p.iss)), ("sub", string(&p.sub))];
         if let Some(id) = &p.spiffe {
             let record = [("trust_domain", string(&id.trust_domain)), ("path", string(&id.path))];
             attrs.push(("spiffe", Value::record(record, None)));
         }
         let tags = p.attributes.iter().map(|(k, v)| (SmolStr::new(k), string(v).into()));
-        entity(&self.principal_uid(p), attrs, tags)
+        entity(u, attrs, tags)
     }
 
     fn audience_uid(&self, id: &str) -> EntityUid {
@@ -409,11 +409,16 @@ impl Policy {
     pub fn decide(&self, q: &Question<'_>, scopes: &Scopes) -> Result<Vec<Decision>> {
         // One entity per principal (subject first, then the acting actor, then the rest of the chain): an
         // actor that is the subject, or a chain link that is the actor, under other tags makes no duplicate.
+        // Each principal's uid is formatted once, for its entity and wherever the request names it.
+        let principal = self.principal_uid(q.principal);
+        let actor = q.actor.map(|a| self.principal_uid(a));
+        let chain: Vec<EntityUid> = q.chain.iter().map(|a| self.principal_uid(a)).collect();
         let mut seen = BTreeSet::new();
         let mut entities = Vec::new();
-        for p in std::iter::once(q.principal).chain(q.actor).chain(q.chain.iter()) {
+        let named = std::iter::once((q.principal, &principal)).chain(q.actor.zip(actor.as_ref()));
+        for (p, u) in named.chain(q.chain.iter().zip(&chain)) {
             if seen.insert((p.iss.as_str(), p.sub.as_str())) {
-                entities.push(self.principal_entity(p));
+                entities.push(self.principal_entity(p, u));
             }
         }
         entities.push(self.audience_entity(&q.audience));
@@ -430,7 +435,6 @@ impl Policy {
         )
         .map(Entities::from)
         .map_err(|e| Error::internal(format!("policy entities: {e}")))?;
-        let principal = self.principal_uid(q.principal);
         let resource = self.audience_uid(q.audience.id);
         let mut base = BTreeMap::from([
             (SmolStr::new_static("requested_scopes"), strings(scopes.iter())),
@@ -438,7 +442,7 @@ impl Policy {
             (SmolStr::new_static("client_id"), string(q.client_id)),
             (SmolStr::new_static("depth"), number(q.depth as u64)),
             (SmolStr::new_static("actors"), strings(q.chain.iter().map(|a| a.sub.as_str()))),
-            (SmolStr::new_static("chain"), Value::set(q.chain.iter().map(|a| uid(&self.principal_uid(a))), None)),
+            (SmolStr::new_static("chain"), Value::set(chain.iter().map(uid), None)),
             (SmolStr::new_static("chain_issuers"), strings(q.chain.iter().map(|a| a.issuer.as_str()))),
             (SmolStr::new_static("subject_is_tessera_token"), Value::from(q.subject_is_tessera_token)),
             (SmolStr::new_static("task_token"), Value::from(q.task_token)),
@@ -449,8 +453,8 @@ impl Policy {
                 Value::set(q.authorization_details.iter().flat_map(|d| d.entries()).map(detail_record), None),
             ),
         ]);
-        if let Some(actor) = q.actor {
-            base.insert(SmolStr::new_static("actor"), uid(&self.principal_uid(actor)));
+        if let Some(actor) = &actor {
+            base.insert(SmolStr::new_static("actor"), uid(actor));
         }
         if let Some(purpose) = q.purpose {
             base.insert(SmolStr::new_static("purpose"), string(purpose));
