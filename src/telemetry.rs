@@ -173,10 +173,9 @@ pub fn init(log: &LogConfig, config: &TelemetryConfig) -> Result<Telemetry, Stri
     let otel = tracer_provider.as_ref().map(|p| {
         tracing_opentelemetry::layer().with_tracer(p.tracer("tessera")).with_filter(EnvFilter::new("tessera=info"))
     });
-    // Events only: formatting every request's spans for the log layer (their fields kept as text per span) was
-    // about 4% of an exchange's CPU and prefixed each gRPC audit line with 170 bytes of `rpc{…}` the line
-    // already says (docs/benchmarks.md).
-    // The hint keeps the level filter's own: without one, `and` would take none, and every `trace!` of every
+    // Events only: building and formatting every request's spans for the log layer (their fields kept as text
+    // per span) was about 6% of a strict exchange's server samples, and prefixed each gRPC audit line with 170
+    // bytes of `rpc{…}` the line already says (docs/benchmarks.md). The hint keeps the level filter's own: without one, `and` would take none, and every `trace!` of every
     // crate would be checked at run time.
     let events = tracing_subscriber::filter::filter_fn(|meta| meta.is_event())
         .with_max_level_hint(tracing_subscriber::filter::LevelFilter::TRACE);
