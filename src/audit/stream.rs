@@ -24,7 +24,7 @@ pub(crate) fn spawn_writer(
             for e in batch.drain(..) {
                 let cmd = pipe.cmd("XADD").arg(STREAM).arg("MAXLEN").arg("~").arg(STREAM_MAX_LEN).arg("*");
                 for (k, v) in e.stream_fields() {
-                    cmd.arg(k).arg(v);
+                    cmd.arg(k).arg(v.as_ref());
                 }
                 cmd.ignore();
             }
