@@ -268,7 +268,9 @@ impl<'b> Current<'b> {
         request: ExchangeRequest,
         now_ms: u64,
     ) -> Result<Issued> {
-        self.exchange_op().run_ms(&caller.into(), request, now_ms).await
+        // On the heap: an exchange's state machine is about 8 KB, and every async layer above it (the face's
+        // handler, its span, tonic's or axum's future) would otherwise copy it whole as it is built.
+        Box::pin(self.exchange_op().run_ms(&caller.into(), request, now_ms)).await
     }
 
     /// What policy would decide for `request` from the client `client_id`, as of `now`, without issuing
@@ -408,7 +410,8 @@ impl<'b> Current<'b> {
         token: &Token,
         now: u64,
     ) -> Result<Introspection> {
-        self.introspect_op().run(&caller.into(), token, now).await
+        // On the heap, as an exchange's (`exchange_ms`): it is about 2 KB.
+        Box::pin(self.introspect_op().run(&caller.into(), token, now)).await
     }
 
     /// Introspection of a token as a resource received it (forward-auth), as of `now`, proof of possession

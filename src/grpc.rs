@@ -159,12 +159,16 @@ impl TokenBrokerService {
         let parent = TraceContextPropagator::new().extract(&MetadataExtractor(request.metadata()));
         let _ = span.set_parent(parent);
         let start = std::time::Instant::now();
-        // The wait for a slot is part of the RPC's latency, as its caller sees it.
-        let result = async {
-            let _slot = self.slot().await?;
-            handler(request).await
-        }
-        .instrument(span.clone())
+        // The wait for a slot is part of the RPC's latency, as its caller sees it. On the heap: a handler's
+        // state machine is kilobytes, and each async layer above (this one, the trait method, tonic's) would
+        // otherwise copy it whole as it is built.
+        let result = Box::pin(
+            async {
+                let _slot = self.slot().await?;
+                handler(request).await
+            }
+            .instrument(span.clone()),
+        )
         .await;
         let code = result.as_ref().err().map_or(Code::Ok, Status::code);
         span.record("rpc.grpc.status_code", code as i64);
