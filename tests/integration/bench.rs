@@ -48,6 +48,9 @@ fn the_load_generator_drives_both_faces_without_errors() {
             // The server's CPU per request over the measured window, and no Redis' without its pid.
             let cpu = report["server_cpu_us"].as_f64().unwrap_or_else(|| panic!("no server CPU: {report}"));
             assert!(cpu > 0.0 && report["redis_cpu_us"].is_null(), "{report}");
+            // And its own, always: the load generator shares the machine with the server.
+            assert!(report["load_generator_cpu_us"].as_f64().is_some_and(|us| us > 0.0), "{report}");
+            assert_eq!(row.matches('|').count(), 15, "fourteen cells: {row}");
             assert_eq!(report["errors"], 0, "{report}");
             assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
             assert!(report["granted"].as_u64().unwrap() > 0, "{report}");
