@@ -317,22 +317,31 @@ pub struct Probe {
     issued_at: Vec<Option<u64>>,
 }
 
-// The keys of each kind of target, written from borrowed parts (a probe builds many per request).
+// The keys of each kind of target, written from borrowed parts (a probe builds many per request, so each is
+// one allocation of the right size, without `format!`'s machinery).
+fn key(parts: &[&str]) -> String {
+    let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        key.push_str(part);
+    }
+    key
+}
+
 fn jti_key(jti: &str) -> String {
-    format!("{KEY_PREFIX}jti:{jti}")
+    key(&[KEY_PREFIX, "jti:", jti])
 }
 
 fn task_key(task: &str) -> String {
-    format!("{KEY_PREFIX}task:{task}")
+    key(&[KEY_PREFIX, "task:", task])
 }
 
 /// The issuer's length keeps `iss`/`sub` pairs from colliding whatever characters they hold.
 fn subject_key(iss: &str, sub: &str) -> String {
-    format!("{KEY_PREFIX}sub:{}:{iss}{sub}", iss.len())
+    key(&[KEY_PREFIX, "sub:", &iss.len().to_string(), ":", iss, sub])
 }
 
 fn client_key(id: &str) -> String {
-    format!("{KEY_PREFIX}client:{id}")
+    key(&[KEY_PREFIX, "client:", id])
 }
 
 impl Probe {
@@ -350,6 +359,10 @@ impl Probe {
     /// in its lineage. Principals and clients apply to tokens issued up to their revocation; a token is
     /// issued after everything it derives from, so its own `iat` judges them all.
     pub fn token(&mut self, c: &AccessClaims) {
+        let actors = c.act.iter().flat_map(|a| a.chain()).count();
+        let count = 4 + c.anc.len() + c.lin.tasks.len() + actors + c.lin.parties.len() + c.lin.clients.len();
+        self.keys.reserve(count);
+        self.issued_at.reserve(count);
         self.push(jti_key(&c.jti), None);
         for ancestor in &c.anc {
             self.push(jti_key(ancestor), None);
@@ -823,6 +836,12 @@ mod tests {
         let a = Target::Subject { iss: "https://a".into(), sub: "b:c".into() }.key();
         let b = Target::Subject { iss: "https://ab".into(), sub: ":c".into() }.key();
         assert_ne!(a, b);
+        // The keys already in a store: their form never changes.
+        assert_eq!(a, "{tessera}:rev:sub:9:https://ab:c");
+        assert_eq!(b, "{tessera}:rev:sub:10:https://ab:c");
+        assert_eq!(Target::Client("c".into()).key(), "{tessera}:rev:client:c");
+        assert_eq!(Target::Task("t".into()).key(), "{tessera}:rev:task:t");
+        assert_eq!(Target::Jti("j".into()).key(), "{tessera}:rev:jti:j");
     }
 
     #[test]
