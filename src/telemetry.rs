@@ -175,8 +175,8 @@ pub fn init(log: &LogConfig, config: &TelemetryConfig) -> Result<Telemetry, Stri
     });
     // Events only: building and formatting every request's spans for the log layer (their fields kept as text
     // per span) was about 6% of a strict exchange's server samples, and prefixed each gRPC audit line with 170
-    // bytes of `rpc{…}` the line already says (docs/benchmarks.md). The hint keeps the level filter's own: without one, `and` would take none, and every `trace!` of every
-    // crate would be checked at run time.
+    // bytes of `rpc{…}` the line already says (docs/benchmarks.md). The hint keeps the level filter's own:
+    // without one, `and` would take none, and every `trace!` of every crate would be checked at run time.
     let events = tracing_subscriber::filter::filter_fn(|meta| meta.is_event())
         .with_max_level_hint(tracing_subscriber::filter::LevelFilter::TRACE);
     // A list rather than an `Option`: an absent layer in an `Option` still declares an interest in every span,

@@ -337,7 +337,16 @@ fn task_key(task: &str) -> String {
 
 /// The issuer's length keeps `iss`/`sub` pairs from colliding whatever characters they hold.
 fn subject_key(iss: &str, sub: &str) -> String {
-    key(&[KEY_PREFIX, "sub:", &iss.len().to_string(), ":", iss, sub])
+    use std::fmt::Write as _;
+    // Room for the prefix, the length's digits (at most 20) and the separators.
+    let mut key = String::with_capacity(KEY_PREFIX.len() + 26 + iss.len() + sub.len());
+    key.push_str(KEY_PREFIX);
+    key.push_str("sub:");
+    let _ = write!(key, "{}", iss.len());
+    key.push(':');
+    key.push_str(iss);
+    key.push_str(sub);
+    key
 }
 
 fn client_key(id: &str) -> String {
