@@ -74,11 +74,13 @@ pub(super) fn batch(registrations: &[crate::revocation::StatusRegistration]) -> 
     use std::collections::HashMap;
     use std::fmt::Write as _;
 
-    let mut keys: Vec<&str> = Vec::new();
-    let mut key_at: HashMap<&str, usize> = HashMap::new();
+    // Sized for every key distinct, the most a batch can need, so none of these grows while it is built.
+    let most = registrations.iter().map(|r| r.keys.len()).sum();
+    let mut keys: Vec<&str> = Vec::with_capacity(most);
+    let mut key_at: HashMap<&str, usize> = HashMap::with_capacity(most);
     // Each set's members in first-seen order, so the pipeline is the same for the same batch.
-    let mut sets: Vec<(String, u64, Vec<u64>)> = Vec::new();
-    let mut set_at: HashMap<(usize, u64), usize> = HashMap::new();
+    let mut sets: Vec<(String, u64, Vec<u64>)> = Vec::with_capacity(most);
+    let mut set_at: HashMap<(usize, u64), usize> = HashMap::with_capacity(most);
     let mut tokens = Vec::with_capacity(registrations.len());
     for r in registrations {
         let bucket = crate::status_list::bucket(r.exp);
@@ -99,12 +101,19 @@ pub(super) fn batch(registrations: &[crate::revocation::StatusRegistration]) -> 
         }
         tokens.push(Registered { index: r.index, exp: r.exp, keys: judged });
     }
-    let mut pipeline = redis::pipe();
+    // Each command sized for its arguments up front (a `u64` is at most 20 digits).
+    let mut pipeline = redis::Pipeline::with_capacity(2 * sets.len() + 1);
     for (name, until, members) in &sets {
-        pipeline.cmd("SADD").arg(name).arg(members).ignore();
-        pipeline.cmd("EXPIREAT").arg(name).arg(until).ignore();
+        let mut sadd = redis::Cmd::with_capacity(2 + members.len(), 4 + name.len() + 20 * members.len());
+        sadd.arg("SADD").arg(name).arg(members);
+        pipeline.add_command(sadd).ignore();
+        let mut expire = redis::Cmd::with_capacity(3, 8 + name.len() + 20);
+        expire.arg("EXPIREAT").arg(name).arg(until);
+        pipeline.add_command(expire).ignore();
     }
-    pipeline.cmd("MGET").arg(&keys);
+    let mut mget = redis::Cmd::with_capacity(1 + keys.len(), 4 + keys.iter().map(|k| k.len()).sum::<usize>());
+    mget.arg("MGET").arg(&keys);
+    pipeline.add_command(mget);
     Batch { pipeline, keys, tokens }
 }
 
